@@ -1,0 +1,150 @@
+"""Training plumbing shared by every trainer (ASR, codec, LM, acoustic stage).
+
+One way of doing each thing:
+- :func:`make_accelerator` — an ``accelerate.Accelerator`` with bf16 on GPU, fp32 on CPU.
+- :class:`CheckpointManager` — atomic, resumable checkpoints through ``accelerator.save_state``
+  (models, optimizers, schedulers, RNG states and anything registered with
+  ``accelerator.register_for_checkpointing``) plus a ``trainer_state.json`` (step, epoch, ...).
+  A checkpoint is written to a temporary folder and renamed into place, so a crash while
+  saving never corrupts the last good one; ``latest`` names the newest.
+- :class:`JsonlLogger` — one JSON object per line, main process only, flushed each write.
+- :func:`seed_everything`.
+
+Layout of a run directory::
+
+    RUN/
+      checkpoints/step_00001000/   accelerate state + trainer_state.json
+      latest                       text file: name of the newest checkpoint folder
+      metrics.jsonl                one line per logged step
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from codec.pretrained import atomic_write_text
+
+STATE_NAME = "trainer_state.json"
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def make_accelerator(mixed_precision: str | None = None, gradient_accumulation_steps: int = 1,
+                     cpu: bool = False, **kwargs: Any):
+    """An Accelerator; ``mixed_precision=None`` picks 'bf16' on CUDA and 'no' elsewhere."""
+    from accelerate import Accelerator
+
+    if mixed_precision is None:
+        mixed_precision = "bf16" if (torch.cuda.is_available() and not cpu) else "no"
+    return Accelerator(mixed_precision=mixed_precision, cpu=cpu,
+                       gradient_accumulation_steps=gradient_accumulation_steps, **kwargs)
+
+
+class CheckpointManager:
+    """Atomic save / resume of a training run in ``run_dir`` keeping the ``keep`` newest."""
+
+    def __init__(self, run_dir: str | os.PathLike, keep: int = 2):
+        self.run_dir = Path(run_dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.keep = keep
+
+    def latest(self) -> Path | None:
+        """Folder of the newest complete checkpoint, or None."""
+        pointer = self.run_dir / "latest"
+        if pointer.is_file():
+            path = self.ckpt_dir / pointer.read_text().strip()
+            if (path / STATE_NAME).is_file():
+                return path
+        # pointer missing or stale: fall back to the newest complete folder
+        done = sorted(p for p in self.ckpt_dir.glob("step_*") if (p / STATE_NAME).is_file())
+        return done[-1] if done else None
+
+    def save(self, accelerator, step: int, **state: Any) -> Path | None:
+        """Save everything accelerate tracks plus ``state`` (JSON-able) as ``step_<step>``.
+
+        Collective: every process must call it. Returns the folder on the main process.
+        """
+        name = f"step_{step:08d}"
+        final = self.ckpt_dir / name
+        tmp = self.ckpt_dir / f".{name}.tmp"
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True, exist_ok=True)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(tmp))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            info = {"step": step, "time": time.time(),
+                    "num_processes": accelerator.num_processes, **state}
+            (tmp / STATE_NAME).write_text(json.dumps(info, indent=1))
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            atomic_write_text(self.run_dir / "latest", name)
+            self._prune()
+        accelerator.wait_for_everyone()
+        return final if accelerator.is_main_process else None
+
+    def _prune(self) -> None:
+        done = sorted(p for p in self.ckpt_dir.glob("step_*") if (p / STATE_NAME).is_file())
+        for old in done[:-self.keep]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def load(self, accelerator, path: str | os.PathLike | None = None) -> dict | None:
+        """Restore the newest (or given) checkpoint into the prepared objects.
+
+        Returns its trainer state dict (``step`` etc.), or None when there is nothing to
+        resume from.
+        """
+        path = Path(path) if path else self.latest()
+        if path is None:
+            return None
+        accelerator.load_state(str(path))
+        return json.loads((path / STATE_NAME).read_text())
+
+
+class JsonlLogger:
+    """Append JSON lines to ``path`` (main process only)."""
+
+    def __init__(self, path: str | os.PathLike, enabled: bool = True):
+        self.path = Path(path)
+        self.enabled = enabled
+        if enabled:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def log(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        clean = {k: (v.item() if isinstance(v, (torch.Tensor, np.generic)) else v)
+                 for k, v in record.items()}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(clean) + "\n")
+            f.flush()
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """Read a JSON-lines file written by :class:`JsonlLogger` (skips a torn last line)."""
+    out = []
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return out
