@@ -1,0 +1,126 @@
+"""``flexicodec-data``: build and inspect corpora.
+
+Subcommands::
+
+    flexicodec-data build-corpus --hours H --out DIR [--seed S] [--workers N]
+                                 [--engines flite,festival,espeak] [--speakers a,b]
+                                 [--unseen flite_rms,espeak_en-gb-scotland+f3]
+    flexicodec-data show DIR            # hours per split/engine/speaker + example rows
+    flexicodec-data stats [DIR]         # JSON summary of a corpus (or of the text + voices)
+    flexicodec-data speakers [--engines ...]
+    flexicodec-data normalize "TEXT"    # print normalize_text and phonemes
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+
+def _csv(s: str | None) -> tuple[str, ...] | None:
+    return tuple(x.strip() for x in s.split(",") if x.strip()) if s else None
+
+
+def _build(args) -> None:
+    from data.corpus import DEFAULT_UNSEEN, CorpusConfig, build_corpus
+    cfg = CorpusConfig(hours=args.hours, seed=args.seed,
+                       engines=_csv(args.engines) or ("flite", "festival", "espeak"),
+                       speakers=_csv(args.speakers),
+                       unseen_speakers=_csv(args.unseen) or DEFAULT_UNSEEN,
+                       batch_size=args.batch_size)
+    summary = build_corpus(args.out, cfg, workers=args.workers, progress=not args.no_progress)
+    print(json.dumps(summary, indent=2))
+
+
+def _show(args) -> None:
+    from data.corpus import read_metadata, summarize
+    s = summarize(args.dir)
+    print(f"{args.dir}: {s['utterances']} utterances, {s['hours']:.3f} h, "
+          f"{s['speakers']} speakers, {s['sentences']} sentences; duration "
+          f"{s['duration_s']['min']:.2f}-{s['duration_s']['max']:.2f} s "
+          f"(mean {s['duration_s']['mean']:.2f})")
+    for key in ("hours_per_split", "hours_per_engine", "hours_per_speaker"):
+        items = list(s[key].items())
+        print(f"\n{key.replace('_', ' ')}:")
+        shown = items if args.all or len(items) <= 20 else items[:20]
+        for k, v in shown:
+            print(f"  {k:<36s} {v:8.4f} h")
+        if len(shown) < len(items):
+            print(f"  ... {len(items) - len(shown)} more (--all)")
+    print("\nexamples:")
+    for r in read_metadata(args.dir)[: args.examples]:
+        print("  " + json.dumps(r, ensure_ascii=False))
+
+
+def _stats(args) -> None:
+    if args.dir:
+        from data.corpus import summarize
+        print(json.dumps(summarize(args.dir), indent=2))
+        return
+    from data.synth import list_speakers
+    from data.text import load_sentences
+    sents = load_sentences()
+    words = [len(s.split()) for s in sents]
+    spk = list_speakers()
+    by_engine: dict = {}
+    for s in spk:
+        by_engine[s.engine] = by_engine.get(s.engine, 0) + 1
+    print(json.dumps({"sentences": len(sents), "words_mean": sum(words) / len(words),
+                      "speakers": len(spk), "speakers_per_engine": by_engine}, indent=2))
+
+
+def _speakers(args) -> None:
+    from data.synth import list_speakers
+    for s in list_speakers(_csv(args.engines)):
+        print(s.id)
+
+
+def _normalize(args) -> None:
+    from data.text import normalize_text, phonemize
+    norm = normalize_text(args.text)
+    print(norm)
+    print(phonemize([norm])[0])
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="flexicodec-data", description="Build and inspect "
+                                 "speech corpora for FlexiCodec.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("build-corpus", help="synthesize a corpus (resumable)")
+    b.add_argument("--hours", type=float, required=True)
+    b.add_argument("--out", type=Path, required=True)
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--workers", type=int, default=None, help="default: all cores")
+    b.add_argument("--engines", default=None, help="comma list of flite,festival,espeak")
+    b.add_argument("--speakers", default=None, help="comma list of speaker ids")
+    b.add_argument("--unseen", default=None, help="held-out speaker ids (test_unseen)")
+    b.add_argument("--batch-size", type=int, default=8)
+    b.add_argument("--no-progress", action="store_true")
+    b.set_defaults(fn=_build)
+    s = sub.add_parser("show", help="summary of a built corpus")
+    s.add_argument("dir", type=Path)
+    s.add_argument("--examples", type=int, default=3)
+    s.add_argument("--all", action="store_true", help="list every speaker")
+    s.set_defaults(fn=_show)
+    st = sub.add_parser("stats", help="JSON stats of a corpus, or of sentences and voices")
+    st.add_argument("dir", type=Path, nargs="?")
+    st.set_defaults(fn=_stats)
+    sp = sub.add_parser("speakers", help="list the speakers available here")
+    sp.add_argument("--engines", default=None)
+    sp.set_defaults(fn=_speakers)
+    n = sub.add_parser("normalize", help="normalise and phonemise a text")
+    n.add_argument("text")
+    n.set_defaults(fn=_normalize)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        args.fn(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"flexicodec-data: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
