@@ -1,0 +1,124 @@
+"""Tokenized-corpus access for LM training: load ``lm.tokenize`` output, lay out examples,
+and length-bucketed batches.
+
+A tokenized directory (one frame rate)::
+
+    TOK/rate_6.25/info.json            codec identity, FSQ size, max_group, rate, counts
+    TOK/rate_6.25/<split>/shard_00000  datasets.save_to_disk shards (arrow)
+
+``load_tokenized("TOK")`` takes every ``rate_*`` beneath; ``load_tokenized("TOK/rate_6.25")``
+one rate.
+"""
+from __future__ import annotations
+
+import json
+
+import random
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from lm.layout import LayoutItem, build_sequence
+from lm.vocab import LMVocab
+
+INFO_NAME = "info.json"
+
+
+class TokenizedDataError(ValueError):
+    """Missing or inconsistent tokenized data."""
+
+
+def rate_dirs(paths: str | Sequence[str]) -> list[Path]:
+    """Expand comma-separated / listed tokenized paths to their rate directories."""
+    if isinstance(paths, str):
+        paths = [p for p in paths.split(",") if p]
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if (p / INFO_NAME).is_file():
+            out.append(p)
+        else:
+            found = sorted(d for d in p.glob("rate_*") if (d / INFO_NAME).is_file())
+            if not found:
+                raise TokenizedDataError(f"{p}: no tokenized data (no {INFO_NAME} here or in "
+                                         f"rate_* subfolders); run `flexicodec-lm tokenize`")
+            out.extend(found)
+    return out
+
+
+def read_info(paths: str | Sequence[str]) -> dict:
+    """The shared codec info of several rate directories (they must match)."""
+    infos = [(d, json.loads((d / INFO_NAME).read_text())) for d in rate_dirs(paths)]
+    keys = ("codec_identity", "semantic_vocab_size", "max_group")
+    first_dir, first = infos[0]
+    for d, info in infos[1:]:
+        for k in keys:
+            if info.get(k) != first.get(k):
+                raise TokenizedDataError(f"{d} and {first_dir} were tokenized with different "
+                                         f"codecs ({k}: {info.get(k)} vs {first.get(k)})")
+    return {k: first.get(k) for k in keys} | {"dirs": [str(d) for d, _ in infos]}
+
+
+def load_tokenized(paths: str | Sequence[str], split: str):
+    """Concatenate the ``split`` shards of every rate directory → datasets.Dataset with
+    columns id, text, semantic_codes, token_lengths, speaker, duration, frame_rate, ...."""
+    from datasets import concatenate_datasets, load_from_disk
+
+    parts = []
+    for d in rate_dirs(paths):
+        for shard in sorted((d / split).glob("shard_*")):
+            if shard.name.startswith("shard_") and (shard / "dataset_info.json").is_file():
+                parts.append(load_from_disk(str(shard)))
+    if not parts:
+        raise TokenizedDataError(f"no '{split}' shards in {paths}")
+    return concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+
+
+def make_items(ds, tokenizer, vocab: LMVocab, max_len: int | None = None
+               ) -> tuple[list[LayoutItem], list[float]]:
+    """Lay out every row (text already normalized by the corpus builder). Rows longer than
+    ``max_len`` positions are dropped (counted in the returned list's absence, logged by the
+    caller). Returns (items, durations)."""
+    items, durs = [], []
+    for row in ds:
+        pieces = tokenizer.encode(row["text"], normalize=False)
+        it = build_sequence(vocab, pieces, float(row["frame_rate"]), row["semantic_codes"],
+                            row["token_lengths"])
+        if max_len is not None and len(it) > max_len:
+            continue
+        items.append(it)
+        durs.append(float(row.get("duration", 0.0) or 0.0))
+    return items, durs
+
+
+def bucket_batches(lengths: Sequence[int], max_tokens: int, max_batch: int, seed: int,
+                   epoch: int) -> list[list[int]]:
+    """Length-bucketed batches: shuffle, sort within windows of 50 batches' worth, cut into
+    batches of at most ``max_tokens`` padded tokens / ``max_batch`` items, shuffle batches.
+    Deterministic in (seed, epoch)."""
+    rng = random.Random(seed * 1000003 + epoch)
+    idx = list(range(len(lengths)))
+    rng.shuffle(idx)
+    window = max(1, max_batch * 50)
+    batches: list[list[int]] = []
+    for w in range(0, len(idx), window):
+        chunk = sorted(idx[w:w + window], key=lambda i: lengths[i])
+        cur: list[int] = []
+        cur_max = 0
+        for i in chunk:
+            m = max(cur_max, lengths[i])
+            if cur and (m * (len(cur) + 1) > max_tokens or len(cur) >= max_batch):
+                batches.append(cur)
+                cur, m = [], lengths[i]
+            cur.append(i)
+            cur_max = m
+        if cur:
+            batches.append(cur)
+    rng.shuffle(batches)
+    return batches
+
+
+def to_device(batch: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+

@@ -1,0 +1,282 @@
+"""Train the speech LM on tokenized corpora (one or several frame rates at once).
+
+``flexicodec-lm train --config configs/lm/small.yaml --data TOK[,TOK2] --run-dir RUN
+[--max-steps N] [--max-minutes M] [--resume] [--out-model DIR] [--tokenizer PATH]``
+
+accelerate (bf16 on GPU, gradient accumulation), length-bucketed batches, CheckpointManager
+checkpoints (``--resume`` continues from RUN/latest, same batch order), metrics.jsonl with
+per-type eval loss (text / semantic / length), tokens/s and audio-hours per GPU-minute. When
+``--max-minutes`` runs out it checkpoints and exits cleanly. At the end the model (with its
+tokenizer) is written to ``--out-model`` (default RUN/model).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import yaml
+
+from codec.pretrained import atomic_write_text, config_from_dict, config_to_dict
+from codec.training import CheckpointManager, JsonlLogger, make_accelerator, seed_everything
+from lm.data import bucket_batches, load_tokenized, make_items, read_info, to_device
+from lm.layout import LayoutItem, collate
+from lm.model import SpeechLM, SpeechLMConfig, model_config_from_dict
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """The ``train:`` section of configs/lm/*.yaml."""
+
+    lr: float = 5e-4
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.95)
+    warmup_steps: int = 200
+    max_steps: int = 20000
+    batch_tokens: int = 8000         # padded positions per micro-batch
+    max_batch: int = 64
+    grad_accum: int = 1
+    grad_clip: float = 1.0
+    text_weight: float = 0.1
+    length_weight: float = 1.0
+    max_len: int = 2048
+    log_every: int = 20
+    eval_every: int = 500
+    save_every: int = 1000
+    keep_checkpoints: int = 2
+    seed: int = 0
+    tokenizer_vocab_size: int = 2000
+    mixed_precision: str | None = None   # None: bf16 on CUDA, fp32 on CPU
+
+
+def load_config(path: str | Path) -> tuple[dict, TrainConfig]:
+    """(model section dict, TrainConfig) from a YAML file."""
+    d = yaml.safe_load(Path(path).read_text()) or {}
+    unknown = sorted(set(d) - {"model", "train"})
+    if unknown:
+        raise ValueError(f"{path}: unknown sections {unknown} (expected model, train)")
+    t = d.get("train", {}) or {}
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    bad = sorted(set(t) - names)
+    if bad:
+        raise ValueError(f"{path}: unknown train keys {bad}; valid: {sorted(names)}")
+    return d.get("model", {}) or {}, config_from_dict(TrainConfig, t)
+
+
+def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / max(1, cfg.warmup_steps)
+        p = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, p)))
+    return f
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, items: list[LayoutItem], cfg: TrainConfig,
+             device) -> dict[str, float]:
+    """Per-token-type mean losses over ``items``: text / semantic / length."""
+    was = model.training
+    model.eval()
+    sums = {"text": 0.0, "semantic": 0.0, "length": 0.0}
+    counts = {k: 0 for k in sums}
+    lengths = [len(it) for it in items]
+    for b in bucket_batches(lengths, cfg.batch_tokens, cfg.max_batch, 0, 0):
+        batch = to_device(collate([items[i] for i in b]), device)
+        out = model(batch["input_ids"], batch["length_in"], batch["attention_mask"],
+                    batch["position_ids"])
+        res = _core(model).loss(batch, out)
+        for k in sums:
+            sums[k] += float(res[f"{k}_sum"])
+            counts[k] += int(res[f"n_{k}"])
+    model.train(was)
+    return {f"eval_{k}_loss": sums[k] / max(1, counts[k]) for k in sums}
+
+
+def _core(model):
+    """The SpeechLM under DDP / peft wrappers (attribute access falls through peft)."""
+    return getattr(model, "module", model)
+
+
+def run_training(model: torch.nn.Module, train_items: list[LayoutItem], train_durs: list[float],
+                 valid_items: list[LayoutItem], cfg: TrainConfig, run_dir: str | Path, *,
+                 max_steps: int | None = None, max_minutes: float | None = None,
+                 resume: bool = False, params: list[torch.nn.Parameter] | None = None,
+                 accelerator=None) -> dict[str, Any]:
+    """The training loop shared by ``train`` and ``finetune``.
+
+    ``params``: what to optimize (default all trainable parameters). Returns the final
+    ``{"step", "stopped" ("done"|"time"), eval metrics...}``.
+    """
+    from tqdm.auto import tqdm
+
+    run_dir = Path(run_dir)
+    acc = accelerator or make_accelerator(cfg.mixed_precision, cfg.grad_accum)
+    seed_everything(cfg.seed)
+    total = max_steps if max_steps is not None else cfg.max_steps
+    params = params if params is not None else [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas),
+                            weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(dataclasses.replace(
+        cfg, max_steps=total)))
+    model, opt, sched = acc.prepare(model, opt, sched)
+    ckpt = CheckpointManager(run_dir, keep=cfg.keep_checkpoints)
+    logger = JsonlLogger(run_dir / "metrics.jsonl", enabled=acc.is_main_process)
+    step, epoch, pos = 0, 0, 0
+    if resume:
+        state = ckpt.load(acc)
+        if state is None:
+            log.warning("--resume: no checkpoint in %s, starting fresh", run_dir)
+        else:
+            step, epoch, pos = state["step"], state["epoch"], state["batch_in_epoch"]
+            log.info("resumed from step %d (epoch %d, batch %d)", step, epoch, pos)
+    lengths = [len(it) for it in train_items]
+    if not train_items:
+        raise ValueError("no training examples")
+    t0 = time.time()
+    deadline = t0 + max_minutes * 60 if max_minutes else None
+    win_tokens, win_audio, win_t = 0, 0.0, time.time()
+    bar = tqdm(total=total, initial=step, disable=not acc.is_main_process, desc="lm train")
+    model.train()
+    stopped = "done"
+    last: dict[str, Any] = {}
+
+    def save() -> None:
+        ckpt.save(acc, step, epoch=epoch, batch_in_epoch=pos)
+
+    while step < total:
+        batches = bucket_batches(lengths, cfg.batch_tokens, cfg.max_batch, cfg.seed, epoch)
+        mine = batches[acc.process_index::acc.num_processes]
+        n_per_step = cfg.grad_accum
+        while pos + n_per_step <= len(mine) and step < total:
+            for b in mine[pos:pos + n_per_step]:
+                batch = to_device(collate([train_items[i] for i in b]), acc.device)
+                with acc.accumulate(model), acc.autocast():
+                    out = model(batch["input_ids"], batch["length_in"],
+                                batch["attention_mask"], batch["position_ids"])
+                    res = _core(model).loss(batch, out, cfg.text_weight, cfg.length_weight)
+                    acc.backward(res["loss"])
+                    if acc.sync_gradients and cfg.grad_clip > 0:
+                        acc.clip_grad_norm_(params, cfg.grad_clip)
+                    opt.step()
+                    sched.step()
+                    opt.zero_grad(set_to_none=True)
+                win_tokens += int(batch["attention_mask"].sum())
+                win_audio += sum(train_durs[i] for i in b)
+            pos += n_per_step
+            step += 1
+            bar.update(1)
+            if step % cfg.log_every == 0 or step == total:
+                dt = max(1e-6, time.time() - win_t)
+                last = {"step": step, "epoch": epoch, "loss": float(res["loss"].detach()),
+                        "text_loss": float(res["text_loss"].detach()),
+                        "semantic_loss": float(res["semantic_loss"].detach()),
+                        "length_loss": float(res["length_loss"].detach()),
+                        "lr": sched.get_last_lr()[0], "tokens_per_s": win_tokens / dt,
+                        "audio_hours_per_gpu_minute": win_audio / 3600 / (dt / 60)}
+                logger.log(last)
+                bar.set_postfix(loss=f"{last['loss']:.3f}", tok_s=f"{last['tokens_per_s']:.0f}")
+                win_tokens, win_audio, win_t = 0, 0.0, time.time()
+            if valid_items and (step % cfg.eval_every == 0 or step == total):
+                ev = evaluate(model, valid_items, cfg, acc.device)
+                logger.log({"step": step, **ev})
+                last.update(ev)
+                log.info("step %d eval %s", step, ev)
+            if step % cfg.save_every == 0 or step == total:
+                save()
+            if deadline is not None and time.time() > deadline:
+                stopped = "time"
+                break
+        if stopped == "time":
+            if step % cfg.save_every != 0 and step != total:
+                save()
+            log.info("time budget of %.1f min used: checkpointed at step %d", max_minutes, step)
+            break
+        if pos + n_per_step > len(mine):
+            epoch, pos = epoch + 1, 0
+            if len(mine) < n_per_step:
+                raise ValueError("fewer batches than grad_accum: add data or reduce grad_accum")
+    bar.close()
+    return {**last, "step": step, "stopped": stopped, "model": acc.unwrap_model(model)}
+
+
+def prepare_run(config_path: str, data: str, run_dir: Path, tokenizer: str | None,
+                resume: bool) -> tuple[SpeechLMConfig, TrainConfig, Any]:
+    """Fix the run's model config and tokenizer in RUN (reused on --resume)."""
+    from lm.text_tokenizer import TOKENIZER_FILE, TextTokenizer, train_text_tokenizer
+
+    model_d, tcfg = load_config(config_path)
+    info = read_info(data)
+    tok_path = run_dir / "tokenizer" / TOKENIZER_FILE
+    cfg_path = run_dir / "lm_config.json"
+    if resume and cfg_path.is_file() and tok_path.is_file():
+        mcfg = config_from_dict(SpeechLMConfig, json.loads(cfg_path.read_text()))
+        if mcfg.codec_identity != info["codec_identity"]:
+            raise ValueError(f"--resume: data codec {info['codec_identity']} != run's codec "
+                             f"{mcfg.codec_identity}")
+        return mcfg, tcfg, TextTokenizer(tok_path)
+    if tokenizer:
+        tok = TextTokenizer(tokenizer)
+        tok_path.parent.mkdir(parents=True, exist_ok=True)
+        tok_path.write_bytes(tok.path.read_bytes())
+        tok = TextTokenizer(tok_path)
+    else:
+        log.info("no --tokenizer: training one (%d pieces) on the train split text",
+                 tcfg.tokenizer_vocab_size)
+        texts = load_tokenized(data, "train")["text"]
+        tok = train_text_tokenizer(texts, tok_path, tcfg.tokenizer_vocab_size, normalize=False)
+    mcfg = model_config_from_dict(model_d, num_text=tok.vocab_size,
+                                  semantic_size=int(info["semantic_vocab_size"]),
+                                  max_group=int(info["max_group"]),
+                                  codec_identity=str(info["codec_identity"] or ""))
+    atomic_write_text(cfg_path, json.dumps(config_to_dict(mcfg), indent=2))
+    return mcfg, tcfg, tok
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="flexicodec-lm train", description=__doc__.split("\n")[0])
+    p.add_argument("--config", required=True)
+    p.add_argument("--data", required=True, help="tokenized dirs, comma separated")
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--tokenizer", default=None, help="sentencepiece model (default: train one)")
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--max-minutes", type=float, default=None)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--out-model", default=None, help="default RUN/model")
+    p.add_argument("--cpu", action="store_true", help="force CPU")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    run_dir = Path(a.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    mcfg, tcfg, tok = prepare_run(a.config, a.data, run_dir, a.tokenizer, a.resume)
+    acc = make_accelerator(tcfg.mixed_precision, tcfg.grad_accum, cpu=a.cpu)
+    vocab = mcfg.vocab()
+    train_items, durs = make_items(load_tokenized(a.data, "train"), tok, vocab, tcfg.max_len)
+    try:
+        valid_items, _ = make_items(load_tokenized(a.data, "valid"), tok, vocab, tcfg.max_len)
+    except ValueError:
+        log.warning("no valid split in %s: no eval loss", a.data)
+        valid_items = []
+    model = SpeechLM(mcfg)
+    log.info("LM %s: %.1fM params, vocab %d, %d train / %d valid sequences", mcfg.arch,
+             model.num_parameters() / 1e6, vocab.size, len(train_items), len(valid_items))
+    res = run_training(model, train_items, durs, valid_items, tcfg, run_dir,
+                       max_steps=a.max_steps, max_minutes=a.max_minutes, resume=a.resume,
+                       accelerator=acc)
+    if acc.is_main_process:
+        out = Path(a.out_model) if a.out_model else run_dir / "model"
+        res["model"].save_pretrained(out, tokenizer_path=tok.path)
+        print(f"wrote {out} (step {res['step']}, stopped: {res['stopped']})")
+    summary = {k: v for k, v in res.items() if k != "model"}
+    print(json.dumps(summary))
+    return 0
