@@ -1,0 +1,400 @@
+"""Train the CTC phoneme recognizer (:mod:`codec.asr`) on a corpus' ``phonemes`` column.
+
+    flexicodec asr-train --config configs/asr/small.yaml --data CORPUS --run-dir RUN \
+        [--max-steps N] [--max-minutes M] [--resume] [--out-model DIR]
+
+Also ``accelerate launch -m codec.train_asr ...`` for several GPUs. bf16 autocast on CUDA
+(the mel front end and the CTC loss stay fp32), SpecAugment-light, AdamW with linear warm-up
+and cosine decay, gradient clipping, phoneme error rate (PER) on the valid split,
+checkpoints/resume through :class:`codec.training.CheckpointManager`, ``metrics.jsonl``.
+The vocabulary is built from the train split once and stored in ``RUN/asr_config.json`` so
+a resumed run uses the same one. The end result is written with ``save_pretrained``.
+
+This module also holds the small pieces both trainers share (:class:`TimeBudget`,
+:func:`epoch_batches`, :func:`load_yaml`).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from codec.asr import PhonemeASR, PhonemeASRConfig, build_vocab, phoneme_error_counts
+from codec.pretrained import atomic_write_text, config_from_dict, config_to_dict
+from codec.training import CheckpointManager, JsonlLogger, make_accelerator, seed_everything
+
+
+# --------------------------------------------------------------------------------------------
+# shared trainer helpers
+# --------------------------------------------------------------------------------------------
+def load_yaml(path: str | Path) -> dict:
+    """Read a YAML config file into a dict (clear error for a missing/bad file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such config file")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def dataclass_from_section(cls: type, section: dict | None, where: str) -> Any:
+    """Build dataclass ``cls`` from a YAML section, rejecting unknown keys by name."""
+    section = dict(section or {})
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(section) - names)
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {unknown} (known: {sorted(names)})")
+    return config_from_dict(cls, section)
+
+
+class TimeBudget:
+    """``--max-minutes``: tells the loop to stop early enough to save a checkpoint.
+
+    ``should_stop()`` is True once elapsed time plus a reserve (twice the slowest step seen,
+    plus ``reserve_s`` for checkpointing/final export) would pass the limit.
+    """
+
+    def __init__(self, max_minutes: float | None, reserve_s: float = 20.0):
+        self.limit = None if max_minutes is None else max_minutes * 60.0
+        self.reserve = reserve_s
+        self.start = time.monotonic()
+        self._last = self.start
+        self.slowest = 0.0
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        self.slowest = max(self.slowest, now - self._last)
+        self._last = now
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start
+
+    def should_stop(self) -> bool:
+        if self.limit is None:
+            return False
+        reserve = min(self.reserve + 2 * self.slowest, 0.25 * self.limit)
+        return self.elapsed() + reserve >= self.limit
+
+
+def epoch_batches(lengths: Sequence[float], batch_size: int, seed: int, epoch: int,
+                  bucket: bool = True, drop_last: bool = True) -> list[list[int]]:
+    """Deterministic batches of dataset indices for one epoch.
+
+    Shuffled with ``seed + epoch``; with ``bucket`` indices are sorted by length inside
+    windows of 50 batches (less padding) and the batches shuffled again. Same inputs →
+    same batches, which is what makes ``--resume`` reproduce the data order.
+    """
+    n = len(lengths)
+    if n == 0:
+        raise ValueError("empty dataset")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    rng = random.Random(seed * 100003 + epoch)
+    idx = list(range(n))
+    rng.shuffle(idx)
+    if bucket:
+        window = batch_size * 50
+        idx = [i for s in range(0, n, window)
+               for i in sorted(idx[s:s + window], key=lambda j: lengths[j])]
+    batches = [idx[s:s + batch_size] for s in range(0, n, batch_size)]
+    if drop_last and len(batches) > 1 and len(batches[-1]) < batch_size:
+        batches.pop()
+    if bucket:
+        rng.shuffle(batches)
+    return batches
+
+
+def lr_lambda(warmup: int, total: int, min_ratio: float = 0.05):
+    """Linear warm-up then cosine decay to ``min_ratio`` (a LambdaLR factor)."""
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        p = min(1.0, (step - warmup) / max(1, total - warmup))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * p))
+    return f
+
+
+def cuda_memory_gb() -> float | None:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**30
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# ASR training
+# --------------------------------------------------------------------------------------------
+@dataclass
+class SpecAugmentConfig:
+    freq_masks: int = 2
+    freq_width: int = 10        # max bins per frequency mask
+    time_masks: int = 2
+    time_width: float = 0.05    # max fraction of the utterance per time mask
+
+
+@dataclass
+class ASRTrainConfig:
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    betas: tuple = (0.9, 0.98)
+    warmup_steps: int = 500
+    max_steps: int = 5000
+    grad_clip: float = 1.0
+    max_seconds: float = 20.0     # utterances longer than this are skipped
+    spec_augment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
+    log_every: int = 50
+    eval_every: int = 1000
+    save_every: int = 1000
+    max_eval_utts: int = 200
+    num_workers: int = 2
+    seed: int = 0
+
+
+def spec_augment(cfg: SpecAugmentConfig):
+    """A ``mel_transform(mel [B, M, F], mel_len [B]) -> mel`` hook masking random bands."""
+    def f(mel: torch.Tensor, mel_len: torch.Tensor) -> torch.Tensor:
+        mel = mel.clone()
+        B, M, _ = mel.shape
+        for b in range(B):
+            L = int(mel_len[b])
+            for _ in range(cfg.freq_masks):
+                w = int(torch.randint(0, cfg.freq_width + 1, ()).item())
+                if 0 < w < M:
+                    s = int(torch.randint(0, M - w + 1, ()).item())
+                    mel[b, s:s + w, :] = 0.0
+            tw = int(cfg.time_width * L)
+            for _ in range(cfg.time_masks):
+                w = int(torch.randint(0, tw + 1, ()).item()) if tw > 0 else 0
+                if 0 < w < L:
+                    s = int(torch.randint(0, L - w + 1, ()).item())
+                    mel[b, :, s:s + w] = 0.0
+        return mel
+    return f
+
+
+def load_asr_yaml(path: str | Path) -> tuple[dict, ASRTrainConfig]:
+    """``configs/asr/*.yaml`` → (model section dict (no vocab), ASRTrainConfig)."""
+    data = load_yaml(path)
+    model = dict(data.get("model") or {})
+    if "vocab" in model:
+        raise ValueError(f"{path}: model.vocab is built from the corpus; remove it")
+    # validate model keys now, with a placeholder vocabulary
+    dataclass_from_section(PhonemeASRConfig, model, f"{path} model")
+    train = dataclass_from_section(ASRTrainConfig, data.get("train"), f"{path} train")
+    return model, train
+
+
+def _corpus_split(data: str, split: str, max_seconds: float):
+    from data.loaders import AudioDataset, load_corpus
+
+    ds = load_corpus(data, split=split, sample_rate=16000, decode=False)
+    if len(ds) == 0:
+        raise ValueError(f"{data}: split '{split}' is empty")
+    phon = ds["phonemes"]
+    dur = ds["duration"]
+    keep = [i for i, (p, d) in enumerate(zip(phon, dur)) if p and p.strip() and d <= max_seconds]
+    if not keep:
+        raise ValueError(f"{data}: split '{split}' has no utterances with phonemes "
+                         f"(the ASR needs the 'phonemes' column)")
+    if len(keep) < len(ds):
+        ds = ds.select(keep)
+    return ds, AudioDataset(ds, sample_rate=16000, segment_samples=None, random_crop=False)
+
+
+def make_loader(dataset, batches: list[list[int]], num_workers: int, seed: int = 0,
+                collate_fn=None):
+    """A DataLoader over precomputed ``batches`` with its own seeded generator, so creating
+    it never draws from the global torch RNG (needed for exact ``--resume``); worker seeds
+    derive from ``seed``."""
+    if collate_fn is None:
+        from data.loaders import collate_audio as collate_fn
+    return torch.utils.data.DataLoader(dataset, batch_sampler=batches, collate_fn=collate_fn,
+                                       num_workers=num_workers,
+                                       generator=torch.Generator().manual_seed(seed),
+                                       persistent_workers=False, pin_memory=False)
+
+
+@torch.no_grad()
+def evaluate_per(model: PhonemeASR, dataset, batch_size: int, device, max_utts: int | None,
+                 num_workers: int = 0, desc: str = "PER") -> dict:
+    """Phoneme error rate of greedy CTC over (up to ``max_utts`` of) ``dataset``."""
+    n = len(dataset) if max_utts is None else min(len(dataset), max_utts)
+    batches = [list(range(s, min(n, s + batch_size))) for s in range(0, n, batch_size)]
+    was_training = model.training
+    model.eval()
+    errs = total = 0
+    for batch in tqdm(make_loader(dataset, batches, num_workers), desc=desc, leave=False):
+        hyps = model.transcribe(batch["wav"].to(device), batch["wav_lengths"].to(device))
+        for h, r in zip(hyps, batch["phonemes"]):
+            e, t = phoneme_error_counts(h, r, model.config.strip_chars)
+            errs, total = errs + e, total + t
+    model.train(was_training)
+    return {"per": errs / max(1, total), "eval_utts": n}
+
+
+def train_asr(config_path: str, data: str, run_dir: str, max_steps: int | None = None,
+              max_minutes: float | None = None, resume: bool = False,
+              out_model: str | None = None, cpu: bool = False,
+              stop_after: int | None = None) -> dict:
+    """Run (or resume) ASR training; returns the final metrics dict.
+
+    ``max_steps`` is the run's total length (also the LR schedule's); ``stop_after`` ends this
+    invocation early after that many steps (checkpointed, resumable) without changing it.
+    """
+    model_section, tc = load_asr_yaml(config_path)
+    if max_steps is not None:
+        tc.max_steps = max_steps
+    run = Path(run_dir)
+    accelerator = make_accelerator(cpu=cpu)
+    main = accelerator.is_main_process
+    seed_everything(tc.seed)
+    budget = TimeBudget(max_minutes)
+
+    train_ds, train_set = _corpus_split(data, "train", tc.max_seconds)
+    valid_ds, valid_set = _corpus_split(data, "valid", tc.max_seconds)
+
+    ckpt = CheckpointManager(run)
+    cfg_file = run / "asr_config.json"
+    if resume and ckpt.latest() is not None:
+        if not cfg_file.is_file():
+            raise FileNotFoundError(f"{cfg_file}: missing; cannot resume this run")
+        model_cfg = config_from_dict(PhonemeASRConfig, json.loads(cfg_file.read_text()))
+    else:
+        if ckpt.latest() is not None:
+            raise FileExistsError(f"{run}: already holds checkpoints; pass --resume or use a "
+                                  f"new --run-dir")
+        vocab = build_vocab(train_ds["phonemes"])
+        model_cfg = config_from_dict(PhonemeASRConfig, {**model_section, "vocab": vocab})
+        if main:
+            atomic_write_text(cfg_file, json.dumps(config_to_dict(model_cfg), indent=1,
+                                                   ensure_ascii=False))
+    model = PhonemeASR(model_cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=tuple(tc.betas),
+                            weight_decay=tc.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tc.warmup_steps, tc.max_steps))
+    model, opt, sched = accelerator.prepare(model, opt, sched)
+    raw = accelerator.unwrap_model(model)
+    n_params = sum(p.numel() for p in raw.parameters())
+
+    state = ckpt.load(accelerator) if resume else None
+    step = int(state["step"]) if state else 0
+    logger = JsonlLogger(run / "metrics.jsonl", enabled=main)
+    if main:
+        print(f"[asr-train] {n_params / 1e6:.2f} M params, vocab {len(model_cfg.vocab)}, "
+              f"{len(train_set)} train / {len(valid_set)} valid utterances, device "
+              f"{accelerator.device}, precision {accelerator.mixed_precision}, "
+              f"{'resumed at step ' + str(step) if state else 'from scratch'}")
+
+    lengths = [float(d) for d in train_ds["duration"]]
+    world, rank = accelerator.num_processes, accelerator.process_index
+    steps_per_epoch = len(epoch_batches(lengths, tc.batch_size, tc.seed, 0)) // world
+    if steps_per_epoch < 1:
+        raise ValueError(f"train split too small for batch_size {tc.batch_size} x "
+                         f"{world} processes")
+    augment = spec_augment(tc.spec_augment)
+    pbar = tqdm(total=tc.max_steps, initial=step, desc="asr-train", disable=not main)
+    last: dict = {}
+    t_log, samples, audio_s = time.monotonic(), 0, 0.0
+    stopped_early = False
+    while step < tc.max_steps and not stopped_early:
+        epoch, k = divmod(step, steps_per_epoch)
+        plan = epoch_batches(lengths, tc.batch_size, tc.seed, epoch)
+        batches = plan[k * world: steps_per_epoch * world][rank::world]
+        loader = make_loader(train_set, batches, tc.num_workers,
+                             seed=tc.seed * 1000003 + step * 7 + rank)
+        for batch in loader:
+            wav = batch["wav"].to(accelerator.device)
+            wl = batch["wav_lengths"].to(accelerator.device)
+            targets = [raw.tokenize(p) for p in batch["phonemes"]]
+            with accelerator.autocast():
+                logits, flen = model(wav, wl, mel_transform=augment)
+            loss = raw.ctc_loss(logits, flen, targets)
+            accelerator.backward(loss)
+            gnorm = accelerator.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            budget.tick()
+            samples += wav.shape[0] * world
+            audio_s += float(wl.sum()) / 16000 * world
+            pbar.update(1)
+            if not math.isfinite(loss.item()):
+                raise FloatingPointError(f"step {step}: CTC loss is {loss.item()}")
+            if step % tc.log_every == 0 or step == tc.max_steps:
+                dt = time.monotonic() - t_log
+                last = {"step": step, "epoch": epoch, "loss": loss.item(),
+                        "grad_norm": float(gnorm), "lr": sched.get_last_lr()[0],
+                        "samples_per_s": samples / dt, "audio_s_per_s": audio_s / dt,
+                        "elapsed_s": budget.elapsed()}
+                mem = cuda_memory_gb()
+                if mem is not None:
+                    last["gpu_mem_gb"] = mem
+                logger.log(last)
+                pbar.set_postfix(loss=f"{loss.item():.3f}")
+                t_log, samples, audio_s = time.monotonic(), 0, 0.0
+            if step % tc.eval_every == 0 and main:
+                ev = evaluate_per(raw, valid_set, tc.batch_size, accelerator.device,
+                                  tc.max_eval_utts)
+                logger.log({"step": step, **{f"valid_{k}": v for k, v in ev.items()}})
+                tqdm.write(f"[asr-train] step {step}: valid PER {ev['per']:.3f}")
+            stop = budget.should_stop() or (stop_after is not None and step >= stop_after)
+            if step % tc.save_every == 0 or step >= tc.max_steps or stop:
+                ckpt.save(accelerator, step, epoch=epoch)
+            if stop:
+                stopped_early = step < tc.max_steps
+                if main:
+                    tqdm.write(f"[asr-train] stopping at step {step} (time budget / "
+                               f"--stop-after); checkpoint saved, continue with --resume")
+                break
+            if step >= tc.max_steps:
+                break
+    pbar.close()
+    result = dict(last)
+    if main:
+        ev = evaluate_per(raw, valid_set, tc.batch_size, accelerator.device, tc.max_eval_utts)
+        result.update({f"valid_{k}": v for k, v in ev.items()}, step=step,
+                      params=n_params, finished=not stopped_early)
+        logger.log({"step": step, "final": True,
+                    **{f"valid_{k}": v for k, v in ev.items()}})
+        print(f"[asr-train] step {step}: valid PER {ev['per']:.3f}")
+        if out_model:
+            raw.float().save_pretrained(out_model)
+            print(f"[asr-train] saved model to {out_model}")
+    accelerator.wait_for_everyone()
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="flexicodec asr-train", description=__doc__.split("\n")[0])
+    p.add_argument("--config", required=True, help="configs/asr/*.yaml")
+    p.add_argument("--data", required=True, help="corpus directory (with train/valid splits)")
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="save a checkpoint and exit cleanly before this wall-time limit")
+    p.add_argument("--stop-after", type=int, default=None,
+                   help="checkpoint and exit after this global step (schedule unchanged)")
+    p.add_argument("--resume", action="store_true", help="continue from RUN/latest")
+    p.add_argument("--out-model", default=None, help="save_pretrained directory at the end")
+    p.add_argument("--cpu", action="store_true", help="force CPU")
+    a = p.parse_args(argv)
+    res = train_asr(a.config, a.data, a.run_dir, a.max_steps, a.max_minutes, a.resume,
+                    a.out_model, a.cpu, a.stop_after)
+    print(json.dumps(res, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
