@@ -1,0 +1,339 @@
+"""Text-to-speech: text → LM (semantic codes + lengths) → acoustic stage → codec decoder.
+
+    tts = TTS.from_pretrained()            # shipped lm/, acoustic/, codec/ folders
+    audio, sr = tts.synthesize("Hello there.", speaker="slt", seed=0)
+    for chunk in tts.stream("Hello there.", seed=0): ...
+
+Per sentence (``data.text.normalize_text`` + ``split_sentences``): the LM writes semantic
+tokens and their lengths, conditioned on the frame-rate token and a voice prompt (transcript +
+codes) prefix; the acoustic stage fills the RVQ acoustic codes per token, prompted with the
+voice prompt's codes; the codec decodes. Both :meth:`TTS.synthesize` and :meth:`TTS.stream`
+run :func:`tts.chunking.synthesize_chunks`, so their outputs are identical for one seed.
+Sentences are joined with ``pause_ms`` of silence; every sentence fades in and out.
+
+Voice and rate:
+- ``speaker=NAME``: a prompt shipped in ``ACOUSTIC_DIR/speakers.json`` (the stored rate
+  nearest to the requested one); ``prompt_wav`` + ``prompt_text``: your own reference
+  (any sample rate; resampled to 16 kHz); neither: the first shipped speaker, or no prompt.
+- ``frame_rate`` (Hz): the LM's rate token and the prompt's encoding rate.
+  ``threshold``: the prompt is encoded with that merging threshold (a shipped speaker's prompt
+  is decoded and re-encoded) and the LM is conditioned on the rate the prompt achieved.
+  Neither: ``DEFAULT_FRAME_RATE``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from data.audio import AudioError, load_audio, prepare_waveform
+from tts.acoustic import AcousticModel, predict_acoustic
+from tts.chunking import ChunkConfig, VoiceCodes, synthesize_chunks
+from tts.speakers import VoicePrompt as StoredPrompt
+from tts.speakers import load_speakers, pick_prompt
+
+log = logging.getLogger("flexicodec.tts")
+
+SAMPLE_RATE = 16000
+DEFAULT_FRAME_RATE = 8.33
+#: prompts quieter than this RMS are refused as silent
+SILENCE_RMS = 1e-4
+MAX_PROMPT_SECONDS = 20.0
+
+
+class TTSError(ValueError):
+    """Input the pipeline cannot synthesize (empty text, bad prompt, unknown speaker...)."""
+
+
+@dataclass
+class SynthesisOptions:
+    """Knobs of one synthesis call (besides text, voice and rate)."""
+
+    temperature: float = 0.8
+    top_k: int = 50
+    top_p: float = 1.0
+    max_tokens_per_sentence: int = 400
+    acoustic_steps: tuple | None = None
+    acoustic_temperature: float | None = None
+    pause_ms: float = 200.0
+    chunk: ChunkConfig = field(default_factory=ChunkConfig)
+
+
+@dataclass
+class _Voice:
+    lm_prompt: object | None          # lm.generate.VoicePrompt
+    codes: VoiceCodes | None
+    frame_rate: float
+
+
+class TTS:
+    """The full pipeline. ``lm`` is a ``(SpeechLM, TextTokenizer)`` pair (``lm.model.load_lm``)."""
+
+    def __init__(self, codec, lm, acoustic: AcousticModel,
+                 speakers: dict[str, list[StoredPrompt]] | None = None,
+                 options: SynthesisOptions | None = None):
+        if not (isinstance(lm, (tuple, list)) and len(lm) == 2):
+            raise TypeError("lm must be a (SpeechLM, TextTokenizer) pair, see lm.model.load_lm")
+        self.codec = codec.eval()
+        self.lm, self.tokenizer = lm
+        self.lm.eval()
+        self.acoustic = acoustic.eval()
+        self.speakers = speakers or {}
+        self.options = options or SynthesisOptions()
+        self._check_compatible()
+        self.hop = int(round(SAMPLE_RATE / float(codec.frame_rate_base)))
+        self.last_timing: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike | None = None,
+                        map_location: str = "cpu", **kw) -> "TTS":
+        """Load ``DIR/{codec,lm,acoustic}`` (default: the shipped ``flexicodec_pretrained``
+        folders). Raises FileNotFoundError naming what is missing."""
+        from codec.model import FlexiCodec
+        from lm.model import load_lm
+
+        if directory is None:
+            from flexicodec_pretrained import default_dir
+            dirs = {n: default_dir(n) for n in ("codec", "lm", "acoustic")}
+        else:
+            directory = Path(directory)
+            dirs = {n: directory / n for n in ("codec", "lm", "acoustic")}
+            missing = [str(p) for p in dirs.values() if not (p / "config.json").is_file()]
+            if missing:
+                raise FileNotFoundError(f"model directory {directory} lacks {missing} "
+                                        f"(needs codec/, lm/ and acoustic/ checkpoints)")
+        codec = FlexiCodec.from_pretrained(dirs["codec"], map_location=map_location)
+        lm = load_lm(dirs["lm"], codec=codec, map_location=map_location)
+        acoustic = AcousticModel.from_pretrained(dirs["acoustic"], map_location=map_location)
+        return cls(codec, lm, acoustic, speakers=load_speakers(dirs["acoustic"]), **kw)
+
+    def _check_compatible(self) -> None:
+        ac, codec = self.acoustic.config, self.codec
+        if int(codec.semantic_vocab_size) != ac.semantic_vocab_size:
+            raise TTSError(f"acoustic model expects {ac.semantic_vocab_size} semantic codes, "
+                           f"the codec has {codec.semantic_vocab_size}")
+        if int(codec.max_group) != ac.max_group:
+            raise TTSError(f"acoustic model max_group {ac.max_group} != codec "
+                           f"{codec.max_group}")
+        if hasattr(self.lm, "check_codec"):
+            self.lm.check_codec(codec)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.acoustic.parameters()).device
+
+    def list_speakers(self) -> list[str]:
+        return sorted(self.speakers)
+
+    # ------------------------------------------------------------------ text
+    def sentences(self, text: str) -> list[str]:
+        """Normalized sentences of ``text``; TTSError when nothing is speakable."""
+        from data.text import normalize_text, split_sentences
+
+        if not isinstance(text, str):
+            raise TTSError(f"text must be a string, got {type(text).__name__}")
+        if not text.strip():
+            raise TTSError("empty text: nothing to synthesize")
+        out = []
+        for s in split_sentences(text):
+            norm = normalize_text(s).strip()
+            if any(ch.isalnum() for ch in norm):
+                out.append(norm)
+        if not out:
+            raise TTSError(f"text has no speakable characters: {text[:60]!r}")
+        return out
+
+    # ------------------------------------------------------------------ voice
+    def _encode_prompt(self, wav: np.ndarray, text: str, frame_rate: float | None,
+                       threshold: float | None) -> _Voice:
+        from lm.generate import VoicePrompt
+
+        if not text or not any(ch.isalnum() for ch in text):
+            raise TTSError("a prompt wav needs its transcript (prompt_text)")
+        if wav.size > MAX_PROMPT_SECONDS * SAMPLE_RATE:
+            raise TTSError(f"prompt is {wav.size / SAMPLE_RATE:.1f} s long; use at most "
+                           f"{MAX_PROMPT_SECONDS:.0f} s")
+        rms = float(np.sqrt(np.mean(np.square(wav, dtype=np.float64))))
+        if rms < SILENCE_RMS:
+            raise TTSError(f"prompt audio is silent (RMS {rms:.1e})")
+        if wav.size < self.hop * 2:
+            raise TTSError("prompt audio is too short (need at least two codec frames)")
+        x = torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32))[None].to(self.device)
+        kw = {"merging_threshold": threshold} if threshold is not None else {
+            "frame_rate": frame_rate}
+        with torch.no_grad():
+            enc = self.codec.encode(x, SAMPLE_RATE, num_quantizers=self.acoustic.config.n_q,
+                                    **kw)
+        m = enc.token_mask[0].cpu()
+        sem = enc.semantic_codes[0].cpu()[m].long()
+        lens = enc.token_lengths[0].cpu()[m].long()
+        ac = enc.acoustic_codes[0].cpu()[:, m].long()
+        rate = float(enc.frame_rate[0]) if threshold is not None else float(frame_rate)
+        from data.text import normalize_text
+        pieces = self.tokenizer.encode(normalize_text(text))
+        return _Voice(VoicePrompt(pieces, sem, lens), VoiceCodes(sem, lens, ac), rate)
+
+    def _voice(self, speaker, prompt_wav, prompt_text, frame_rate, threshold) -> _Voice:
+        from lm.generate import VoicePrompt
+
+        if frame_rate is not None and threshold is not None:
+            raise TTSError("give frame_rate or threshold, not both")
+        if frame_rate is not None and not 0 < float(frame_rate) <= 12.5:
+            raise TTSError(f"frame_rate must be in (0, 12.5] Hz, got {frame_rate}")
+        if threshold is not None and not 0 < float(threshold) <= 1.0:
+            raise TTSError(f"threshold must be in (0, 1], got {threshold}")
+        if speaker is not None and prompt_wav is not None:
+            raise TTSError("give speaker or prompt_wav, not both")
+        rate = float(frame_rate) if frame_rate is not None else DEFAULT_FRAME_RATE
+        if prompt_wav is not None:
+            if isinstance(prompt_wav, (tuple, list)):
+                wav, sr = prompt_wav
+                wav = prepare_waveform(np.asarray(wav), int(sr), SAMPLE_RATE, name="prompt")
+            else:
+                wav, _ = load_audio(prompt_wav, SAMPLE_RATE)
+            return self._encode_prompt(wav, prompt_text or "", rate, threshold)
+        if speaker is None:
+            if not self.speakers:
+                if threshold is not None:
+                    raise TTSError("threshold needs a voice prompt (speaker or prompt_wav)")
+                return _Voice(None, None, rate)
+            speaker = self.list_speakers()[0]
+        if speaker not in self.speakers:
+            known = ", ".join(self.list_speakers()) or "none shipped"
+            raise TTSError(f"unknown speaker {speaker!r} (known: {known})")
+        stored = pick_prompt(self.speakers[speaker], rate if threshold is None else None)
+        sem, lens, ac = stored.tensors()
+        if threshold is not None:  # re-encode the stored prompt at this threshold
+            with torch.no_grad():
+                wav = self._decode(sem, ac, lens)
+            return self._encode_prompt(wav, stored.text, None, threshold)
+        if ac.shape[0] < self.acoustic.config.n_q:
+            raise TTSError(f"speaker {speaker!r} stores {ac.shape[0]} quantizers, the acoustic "
+                           f"model needs {self.acoustic.config.n_q}")
+        ac = ac[:self.acoustic.config.n_q]
+        pieces = self.tokenizer.encode(stored.text)
+        return _Voice(VoicePrompt(pieces, sem, lens), VoiceCodes(sem, lens, ac), rate)
+
+    # ------------------------------------------------------------------ stages
+    def _sampling(self, seed: int | None):
+        from lm.generate import SamplingConfig
+
+        o = self.options
+        return SamplingConfig(temperature=o.temperature, top_k=o.top_k, top_p=o.top_p,
+                              max_tokens=o.max_tokens_per_sentence, seed=seed)
+
+    def _decode(self, sem: torch.Tensor, ac: torch.Tensor, lens: torch.Tensor) -> np.ndarray:
+        """Codec decode of one token span → float32 [sum(lens) * hop]."""
+        dev = self.device
+        with torch.no_grad():
+            audio = self.codec.decode_from_codes(sem[None].to(dev), ac[None].to(dev),
+                                                 lens[None].to(dev))
+        audio = audio[0].float().cpu().numpy().reshape(-1)
+        want = int(lens.sum()) * self.hop
+        if abs(audio.size - want) >= self.hop:
+            raise RuntimeError(f"codec decoded {audio.size} samples for {int(lens.sum())} "
+                               f"frames; expected {want} (hop {self.hop})")
+        if audio.size < want:
+            audio = np.pad(audio, (0, want - audio.size))
+        return audio[:want]
+
+    def _predict(self, item: dict, seed: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(seed)
+        return predict_acoustic(self.acoustic, [item], steps_per_level=self.options.acoustic_steps,
+                                temperature=self.options.acoustic_temperature, generator=g)[0]
+
+    def _sentence_tokens(self, sentence: str, voice: _Voice, seed: int, streaming: bool):
+        """(code, length) pairs of one sentence from the LM (both modes: the same sampler)."""
+        from lm.generate import generate, stream_tokens
+
+        pieces = self.tokenizer.encode(sentence)
+        sampling = self._sampling(seed)
+        if streaming:
+            return stream_tokens(self.lm, pieces, voice.frame_rate, sampling, voice.lm_prompt)
+        out = generate(self.lm, [pieces], voice.frame_rate, sampling, voice.lm_prompt)[0]
+        if out.truncated:
+            log.warning("sentence hit max_tokens_per_sentence (%d) without an end: %r",
+                        self.options.max_tokens_per_sentence, sentence[:60])
+        return list(zip(out.semantic_codes.tolist(), out.token_lengths.tolist()))
+
+    def _run(self, text: str, voice: _Voice, seed: int, streaming: bool
+             ) -> Iterator[np.ndarray]:
+        sentences = self.sentences(text)
+        pause = np.zeros(int(self.options.pause_ms * SAMPLE_RATE / 1000), dtype=np.float32)
+        t_lm = [0.0]
+
+        def timed(tokens):
+            it = iter(tokens)
+            while True:
+                t0 = time.perf_counter()
+                try:
+                    x = next(it)
+                except StopIteration:
+                    t_lm[0] += time.perf_counter() - t0
+                    return
+                t_lm[0] += time.perf_counter() - t0
+                yield x
+
+        for i, sent in enumerate(sentences):
+            if i:
+                yield pause
+            t0 = time.perf_counter()
+            toks = self._sentence_tokens(sent, voice, seed + i, streaming)
+            t_lm[0] += time.perf_counter() - t0
+            n = 0
+            for piece in synthesize_chunks(timed(toks), predict=self._predict, decode=self._decode,
+                                           hop=self.hop, sample_rate=SAMPLE_RATE,
+                                           prompt=voice.codes, cfg=self.options.chunk,
+                                           seed=seed, sentence=i):
+                n += piece.size
+                yield piece
+            if n == 0:
+                raise TTSError(f"the LM produced no speech tokens for {sent[:60]!r}")
+        self.last_timing["lm_s"] = t_lm[0]
+
+    # ------------------------------------------------------------------ public API
+    def synthesize(self, text: str | Sequence[str], speaker: str | None = None,
+                   prompt_wav=None, prompt_text: str | None = None,
+                   frame_rate: float | None = None, threshold: float | None = None,
+                   seed: int | None = None):
+        """Synthesize ``text`` → ``(audio float32 [T], 16000)``; a list of texts gives a list
+        of such pairs. ``prompt_wav``: a path or an ``(array, sample_rate)`` pair."""
+        if isinstance(text, (list, tuple)):
+            if not text:
+                raise TTSError("empty list of texts")
+            return [self.synthesize(t, speaker, prompt_wav, prompt_text, frame_rate, threshold,
+                                    seed) for t in text]
+        t0 = time.perf_counter()
+        voice = self._voice(speaker, prompt_wav, prompt_text, frame_rate, threshold)
+        seed = int(seed) if seed is not None else int(torch.randint(0, 2**31 - 1, (1,)))
+        audio = np.concatenate(list(self._run(text, voice, seed, streaming=False)))
+        wall = time.perf_counter() - t0
+        self.last_timing.update(total_s=wall, audio_s=audio.size / SAMPLE_RATE,
+                                frame_rate=voice.frame_rate)
+        return audio.astype(np.float32, copy=False), SAMPLE_RATE
+
+    def stream(self, text: str, speaker: str | None = None, prompt_wav=None,
+               prompt_text: str | None = None, frame_rate: float | None = None,
+               threshold: float | None = None, seed: int | None = None
+               ) -> Iterator[np.ndarray]:
+        """Yield float32 audio chunks (16 kHz) as the LM produces tokens. With the same seed
+        ``np.concatenate(list(stream(...)))`` equals ``synthesize(...)[0]``. The time to the
+        first chunk is in ``last_timing["first_chunk_s"]`` afterwards."""
+        t0 = time.perf_counter()
+        voice = self._voice(speaker, prompt_wav, prompt_text, frame_rate, threshold)
+        seed = int(seed) if seed is not None else int(torch.randint(0, 2**31 - 1, (1,)))
+        total = 0
+        for k, piece in enumerate(self._run(text, voice, seed, streaming=True)):
+            if k == 0:
+                self.last_timing["first_chunk_s"] = time.perf_counter() - t0
+            total += piece.size
+            yield piece
+        self.last_timing.update(total_s=time.perf_counter() - t0, audio_s=total / SAMPLE_RATE,
+                                frame_rate=voice.frame_rate)
