@@ -1,0 +1,24 @@
+# Source me: unpack the synthesizer .deb files of DIR (from scripts/fetch_synth_debs.sh) into a
+# private prefix and export what the engines and data/synth.py need.
+#   source scripts/device_synth_env.sh DIR [PREFIX]     (PREFIX default: DIR/prefix)
+# Exports PATH, LD_LIBRARY_PATH, ESPEAK_DATA_PATH and FLEXICODEC_SYNTH_PREFIX (data/synth.py
+# then runs every engine from the prefix; festival gets --libdir PREFIX/usr/share/festival).
+_fs_dir=${1:?usage: source scripts/device_synth_env.sh DIR [PREFIX]}
+_fs_dir=$(cd "$_fs_dir" && pwd)
+_fs_prefix=${2:-$_fs_dir/prefix}
+if [ ! -f "$_fs_prefix/.unpacked" ]; then
+  mkdir -p "$_fs_prefix"
+  for _fs_deb in "$_fs_dir"/*.deb; do
+    dpkg -x "$_fs_deb" "$_fs_prefix" || { echo "dpkg -x $_fs_deb failed" >&2; return 1; }
+  done
+  touch "$_fs_prefix/.unpacked"
+fi
+export FLEXICODEC_SYNTH_PREFIX="$_fs_prefix"
+export PATH="$_fs_prefix/usr/bin:$PATH"
+export LD_LIBRARY_PATH="$_fs_prefix/usr/lib/x86_64-linux-gnu:$_fs_prefix/usr/lib:$_fs_prefix/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export ESPEAK_DATA_PATH="$_fs_prefix/usr/lib/x86_64-linux-gnu/espeak-ng-data"
+# festival: the binary's compiled-in libdir is /usr/share/festival; data/synth.py passes
+# --libdir, and for hand use:  festival --libdir "$FESTIVAL_LIBDIR"
+export FESTIVAL_LIBDIR="$_fs_prefix/usr/share/festival"
+echo "[device_synth_env] engines from $_fs_prefix: $(ls "$_fs_prefix/usr/bin" | tr '\n' ' ')"
+unset _fs_dir _fs_prefix _fs_deb
