@@ -1,0 +1,191 @@
+"""Configuration of :class:`codec.model.FlexiCodec` (one dataclass, three presets).
+
+The presets ``tiny`` (tests), ``small`` (our shipped default) and ``base`` (closer to the
+paper) are the ``model:`` sections of ``configs/codec/{tiny,small,base}.yaml``; a test checks
+that the YAML files and :data:`PRESETS` agree.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from codec.pretrained import config_from_dict
+
+
+@dataclass
+class SemanticConfig:
+    """Where the frozen semantic features come from.
+
+    ``source="asr"``: our :class:`codec.asr.PhonemeASR`, held inside the codec (its weights are
+    saved in the codec directory, its config in ``asr_config``). ``asr_path`` names a trained
+    ASR directory to copy weights from when a *new* codec is built; it is consumed (cleared)
+    at construction so a saved codec never depends on it.
+
+    ``source="hf"``: a local transformers speech encoder (Wav2Vec2 / HuBERT / WavLM /
+    Data2VecAudio / Whisper encoder) loaded from ``hf_path`` with ``local_files_only=True``
+    at construction; its weights are *not* stored in the codec (only the path).
+
+    ``layer``: hidden layer to use (None = the model's default: ASR ``feature_layer``, the
+    last hidden state of an HF model).
+    """
+
+    source: str = "asr"
+    asr_config: dict = field(default_factory=dict)
+    asr_path: str = ""
+    hf_path: str = ""
+    layer: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.source not in ("asr", "hf"):
+            raise ValueError(f"semantic source must be 'asr' or 'hf', got {self.source!r}")
+        if self.source == "hf" and not self.hf_path:
+            raise ValueError("semantic source 'hf' needs hf_path (a local model directory)")
+
+
+@dataclass
+class FlexiCodecConfig:
+    """Sizes and settings of FlexiCodec. Frame rate = sample_rate / prod(encoder_rates)."""
+
+    sample_rate: int = 16000
+    # --- acoustic encoder (DAC-style strided convs) ---
+    encoder_dim: int = 16                          # channels of the first conv; doubles per stride
+    encoder_rates: tuple = (4, 4, 5, 8, 2)         # product 1280 → 12.5 Hz at 16 kHz
+    latent_dim: int = 256
+    # --- semantic path ---
+    semantic_dim: int = 256                        # ConvNeXt width on the semantic stream
+    semantic_layers: int = 2                       # ConvNeXt blocks before merging
+    semantic_decoder_layers: int = 2               # ConvNeXt blocks: tokens → acoustic latent
+    fsq_levels: tuple = (8, 8, 8, 8)               # codebook = prod(levels)
+    # --- acoustic RVQ (DAC-style factorised, l2-normalised codebooks) ---
+    n_q: int = 8
+    rvq_codebook_size: int = 1024
+    rvq_codebook_dim: int = 8
+    quantizer_dropout: float = 0.5                 # share of items trained with n < n_q
+    # --- merging / unmerging transformers (RoPE, local attention, layer scale) ---
+    transformer_layers: int = 2
+    transformer_heads: int = 4
+    transformer_window: int = 16                   # attends to |i - j| <= window // 2
+    transformer_ff_mult: int = 4
+    layer_scale_init: float = 0.01
+    # --- Vocos-style decoder ---
+    decoder_upsample: int = 4                      # 12.5 Hz → 50 Hz by ConvTranspose
+    decoder_dim: int = 384
+    decoder_intermediate_dim: int = 1152
+    decoder_layers: int = 8
+    n_fft: int = 1280
+    hop_length: int = 320
+    # --- merging ---
+    max_group: int = 8
+    train_threshold_range: tuple = (0.8, 1.0)
+    default_threshold: float = 0.91
+    fixed_group: int = 0                           # >0: merge every k frames (fixed-rate baseline)
+    semantic: SemanticConfig = field(default_factory=SemanticConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.semantic, dict):
+            self.semantic = config_from_dict(SemanticConfig, self.semantic)
+        self.encoder_rates = tuple(int(r) for r in self.encoder_rates)
+        self.fsq_levels = tuple(int(v) for v in self.fsq_levels)
+        self.train_threshold_range = tuple(float(v) for v in self.train_threshold_range)
+        if self.hop_size != self.decoder_upsample * self.hop_length:
+            raise ValueError(
+                f"decoder_upsample ({self.decoder_upsample}) x hop_length ({self.hop_length}) "
+                f"must equal the encoder hop prod(encoder_rates) = {self.hop_size}")
+        if self.n_fft < self.hop_length or (self.n_fft - self.hop_length) % 2:
+            raise ValueError("n_fft must be >= hop_length with an even difference ('same' iSTFT)")
+        if not 1 <= self.max_group <= 64:
+            raise ValueError(f"max_group must be in [1, 64], got {self.max_group}")
+        lo, hi = self.train_threshold_range
+        if not (-1.0 <= lo <= hi):
+            raise ValueError(f"bad train_threshold_range {self.train_threshold_range}")
+        if self.fixed_group < 0 or self.fixed_group > self.max_group:
+            raise ValueError(f"fixed_group must be in [0, max_group], got {self.fixed_group}")
+        if any(v < 2 for v in self.fsq_levels):
+            raise ValueError(f"FSQ levels must be >= 2, got {self.fsq_levels}")
+        if self.latent_dim % self.transformer_heads or \
+                (self.latent_dim // self.transformer_heads) % 2:
+            raise ValueError("latent_dim / transformer_heads must be an even integer (RoPE)")
+
+    @property
+    def hop_size(self) -> int:
+        """Samples per 12.5 Hz frame (1280)."""
+        return int(math.prod(self.encoder_rates))
+
+    @property
+    def frame_rate(self) -> float:
+        return self.sample_rate / self.hop_size
+
+    @property
+    def semantic_vocab_size(self) -> int:
+        return int(math.prod(self.fsq_levels))
+
+    def bits_per_token(self, num_quantizers: int | None = None) -> float:
+        """log2(FSQ codebook) + n_q·log2(RVQ codebook) + log2(max_group) (the length)."""
+        n = self.n_q if num_quantizers is None else num_quantizers
+        return (math.log2(self.semantic_vocab_size) + n * math.log2(self.rvq_codebook_size)
+                + math.log2(self.max_group))
+
+    # ---- presets -------------------------------------------------------------------------
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "FlexiCodecConfig":
+        if name not in PRESETS:
+            raise ValueError(f"unknown codec preset {name!r}; choose from {sorted(PRESETS)}")
+        return config_from_dict(cls, {**PRESETS[name], **overrides})
+
+    @classmethod
+    def tiny(cls, **overrides) -> "FlexiCodecConfig":
+        return cls.preset("tiny", **overrides)
+
+    @classmethod
+    def small(cls, **overrides) -> "FlexiCodecConfig":
+        return cls.preset("small", **overrides)
+
+    @classmethod
+    def base(cls, **overrides) -> "FlexiCodecConfig":
+        return cls.preset("base", **overrides)
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike, **overrides) -> "FlexiCodecConfig":
+        """The ``model:`` section of a YAML file (e.g. ``configs/codec/small.yaml``)."""
+        path = Path(path)
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
+            raise ValueError(f"{path}: no 'model:' section")
+        return config_from_dict(cls, {**data["model"], **overrides})
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# The presets. ``semantic.asr_config`` is filled from the ASR when a codec is built with
+# ``semantic.asr_path``; the defaults here describe the ASR sizes the presets expect.
+PRESETS: dict[str, dict] = {
+    # for tests: well under a second per training step on CPU
+    "tiny": dict(
+        encoder_dim=4, latent_dim=32, semantic_dim=32, semantic_layers=1,
+        semantic_decoder_layers=1, fsq_levels=(4, 4, 4), n_q=2, rvq_codebook_size=64,
+        rvq_codebook_dim=4, transformer_layers=1, transformer_heads=2, decoder_dim=32,
+        decoder_intermediate_dim=64, decoder_layers=1,
+    ),
+    # shipped default (~8-20 M parameters without the ASR). FSQ [8,8,8,8] = 4096 codes instead
+    # of the paper's 32768: our corpus is hours, not thousands of hours, so a smaller semantic
+    # vocabulary is used fully and keeps the LM's softmax small; RVQ 8 x 1024.
+    "small": dict(
+        encoder_dim=16, latent_dim=256, semantic_dim=256, semantic_layers=2,
+        semantic_decoder_layers=2, fsq_levels=(8, 8, 8, 8), n_q=8, rvq_codebook_size=1024,
+        rvq_codebook_dim=8, transformer_layers=2, transformer_heads=4, decoder_dim=384,
+        decoder_intermediate_dim=1152, decoder_layers=8,
+    ),
+    # closer to the paper: latent 512, FSQ 32768 (= 8^5), RVQ 12 x 4096
+    "base": dict(
+        encoder_dim=32, latent_dim=512, semantic_dim=512, semantic_layers=4,
+        semantic_decoder_layers=4, fsq_levels=(8, 8, 8, 8, 8), n_q=12, rvq_codebook_size=4096,
+        rvq_codebook_dim=8, transformer_layers=6, transformer_heads=8, decoder_dim=512,
+        decoder_intermediate_dim=1536, decoder_layers=8,
+    ),
+}

@@ -1,0 +1,102 @@
+"""DAC-style acoustic encoder: wav [B, T] (16 kHz) → latent [B, T / 1280, latent_dim].
+
+Conv(7) → for each stride s: 3 residual units (Snake, dilated conv 7 with dilations 1/3/9,
+Snake, conv 1) → Snake → strided conv (kernel 2s, stride s), channels doubling → Snake →
+conv(3) to the latent. Weight-normalised convs. Every activation is re-masked to the valid
+length of its resolution, so a zero-padded batch encodes each utterance exactly as it would
+alone (the convolutions only ever see zeros beyond an utterance's end).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn.utils.parametrizations import weight_norm
+
+
+class Snake(nn.Module):
+    """x + sin²(αx)/α with a learned α per channel. x [B, C, T]."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.alpha = nn.Parameter(torch.ones(1, channels, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.alpha
+        return x + (a + 1e-9).reciprocal() * torch.sin(a * x).pow(2)
+
+
+def _conv(cin: int, cout: int, k: int, stride: int = 1, dilation: int = 1,
+          padding: int | None = None) -> nn.Module:
+    if padding is None:
+        padding = dilation * (k - 1) // 2
+    return weight_norm(nn.Conv1d(cin, cout, k, stride=stride, dilation=dilation,
+                                 padding=padding))
+
+
+class ResidualUnit(nn.Module):
+    def __init__(self, dim: int, dilation: int):
+        super().__init__()
+        self.act1 = Snake(dim)
+        self.conv1 = _conv(dim, dim, 7, dilation=dilation)
+        self.act2 = Snake(dim)
+        self.conv2 = _conv(dim, dim, 1)
+
+    def forward(self, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        y = self.conv1(self.act1(x)) * m
+        y = self.conv2(self.act2(y)) * m
+        return x + y
+
+
+class EncoderBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.res = nn.ModuleList(ResidualUnit(cin, d) for d in (1, 3, 9))
+        self.act = Snake(cin)
+        self.down = _conv(cin, cout, 2 * stride, stride=stride, padding=math.ceil(stride / 2))
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        for unit in self.res:
+            x = unit(x, m)
+        return self.down(self.act(x))
+
+
+class AcousticEncoder(nn.Module):
+    """wav [B, T] with T a multiple of ``hop_size`` and num_frames [B] → latent [B, F, D]
+    (zero on frames beyond each utterance's ``num_frames``)."""
+
+    def __init__(self, dim: int, rates: tuple[int, ...], latent_dim: int):
+        super().__init__()
+        self.rates = tuple(rates)
+        self.hop_size = int(math.prod(rates))
+        self.conv_in = _conv(1, dim, 7)
+        blocks, c = [], dim
+        for r in rates:
+            blocks.append(EncoderBlock(c, 2 * c, r))
+            c *= 2
+        self.blocks = nn.ModuleList(blocks)
+        self.act = Snake(c)
+        self.conv_out = _conv(c, latent_dim, 3)
+
+    def forward(self, wav: torch.Tensor, num_frames: torch.Tensor) -> torch.Tensor:
+        B, T = wav.shape
+        if T % self.hop_size:
+            raise ValueError(f"encoder input length {T} is not a multiple of {self.hop_size}")
+
+        def mask_at(step: int, length: int) -> torch.Tensor:
+            valid = num_frames * (self.hop_size // step)
+            t = torch.arange(length, device=wav.device)
+            return (t[None, :] < valid[:, None]).to(wav.dtype)[:, None, :]
+
+        step = 1
+        m = mask_at(step, T)
+        x = self.conv_in(wav[:, None, :] * m) * m
+        for block in self.blocks:
+            x = block(x, m)
+            step *= block.stride
+            m = mask_at(step, x.shape[-1])
+            x = x * m
+        x = self.conv_out(self.act(x)) * m
+        return x.transpose(1, 2)
