@@ -38,7 +38,8 @@ def rate_dirs(paths: str | Sequence[str]) -> list[Path]:
         if (p / INFO_NAME).is_file():
             out.append(p)
         else:
-            found = sorted(d for d in p.glob("rate_*") if (d / INFO_NAME).is_file())
+            found = sorted(d for d in [*p.glob("rate_*"), *p.glob("thr_*")]
+                           if (d / INFO_NAME).is_file())
             if not found:
                 raise TokenizedDataError(f"{p}: no tokenized data (no {INFO_NAME} here or in "
                                          f"rate_* subfolders); run `flexicodec-lm tokenize`")

@@ -1,0 +1,110 @@
+"""``flexicodec-lm``: train-tokenizer, tokenize, train, finetune, generate.
+
+``flexicodec-lm generate --model LM_DIR --text "..." --frame-rate 6.25 --out codes.npz
+[--codec CODEC_DIR] [--adapter DIR] [--prompt-wav W --prompt-text T] [--greedy]
+[--temperature 0.8 --top-k 50 --top-p 0.95 --repetition-penalty 1.1] [--max-tokens N]``
+writes ``semantic_codes [T']``, ``token_lengths [T']``, ``frame_rate``, the LM's codec
+identity and the text to an .npz (atomically).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+SUBCOMMANDS = {
+    "train-tokenizer": "lm.text_tokenizer",
+    "tokenize": "lm.tokenize",
+    "train": "lm.train",
+    "finetune": "lm.finetune",
+    "generate": "lm.cli",
+}
+
+
+def generate_main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    from codec.pretrained import atomic_path
+    from data.audio import load_audio
+    from lm.generate import SamplingConfig, VoicePrompt, generate
+    from lm.model import load_lm
+
+    p = argparse.ArgumentParser(prog="flexicodec-lm generate",
+                                description="Text → semantic codes + token lengths (.npz).")
+    p.add_argument("--model", required=True, help="LM directory")
+    p.add_argument("--text", required=True)
+    p.add_argument("--frame-rate", type=float, required=True, help="rate bucket (Hz)")
+    p.add_argument("--out", required=True, help="output .npz")
+    p.add_argument("--codec", default=None, help="codec directory (checked; needed for a "
+                                                  "voice prompt)")
+    p.add_argument("--adapter", default=None, help="LoRA adapter directory (merged in)")
+    p.add_argument("--prompt-wav", default=None)
+    p.add_argument("--prompt-text", default=None)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-k", type=int, default=50)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--max-tokens", type=int, default=1000)
+    p.add_argument("--greedy", action="store_true")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    a = p.parse_args(argv)
+    if (a.prompt_wav is None) != (a.prompt_text is None):
+        p.error("--prompt-wav and --prompt-text go together")
+    if a.prompt_wav and not a.codec:
+        p.error("a voice prompt needs --codec to encode it")
+    codec = None
+    if a.codec:
+        from lm.tokenize import load_codec
+        codec = load_codec(a.codec, a.device)
+    model, tok = load_lm(a.model, codec=codec, map_location=a.device)
+    if a.adapter:
+        from lm.finetune import base_identity, load_adapter
+        model = load_adapter(model, a.adapter, merge=True, base_id=base_identity(a.model))
+    prompt = None
+    if a.prompt_wav:
+        wav, _ = load_audio(a.prompt_wav, 16000)
+        enc = codec.encode([wav], 16000, frame_rate=a.frame_rate, num_quantizers=0)
+        m = enc.token_mask[0].bool()
+        prompt = VoicePrompt(tok.encode(a.prompt_text), enc.semantic_codes[0][m].cpu(),
+                             enc.token_lengths[0][m].cpu())
+    s = SamplingConfig(temperature=a.temperature, top_k=a.top_k, top_p=a.top_p,
+                       repetition_penalty=a.repetition_penalty, greedy=a.greedy,
+                       max_tokens=a.max_tokens, seed=a.seed)
+    r = generate(model, [tok.encode(a.text)], a.frame_rate, s, prompt=prompt)[0]
+    out = Path(a.out)
+    with atomic_path(out) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, semantic_codes=r.semantic_codes.numpy(),
+                     token_lengths=r.token_lengths.numpy(), frame_rate=np.float32(r.frame_rate),
+                     codec_identity=np.str_(model.config.codec_identity),
+                     text=np.str_(a.text), truncated=np.bool_(r.truncated))
+    print(json.dumps({"out": str(out), "tokens": int(r.semantic_codes.numel()),
+                      "frames": r.num_frames, "seconds": r.num_frames / 12.5,
+                      "truncated": r.truncated}))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    import importlib
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in SUBCOMMANDS:
+        print("usage: flexicodec-lm {" + ",".join(SUBCOMMANDS) + "} ...", file=sys.stderr)
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"unknown subcommand {argv[0]!r}", file=sys.stderr)
+            return 2
+        return 0
+    cmd, rest = argv[0], argv[1:]
+    if cmd == "generate":
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+        return generate_main(rest)
+    return importlib.import_module(SUBCOMMANDS[cmd]).main(rest) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
