@@ -169,3 +169,25 @@ def test_bad_inputs(tts, tmp_path):
         tts.synthesize("hello", frame_rate=6.25, threshold=0.9)
     with pytest.raises(TTSError, match="frame_rate"):
         tts.synthesize("hello", frame_rate=50)
+
+
+def test_evaluate_reports_every_rate(tts, tmp_path):
+    from tts.evaluate import evaluate, to_markdown
+    res = evaluate(tts, ["Hello there.", "One two three."], frame_rates=(12.5, 6.25),
+                   stream_every=1, out_dir=tmp_path)
+    assert set(res["rates"]) == {"12.5", "6.25"}
+    for r in res["rates"].values():
+        assert 0.0 <= r["wer"] and r["rtf"] > 0 and 0 < r["rtf_ar"] < r["rtf"]
+        assert r["first_chunk_s"] > 0
+    assert len(list((tmp_path / "wavs").glob("*.wav"))) == 4
+    assert "| 6.25 | 2 |" in to_markdown(res)
+
+
+def test_cli_argument_errors(capsys):
+    from tts.cli import main
+    with pytest.raises(SystemExit):
+        main(["hello"])  # no -o
+    with pytest.raises(SystemExit):
+        main(["hello", "-o", "x.wav", "--frame-rate", "6", "--threshold", "0.9"])
+    with pytest.raises(SystemExit):
+        main(["-o", "x.wav"])  # no text

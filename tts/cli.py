@@ -1,0 +1,145 @@
+"""``flexicodec-tts``: synthesize speech, plus the acoustic-stage and evaluation subcommands.
+
+    flexicodec-tts "Hello there." -o out.wav [--speaker NAME | --prompt-wav REF.wav
+        --prompt-text "..."] [--frame-rate HZ | --threshold T] [--seed N] [--model-dir DIR]
+    flexicodec-tts --input-file lines.txt -o OUT_DIR      # one wav per non-empty line
+    flexicodec-tts --list-speakers
+    flexicodec-tts encode-corpus CORPUS OUT --codec DIR   # codes dataset for the acoustic stage
+    flexicodec-tts train-acoustic ...                      # see tts.train_acoustic
+    flexicodec-tts eval ...                                # see tts.evaluate
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+SUBCOMMANDS = ("encode-corpus", "train-acoustic", "eval")
+
+
+def _encode_corpus(argv: list[str]) -> int:
+    from codec.model import FlexiCodec
+    from tts.codes_data import encode_corpus
+
+    ap = argparse.ArgumentParser(prog="flexicodec-tts encode-corpus",
+                                 description="Encode a corpus into a codes dataset")
+    ap.add_argument("corpus")
+    ap.add_argument("out")
+    ap.add_argument("--codec", help="codec directory (default: shipped)")
+    ap.add_argument("--frame-rates", type=float, nargs="+", default=[12.5, 8.33, 6.25])
+    ap.add_argument("--num-quantizers", type=int)
+    ap.add_argument("--splits", nargs="+", default=["train", "valid"])
+    ap.add_argument("--limit", type=int, help="at most this many utterances per split")
+    a = ap.parse_args(argv)
+    if a.codec is None:
+        from flexicodec_pretrained import default_dir
+        a.codec = default_dir("codec")
+    codec = FlexiCodec.from_pretrained(a.codec)
+    out = encode_corpus(codec, a.corpus, a.out, frame_rates=tuple(a.frame_rates),
+                        num_quantizers=a.num_quantizers, splits=tuple(a.splits), limit=a.limit)
+    print(f"wrote {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="flexicodec-tts", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("text", nargs="?", help="text to speak")
+    ap.add_argument("-o", "--output", help="output wav (or directory with --input-file)")
+    ap.add_argument("--input-file", help="text file, one utterance per line")
+    voice = ap.add_mutually_exclusive_group()
+    voice.add_argument("--speaker", help="a shipped speaker (see --list-speakers)")
+    voice.add_argument("--prompt-wav", help="reference audio of the voice to use")
+    ap.add_argument("--prompt-text", help="transcript of --prompt-wav")
+    rate = ap.add_mutually_exclusive_group()
+    rate.add_argument("--frame-rate", type=float, help="average token rate in Hz (<= 12.5)")
+    rate.add_argument("--threshold", type=float, help="merging threshold (1.0 = 12.5 Hz)")
+    ap.add_argument("--seed", type=int)
+    ap.add_argument("--model-dir", help="directory with codec/, lm/, acoustic/")
+    ap.add_argument("--list-speakers", action="store_true")
+    ap.add_argument("--stream", action="store_true",
+                    help="synthesize chunk by chunk (same audio; prints first-chunk latency)")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in SUBCOMMANDS:
+        cmd, rest = argv[0], argv[1:]
+        if cmd == "train-acoustic":
+            from tts.train_acoustic import main as train_main
+            return train_main(rest)
+        if cmd == "eval":
+            from tts.evaluate import main as eval_main
+            return eval_main(rest)
+        return _encode_corpus(rest)
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    ap = build_parser()
+    a = ap.parse_args(argv)
+    if not a.list_speakers:
+        if bool(a.text) == bool(a.input_file):
+            ap.error("give the text to speak or --input-file (one of them)")
+        if not a.output:
+            ap.error("-o/--output is required")
+        if a.prompt_wav and not a.prompt_text:
+            ap.error("--prompt-wav needs --prompt-text (its transcript)")
+    import numpy as np
+    from tqdm import tqdm
+
+    from data.audio import AudioError, write_audio
+    from tts.pipeline import TTS, TTSError
+
+    try:
+        tts = TTS.from_pretrained(a.model_dir)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: cannot load the TTS models: {exc}", file=sys.stderr)
+        return 2
+    if a.list_speakers:
+        names = tts.list_speakers()
+        print("\n".join(names) if names else "(no shipped speakers)")
+        return 0
+    kw = dict(speaker=a.speaker, prompt_wav=a.prompt_wav, prompt_text=a.prompt_text,
+              frame_rate=a.frame_rate, threshold=a.threshold, seed=a.seed)
+    try:
+        if a.input_file:
+            path = Path(a.input_file)
+            if not path.is_file():
+                print(f"error: {path}: no such file", file=sys.stderr)
+                return 2
+            lines = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+            if not lines:
+                print(f"error: {path} has no text lines", file=sys.stderr)
+                return 2
+            out_dir = Path(a.output)
+            failed = 0
+            for i, line in enumerate(tqdm(lines, desc="synthesize", unit="utt")):
+                try:
+                    audio, sr = tts.synthesize(line, **kw)
+                except TTSError as exc:
+                    tqdm.write(f"line {i + 1}: skipped: {exc}")
+                    failed += 1
+                    continue
+                write_audio(out_dir / f"{i + 1:05d}.wav", audio, sr)
+            print(f"wrote {len(lines) - failed} files to {out_dir}"
+                  + (f" ({failed} lines skipped)" if failed else ""))
+            return 1 if failed == len(lines) else 0
+        if a.stream:
+            chunks = list(tts.stream(a.text, **kw))
+            audio, sr = np.concatenate(chunks), 16000
+            print(f"first chunk after {tts.last_timing['first_chunk_s'] * 1000:.0f} ms, "
+                  f"{len(chunks)} chunks")
+        else:
+            audio, sr = tts.synthesize(a.text, **kw)
+        write_audio(a.output, audio, sr)
+        t = tts.last_timing
+        print(f"wrote {a.output}: {audio.size / sr:.2f} s at {t['frame_rate']:.2f} Hz, "
+              f"RTF {t['total_s'] / max(t['audio_s'], 1e-9):.3f}")
+        return 0
+    except (TTSError, AudioError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
