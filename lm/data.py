@@ -12,6 +12,7 @@ one rate.
 from __future__ import annotations
 
 import json
+import os
 
 import random
 from pathlib import Path
@@ -31,8 +32,8 @@ class TokenizedDataError(ValueError):
 
 def rate_dirs(paths: str | Sequence[str]) -> list[Path]:
     """Expand comma-separated / listed tokenized paths to their rate directories."""
-    if isinstance(paths, str):
-        paths = [p for p in paths.split(",") if p]
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [p for p in str(paths).split(",") if p]
     out: list[Path] = []
     for p in map(Path, paths):
         if (p / INFO_NAME).is_file():

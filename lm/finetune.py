@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-minutes", type=float, default=None)
     p.add_argument("--resume", action="store_true")
     p.add_argument("--merge-out", default=None, help="also write a merged full LM here")
+    p.add_argument("--valid-split", default="valid")
     p.add_argument("--cpu", action="store_true")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     vocab = model.vocab
     train_items, durs = make_items(load_tokenized(a.data, "train"), tok, vocab, tcfg.max_len)
     try:
-        valid_items, _ = make_items(load_tokenized(a.data, "valid"), tok, vocab, tcfg.max_len)
+        valid_items, _ = make_items(load_tokenized(a.data, a.valid_split), tok, vocab, tcfg.max_len)
     except ValueError:
         valid_items = []
     pm = apply_lora(model, a.rank, a.alpha, a.dropout)

@@ -105,6 +105,7 @@ def tokenize_corpus(codec: Any, corpus: str | os.PathLike, out: str | os.PathLik
     atomic_write_text(info_path, json.dumps(info, indent=1))
     codec = codec.to(device).eval()
     corpus_layout = detect_layout(Path(corpus))
+    explicit = splits is not None
     if splits is None:
         splits = ["train", "valid", "test"] if corpus_layout == "corpus" else ["train"]
     for split in splits:
@@ -112,6 +113,8 @@ def tokenize_corpus(codec: Any, corpus: str | os.PathLike, out: str | os.PathLik
             ds = load_corpus(corpus, split=split if corpus_layout == "corpus" else None,
                              decode=False, check="header")
         except ValueError as exc:
+            if explicit:
+                raise
             log.warning("split %s: %s (skipped)", split, exc)
             continue
         stats = {"utterances": 0, "skipped": 0, "tokens": 0, "seconds": 0.0, "reasons": {}}

@@ -253,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-minutes", type=float, default=None)
     p.add_argument("--resume", action="store_true")
     p.add_argument("--out-model", default=None, help="default RUN/model")
+    p.add_argument("--valid-split", default="valid", help="eval split of the data")
     p.add_argument("--cpu", action="store_true", help="force CPU")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -263,9 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     vocab = mcfg.vocab()
     train_items, durs = make_items(load_tokenized(a.data, "train"), tok, vocab, tcfg.max_len)
     try:
-        valid_items, _ = make_items(load_tokenized(a.data, "valid"), tok, vocab, tcfg.max_len)
+        valid_items, _ = make_items(load_tokenized(a.data, a.valid_split), tok, vocab, tcfg.max_len)
     except ValueError:
-        log.warning("no valid split in %s: no eval loss", a.data)
+        log.warning("no '%s' split in %s: no eval loss", a.valid_split, a.data)
         valid_items = []
     model = SpeechLM(mcfg)
     log.info("LM %s: %.1fM params, vocab %d, %d train / %d valid sequences", mcfg.arch,
