@@ -56,6 +56,7 @@ class FlexiCodecConfig:
     encoder_dim: int = 16                          # channels of the first conv; doubles per stride
     encoder_rates: tuple = (4, 4, 5, 8, 2)         # product 1280 → 12.5 Hz at 16 kHz
     latent_dim: int = 256
+    encoder_activation: str = "snake"              # 'snake' (DAC) or 'elu' (faster on CPU)
     # --- semantic path ---
     semantic_dim: int = 256                        # ConvNeXt width on the semantic stream
     semantic_layers: int = 2                       # ConvNeXt blocks before merging
@@ -171,15 +172,23 @@ PRESETS: dict[str, dict] = {
         semantic_decoder_layers=1, fsq_levels=(4, 4, 4), n_q=2, rvq_codebook_size=64,
         rvq_codebook_dim=4, transformer_layers=1, transformer_heads=2, decoder_dim=32,
         decoder_intermediate_dim=64, decoder_layers=1,
+        # a tiny randomly initialised frozen ASR: tests only (features still vary with the
+        # input); real codecs set semantic.asr_path to a trained ASR
+        semantic=dict(source="asr", asr_config=dict(n_mels=32, d_model=32, n_layers=2,
+                                                    n_heads=2, ff_dim=64, dropout=0.0)),
     ),
     # shipped default (~8-20 M parameters without the ASR). FSQ [8,8,8,8] = 4096 codes instead
     # of the paper's 32768: our corpus is hours, not thousands of hours, so a smaller semantic
     # vocabulary is used fully and keeps the LM's softmax small; RVQ 8 x 1024.
     "small": dict(
-        encoder_dim=16, latent_dim=256, semantic_dim=256, semantic_layers=2,
+        # encoder: 8 base channels (→ 256 after five doublings) and ELU keep encoding fast on
+        # CPU; the decoder (Vocos) carries most of the parameters
+        encoder_dim=8, encoder_activation="elu", latent_dim=256, semantic_dim=256,
+        semantic_layers=2,
         semantic_decoder_layers=2, fsq_levels=(8, 8, 8, 8), n_q=8, rvq_codebook_size=1024,
         rvq_codebook_dim=8, transformer_layers=2, transformer_heads=4, decoder_dim=384,
         decoder_intermediate_dim=1152, decoder_layers=8,
+        semantic=dict(source="asr", asr_path="flexicodec_pretrained/asr"),
     ),
     # closer to the paper: latent 512, FSQ 32768 (= 8^5), RVQ 12 x 4096
     "base": dict(
@@ -187,5 +196,6 @@ PRESETS: dict[str, dict] = {
         semantic_decoder_layers=4, fsq_levels=(8, 8, 8, 8, 8), n_q=12, rvq_codebook_size=4096,
         rvq_codebook_dim=8, transformer_layers=6, transformer_heads=8, decoder_dim=512,
         decoder_intermediate_dim=1536, decoder_layers=8,
+        semantic=dict(source="asr", asr_path="flexicodec_pretrained/asr"),
     ),
 }

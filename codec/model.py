@@ -160,7 +160,7 @@ class FlexiCodec(nn.Module, PretrainedMixin):
         tf = dict(layers=c.transformer_layers, heads=c.transformer_heads,
                   window=c.transformer_window, ff_mult=c.transformer_ff_mult,
                   layer_scale=c.layer_scale_init)
-        self.encoder = AcousticEncoder(c.encoder_dim, c.encoder_rates, D)
+        self.encoder = AcousticEncoder(c.encoder_dim, c.encoder_rates, D, c.encoder_activation)
         self.merge_transformer = LocalTransformer(D, **tf)
         self.semantic_encoder = ConvNeXtStack(Fd, S, S, c.semantic_layers)
         self.semantic_aggregator = merging.GroupAggregator(S)
