@@ -23,7 +23,7 @@ import logging
 import multiprocessing
 import os
 import time
-from collections import Counter
+from collections import Counter, deque
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +32,7 @@ from typing import Iterator
 import numpy as np
 from tqdm.auto import tqdm
 
-from codec.pretrained import atomic_write_text
+
 from data.audio import write_audio
 from data.synth import PostprocessConfig, Speaker, list_speakers, synthesize
 from data.text import load_sentences, normalize_text, phonemize
@@ -109,24 +109,38 @@ def iter_plan(cfg: CorpusConfig, speakers: list[Speaker], unseen: set[str],
     sentence is used once per pass over the list, passes repeat with a new order.
     """
     rng = np.random.default_rng(cfg.seed)
-    pools: dict[bool, list[tuple[str, str, str]]] = {True: [], False: []}
-    for text in sentences:
-        norm = normalize_text(text)
-        n = len(norm.split())
-        if not cfg.min_words <= n <= cfg.max_words:
-            continue
-        split = sentence_split(norm, cfg.split_fractions)
-        pools[split == "test_unseen"].append((text, norm, split))
-    if not pools[False] or (unseen and not pools[True]):
-        raise ValueError("not enough sentences to fill every split")
+    srng = np.random.default_rng([cfg.seed, 1])  # sentence order, independent of voices
+    # sentences are normalised lazily while walking a shuffled order (normalising all ~40k
+    # up front costs seconds); each one lands in the seen or held-out queue by its split
+    queues: dict[bool, deque] = {True: deque(), False: deque()}
+    state = {"order": srng.permutation(len(sentences)), "pos": 0}
+
+    def take(held: bool) -> tuple[str, str, str]:
+        scanned = 0
+        while not queues[held]:
+            if scanned > len(sentences):
+                raise ValueError(f"no sentence falls in the {'test_unseen' if held else 'seen'}"
+                                 f" splits; check split_fractions")
+            if state["pos"] >= len(state["order"]):  # next pass over the list
+                state["order"], state["pos"] = srng.permutation(len(sentences)), 0
+            text = sentences[state["order"][state["pos"]]]
+            state["pos"] += 1
+            scanned += 1
+            norm = normalize_text(text)
+            if not cfg.min_words <= len(norm.split()) <= cfg.max_words:
+                continue
+            split = sentence_split(norm, cfg.split_fractions)
+            queues[split == "test_unseen"].append((text, norm, split))
+        return queues[held].popleft()
+
+    if not sentences:
+        raise ValueError("no sentences to plan with")
     by_engine: dict[str, list[Speaker]] = {}
     for s in speakers:
         by_engine.setdefault(s.engine, []).append(s)
     engines = sorted(by_engine)
     w = np.array([(cfg.engine_weights or {}).get(e, 1.0) for e in engines], dtype=float)
     w = w / w.sum()
-    orders = {k: rng.permutation(len(v)) for k, v in pools.items()}
-    pos = {True: 0, False: 0}
     n_tasks = 0
     while True:
         engine = engines[rng.choice(len(engines), p=w)]
@@ -134,12 +148,7 @@ def iter_plan(cfg: CorpusConfig, speakers: list[Speaker], unseen: set[str],
         held = spk.id in unseen
         items = []
         for _ in range(cfg.batch_size):
-            pool = pools[held]
-            if pos[held] >= len(pool):
-                orders[held] = rng.permutation(len(pool))
-                pos[held] = 0
-            text, norm, split = pool[orders[held][pos[held]]]
-            pos[held] += 1
+            text, norm, split = take(held)
             uid = f"{spk.slug}_{n_tasks:06d}_{len(items):02d}"
             items.append((uid, text, norm, split))
         n_tasks += 1
@@ -187,6 +196,7 @@ def read_metadata(out_dir: str | os.PathLike, repair: bool = False) -> list[dict
             raise ValueError(f"{path}: corrupt metadata row {i + 1}") from None
     if repair and (torn or (raw and not raw.endswith("\n"))):
         log.warning("%s: repairing an interrupted last row", path)
+        from codec.pretrained import atomic_write_text  # lazy: keeps torch out of workers
         atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     return rows
 
@@ -198,6 +208,7 @@ def _check_settings(out: Path, cfg: CorpusConfig, speakers: list[Speaker],
                 "engine_weights": cfg.engine_weights, "batch_size": cfg.batch_size,
                 "phoneme_voice": cfg.phoneme_voice, "sample_rate": 16000,
                 "min_words": cfg.min_words, "max_words": cfg.max_words}
+    from codec.pretrained import atomic_write_text  # lazy: keeps torch out of workers
     path = out / SETTINGS
     if path.is_file():
         old = json.loads(path.read_text())

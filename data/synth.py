@@ -84,7 +84,8 @@ def synth_env() -> dict[str, str]:
     if prefix is None:
         return env
     usr = prefix / "usr"
-    libs = [usr / "lib" / _MULTIARCH, usr / "lib", prefix / "lib" / _MULTIARCH]
+    libs = [usr / "lib" / _MULTIARCH, usr / "lib" / _MULTIARCH / "pulseaudio", usr / "lib",
+            prefix / "lib" / _MULTIARCH]
     env["PATH"] = os.pathsep.join([str(usr / "bin")] + [p for p in
                                                        env.get("PATH", "").split(os.pathsep) if p])
     env["LD_LIBRARY_PATH"] = os.pathsep.join([str(p) for p in libs] + [

@@ -156,7 +156,8 @@ def normalize_text(text: str) -> str:
     for k, v in _QUOTES.items():
         s = s.replace(k, v)
     for rx, word in _ABBREV_RE:
-        s = rx.sub(word, s)
+        # an abbreviation that ends the text also ends the sentence: keep its period
+        s = rx.sub(lambda m, w=word: w + ("." if not m.string[m.end():].strip() else ""), s)
     s = re.sub(r"([$£€¥])\s?(\d[\d,]*)(?:\.(\d+))?(?:\s+(" + _SCALE_WORDS + r"))?",
                _currency, s)
     s = re.sub(r"(\d[\d,]*(?:\.\d+)?)\s?%", lambda m: m.group(1) + " percent", s)
@@ -178,6 +179,7 @@ def normalize_text(text: str) -> str:
     s = re.sub(r"\s+", " ", s).strip()
     s = re.sub(r"\s+([.,?!])", r"\1", s)
     s = re.sub(r"([.,?!])\1+", r"\1", s)
+    s = re.sub(r"([?!])[?!.]+", r"\1", s)
     s = re.sub(r",([.?!])", r"\1", s)
     s = re.sub(r"^[,.\s]+", "", s)
     return s

@@ -15,7 +15,7 @@ if [ ! -f "$_fs_prefix/.unpacked" ]; then
 fi
 export FLEXICODEC_SYNTH_PREFIX="$_fs_prefix"
 export PATH="$_fs_prefix/usr/bin:$PATH"
-export LD_LIBRARY_PATH="$_fs_prefix/usr/lib/x86_64-linux-gnu:$_fs_prefix/usr/lib:$_fs_prefix/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export LD_LIBRARY_PATH="$_fs_prefix/usr/lib/x86_64-linux-gnu:$_fs_prefix/usr/lib/x86_64-linux-gnu/pulseaudio:$_fs_prefix/usr/lib:$_fs_prefix/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export ESPEAK_DATA_PATH="$_fs_prefix/usr/lib/x86_64-linux-gnu/espeak-ng-data"
 # festival: the binary's compiled-in libdir is /usr/share/festival; data/synth.py passes
 # --libdir, and for hand use:  festival --libdir "$FESTIVAL_LIBDIR"
