@@ -105,7 +105,9 @@ def test_resume_after_interruption(tmp_path):
     # the same seed from scratch gives the same ids
     fresh = tmp_path / "fresh"
     build_corpus(fresh, cfg, workers=2, progress=False)
-    assert [r["id"] for r in read_metadata(fresh)][:4] == [r["id"] for r in rows2][:4]
+    fresh_rows = {r["id"]: r for r in read_metadata(fresh)}
+    for r in rows:  # the first tasks of the plan: same ids, same sentences
+        assert fresh_rows[r["id"]]["normalized_text"] == r["normalized_text"]
 
 
 def test_cli_show_and_stats(tiny_corpus):
