@@ -1,0 +1,453 @@
+"""Train FlexiCodec (generator + MPD/MRD discriminators) on random crops of a corpus.
+
+    flexicodec train --config configs/codec/small.yaml --data CORPUS --run-dir RUN \
+        --asr DIR [--max-steps N] [--max-minutes M] [--stop-after N] [--resume] \
+        [--out-model DIR] [--fixed-group K]
+    accelerate launch -m codec.train ...            # several GPUs
+
+The model is built from the YAML ``model:`` section with the trained ASR (``--asr``) copied in
+as its frozen semantic model; the ``train:`` section (:class:`CodecTrainConfig`) holds batch,
+crop length, learning rates, loss weights and schedule.
+
+Schedule: the first ``warmup_fixed_steps`` steps run at fixed 12.5 Hz (threshold 1.0, no
+merging: the author's advice); after that each batch draws its threshold uniformly from the
+model's ``train_threshold_range``. ``--fixed-group K`` trains the fixed-rate baseline instead
+(every K frames merged regardless of content; K=2 → 6.25 Hz) with the same architecture and
+budget. Discriminators join at ``disc_start``.
+
+Losses (weights in YAML): multi-resolution mel L1, GAN (hinge or LSGAN over MPD + MRD) with
+feature matching, RVQ codebook + commitment, semantic distillation. bf16 autocast on CUDA
+(STFT/iSTFT and the losses stay fp32), gradient clipping, optional EMA of the generator,
+AdamW + warm-up/cosine schedulers for both. Checkpoints (``accelerate save_state``: models,
+optimizers, schedulers, EMA, RNG states) are atomic; ``--resume`` continues exactly (seeded
+batch plan + skip, restored RNG). ``--max-minutes`` checkpoints and exits before the limit.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from codec.discriminators import CodecDiscriminator, DiscriminatorConfig
+from codec.losses import (MelLossConfig, MultiResolutionMelLoss, discriminator_loss,
+                          feature_matching_loss, generator_adv_loss, match_length)
+from codec.pretrained import atomic_write_text, config_from_dict, config_to_dict
+from codec.train_asr import (TimeBudget, cuda_memory_gb, dataclass_from_section, epoch_batches,
+                             load_yaml, lr_lambda, make_loader)
+from codec.training import CheckpointManager, JsonlLogger, make_accelerator, seed_everything
+
+
+@dataclass
+class LossWeights:
+    mel: float = 15.0
+    adv: float = 1.0
+    feature_matching: float = 2.0
+    commit: float = 0.25
+    codebook: float = 1.0
+    distill: float = 1.0
+
+
+@dataclass
+class CodecTrainConfig:
+    batch_size: int = 16
+    segment_seconds: float = 2.56
+    min_seconds: float = 0.5            # shorter utterances are not used for training
+    lr_g: float = 2e-4
+    lr_d: float = 2e-4
+    betas: tuple = (0.8, 0.99)
+    weight_decay: float = 0.01
+    warmup_steps: int = 500
+    max_steps: int = 20000
+    grad_clip_g: float = 1.0
+    grad_clip_d: float = 1.0
+    gan_kind: str = "hinge"
+    disc_start: int = 2000
+    warmup_fixed_steps: int = 2000      # steps at threshold 1.0 (12.5 Hz) before merging
+    ema_decay: float = 0.0              # 0 disables the EMA copy of the generator
+    loss_weights: LossWeights = field(default_factory=LossWeights)
+    mel_loss: MelLossConfig = field(default_factory=MelLossConfig)
+    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+    log_every: int = 50
+    eval_every: int = 1000
+    save_every: int = 1000
+    max_eval_utts: int = 16
+    eval_seconds: float = 6.0
+    num_workers: int = 2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("loss_weights", "mel_loss", "discriminator"):
+            value = getattr(self, name)
+            if isinstance(value, dict):
+                cls = {"loss_weights": LossWeights, "mel_loss": MelLossConfig,
+                       "discriminator": DiscriminatorConfig}[name]
+                setattr(self, name, dataclass_from_section(cls, value, f"train.{name}"))
+        if self.gan_kind not in ("hinge", "lsgan"):
+            raise ValueError(f"train.gan_kind must be 'hinge' or 'lsgan', got {self.gan_kind!r}")
+        if self.segment_seconds <= 0 or self.batch_size < 1:
+            raise ValueError("train.segment_seconds and train.batch_size must be positive")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
+
+
+def load_train_section(path: str | Path) -> CodecTrainConfig:
+    """The ``train:`` section of ``configs/codec/*.yaml`` (unknown keys are an error)."""
+    data = load_yaml(path)
+    if not isinstance(data.get("train"), dict):
+        raise ValueError(f"{path}: no 'train:' section")
+    return dataclass_from_section(CodecTrainConfig, data["train"], f"{path} train")
+
+
+class EMA:
+    """Exponential moving average of a module's floating parameters and buffers.
+
+    Has ``state_dict``/``load_state_dict`` so ``accelerator.register_for_checkpointing`` saves
+    and restores it with the run.
+    """
+
+    def __init__(self, module: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {k: v.detach().clone() for k, v in module.state_dict().items()
+                       if v.is_floating_point()}
+
+    @torch.no_grad()
+    def update(self, module: torch.nn.Module) -> None:
+        for k, v in module.state_dict().items():
+            if k in self.shadow:
+                self.shadow[k].lerp_(v.detach().to(self.shadow[k].dtype), 1 - self.decay)
+
+    def copy_to(self, module: torch.nn.Module) -> None:
+        state = module.state_dict()
+        state.update({k: v.to(state[k].dtype) for k, v in self.shadow.items()})
+        module.load_state_dict(state)
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "shadow": self.shadow}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.decay = state["decay"]
+        self.shadow = {k: v.to(self.shadow[k].device) for k, v in state["shadow"].items()}
+
+
+def build_codec_config(config_path: str, asr: str | None, fixed_group: int | None):
+    """FlexiCodecConfig from the YAML ``model:`` section, with ``--asr`` / ``--fixed-group``."""
+    from codec.config import FlexiCodecConfig
+
+    cfg = FlexiCodecConfig.from_yaml(config_path)
+    if fixed_group is not None:
+        cfg = config_from_dict(FlexiCodecConfig, {**config_to_dict(cfg),
+                                                  "fixed_group": int(fixed_group)})
+    if cfg.semantic.source == "asr":
+        if not asr:
+            raise ValueError("the codec's semantic model is our PhonemeASR: pass --asr DIR "
+                             "(a trained `flexicodec asr-train --out-model` directory)")
+        if not (Path(asr) / "config.json").is_file():
+            raise FileNotFoundError(f"--asr {asr}: not a model directory (no config.json)")
+        cfg.semantic.asr_path = str(asr)
+    elif asr:
+        raise ValueError(f"--asr given but the config's semantic source is "
+                         f"{cfg.semantic.source!r}")
+    return cfg
+
+
+def sample_threshold(step: int, tc: CodecTrainConfig, model_cfg) -> float | None:
+    """Threshold for this batch: None in fixed-group mode, 1.0 during the fixed-rate
+    warm-up, else uniform in ``train_threshold_range`` (global torch RNG, so resumable)."""
+    if model_cfg.fixed_group:
+        return None
+    if step < tc.warmup_fixed_steps:
+        return 1.0
+    lo, hi = model_cfg.train_threshold_range
+    return float(lo + (hi - lo) * torch.rand(()).item())
+
+
+def compact_buffers(module: torch.nn.Module) -> None:
+    """Give every buffer its own exactly-sized storage. ``torch.hann_window(n)`` is a view
+    into an n+1 storage, which accelerate's safetensors ``load_state`` refuses ("None is
+    covering the entire storage"); cloning fixes it without changing any value."""
+    for mod in module.modules():
+        for name, buf in list(mod._buffers.items()):
+            if buf is not None and buf.untyped_storage().nbytes() != \
+                    buf.numel() * buf.element_size():
+                mod._buffers[name] = buf.clone()
+
+
+def _split(tensors: list[torch.Tensor], n: int) -> tuple[list, list]:
+    """Split each ``[2n, ...]`` tensor of a list into its first and second halves."""
+    return [t[:n] for t in tensors], [t[n:] for t in tensors]
+
+
+def _mask_audio(y: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    mask = torch.arange(y.shape[-1], device=y.device)[None, :] < lengths[:, None]
+    return y * mask.to(y.dtype)
+
+
+@torch.no_grad()
+def valid_mel_loss(model, dataset, mel_loss: MultiResolutionMelLoss, device, max_utts: int,
+                   thresholds: tuple) -> dict:
+    """Mean mel L1 on the first ``max_utts`` valid utterances at each threshold."""
+    from data.loaders import collate_audio
+
+    was = model.training
+    model.eval()
+    n = min(len(dataset), max_utts)
+    out = {}
+    for thr in thresholds:
+        tot, rate = 0.0, 0.0
+        for i in range(n):
+            batch = collate_audio([dataset[i]])
+            wav = batch["wav"].to(device)
+            res = model(wav, batch["wav_lengths"].to(device), merging_threshold=thr)
+            tot += mel_loss(res.audio.float(), wav).item()
+            rate += float(res.frame_rate)
+        key = "fixed" if thr is None else f"{thr:g}"
+        out[f"valid_mel_{key}"] = tot / max(1, n)
+        out[f"valid_rate_{key}"] = rate / max(1, n)
+    model.train(was)
+    return out
+
+
+def train_codec(config_path: str, data: str, run_dir: str, asr: str | None = None,
+                max_steps: int | None = None, max_minutes: float | None = None,
+                resume: bool = False, out_model: str | None = None,
+                fixed_group: int | None = None, stop_after: int | None = None,
+                cpu: bool = False) -> dict:
+    """Run (or resume) codec training; returns the last logged metrics."""
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    from codec.config import FlexiCodecConfig
+    from codec.model import FlexiCodec
+    from data.loaders import AudioDataset, load_corpus
+
+    tc = load_train_section(config_path)
+    if max_steps is not None:
+        tc.max_steps = max_steps
+    run = Path(run_dir)
+    ckpt = CheckpointManager(run)
+    accelerator = make_accelerator(cpu=cpu, kwargs_handlers=[
+        DistributedDataParallelKwargs(find_unused_parameters=True)])
+    main = accelerator.is_main_process
+    seed_everything(tc.seed)
+    budget = TimeBudget(max_minutes)
+
+    cfg_file = run / "codec_config.json"
+    resuming = resume and ckpt.latest() is not None
+    if resuming:
+        if not cfg_file.is_file():
+            raise FileNotFoundError(f"{cfg_file}: missing; cannot resume this run")
+        model_cfg = config_from_dict(FlexiCodecConfig, json.loads(cfg_file.read_text()))
+        if fixed_group is not None and fixed_group != model_cfg.fixed_group:
+            raise ValueError(f"--fixed-group {fixed_group} differs from the run's "
+                             f"{model_cfg.fixed_group}")
+    else:
+        if ckpt.latest() is not None:
+            raise FileExistsError(f"{run}: already holds checkpoints; pass --resume or use a "
+                                  f"new --run-dir")
+        model_cfg = build_codec_config(config_path, asr, fixed_group)
+    model = FlexiCodec(model_cfg)           # consumes semantic.asr_path (weights copied in)
+    compact_buffers(model)
+    if main and not resuming:
+        atomic_write_text(cfg_file, json.dumps(config_to_dict(model.config), indent=1,
+                                               ensure_ascii=False))
+    disc = CodecDiscriminator(tc.discriminator)
+    mel_loss = MultiResolutionMelLoss(tc.mel_loss)
+
+    g_params = [p for p in model.parameters() if p.requires_grad]
+    opt_g = torch.optim.AdamW(g_params, lr=tc.lr_g, betas=tuple(tc.betas),
+                              weight_decay=tc.weight_decay)
+    opt_d = torch.optim.AdamW(disc.parameters(), lr=tc.lr_d, betas=tuple(tc.betas),
+                              weight_decay=tc.weight_decay)
+    sched_g = torch.optim.lr_scheduler.LambdaLR(opt_g, lr_lambda(tc.warmup_steps, tc.max_steps))
+    d_steps = max(1, tc.max_steps - tc.disc_start)
+    sched_d = torch.optim.lr_scheduler.LambdaLR(opt_d, lr_lambda(min(tc.warmup_steps, d_steps),
+                                                                 d_steps))
+    model, disc, opt_g, opt_d, sched_g, sched_d = accelerator.prepare(
+        model, disc, opt_g, opt_d, sched_g, sched_d)
+    mel_loss = mel_loss.to(accelerator.device)
+    raw = accelerator.unwrap_model(model)
+    ema = EMA(raw, tc.ema_decay) if tc.ema_decay > 0 else None
+    if ema is not None:
+        accelerator.register_for_checkpointing(ema)
+
+    state = ckpt.load(accelerator) if resuming else None
+    step = int(state["step"]) if state else 0
+
+    sr = model_cfg.sample_rate
+    seg = int(round(tc.segment_seconds * sr))
+    train_ds = load_corpus(data, split="train", sample_rate=sr, check="header")
+    durs = [float(d) for d in train_ds["duration"]]
+    keep = [i for i, d in enumerate(durs) if d >= tc.min_seconds]
+    if not keep:
+        raise ValueError(f"{data}: no train utterances of at least {tc.min_seconds} s")
+    if len(keep) < len(train_ds):
+        train_ds = train_ds.select(keep)
+        durs = [durs[i] for i in keep]
+    train_set = AudioDataset(train_ds, sample_rate=sr, segment_samples=seg, random_crop=True)
+    try:
+        valid_ds = load_corpus(data, split="valid", sample_rate=sr, check="header")
+        valid_set = AudioDataset(valid_ds, sample_rate=sr,
+                                 segment_samples=int(tc.eval_seconds * sr), random_crop=False)
+    except ValueError:
+        valid_set = None
+
+    world, rank = accelerator.num_processes, accelerator.process_index
+    steps_per_epoch = len(epoch_batches(durs, tc.batch_size, tc.seed, 0, bucket=False)) // world
+    if steps_per_epoch < 1:
+        raise ValueError(f"train split ({len(durs)} utterances) too small for batch_size "
+                         f"{tc.batch_size} x {world} processes")
+    logger = JsonlLogger(run / "metrics.jsonl", enabled=main)
+    n_gen = sum(p.numel() for p in g_params)
+    n_disc = sum(p.numel() for p in disc.parameters())
+    if main:
+        mode = f"fixed group {model_cfg.fixed_group}" if model_cfg.fixed_group else \
+            f"dynamic (fixed 12.5 Hz for {tc.warmup_fixed_steps} steps)"
+        print(f"[train] generator {n_gen / 1e6:.2f} M trainable params, discriminators "
+              f"{n_disc / 1e6:.2f} M; {len(train_set)} train utterances, crops "
+              f"{tc.segment_seconds} s x {tc.batch_size}; {mode}; device {accelerator.device}, "
+              f"precision {accelerator.mixed_precision}; "
+              f"{'resumed at step ' + str(step) if state else 'from scratch'}")
+
+    w = tc.loss_weights
+    pbar = tqdm(total=tc.max_steps, initial=step, desc="codec-train", disable=not main)
+    last: dict = {}
+    t_log, samples = time.monotonic(), 0
+    stopped_early = False
+    model.train()
+    disc.train()
+    while step < tc.max_steps and not stopped_early:
+        epoch, k = divmod(step, steps_per_epoch)
+        plan = epoch_batches(durs, tc.batch_size, tc.seed, epoch, bucket=False)
+        batches = plan[k * world: steps_per_epoch * world][rank::world]
+        loader = make_loader(train_set, batches, tc.num_workers,
+                             seed=tc.seed * 1000003 + step * 7 + rank)
+        for batch in loader:
+            wav = batch["wav"].to(accelerator.device)
+            wl = batch["wav_lengths"].to(accelerator.device)
+            thr = sample_threshold(step, tc, model_cfg)
+            use_gan = step >= tc.disc_start
+            with accelerator.autocast():
+                out = model(wav, wl, merging_threshold=thr)
+            y_hat = _mask_audio(match_length(out.audio.float(), wav.shape[-1]), wl)
+
+            logs = {}
+            if use_gan:                                    # discriminator step
+                with accelerator.autocast():   # one pass over [real; fake] (DDP-safe)
+                    logits, _ = disc(torch.cat([wav, y_hat.detach()]))
+                real_logits, fake_logits = _split(logits, wav.shape[0])
+                d_loss = discriminator_loss(real_logits, fake_logits, tc.gan_kind)
+                opt_d.zero_grad(set_to_none=True)
+                accelerator.backward(d_loss)
+                logs["d_grad_norm"] = float(accelerator.clip_grad_norm_(disc.parameters(),
+                                                                        tc.grad_clip_d))
+                opt_d.step()
+                sched_d.step()
+                logs["d_loss"] = d_loss.item()
+
+            l_mel = mel_loss(y_hat, wav)
+            g_loss = w.mel * l_mel
+            for name, weight in (("commit", w.commit), ("codebook", w.codebook),
+                                 ("distill", w.distill)):
+                value = getattr(out, f"{name}_loss")
+                if value is not None and weight:
+                    g_loss = g_loss + weight * value.float()
+                    logs[f"{name}_loss"] = float(value.detach())
+            if use_gan:
+                with accelerator.autocast():
+                    logits, fmaps = disc(torch.cat([wav, y_hat]))
+                _, fake_logits = _split(logits, wav.shape[0])
+                real_fmaps, fake_fmaps = zip(*(_split(f, wav.shape[0]) for f in fmaps))
+                l_adv = generator_adv_loss(fake_logits, tc.gan_kind)
+                l_fm = feature_matching_loss(real_fmaps, fake_fmaps)
+                g_loss = g_loss + w.adv * l_adv + w.feature_matching * l_fm
+                logs.update(adv_loss=l_adv.item(), fm_loss=l_fm.item())
+            opt_g.zero_grad(set_to_none=True)
+            accelerator.backward(g_loss)
+            gnorm = accelerator.clip_grad_norm_(g_params, tc.grad_clip_g)
+            opt_g.step()
+            sched_g.step()
+            opt_d.zero_grad(set_to_none=True)             # drop D grads from the G pass
+            if ema is not None:
+                ema.update(raw)
+            step += 1
+            budget.tick()
+            samples += wav.shape[0] * world
+            pbar.update(1)
+            if not math.isfinite(g_loss.item()):
+                raise FloatingPointError(f"step {step}: generator loss is {g_loss.item()}")
+            if step % tc.log_every == 0 or step == tc.max_steps:
+                dt = time.monotonic() - t_log
+                last = {"step": step, "epoch": epoch, "loss": g_loss.item(),
+                        "mel_loss": l_mel.item(), **logs, "grad_norm": float(gnorm),
+                        "threshold": thr, "frame_rate": float(out.frame_rate),
+                        "lr_g": sched_g.get_last_lr()[0], "samples_per_s": samples / dt,
+                        "audio_s_per_s": samples * tc.segment_seconds / dt,
+                        "elapsed_s": budget.elapsed()}
+                mem = cuda_memory_gb()
+                if mem is not None:
+                    last["gpu_mem_gb"] = mem
+                logger.log(last)
+                pbar.set_postfix(mel=f"{l_mel.item():.3f}", rate=f"{float(out.frame_rate):.1f}")
+                t_log, samples = time.monotonic(), 0
+            if valid_set is not None and step % tc.eval_every == 0 and main:
+                thrs = (None,) if model_cfg.fixed_group else (1.0, model_cfg.default_threshold)
+                ev = valid_mel_loss(raw, valid_set, mel_loss, accelerator.device,
+                                    tc.max_eval_utts, thrs)
+                logger.log({"step": step, **ev})
+                tqdm.write(f"[train] step {step}: " + ", ".join(f"{k} {v:.3f}"
+                                                                for k, v in ev.items()))
+            stop = budget.should_stop() or (stop_after is not None and step >= stop_after)
+            if step % tc.save_every == 0 or step >= tc.max_steps or stop:
+                ckpt.save(accelerator, step, epoch=epoch)
+            if stop:
+                stopped_early = step < tc.max_steps
+                if main:
+                    tqdm.write(f"[train] stopping at step {step} (time budget / --stop-after); "
+                               f"checkpoint saved, continue with --resume")
+                break
+            if step >= tc.max_steps:
+                break
+    pbar.close()
+    result = dict(last, step=step, finished=not stopped_early, generator_params=n_gen)
+    if main and out_model:
+        export = raw
+        if ema is not None:
+            export = copy.deepcopy(raw)
+            ema.copy_to(export)
+        export.float().save_pretrained(out_model)
+        print(f"[train] saved codec to {out_model}{' (EMA weights)' if ema else ''}")
+    accelerator.wait_for_everyone()
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="flexicodec train", description=__doc__.split("\n")[0])
+    p.add_argument("--config", required=True, help="configs/codec/*.yaml (model: + train:)")
+    p.add_argument("--data", required=True, help="corpus directory (train/valid splits)")
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--asr", default=None, help="trained PhonemeASR directory (semantic model)")
+    p.add_argument("--fixed-group", type=int, default=None,
+                   help="train the fixed-rate baseline: merge every K frames (2 → 6.25 Hz)")
+    p.add_argument("--max-steps", type=int, default=None, help="total steps (LR schedule)")
+    p.add_argument("--stop-after", type=int, default=None,
+                   help="checkpoint and exit after this global step (schedule unchanged)")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="checkpoint and exit cleanly before this wall-time limit")
+    p.add_argument("--resume", action="store_true", help="continue from RUN/latest")
+    p.add_argument("--out-model", default=None, help="save_pretrained directory at the end")
+    p.add_argument("--cpu", action="store_true", help="force CPU")
+    a = p.parse_args(argv)
+    res = train_codec(a.config, a.data, a.run_dir, a.asr, a.max_steps, a.max_minutes,
+                      a.resume, a.out_model, a.fixed_group, a.stop_after, a.cpu)
+    print(json.dumps(res, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

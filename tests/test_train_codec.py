@@ -1,0 +1,130 @@
+"""Codec trainer: a tiny model learns (mel loss on a real utterance falls), resume is exact,
+fixed-group baseline runs, bad configs fail clearly."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from codec.asr import PhonemeASR, PhonemeASRConfig
+from codec.config import PRESETS
+from codec.losses import MultiResolutionMelLoss
+from codec.train import build_codec_config, load_train_section, train_codec
+from codec.training import read_jsonl, seed_everything
+
+torch.set_num_threads(1)
+
+TRAIN = dict(batch_size=2, segment_seconds=1.0, lr_g=2e-3, lr_d=1e-3, warmup_steps=2,
+             max_steps=30, disc_start=10, warmup_fixed_steps=10, log_every=1, eval_every=1000,
+             save_every=1000, max_eval_utts=2, eval_seconds=2.0, num_workers=0, seed=0,
+             mel_loss=dict(n_ffts=[256, 512], hops=[64, 128], n_mels=[20, 40]),
+             discriminator=dict(periods=[2, 3], mpd_channels=[8, 16],
+                                mrd_resolutions=[[256, 64, 256]], mrd_channels=8))
+
+
+def _yaml(path: Path, **train) -> Path:
+    model = {k: list(v) if isinstance(v, tuple) else v for k, v in PRESETS["tiny"].items()}
+    path.write_text(yaml.safe_dump({"model": model, "train": {**TRAIN, **train}}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def asr_dir(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("asr") / "asr"
+    PhonemeASR(PhonemeASRConfig.tiny()).save_pretrained(d)
+    return d
+
+
+def _real_utterance(corpus: Path) -> torch.Tensor:
+    from data.loaders import load_corpus
+    from data.audio import load_audio
+    ds = load_corpus(corpus, split="valid")
+    wav, _ = load_audio(ds[0]["audio"], 16000)
+    return torch.from_numpy(wav[: 3 * 16000])[None]
+
+
+def _mel_of(model, wav) -> float:
+    loss = MultiResolutionMelLoss()
+    model.eval()
+    with torch.no_grad():
+        out = model(wav, None, merging_threshold=1.0)
+    return loss(out.audio, wav).item()
+
+
+def test_tiny_codec_learns(tiny_corpus, asr_dir, tmp_path):
+    from codec.model import FlexiCodec
+    cfg_path = _yaml(tmp_path / "c.yaml")
+    seed_everything(0)                       # same initial weights as the trainer's
+    initial = FlexiCodec(build_codec_config(str(cfg_path), str(asr_dir), None))
+    res = train_codec(str(cfg_path), str(tiny_corpus), str(tmp_path / "run"), asr=str(asr_dir),
+                      out_model=str(tmp_path / "codec"), cpu=True)
+    assert res["step"] == 30 and res["finished"]
+    rows = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if "mel_loss" in r]
+    assert len(rows) == 30
+    assert all(r["threshold"] == 1.0 and r["frame_rate"] == 12.5 for r in rows[:10])
+    assert all(0.8 <= r["threshold"] <= 1.0 for r in rows[10:])
+    assert all("d_loss" in r and "fm_loss" in r for r in rows[10:])
+    assert not any("d_loss" in r for r in rows[:10])
+    wav = _real_utterance(tiny_corpus)
+    trained = FlexiCodec.from_pretrained(tmp_path / "codec")
+    before, after = _mel_of(initial, wav), _mel_of(trained, wav)
+    assert after < 0.9 * before, (before, after)
+    # the codec directory is self-contained: the ASR config travelled in
+    meta = json.loads((tmp_path / "codec" / "config.json").read_text())
+    assert meta["config"]["semantic"]["asr_path"] == ""
+    assert meta["config"]["semantic"]["asr_config"]["vocab"] == PhonemeASRConfig.tiny().vocab
+
+
+def test_resume_is_exact(tiny_corpus, asr_dir, tmp_path):
+    cfg = str(_yaml(tmp_path / "c.yaml", max_steps=6, disc_start=2, warmup_fixed_steps=2,
+                    save_every=3, ema_decay=0.9))
+    full = train_codec(cfg, str(tiny_corpus), str(tmp_path / "a"), asr=str(asr_dir), cpu=True)
+    part = train_codec(cfg, str(tiny_corpus), str(tmp_path / "b"), asr=str(asr_dir), cpu=True,
+                       stop_after=3)
+    assert part["step"] == 3 and not part["finished"]
+    with pytest.raises(FileExistsError):       # no silent overwrite of a run
+        train_codec(cfg, str(tiny_corpus), str(tmp_path / "b"), asr=str(asr_dir), cpu=True)
+    rest = train_codec(cfg, str(tiny_corpus), str(tmp_path / "b"), cpu=True, resume=True)
+    assert rest["step"] == 6 and full["step"] == 6
+    la = [r for r in read_jsonl(tmp_path / "a" / "metrics.jsonl") if "loss" in r]
+    lb = [r for r in read_jsonl(tmp_path / "b" / "metrics.jsonl") if "loss" in r]
+    for ra, rb in zip(la, lb, strict=True):
+        for key in ("loss", "mel_loss", "threshold", "d_loss"):
+            assert ra.get(key) == rb.get(key), (ra["step"], key, ra.get(key), rb.get(key))
+    wa = load_file(str(tmp_path / "a/checkpoints/step_00000006/model.safetensors"))
+    wb = load_file(str(tmp_path / "b/checkpoints/step_00000006/model.safetensors"))
+    assert wa.keys() == wb.keys()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_fixed_group_baseline_and_config_errors(tiny_corpus, asr_dir, tmp_path):
+    cfg = str(_yaml(tmp_path / "c.yaml", max_steps=2, disc_start=1))
+    res = train_codec(cfg, str(tiny_corpus), str(tmp_path / "run"), asr=str(asr_dir),
+                      fixed_group=2, cpu=True, out_model=str(tmp_path / "base"))
+    rows = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if "mel_loss" in r]
+    assert all(r["threshold"] is None and 6.25 <= r["frame_rate"] <= 6.8  # 13 frames → 7 tokens
+               for r in rows)
+    assert res["finished"]
+    meta = json.loads((tmp_path / "base" / "config.json").read_text())
+    assert meta["config"]["fixed_group"] == 2
+    with pytest.raises(ValueError, match="--asr"):
+        build_codec_config(cfg, None, None)
+    bad = tmp_path / "bad.yaml"
+    _yaml(bad, gan_kind="wgan")
+    with pytest.raises(ValueError, match="gan_kind"):
+        load_train_section(bad)
+    _yaml(bad, learning_rate=1.0)
+    with pytest.raises(ValueError, match="unknown keys"):
+        load_train_section(bad)
+
+
+@pytest.mark.parametrize("name", ["tiny", "small", "base"])
+def test_shipped_codec_train_sections_parse(name):
+    path = Path(__file__).resolve().parents[1] / "configs" / "codec" / f"{name}.yaml"
+    tc = load_train_section(path)
+    assert tc.max_steps > tc.disc_start >= 0 and tc.batch_size >= 1
