@@ -67,7 +67,7 @@ def frame_similarity(feats: torch.Tensor) -> torch.Tensor:
     (the first frame always starts a group)."""
     f = nn.functional.normalize(feats.float(), dim=-1, eps=1e-8)
     sim = (f[:, 1:] * f[:, :-1]).sum(-1)
-    first = torch.full_like(sim[:, :1], -math.inf)
+    first = torch.full((sim.shape[0], 1), -math.inf, device=sim.device, dtype=sim.dtype)
     return torch.cat([first, sim], dim=1)
 
 

@@ -353,8 +353,19 @@ class FlexiCodec(nn.Module, PretrainedMixin):
         return torch.cat(parts, 1)
 
     def _synthesize_frames(self, x: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+        """frames [B, F, D] → audio [B, F * 1280]. Outside training, utterances shorter than
+        the batch are decoded alone (the conv decoder and the iSTFT overlap-add would otherwise
+        see the padding at their last frames), so a batch decodes exactly like its items."""
         x = self.unmerge_transformer(x, frame_mask)
-        audio = self.decoder(x)
+        n = frame_mask.sum(1)
+        if self.training or bool((n == x.shape[1]).all()):
+            audio = self.decoder(x)
+        else:
+            audio = x.new_zeros(x.shape[0], x.shape[1] * self.config.hop_size, dtype=torch.float32)
+            for b in range(x.shape[0]):
+                k = int(n[b])
+                if k:
+                    audio[b, : k * self.config.hop_size] = self.decoder(x[b:b + 1, :k])[0]
         smask = frame_mask.repeat_interleave(self.config.hop_size, dim=1)
         return audio * smask.to(audio.dtype)
 

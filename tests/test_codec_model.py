@@ -1,0 +1,246 @@
+"""FlexiCodec model + API: shapes, rates, batching, round trips, bad inputs, plug-ins."""
+import math
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+
+from codec.codes_file import CodesFile, CodesFileError, load_codes, save_codes
+from codec.config import PRESETS, FlexiCodecConfig, SemanticConfig
+from codec.model import FlexiCodec
+from codec.pretrained import CheckpointError
+from data.audio import AudioError, load_audio
+
+torch.set_num_threads(1)
+
+TEXT = ("The quick brown fox jumps over the lazy dog. Then it runs away into the forest, "
+        "looking for something to eat before night falls.")
+
+
+@pytest.fixture(scope="module")
+def speech(tmp_path_factory):
+    """~7.6 s of real (synthetic) speech from flite, 16 kHz mono float32."""
+    path = tmp_path_factory.mktemp("speech") / "fox.wav"
+    subprocess.run(["flite", "-voice", "slt", "-t", TEXT, "-o", str(path)], check=True)
+    wav, sr = load_audio(path)
+    assert sr == 16000 and wav.shape[0] > 6 * 16000
+    return wav
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return FlexiCodec(FlexiCodecConfig.tiny()).eval()
+
+
+def test_training_forward_shapes_and_gradients(model, speech):
+    model.train()
+    try:
+        wav = torch.from_numpy(np.stack([speech[:40000], speech[20000:60000]]))
+        out = model(wav, torch.tensor([40000, 30000]), merging_threshold=None)
+        F = math.ceil(40000 / 1280)
+        assert out.audio.shape == (2, 40000)
+        Tp = out.semantic_codes.shape[1]
+        assert out.acoustic_codes.shape[:2] == (2, model.config.n_q)
+        assert out.acoustic_codes.shape[2] == Tp and out.token_lengths.shape == (2, Tp)
+        assert out.token_lengths.sum(1).tolist() == [F, math.ceil(30000 / 1280)]
+        assert 12.5 / model.max_group <= out.frame_rate <= 12.5
+        loss = out.audio.abs().mean() + out.commit_loss + out.codebook_loss + out.distill_loss
+        for v in (out.commit_loss, out.codebook_loss, out.distill_loss):
+            assert v.dim() == 0 and torch.isfinite(v)
+        loss.backward()
+        assert model.encoder.conv_out.parametrizations.weight.original1.grad is not None
+        assert model.fsq.proj_in.weight.grad is not None
+        assert all(p.grad is None for p in model.semantic.parameters())  # frozen
+        assert not model.semantic.asr.training
+        # fixed 12.5 Hz training mode
+        out = model(wav, None, merging_threshold=1.0, num_quantizers=1)
+        assert out.frame_rate == 12.5 and out.acoustic_codes.shape[1] == 1
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.eval()
+
+
+def test_threshold_rates_monotone_and_unmerged(model, speech):
+    rates = []
+    for thr in (1.0, 0.99, 0.95, 0.91, 0.85, 0.8, 0.5):
+        c = model.encode(speech, 16000, merging_threshold=thr)
+        assert int(c.token_lengths.sum()) == int(c.num_frames[0]) == math.ceil(len(speech) / 1280)
+        assert (c.token_lengths[c.token_mask] >= 1).all()
+        assert (c.token_lengths <= model.max_group).all()
+        rates.append(float(c.frame_rate[0]))
+    assert rates[0] == 12.5
+    assert all(b <= a for a, b in zip(rates, rates[1:])), rates
+    assert rates[-1] < rates[0]
+
+
+@pytest.mark.parametrize("target", [6.25, 8.3])
+def test_target_frame_rate_within_5_percent(model, speech, target):
+    c = model.encode(speech, 16000, frame_rate=target)
+    assert abs(float(c.frame_rate[0]) - target) <= 0.05 * target, c.frame_rate
+    again = model.encode(speech, 16000, merging_threshold=float(c.threshold[0]))
+    assert torch.equal(again.token_lengths, c.token_lengths)
+
+
+def test_batch_equals_single(model, speech):
+    a, b = speech, speech[30000:75000]
+    both = model.encode([a, b], 16000, frame_rate=6.25)
+    for i, x in enumerate((a, b)):
+        one = model.encode(x, 16000, frame_rate=6.25)
+        item = both.item(i)
+        assert torch.equal(item.token_lengths, one.token_lengths)
+        assert torch.equal(item.semantic_codes, one.semantic_codes)
+        assert torch.equal(item.acoustic_codes, one.acoustic_codes)
+    audio = model.decode(both)
+    ref = model.decode(model.encode(b, 16000, frame_rate=6.25))[0]
+    assert audio[1].shape == ref.shape == (len(b),)
+    assert torch.allclose(audio[1], ref, atol=1e-4)
+
+
+def test_save_load_and_codes_file_round_trip(model, speech, tmp_path):
+    d = model.save_pretrained(tmp_path / "codec")
+    loaded = FlexiCodec.from_pretrained(d)
+    assert loaded.identity == FlexiCodec.read_config(d)["identity"]
+    c1 = model.encode(speech, 16000, frame_rate=6.25)
+    c2 = loaded.encode(speech, 16000, frame_rate=6.25)
+    for k in ("semantic_codes", "acoustic_codes", "token_lengths"):
+        assert torch.equal(getattr(c1, k), getattr(c2, k))
+    cf = CodesFile.from_encoded(c2, loaded, target_frame_rate=6.25)
+    path = save_codes(tmp_path / "x.npz", cf)
+    back = load_codes(path)
+    assert back.model_identity == loaded.identity and back.target_frame_rate == 6.25
+    for k in ("semantic_codes", "acoustic_codes", "token_lengths", "num_samples"):
+        assert np.array_equal(getattr(back, k), getattr(cf, k))
+    back.check_model(loaded)
+    a1 = loaded.decode_from_codes(*back.to_tensors())
+    a2 = loaded.decode_from_codes(c2.semantic_codes, c2.acoustic_codes, c2.token_lengths)
+    assert torch.equal(a1, a2) and a1.shape[1] == int(c2.num_frames[0]) * 1280
+    torch.manual_seed(1)
+    other = FlexiCodec(FlexiCodecConfig.tiny()).eval()
+    with pytest.raises(CodesFileError, match="made by"):
+        back.check_model(other)
+    with pytest.raises(CheckpointError):
+        FlexiCodec.from_pretrained(tmp_path / "nope")
+    with pytest.raises(CodesFileError):
+        load_codes(tmp_path / "nope.npz")
+
+
+def test_semantic_only_decode_and_quantizer_counts(model, speech):
+    c0 = model.encode(speech[:32000], 16000, num_quantizers=0)
+    assert c0.acoustic_codes.shape == (1, 0, c0.semantic_codes.shape[1])
+    a0 = model.decode_from_codes(c0.semantic_codes, c0.acoustic_codes, c0.token_lengths)
+    assert a0.shape == (1, 25 * 1280) and torch.isfinite(a0).all()
+    full = model.encode(speech[:32000], 16000)
+    one = model.encode(speech[:32000], 16000, num_quantizers=1)
+    assert torch.equal(one.acoustic_codes[:, 0], full.acoustic_codes[:, 0])
+    a1 = model.decode_from_codes(full.semantic_codes, full.acoustic_codes[:, :1],
+                                 full.token_lengths)
+    assert not torch.allclose(a1, a0)
+    with pytest.raises(ValueError):
+        model.encode(speech[:32000], 16000, num_quantizers=model.config.n_q + 1)
+    with pytest.raises(ValueError, match="lie in"):
+        model.decode_from_codes(full.semantic_codes + 10 ** 6, full.acoustic_codes,
+                                full.token_lengths)
+    bad = full.token_lengths.clone()
+    bad[0, 0] = 0
+    with pytest.raises(ValueError):
+        model.decode_from_codes(full.semantic_codes, full.acoustic_codes, bad)
+
+
+def test_bad_and_odd_inputs(model, speech):
+    with pytest.raises(AudioError, match="empty"):
+        model.encode(np.zeros(0, np.float32), 16000)
+    with pytest.raises(AudioError, match="NaN"):
+        model.encode(np.full(16000, np.nan, np.float32), 16000)
+    with pytest.raises(AudioError):
+        model.encode(speech, 0)
+    with pytest.raises(ValueError, match="not both"):
+        model.encode(speech, 16000, merging_threshold=0.9, frame_rate=6.25)
+    silent = model.encode(np.zeros(32000, np.float32), 16000)      # handled: merges fully
+    assert int(silent.token_lengths.sum()) == 25
+    one = model.encode(np.array([0.1], np.float32), 16000)          # one sample → one frame
+    assert one.token_lengths.tolist() == [[1]] and model.decode(one)[0].shape == (1,)
+    x = speech[:32000]
+    stereo = np.stack([x, x])                                       # [C, T]
+    c_st = model.encode(stereo, 16000, multichannel=True)
+    c_mono = model.encode(x, 16000)
+    assert torch.equal(c_st.semantic_codes, c_mono.semantic_codes)
+    c_sf = model.encode(stereo.T.copy(), 16000)                     # [T, C] soundfile layout
+    assert torch.equal(c_sf.semantic_codes, c_mono.semantic_codes)
+    for sr in (8000, 48000):                                        # any rate is resampled
+        import soxr
+        y = soxr.resample(x, 16000, sr).astype(np.float32)
+        c = model.encode(torch.from_numpy(y), sr)
+        assert int(c.num_frames[0]) == 25
+
+
+def test_long_audio_chunked_matches_unchunked(model, speech):
+    """Chunked encoding has no seams: the acoustic stream (local receptive fields, covered by
+    the context) is identical to unchunked. The semantic features can differ: PhonemeASR
+    normalises the mel per input, attends globally and adds absolute positions, so with this
+    random tiny ASR the chunked features are not comparable (cosine down to ~0.1); they are
+    only checked for coverage here."""
+    long = np.concatenate([speech, speech[::-1], speech])          # ~23 s
+    wav = torch.from_numpy(long)[None]
+    lengths = torch.tensor([len(long)])
+    with torch.no_grad():
+        whole = model.frame_features(wav, lengths)
+        chunked = model.frame_features_chunked(wav, lengths, chunk_seconds=6.0,
+                                               context_seconds=3.0)
+    assert torch.equal(whole.frame_mask, chunked.frame_mask)
+    assert torch.allclose(whole.latent, chunked.latent, atol=1e-4)
+    assert chunked.target.shape == whole.target.shape
+    assert (chunked.target.abs().sum(-1) > 0).all() and torch.isfinite(chunked.target).all()
+    kw = dict(merging_threshold=1.0, num_quantizers=2)
+    c = model.encode(long, 16000, chunk_seconds=6.0, context_seconds=3.0, **kw)
+    assert int(c.token_lengths.sum()) == math.ceil(len(long) / 1280)
+    t = torch
+    a = model.synthesize
+    # decoding long sequences in chunks equals decoding at once
+    with t.no_grad():
+        ff = model.frame_features(wav)
+        merge = model.make_merge(ff, 1.0)
+        q = model.quantize(ff, merge, 2)
+        y1 = a(q["tokens"], merge, chunk_frames=10 ** 6)
+        y2 = a(q["tokens"], merge, chunk_frames=60)
+    assert torch.allclose(y1, y2, atol=1e-4)
+
+
+def test_presets_match_yaml_and_fixed_rate_mode(model, speech):
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    for name in PRESETS:
+        assert FlexiCodecConfig.from_yaml(root / "configs/codec" / f"{name}.yaml") == \
+            FlexiCodecConfig.preset(name)
+    c = model.encode(speech, 16000, fixed_group=2)
+    assert c.token_lengths[0, :-1].eq(2).all()
+    assert abs(float(c.frame_rate[0]) - 6.25) < 0.1
+    cfg = FlexiCodecConfig.tiny()
+    assert cfg.bits_per_token(2) == pytest.approx(math.log2(64) + 2 * math.log2(64) + 3)
+
+
+def test_hf_plugin_semantic_source(tmp_path, speech):
+    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
+    torch.manual_seed(0)
+    w2v = Wav2Vec2Model(Wav2Vec2Config(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        conv_dim=(32,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2))
+    w2v.save_pretrained(tmp_path / "w2v")
+    Wav2Vec2FeatureExtractor(do_normalize=True).save_pretrained(tmp_path / "w2v")
+    cfg = FlexiCodecConfig.tiny(semantic=SemanticConfig(source="hf",
+                                                        hf_path=str(tmp_path / "w2v"),
+                                                        layer=1))
+    codec = FlexiCodec(cfg).eval()
+    assert codec.semantic.feature_rate == 50.0 and codec.semantic.feature_dim == 32
+    assert not any(k.startswith("semantic.") for k in codec.state_dict())
+    x = speech[:48000]
+    c = codec.encode([x, x[:20000]], 16000, frame_rate=6.25)
+    single = codec.encode(x[:20000], 16000, frame_rate=6.25)
+    assert torch.equal(c.item(1).semantic_codes, single.semantic_codes)
+    d = codec.save_pretrained(tmp_path / "codec")
+    again = FlexiCodec.from_pretrained(d).encode(x, 16000, frame_rate=6.25)
+    assert torch.equal(again.semantic_codes, c.item(0).semantic_codes)
+    with pytest.raises(FileNotFoundError, match="no local transformers model"):
+        FlexiCodec(FlexiCodecConfig.tiny(semantic=SemanticConfig(
+            source="hf", hf_path=str(tmp_path / "missing"))))
