@@ -145,11 +145,14 @@ def build_codec_config(config_path: str, asr: str | None, fixed_group: int | Non
         cfg = config_from_dict(FlexiCodecConfig, {**config_to_dict(cfg),
                                                   "fixed_group": int(fixed_group)})
     if cfg.semantic.source == "asr":
+        asr = asr or cfg.semantic.asr_path      # --asr overrides the YAML's asr_path
         if not asr:
             raise ValueError("the codec's semantic model is our PhonemeASR: pass --asr DIR "
-                             "(a trained `flexicodec asr-train --out-model` directory)")
+                             "(a trained `flexicodec asr-train --out-model` directory) or set "
+                             "model.semantic.asr_path")
         if not (Path(asr) / "config.json").is_file():
-            raise FileNotFoundError(f"--asr {asr}: not a model directory (no config.json)")
+            raise FileNotFoundError(f"ASR {asr}: not a model directory (no config.json); "
+                                    f"train one with `flexicodec asr-train`")
         cfg.semantic.asr_path = str(asr)
     elif asr:
         raise ValueError(f"--asr given but the config's semantic source is "
