@@ -1,0 +1,307 @@
+"""Evaluate FlexiCodec like the paper: intelligibility and quality at several frame rates.
+
+    flexicodec eval --model DIR --data CORPUS --split test|test_unseen \
+        --rates 12.5,8.3,6.25,4 [--baseline DIR] [--max-utts N] [--workers W] -o OUT_PREFIX
+
+writes ``OUT_PREFIX.json`` (everything, per utterance too) and ``OUT_PREFIX.md`` (table).
+
+Conditions: the model at each target average rate (12.5 → threshold 1.0, no merging; other
+rates → the per-utterance threshold search of ``encode(frame_rate=...)``), and optionally a
+fixed-rate baseline (a codec trained with ``--fixed-group``) at its own rate. For each:
+- WER / CER of pocketsphinx (fresh Decoder per utterance) on the full reconstruction, next to
+  the originals' WER / CER (pocketsphinx is imperfect even on clean speech, so the relative
+  numbers matter: ``wer_rel`` = WER(recon) / WER(original), ``wer_delta`` = difference);
+- "RVQ-1" WER / CER: decode from the semantic tokens alone (0 acoustic quantizers);
+- PESQ-WB, STOI, log-mel L1 distance of the full reconstruction;
+- achieved average frame rate (tokens x 12.5 / 12.5-Hz frames, over all utterances: the
+  model's own definition, exactly 12.5 without merging) and bitrate (bits per token × rate; the
+  token-length side information ``log2(max_group)`` bits is counted for dynamic-rate
+  models, not for fixed-group ones).
+Speaker similarity is not reported: no offline speaker encoder is installed here.
+
+pocketsphinx, PESQ and STOI run in a process pool over all CPU cores.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from codec.metrics import (aggregate_errors, error_counts, parallel_map, quality_pair,
+                           transcribe_pocketsphinx)
+from codec.pretrained import atomic_write_text
+
+SAMPLE_RATE = 16000
+
+
+@dataclass
+class Condition:
+    name: str
+    model_key: str                # "model" or "baseline"
+    target_rate: float | None     # None: the model's fixed rate
+
+
+def parse_rates(text: str) -> list[float]:
+    """"12.5,8.3,6.25,4" → [12.5, 8.3, 6.25, 4.0] (each in (0, 12.5])."""
+    try:
+        rates = [float(r) for r in text.split(",") if r.strip()]
+    except ValueError as exc:
+        raise ValueError(f"--rates: expected comma-separated numbers, got {text!r}") from exc
+    if not rates:
+        raise ValueError("--rates: no rates given")
+    bad = [r for r in rates if not 0 < r <= 12.5]
+    if bad:
+        raise ValueError(f"--rates: rates must lie in (0, 12.5] Hz, got {bad}")
+    return rates
+
+
+def load_utterances(data: str, split: str, max_utts: int | None) -> list[dict]:
+    """First ``max_utts`` utterances of ``split``: ``{"audio": float32 [T], "text", "speaker",
+    "path"}`` at 16 kHz (utterances without text are refused: WER needs it)."""
+    from data.audio import load_audio
+    from data.loaders import load_corpus
+
+    ds = load_corpus(data, split=split, sample_rate=SAMPLE_RATE, decode=False, check="header")
+    n = len(ds) if max_utts is None else min(len(ds), max_utts)
+    if n < 1:
+        raise ValueError(f"{data}: split {split!r} has no utterances")
+    out = []
+    for i in range(n):
+        row = ds[i]
+        if not (row["text"] or "").strip():
+            raise ValueError(f"{row['audio']}: no text; WER needs transcripts")
+        wav, _ = load_audio(row["audio"], SAMPLE_RATE)
+        out.append({"audio": wav, "text": row["text"], "speaker": row.get("speaker", ""),
+                    "path": row["audio"]})
+    return out
+
+
+def bits_per_token(model, num_quantizers: int) -> float:
+    """Bits of one token: FSQ index + RVQ indices + (dynamic models only) its length."""
+    c = model.config
+    bits = math.log2(c.semantic_vocab_size) + num_quantizers * math.log2(c.rvq_codebook_size)
+    if not c.fixed_group:
+        bits += math.log2(c.max_group)
+    return bits
+
+
+@torch.no_grad()
+def reconstruct(model, audio: np.ndarray, target_rate: float | None) -> dict:
+    """Encode one utterance at ``target_rate`` (12.5 → threshold 1.0; None → the model's
+    fixed group) and decode it twice: all quantizers and semantic-only (RVQ-1)."""
+    if target_rate is None:
+        codes = model.encode(audio, SAMPLE_RATE)
+    elif target_rate >= 12.5:
+        codes = model.encode(audio, SAMPLE_RATE, merging_threshold=1.0)
+    else:
+        codes = model.encode(audio, SAMPLE_RATE, frame_rate=target_rate)
+    n = len(audio)
+    full = model.decode_from_codes(codes.semantic_codes, codes.acoustic_codes,
+                                   codes.token_lengths)[0, :n]
+    sem = model.decode_from_codes(codes.semantic_codes, codes.acoustic_codes[:, :0],
+                                  codes.token_lengths)[0, :n]
+    tokens = int(codes.token_mask[0].sum())
+    return {"full": _pad_to(full.float().cpu().numpy(), n),
+            "rvq1": _pad_to(sem.float().cpu().numpy(), n),
+            "tokens": tokens, "frames": int(codes.num_frames[0]),
+            "n_q": int(codes.acoustic_codes.shape[1])}
+
+
+def _pad_to(x: np.ndarray, n: int) -> np.ndarray:
+    return x[:n] if len(x) >= n else np.pad(x, (0, n - len(x)))
+
+
+def mel_distance(ref: np.ndarray, deg: np.ndarray, _mel={}) -> float:
+    """Mean absolute log-mel difference (80 mels, 1024/256 STFT, codec.mel)."""
+    from codec.mel import MelSpectrogram
+
+    if "m" not in _mel:
+        _mel["m"] = MelSpectrogram(SAMPLE_RATE, 1024, 256, n_mels=80)
+    m = _mel["m"]
+    a = m(torch.from_numpy(np.ascontiguousarray(ref, dtype=np.float32))[None])
+    b = m(torch.from_numpy(np.ascontiguousarray(deg, dtype=np.float32))[None])
+    return float((a - b).abs().mean())
+
+
+def _nanmean(values: list[float]) -> tuple[float | None, int]:
+    arr = np.asarray(values, dtype=np.float64)
+    ok = np.isfinite(arr)
+    return (float(arr[ok].mean()) if ok.any() else None), int((~ok).sum())
+
+
+def evaluate_codec(model, data: str, split: str = "test",
+                   rates: tuple | list = (12.5, 8.3, 6.25, 4.0), baseline=None,
+                   max_utts: int | None = None, workers: int | None = None,
+                   device: str | None = None, progress: bool = True) -> dict:
+    """Evaluate a codec (a :class:`codec.model.FlexiCodec` or its directory) and optionally a
+    fixed-rate ``baseline`` on ``split`` of corpus ``data``. Returns the result dict written
+    by :func:`write_report` (``conditions``: one summary per condition; ``original``: the
+    originals' WER/CER; ``utterances``: per-utterance details)."""
+    from codec.model import FlexiCodec
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    models = {"model": model if not isinstance(model, (str, os.PathLike)) else
+              FlexiCodec.from_pretrained(model, map_location=device)}
+    if baseline is not None:
+        models["baseline"] = baseline if not isinstance(baseline, (str, os.PathLike)) else \
+            FlexiCodec.from_pretrained(baseline, map_location=device)
+        if not models["baseline"].config.fixed_group:
+            raise ValueError("--baseline must be a fixed-rate codec (trained with "
+                             "--fixed-group K); this one merges dynamically")
+    for m in models.values():
+        m.to(device).eval()
+    rates = [float(r) for r in rates]
+    conditions = [Condition(f"flexicodec@{r:g}Hz", "model", r) for r in rates]
+    if baseline is not None:
+        k = models["baseline"].config.fixed_group
+        rate = models["baseline"].config.frame_rate / k
+        conditions.append(Condition(f"fixed-rate baseline (group {k}, {rate:g} Hz)",
+                                    "baseline", None))
+    utts = load_utterances(data, split, max_utts)
+    seconds = sum(len(u["audio"]) for u in utts) / SAMPLE_RATE
+    t0 = time.monotonic()
+
+    # 1) codec: encode/decode every utterance for every condition
+    recon: dict[str, list[dict]] = {}
+    for cond in conditions:
+        m = models[cond.model_key]
+        recon[cond.name] = [reconstruct(m, u["audio"], cond.target_rate)
+                            for u in tqdm(utts, desc=f"codec {cond.name}",
+                                          disable=not progress, leave=False)]
+    codec_s = time.monotonic() - t0
+
+    # 2) pocketsphinx on originals + every reconstruction, in one pool
+    asr_inputs = [u["audio"] for u in utts]
+    for cond in conditions:
+        asr_inputs += [r["full"] for r in recon[cond.name]]
+        asr_inputs += [r["rvq1"] for r in recon[cond.name]]
+    hyps = parallel_map(transcribe_pocketsphinx, asr_inputs, workers, "pocketsphinx", progress)
+    n = len(utts)
+    orig_hyps = hyps[:n]
+
+    # 3) PESQ / STOI of full reconstructions, in one pool
+    pairs = [(u["audio"], r["full"]) for cond in conditions
+             for u, r in zip(utts, recon[cond.name])]
+    quality = parallel_map(quality_pair, pairs, workers, "PESQ/STOI", progress)
+
+    orig_counts = [error_counts(u["text"], h) for u, h in zip(utts, orig_hyps)]
+    original = aggregate_errors(orig_counts)
+    result_conditions = []
+    per_utt = [{"path": u["path"], "text": u["text"], "speaker": u["speaker"],
+                "seconds": len(u["audio"]) / SAMPLE_RATE, "hyp_original": h}
+               for u, h in zip(utts, orig_hyps)]
+    for ci, cond in enumerate(conditions):
+        m = models[cond.model_key]
+        base = n + ci * 2 * n
+        full_h, sem_h = hyps[base:base + n], hyps[base + n:base + 2 * n]
+        q = quality[ci * n:(ci + 1) * n]
+        full = aggregate_errors(error_counts(u["text"], h) for u, h in zip(utts, full_h))
+        sem = aggregate_errors(error_counts(u["text"], h) for u, h in zip(utts, sem_h))
+        rs = recon[cond.name]
+        tokens = sum(r["tokens"] for r in rs)
+        rate = tokens * m.frame_rate_base / max(1, sum(r["frames"] for r in rs))
+        pesq_mean, pesq_nan = _nanmean([x["pesq"] for x in q])
+        stoi_mean, _ = _nanmean([x["stoi"] for x in q])
+        mels = [mel_distance(u["audio"], r["full"]) for u, r in zip(utts, rs)]
+        n_q = rs[0]["n_q"]
+        summary = {
+            "condition": cond.name, "target_rate": cond.target_rate,
+            "frame_rate": rate, "n_q": n_q,
+            "bitrate_bps": bits_per_token(m, n_q) * rate,
+            "bitrate_rvq1_bps": bits_per_token(m, 0) * rate,
+            "wer": full["wer"], "cer": full["cer"],
+            "wer_rel": full["wer"] / original["wer"] if original["wer"] > 0 else None,
+            "wer_delta": full["wer"] - original["wer"],
+            "cer_delta": full["cer"] - original["cer"],
+            "rvq1_wer": sem["wer"], "rvq1_cer": sem["cer"],
+            "rvq1_wer_rel": sem["wer"] / original["wer"] if original["wer"] > 0 else None,
+            "pesq_wb": pesq_mean, "pesq_unscored": pesq_nan, "stoi": stoi_mean,
+            "mel_distance": float(np.mean(mels)),
+        }
+        result_conditions.append(summary)
+        for i, pu in enumerate(per_utt):
+            pu[cond.name] = {"hyp": full_h[i], "hyp_rvq1": sem_h[i], "pesq": q[i]["pesq"],
+                             "stoi": q[i]["stoi"], "mel_distance": mels[i],
+                             "tokens": rs[i]["tokens"], "frames": rs[i]["frames"]}
+    return {
+        "model": str(model) if isinstance(model, (str, os.PathLike)) else "<in memory>",
+        "model_identity": models["model"].identity,
+        "baseline": (str(baseline) if isinstance(baseline, (str, os.PathLike)) else
+                     ("<in memory>" if baseline is not None else None)),
+        "data": str(data), "split": split, "utterances": n, "seconds": seconds,
+        "asr_judge": "pocketsphinx en-US (fresh decoder per utterance)",
+        "speaker_similarity": "not computed (no offline speaker encoder installed)",
+        "original": original, "conditions": result_conditions,
+        "codec_seconds": codec_s, "total_seconds": time.monotonic() - t0,
+        "per_utterance": per_utt,
+    }
+
+
+def _fmt(v, pct: bool = False, digits: int = 2) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "–"
+    return f"{100 * v:.1f}" if pct else f"{v:.{digits}f}"
+
+
+def markdown_table(result: dict) -> str:
+    o = result["original"]
+    lines = [
+        f"# Codec evaluation: {result['split']} ({result['utterances']} utterances, "
+        f"{result['seconds']:.1f} s)",
+        "",
+        f"Judge: {result['asr_judge']}. Originals: WER {_fmt(o['wer'], True)} %, "
+        f"CER {_fmt(o['cer'], True)} %. Speaker similarity: {result['speaker_similarity']}.",
+        "",
+        "| condition | rate (Hz) | kbps | WER % | CER % | WER / orig | RVQ-1 WER % | "
+        "RVQ-1 CER % | PESQ-WB | STOI | mel dist |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in result["conditions"]:
+        lines.append(
+            f"| {c['condition']} | {_fmt(c['frame_rate'])} | {_fmt(c['bitrate_bps'] / 1000)} | "
+            f"{_fmt(c['wer'], True)} | {_fmt(c['cer'], True)} | {_fmt(c['wer_rel'])} | "
+            f"{_fmt(c['rvq1_wer'], True)} | {_fmt(c['rvq1_cer'], True)} | "
+            f"{_fmt(c['pesq_wb'])} | {_fmt(c['stoi'], digits=3)} | "
+            f"{_fmt(c['mel_distance'], digits=3)} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(result: dict, out_prefix: str | os.PathLike) -> tuple[Path, Path]:
+    """Write ``OUT.json`` and ``OUT.md`` atomically; returns their paths."""
+    out = Path(out_prefix)
+    jpath, mpath = out.with_name(out.name + ".json"), out.with_name(out.name + ".md")
+    atomic_write_text(jpath, json.dumps(result, indent=1, ensure_ascii=False))
+    atomic_write_text(mpath, markdown_table(result))
+    return jpath, mpath
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="flexicodec eval", description=__doc__.split("\n")[0])
+    p.add_argument("--model", required=True, help="FlexiCodec directory")
+    p.add_argument("--data", required=True, help="corpus directory")
+    p.add_argument("--split", default="test", choices=["train", "valid", "test", "test_unseen"])
+    p.add_argument("--rates", default="12.5,8.3,6.25,4", help="target frame rates in Hz")
+    p.add_argument("--baseline", default=None, help="fixed-rate codec directory")
+    p.add_argument("--max-utts", type=int, default=None)
+    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.add_argument("--device", default=None)
+    p.add_argument("-o", "--out", required=True, help="output prefix (writes .json and .md)")
+    a = p.parse_args(argv)
+    result = evaluate_codec(a.model, a.data, a.split, parse_rates(a.rates), a.baseline,
+                            a.max_utts, a.workers, a.device)
+    jpath, mpath = write_report(result, a.out)
+    print(markdown_table(result))
+    print(f"wrote {jpath} and {mpath}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

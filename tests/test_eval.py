@@ -1,0 +1,85 @@
+"""Codec evaluation: metric helpers behave, and the full report runs on a tiny codec."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from codec.evaluate import evaluate_codec, parse_rates, write_report
+from codec.metrics import (aggregate_errors, error_counts, normalize_words, quality_pair,
+                           transcribe_pocketsphinx)
+
+torch.set_num_threads(1)
+
+
+def _utt(corpus, split="valid"):
+    from data.audio import load_audio
+    from data.loaders import load_corpus
+    row = load_corpus(corpus, split=split)[0]
+    return load_audio(row["audio"], 16000)[0], row["text"]
+
+
+def test_metric_helpers(tiny_corpus):
+    assert normalize_words("Hello, World!  it's") == "hello world it's"
+    c = error_counts("the cat sat", "the bat sat down")
+    assert (c["word_errors"], c["words"]) == (2, 3)
+    assert aggregate_errors([c, error_counts("a b", "a b")])["wer"] == pytest.approx(2 / 5)
+    with pytest.raises(ValueError):
+        error_counts("", "x")
+    wav, text = _utt(tiny_corpus)
+    q_same = quality_pair((wav, wav.copy()))
+    noise = np.random.default_rng(0).normal(0, 0.05, len(wav)).astype(np.float32)
+    q_noisy = quality_pair((wav, wav + noise))
+    assert q_same["pesq"] > 4.0 and q_same["stoi"] > 0.99
+    assert q_noisy["pesq"] < q_same["pesq"] and q_noisy["stoi"] < q_same["stoi"]
+    # pocketsphinx transcribes speech into words and silence into (almost) nothing
+    assert len(transcribe_pocketsphinx(wav).split()) >= 1
+    assert len(transcribe_pocketsphinx(np.zeros(16000, np.float32)).split()) <= 1
+    assert parse_rates("12.5, 6.25,4") == [12.5, 6.25, 4.0]
+    for bad in ("", "x", "13", "0"):
+        with pytest.raises(ValueError):
+            parse_rates(bad)
+
+
+def test_evaluate_tiny_codec(tiny_corpus, tmp_path):
+    from codec.asr import PhonemeASR, PhonemeASRConfig
+    from codec.config import FlexiCodecConfig
+    from codec.model import FlexiCodec
+    torch.manual_seed(0)
+    asr_dir = PhonemeASR(PhonemeASRConfig.tiny()).save_pretrained(tmp_path / "asr")
+    cfg = FlexiCodecConfig.tiny()
+    cfg.semantic.asr_path = str(asr_dir)
+    model = FlexiCodec(cfg)
+    model.save_pretrained(tmp_path / "codec")
+    bcfg = FlexiCodecConfig.tiny(fixed_group=2)
+    bcfg.semantic.asr_path = str(asr_dir)
+    FlexiCodec(bcfg).save_pretrained(tmp_path / "base")
+
+    res = evaluate_codec(str(tmp_path / "codec"), str(tiny_corpus), "train", [12.5, 6.25],
+                         baseline=str(tmp_path / "base"), max_utts=2, workers=2,
+                         device="cpu", progress=False)
+    jpath, mpath = write_report(res, tmp_path / "out" / "eval")
+    data = json.loads(jpath.read_text())
+    assert data["utterances"] == 2 and len(data["conditions"]) == 3
+    full, low, base = data["conditions"]
+    assert full["frame_rate"] == pytest.approx(12.5, abs=0.01)
+    assert base["frame_rate"] == pytest.approx(6.25, abs=0.6)
+    assert low["frame_rate"] < 10.0
+    # bitrate: log2(64)=6 FSQ + 2 x log2(64)=6 RVQ + log2(8)=3 length bits per token
+    assert full["bitrate_bps"] == pytest.approx(full["frame_rate"] * (6 + 12 + 3))
+    assert base["bitrate_bps"] == pytest.approx(base["frame_rate"] * (6 + 12))
+    assert full["bitrate_rvq1_bps"] < full["bitrate_bps"]
+    for c in data["conditions"]:
+        assert 0 <= c["wer"] and 0 <= c["rvq1_wer"] and c["mel_distance"] > 0
+        assert c["stoi"] is None or c["stoi"] < 0.9      # an untrained codec is not clean
+    assert 0 <= data["original"]["wer"] < 1.0
+    # an untrained codec destroys intelligibility relative to the originals
+    assert full["wer"] > data["original"]["wer"]
+    assert "flexicodec@6.25Hz" in data["per_utterance"][0]
+    table = mpath.read_text()
+    assert "| flexicodec@12.5Hz |" in table and "fixed-rate baseline" in table
+    with pytest.raises(ValueError, match="fixed-rate"):
+        evaluate_codec(model, str(tiny_corpus), "valid", [12.5], baseline=model, max_utts=1,
+                       workers=1, device="cpu", progress=False)
