@@ -12,7 +12,8 @@ One way of doing each thing:
   (``VmHWM`` in ``/proc/self/status``, reset through ``/proc/self/clear_refs``) above the
   resident size before the call — this counts everything torch allocates, unlike
   ``tracemalloc``. When the kernel refuses the reset it falls back to ``ru_maxrss`` deltas and
-  says so in the result (``method``).
+  says so in the result (``method``). :func:`peak_memory_in_subprocess` measures a first call
+  in a fresh spawned process, so memory cached by earlier calls cannot hide the peak.
 - :func:`hardware_info` — CPU / GPU / library versions for the JSON report.
 - :func:`write_json`, :func:`format_table`, :func:`plot_lines` — outputs (atomic writes,
   matplotlib Agg).
@@ -208,6 +209,31 @@ def measure_peak_memory(fn: Callable[[], Any], device: torch.device | str) -> Pe
     fn()
     after = _ru_maxrss_mb()
     return PeakMemory(max(after - before, 0.0), before, "ru_maxrss_delta")
+
+
+def _subprocess_probe(factory: str, args: tuple, threads: int) -> PeakMemory:
+    import importlib
+
+    torch.set_num_threads(threads)
+    module, name = factory.split(":")
+    fn = getattr(importlib.import_module(module), name)(*args)
+    return measure_peak_memory(fn, "cpu")
+
+
+def peak_memory_in_subprocess(factory: str, *args: Any, timeout: float = 900) -> PeakMemory:
+    """CPU peak memory of one *first* call in a fresh process (so nothing cached by earlier
+    calls hides it). ``factory`` is ``"module:function"``; in a spawned Python,
+    ``function(*args)`` builds everything (model, inputs) and returns a zero-argument
+    callable, whose peak RSS above the RSS before it is measured (:func:`measure_peak_memory`).
+    ``args`` must be picklable."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(1) as pool:
+        res = pool.apply_async(_subprocess_probe, (factory, tuple(args), torch.get_num_threads()))
+        out = res.get(timeout=timeout)
+    out.method += "_fresh_process"
+    return out
 
 
 # ------------------------------------------------------------------------------ hardware
