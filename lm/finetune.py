@@ -77,6 +77,7 @@ def lora_parameter_names(peft_model) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
+    from codec.distributed import configure_process_logging
     from codec.training import make_accelerator
     from lm.data import load_tokenized, make_items, read_info
     from lm.model import load_lm
@@ -121,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     log.info("LoRA r=%d: %d trainable of %d parameters; %d train utterances", a.rank, n_train,
              sum(p.numel() for p in pm.parameters()), len(train_items))
     acc = make_accelerator(tcfg.mixed_precision, tcfg.grad_accum, cpu=a.cpu)
+    configure_process_logging(acc)
     run_dir = Path(a.run_dir) if a.run_dir else Path(str(a.out).rstrip("/") + ".run")
     res = run_training(pm, train_items, durs, valid_items, tcfg, run_dir, resume=a.resume,
                        max_minutes=a.max_minutes, accelerator=acc)
@@ -132,5 +134,6 @@ def main(argv: list[str] | None = None) -> int:
             merged = trained.merge_and_unload()
             merged.save_pretrained(a.merge_out, tokenizer_path=tok.path)
             print(f"wrote merged LM {a.merge_out}")
-    print(json.dumps({k: v for k, v in res.items() if k != "model"}))
+    acc.wait_for_everyone()
+    print(json.dumps({k: v for k, v in res.items() if k not in ("model", "state_dict")}))
     return 0

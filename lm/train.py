@@ -8,6 +8,13 @@ checkpoints (``--resume`` continues from RUN/latest, same batch order), metrics.
 per-type eval loss (text / semantic / length), tokens/s and audio-hours per GPU-minute. When
 ``--max-minutes`` runs out it checkpoints and exits cleanly. At the end the model (with its
 tokenizer) is written to ``--out-model`` (default RUN/model).
+
+Distributed (docs/DISTRIBUTED.md): ``accelerate launch [--config_file
+configs/accelerate/{multi_gpu,fsdp_lm}.yaml] -m lm.cli train ...``. Each process takes an equal
+share of every epoch's batch plan (:func:`codec.distributed.shard_batches`); eval batches are
+split over the processes and their sums reduced; a resume on a different process count maps
+the position in the epoch (:func:`codec.distributed.rescale_position`). Under FSDP the final
+weights are gathered with ``accelerator.get_state_dict``.
 """
 from __future__ import annotations
 
@@ -24,6 +31,8 @@ import torch
 import yaml
 
 from codec.pretrained import atomic_write_text, config_from_dict, config_to_dict
+from codec.distributed import (any_process, configure_process_logging, rescale_position,
+                                shard_batches)
 from codec.training import CheckpointManager, JsonlLogger, make_accelerator, seed_everything
 from lm.data import bucket_batches, load_tokenized, make_items, read_info, to_device
 from lm.layout import LayoutItem, collate
@@ -82,23 +91,33 @@ def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, items: list[LayoutItem], cfg: TrainConfig,
-             device) -> dict[str, float]:
-    """Per-token-type mean losses over ``items``: text / semantic / length."""
+             device, accelerator=None) -> dict[str, float]:
+    """Per-token-type mean losses over ``items``: text / semantic / length.
+
+    With ``accelerator`` (collective: every process must call it) the eval batches are split
+    over the processes (``batches[rank::world]``, every batch evaluated once) and the sums
+    reduced, so every process returns the same numbers."""
     was = model.training
     model.eval()
-    sums = {"text": 0.0, "semantic": 0.0, "length": 0.0}
-    counts = {k: 0 for k in sums}
+    keys = ("text", "semantic", "length")
+    sums = torch.zeros(2 * len(keys), dtype=torch.float64, device=device)
     lengths = [len(it) for it in items]
-    for b in bucket_batches(lengths, cfg.batch_tokens, cfg.max_batch, 0, 0):
+    batches = bucket_batches(lengths, cfg.batch_tokens, cfg.max_batch, 0, 0)
+    if accelerator is not None:
+        batches = batches[accelerator.process_index::accelerator.num_processes]
+    for b in batches:
         batch = to_device(collate([items[i] for i in b]), device)
         out = model(batch["input_ids"], batch["length_in"], batch["attention_mask"],
                     batch["position_ids"])
         res = _core(model).loss(batch, out)
-        for k in sums:
-            sums[k] += float(res[f"{k}_sum"])
-            counts[k] += int(res[f"n_{k}"])
+        for j, k in enumerate(keys):
+            sums[j] += float(res[f"{k}_sum"])
+            sums[len(keys) + j] += int(res[f"n_{k}"])
+    if accelerator is not None and accelerator.num_processes > 1:
+        sums = accelerator.reduce(sums, reduction="sum")
     model.train(was)
-    return {f"eval_{k}_loss": sums[k] / max(1, counts[k]) for k in sums}
+    return {f"eval_{k}_loss": float(sums[j]) / max(1.0, float(sums[len(keys) + j]))
+            for j, k in enumerate(keys)}
 
 
 def _core(model):
@@ -114,12 +133,22 @@ def run_training(model: torch.nn.Module, train_items: list[LayoutItem], train_du
     """The training loop shared by ``train`` and ``finetune``.
 
     ``params``: what to optimize (default all trainable parameters). Returns the final
-    ``{"step", "stopped" ("done"|"time"), eval metrics...}``.
+    ``{"step", "stopped" ("done"|"time"), eval metrics..., "model", "state_dict"}``:
+    ``model`` is the unwrapped model; ``state_dict`` its full weights (gathered from the
+    shards under FSDP, on the main process), or None when ``model`` holds them already.
     """
+    from accelerate.utils import DistributedType
     from tqdm.auto import tqdm
 
     run_dir = Path(run_dir)
     acc = accelerator or make_accelerator(cfg.mixed_precision, cfg.grad_accum)
+    if acc.gradient_accumulation_steps != cfg.grad_accum:
+        raise ValueError(f"the accelerator accumulates {acc.gradient_accumulation_steps} "
+                         f"micro-batches, the config says grad_accum {cfg.grad_accum}")
+    fsdp = acc.distributed_type == DistributedType.FSDP
+    if fsdp and params is not None:
+        raise ValueError("FSDP shards the whole model: train a subset of parameters "
+                         "(LoRA finetune) with DDP instead")
     seed_everything(cfg.seed)
     total = max_steps if max_steps is not None else cfg.max_steps
     params = params if params is not None else [p for p in model.parameters() if p.requires_grad]
@@ -128,6 +157,8 @@ def run_training(model: torch.nn.Module, train_items: list[LayoutItem], train_du
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(dataclasses.replace(
         cfg, max_steps=total)))
     model, opt, sched = acc.prepare(model, opt, sched)
+    if fsdp:   # FSDP flattens / shards the parameters: clip what the wrapped model holds
+        params = list(model.parameters())
     ckpt = CheckpointManager(run_dir, keep=cfg.keep_checkpoints)
     logger = JsonlLogger(run_dir / "metrics.jsonl", enabled=acc.is_main_process)
     step, epoch, pos = 0, 0, 0
@@ -137,6 +168,12 @@ def run_training(model: torch.nn.Module, train_items: list[LayoutItem], train_du
             log.warning("--resume: no checkpoint in %s, starting fresh", run_dir)
         else:
             step, epoch, pos = state["step"], state["epoch"], state["batch_in_epoch"]
+            saved_world = int(state.get("num_processes", 1))
+            if saved_world != acc.num_processes:
+                pos = rescale_position(pos, saved_world, acc.num_processes, cfg.grad_accum)
+                log.warning("checkpoint written by %d processes, resuming on %d: batch "
+                            "position in epoch %d mapped to %d per process", saved_world,
+                            acc.num_processes, epoch, pos)
             log.info("resumed from step %d (epoch %d, batch %d)", step, epoch, pos)
     lengths = [len(it) for it in train_items]
     if not train_items:
@@ -154,7 +191,7 @@ def run_training(model: torch.nn.Module, train_items: list[LayoutItem], train_du
 
     while step < total:
         batches = bucket_batches(lengths, cfg.batch_tokens, cfg.max_batch, cfg.seed, epoch)
-        mine = batches[acc.process_index::acc.num_processes]
+        mine = shard_batches(batches, acc.process_index, acc.num_processes)
         n_per_step = cfg.grad_accum
         while pos + n_per_step <= len(mine) and step < total:
             for b in mine[pos:pos + n_per_step]:
@@ -176,23 +213,29 @@ def run_training(model: torch.nn.Module, train_items: list[LayoutItem], train_du
             bar.update(1)
             if step % cfg.log_every == 0 or step == total:
                 dt = max(1e-6, time.time() - win_t)
+                if acc.num_processes > 1:   # collective: all ranks log at the same steps
+                    win = acc.reduce(torch.tensor([float(win_tokens), win_audio],
+                                                  device=acc.device), reduction="sum")
+                    win_tokens, win_audio = int(win[0]), float(win[1])
                 last = {"step": step, "epoch": epoch, "loss": float(res["loss"].detach()),
                         "text_loss": float(res["text_loss"].detach()),
                         "semantic_loss": float(res["semantic_loss"].detach()),
                         "length_loss": float(res["length_loss"].detach()),
                         "lr": sched.get_last_lr()[0], "tokens_per_s": win_tokens / dt,
-                        "audio_hours_per_gpu_minute": win_audio / 3600 / (dt / 60)}
+                        "audio_hours_per_gpu_minute":
+                            win_audio / 3600 / (dt / 60) / acc.num_processes,
+                        "num_processes": acc.num_processes}
                 logger.log(last)
                 bar.set_postfix(loss=f"{last['loss']:.3f}", tok_s=f"{last['tokens_per_s']:.0f}")
                 win_tokens, win_audio, win_t = 0, 0.0, time.time()
             if valid_items and (step % cfg.eval_every == 0 or step == total):
-                ev = evaluate(model, valid_items, cfg, acc.device)
+                ev = evaluate(model, valid_items, cfg, acc.device, acc)
                 logger.log({"step": step, **ev})
                 last.update(ev)
                 log.info("step %d eval %s", step, ev)
             if step % cfg.save_every == 0 or step == total:
                 save()
-            if deadline is not None and time.time() > deadline:
+            if deadline is not None and any_process(acc, time.time() > deadline):
                 stopped = "time"
                 break
         if stopped == "time":
@@ -205,19 +248,28 @@ def run_training(model: torch.nn.Module, train_items: list[LayoutItem], train_du
             if len(mine) < n_per_step:
                 raise ValueError("fewer batches than grad_accum: add data or reduce grad_accum")
     bar.close()
-    return {**last, "step": step, "stopped": stopped, "model": acc.unwrap_model(model)}
+    full = acc.get_state_dict(model) if fsdp else None    # collective under FSDP
+    return {**last, "step": step, "stopped": stopped, "model": acc.unwrap_model(model),
+            "state_dict": full}
 
 
 def prepare_run(config_path: str, data: str, run_dir: Path, tokenizer: str | None,
-                resume: bool) -> tuple[SpeechLMConfig, TrainConfig, Any]:
-    """Fix the run's model config and tokenizer in RUN (reused on --resume)."""
+                resume: bool, reuse_only: bool = False
+                ) -> tuple[SpeechLMConfig, TrainConfig, Any]:
+    """Fix the run's model config and tokenizer in RUN (reused on --resume).
+
+    ``reuse_only``: read what the main process wrote (non-main processes of a distributed
+    run call this after the main one, inside ``accelerator.main_process_first()``)."""
     from lm.text_tokenizer import TOKENIZER_FILE, TextTokenizer, train_text_tokenizer
 
     model_d, tcfg = load_config(config_path)
     info = read_info(data)
     tok_path = run_dir / "tokenizer" / TOKENIZER_FILE
     cfg_path = run_dir / "lm_config.json"
-    if resume and cfg_path.is_file() and tok_path.is_file():
+    if reuse_only and not (cfg_path.is_file() and tok_path.is_file()):
+        raise FileNotFoundError(f"{run_dir}: the main process wrote no {cfg_path.name} / "
+                                f"tokenizer")
+    if (resume or reuse_only) and cfg_path.is_file() and tok_path.is_file():
         mcfg = config_from_dict(SpeechLMConfig, json.loads(cfg_path.read_text()))
         if mcfg.codec_identity != info["codec_identity"]:
             raise ValueError(f"--resume: data codec {info['codec_identity']} != run's codec "
@@ -259,8 +311,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     run_dir = Path(a.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    mcfg, tcfg, tok = prepare_run(a.config, a.data, run_dir, a.tokenizer, a.resume)
+    tcfg = load_config(a.config)[1]
     acc = make_accelerator(tcfg.mixed_precision, tcfg.grad_accum, cpu=a.cpu)
+    configure_process_logging(acc)
+    with acc.main_process_first():     # the main process trains/copies the tokenizer once
+        mcfg, tcfg, tok = prepare_run(a.config, a.data, run_dir, a.tokenizer, a.resume,
+                                      reuse_only=not acc.is_main_process)
     vocab = mcfg.vocab()
     train_items, durs = make_items(load_tokenized(a.data, "train"), tok, vocab, tcfg.max_len)
     try:
@@ -276,8 +332,13 @@ def main(argv: list[str] | None = None) -> int:
                        accelerator=acc)
     if acc.is_main_process:
         out = Path(a.out_model) if a.out_model else run_dir / "model"
-        res["model"].save_pretrained(out, tokenizer_path=tok.path)
+        final = res["model"]
+        if res["state_dict"] is not None:           # FSDP: gathered full weights
+            final = SpeechLM(mcfg)
+            final.load_state_dict(res["state_dict"])
+        final.save_pretrained(out, tokenizer_path=tok.path)
         print(f"wrote {out} (step {res['step']}, stopped: {res['stopped']})")
-    summary = {k: v for k, v in res.items() if k != "model"}
+    acc.wait_for_everyone()
+    summary = {k: v for k, v in res.items() if k not in ("model", "state_dict")}
     print(json.dumps(summary))
     return 0
