@@ -1,0 +1,126 @@
+"""Benchmarks: the quick LM speedup CLI end to end, the codec measuring function, helpers."""
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import numpy as np
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+from benchmarks import common  # noqa: E402
+
+
+def test_time_interleaved_and_timing():
+    calls = []
+    t = common.time_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+                                warmup=1, repeats=3)
+    assert calls == ["a", "b"] * 4          # warm-up round, then round-robin repeats
+    assert len(t["a"].times) == 3 and t["a"].median >= 0
+    with pytest.raises(ValueError):
+        common.time_fn(lambda: None, repeats=0)
+
+
+def test_peak_memory_sees_torch_allocations():
+    """An allocation of ~64 MiB must show up (tracemalloc would not see it)."""
+    def alloc():
+        x = torch.ones(16 * 2**20)     # 64 MiB of float32, touched
+        return float(x[-1])
+    m = common.measure_peak_memory(alloc, "cpu")
+    assert 50 < m.peak_mb < 400, m
+
+
+def test_peak_memory_fresh_process():
+    m = common.peak_memory_in_subprocess("tests.test_benchmarks:_alloc_probe", 32)
+    assert 25 < m.peak_mb < 300 and m.method.endswith("_fresh_process"), m
+
+
+def _alloc_probe(mb: int):
+    def run():
+        x = torch.ones(mb * 2**18)
+        return float(x[-1])
+    return run
+
+
+def test_table_and_json(tmp_path):
+    rows = [{"a": 1.23456, "b": None}, {"a": float("nan"), "b": "x"}]
+    table = common.format_table(rows, [("a", "A"), ("b", "B")])
+    assert "1.235" in table and "-" in table.splitlines()[2]
+    path = common.write_json(tmp_path / "r.json", {"rows": rows, "t": torch.tensor(2.0)})
+    data = json.loads(path.read_text())
+    assert data["rows"][1]["a"] is None and data["t"] == 2.0
+
+
+def test_resolve_device_errors():
+    with pytest.raises(ValueError, match="unknown device"):
+        common.resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            common.resolve_device("cuda")
+
+
+def test_codec_measuring_function_tiny():
+    """measure_codecs on a tiny FlexiCodec: finite positive throughput, consistent numbers."""
+    from benchmarks.codec_speed import add_ratios, flexicodec_under_test, measure_codecs
+    from codec.config import FlexiCodecConfig
+    from codec.model import FlexiCodec
+
+    torch.manual_seed(0)
+    model = FlexiCodec(FlexiCodecConfig.tiny()).eval()
+    c = flexicodec_under_test(model, "tiny", "test", merging_threshold=1.0)
+    t = np.arange(16000 * 2) / 16000
+    wav = (0.3 * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(2 * np.pi * 3 * t))).astype(
+        np.float32)
+    rows = measure_codecs([c], wav, seconds=1.5, batch=2, device="cpu", warmup=1, repeats=2)
+    add_ratios(rows, "tiny")
+    (r,) = rows
+    assert r["batch"] == 2 and r["seconds"] == 1.5
+    for key in ("encode_x_rt", "decode_x_rt"):
+        assert math.isfinite(r[key]) and r[key] > 0
+    # xRT = audio seconds / median time
+    assert r["encode_x_rt"] == pytest.approx(3.0 / r["encode_s"])
+    assert r["enc_ours_x"] == pytest.approx(1.0) and r["dec_ours_x"] == pytest.approx(1.0)
+    assert r["token_rate"] == pytest.approx(12.5, rel=0.15)   # threshold 1.0 = 12.5 Hz
+    assert r["encode_peak_mb"] >= 0 and r["decode_peak_mb"] >= 0
+
+
+def test_lm_speedup_quick_cli(tmp_path, capsys):
+    """The quick CLI (tiny random codec, tiny LM, two rates, 2 utterances) prints the table
+    and ends with the speedup line; the JSON is valid and consistent with it."""
+    from data.synth import list_speakers
+    if not list_speakers():
+        pytest.fail("no synthesizer installed (flite / espeak-ng are required here)")
+    from benchmarks.lm_speedup import main
+
+    rc = main(["--quick", "--rates", "12.5,6.25", "--num-utts", "2", "--gen-batch", "2",
+               "--out", str(tmp_path)])
+    assert rc == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    m = re.fullmatch(r"speedup_6\.25_vs_12\.5=([0-9.]+)", out[-1])
+    assert m, out[-1]
+    ratio = float(m.group(1))
+    assert ratio > 0
+    data = json.loads((tmp_path / "lm_speedup.json").read_text())
+    assert "random-init tiny" in data["codec"]
+    rows = {r["rate"]: r for r in data["rows"]}
+    assert set(rows) == {12.5, 6.25}
+    assert rows[6.25]["speedup_train"] == pytest.approx(ratio, rel=1e-3)
+    # fewer speech tokens at the lower rate, and the token rate is near the target
+    assert rows[6.25]["tokens_per_audio_s"] < rows[12.5]["tokens_per_audio_s"]
+    assert rows[12.5]["tokens_per_audio_s"] == pytest.approx(12.5, rel=0.1)
+    assert rows[6.25]["gen_tokens"] < rows[12.5]["gen_tokens"]
+    for r in rows.values():
+        assert r["train_audio_s_per_s"] > 0 and r["ar_rtf_b1"] > 0 and r["mfu"] is None
+    assert (tmp_path / "lm_speedup.png").stat().st_size > 1000
+
+
+def test_lm_speedup_rejects_bad_config():
+    from benchmarks.lm_speedup import LMBenchConfig
+
+    with pytest.raises(ValueError, match="unknown LM sizes"):
+        LMBenchConfig(sizes=("huge",))
+    with pytest.raises(ValueError, match="12.5 Hz baseline"):
+        LMBenchConfig(rates=(6.25,))
