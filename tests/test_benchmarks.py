@@ -124,3 +124,16 @@ def test_lm_speedup_rejects_bad_config():
         LMBenchConfig(sizes=("huge",))
     with pytest.raises(ValueError, match="12.5 Hz baseline"):
         LMBenchConfig(rates=(6.25,))
+
+
+def test_tts_speed_tiny_pipeline():
+    """measure_tts on the random tiny pipeline: positive RTF, latency below the total time."""
+    from benchmarks.tts_speed import build_random_tts, measure_tts
+
+    tts = build_random_tts(torch.device("cpu"), max_tokens=12)
+    rows = measure_tts(tts, ["hello there, how are you today"], (12.5, 6.25),
+                       torch.device("cpu"))
+    assert [r["rate"] for r in rows] == [12.5, 6.25]
+    for r in rows:
+        assert r["audio_s"] > 0 and 0 < r["ar_rtf"] < r["rtf"]
+        assert 0 < r["first_chunk_s"] < r["rtf"] * r["audio_s"] * 5
