@@ -183,15 +183,17 @@ def measure_codecs(codecs: Sequence[CodecUnderTest], wav16k: np.ndarray, seconds
 
 
 def add_ratios(rows: list[dict], reference: str) -> None:
-    """``enc_ours_x`` / ``dec_ours_x``: reference codec throughput / this codec's (same batch)."""
+    """``enc_ours_x`` / ``dec_ours_x``: reference codec throughput / this codec's (same device
+    and batch)."""
     for r in rows:
-        ref = next(x for x in rows if x["codec"] == reference and x["batch"] == r["batch"])
+        ref = next(x for x in rows if x["codec"] == reference and x["batch"] == r["batch"]
+                   and x.get("device") == r.get("device"))
         r["enc_ours_x"] = ref["encode_x_rt"] / r["encode_x_rt"]
         r["dec_ours_x"] = ref["decode_x_rt"] / r["decode_x_rt"]
 
 
 TABLE_COLUMNS = [
-    ("codec", "codec"), ("params_m", "M params"), ("sample_rate", "Hz"), ("batch", "batch"),
+    ("device", "device"), ("codec", "codec"), ("params_m", "M params"), ("sample_rate", "Hz"), ("batch", "batch"),
     ("token_rate", "frames/s"), ("encode_x_rt", "encode xRT"), ("decode_x_rt", "decode xRT"),
     ("enc_ours_x", "ours/peer enc"), ("dec_ours_x", "ours/peer dec"),
     ("encode_peak_mb", "enc MiB"), ("decode_peak_mb", "dec MiB"),
@@ -277,12 +279,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.codec_speed", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="CPU, batch 1, 3 s of audio")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--device", default=None,
+                   help="comma list of cpu / cuda (default: 'cuda,cpu' when CUDA is available "
+                   "— GPU batched and CPU batch 1 in one run — else 'cpu')")
     p.add_argument("--peers", default=",".join(PEERS), help=f"comma list of {PEERS} or ''")
     p.add_argument("--seconds", type=float, default=None,
                    help="audio duration per item (default 10; 3 with --quick)")
     p.add_argument("--batch-sizes", default=None,
-                   help="comma list (default: 1 on CPU, 1,16 on CUDA)")
+                   help="comma list for CUDA (default 1,16); CPU always runs batch 1")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats (default 5; 3 quick)")
     p.add_argument("--codec", default=None, help="a trained FlexiCodec directory to include "
                    "(default: the shipped one, if present)")
@@ -301,13 +305,13 @@ def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
-    device = resolve_device(a.device or ("cpu" if a.quick or not torch.cuda.is_available()
-                                         else "cuda"))
+    dev_names = (a.device or ("cpu" if a.quick or not torch.cuda.is_available()
+                              else "cuda,cpu")).split(",")
+    devices = [resolve_device(d) for d in dev_names if d.strip()]
     seconds = a.seconds or (3.0 if a.quick else 10.0)
     if seconds <= 0:
         raise SystemExit("--seconds must be positive")
-    batches = ([int(b) for b in a.batch_sizes.split(",")] if a.batch_sizes
-               else ([1] if device.type == "cpu" else [1, 16]))
+    gpu_batches = [int(b) for b in a.batch_sizes.split(",")] if a.batch_sizes else [1, 16]
     repeats = a.repeats or (3 if a.quick else 5)
     peers = [p for p in a.peers.split(",") if p.strip()]
     t0 = time.perf_counter()
@@ -320,22 +324,31 @@ def main(argv: list[str] | None = None) -> int:
         wav = np.concatenate([u.wav for u in utts])
         source = sorted({u.source for u in utts})
     specs = codec_specs(peers, a.codec, a.seed)
-    codecs = [build_one(s, device) for s in specs]
     rows = []
-    for b in batches:
-        log(f"batch {b}: {len(codecs)} codecs, {seconds:g} s each, {repeats} repeats")
-        rows += measure_codecs(codecs, wav, seconds, b, device, repeats=repeats,
-                               memory=not a.no_memory,
-                               memory_specs={s["name"]: s for s in specs})
-    add_ratios(rows, codecs[0].name)
-    result = {"benchmark": "codec_speed", "hardware": hardware_info(device),
+    for device in devices:
+        codecs = [build_one(s, device) for s in specs]
+        for b in (gpu_batches if device.type == "cuda" else [1]):
+            log(f"{device} batch {b}: {len(codecs)} codecs, {seconds:g} s each, "
+                f"{repeats} repeats")
+            part = measure_codecs(codecs, wav, seconds, b, device, repeats=repeats,
+                                  memory=not a.no_memory,
+                                  memory_specs={s["name"]: s for s in specs})
+            for r in part:
+                r["device"] = device.type
+            rows += part
+        del codecs
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    ref = specs[0]["name"]
+    add_ratios(rows, ref)
+    result = {"benchmark": "codec_speed", "hardware": hardware_info(devices[0]),
               "precision": "fp32", "audio_source": source, "seconds": seconds,
-              "batch_sizes": batches, "repeats": repeats, "reference": codecs[0].name,
+              "gpu_batch_sizes": gpu_batches, "repeats": repeats, "reference": ref,
               "rows": rows, "wall_seconds": time.perf_counter() - t0}
     out = Path(a.out)
     js = write_json(out / "codec_speed.json", result)
-    print(f"Codec speed on {result['hardware']['device']} (fp32, {seconds:g} s of audio per "
-          f"item; xRT = audio-seconds per second; ours/peer > 1: {codecs[0].name} faster)")
+    print(f"Codec speed on {', '.join(map(str, devices))} (fp32, {seconds:g} s of audio per "
+          f"item; xRT = audio-seconds per second; ours/peer > 1: {ref} faster)")
     print(format_table(rows, TABLE_COLUMNS))
     print(f"wrote {js} ({result['wall_seconds']:.0f} s)")
     return 0
