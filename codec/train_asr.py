@@ -198,7 +198,7 @@ def load_asr_yaml(path: str | Path) -> tuple[dict, ASRTrainConfig]:
 def _corpus_split(data: str, split: str, max_seconds: float):
     from data.loaders import AudioDataset, load_corpus
 
-    ds = load_corpus(data, split=split, sample_rate=16000, decode=False)
+    ds = load_corpus(data, split=split, sample_rate=16000, decode=False, check="header")
     if len(ds) == 0:
         raise ValueError(f"{data}: split '{split}' is empty")
     phon = ds["phonemes"]
