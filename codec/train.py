@@ -221,7 +221,7 @@ def train_codec(config_path: str, data: str, run_dir: str, asr: str | None = Non
                 max_steps: int | None = None, max_minutes: float | None = None,
                 resume: bool = False, out_model: str | None = None,
                 fixed_group: int | None = None, stop_after: int | None = None,
-                cpu: bool = False) -> dict:
+                cpu: bool = False, mixed_precision: str | None = None) -> dict:
     """Run (or resume) codec training; returns the last logged metrics."""
     from accelerate.utils import DistributedDataParallelKwargs
 
@@ -234,7 +234,7 @@ def train_codec(config_path: str, data: str, run_dir: str, asr: str | None = Non
         tc.max_steps = max_steps
     run = Path(run_dir)
     ckpt = CheckpointManager(run)
-    accelerator = make_accelerator(cpu=cpu, kwargs_handlers=[
+    accelerator = make_accelerator(mixed_precision, cpu=cpu, kwargs_handlers=[
         DistributedDataParallelKwargs(find_unused_parameters=True)])
     main = accelerator.is_main_process
     seed_everything(tc.seed)
@@ -445,9 +445,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resume", action="store_true", help="continue from RUN/latest")
     p.add_argument("--out-model", default=None, help="save_pretrained directory at the end")
     p.add_argument("--cpu", action="store_true", help="force CPU")
+    p.add_argument("--mixed-precision", default=None, choices=["no", "bf16", "fp16"],
+                   help="default: bf16 on CUDA, no elsewhere")
     a = p.parse_args(argv)
     res = train_codec(a.config, a.data, a.run_dir, a.asr, a.max_steps, a.max_minutes,
-                      a.resume, a.out_model, a.fixed_group, a.stop_after, a.cpu)
+                      a.resume, a.out_model, a.fixed_group, a.stop_after, a.cpu,
+                      a.mixed_precision)
     print(json.dumps(res, indent=1))
     return 0
 

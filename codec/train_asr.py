@@ -246,7 +246,7 @@ def evaluate_per(model: PhonemeASR, dataset, batch_size: int, device, max_utts: 
 def train_asr(config_path: str, data: str, run_dir: str, max_steps: int | None = None,
               max_minutes: float | None = None, resume: bool = False,
               out_model: str | None = None, cpu: bool = False,
-              stop_after: int | None = None) -> dict:
+              stop_after: int | None = None, mixed_precision: str | None = None) -> dict:
     """Run (or resume) ASR training; returns the final metrics dict.
 
     ``max_steps`` is the run's total length (also the LR schedule's); ``stop_after`` ends this
@@ -256,7 +256,7 @@ def train_asr(config_path: str, data: str, run_dir: str, max_steps: int | None =
     if max_steps is not None:
         tc.max_steps = max_steps
     run = Path(run_dir)
-    accelerator = make_accelerator(cpu=cpu)
+    accelerator = make_accelerator(mixed_precision, cpu=cpu)
     main = accelerator.is_main_process
     seed_everything(tc.seed)
     budget = TimeBudget(max_minutes)
@@ -389,9 +389,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resume", action="store_true", help="continue from RUN/latest")
     p.add_argument("--out-model", default=None, help="save_pretrained directory at the end")
     p.add_argument("--cpu", action="store_true", help="force CPU")
+    p.add_argument("--mixed-precision", default=None, choices=["no", "bf16", "fp16"],
+                   help="default: bf16 on CUDA, no elsewhere")
     a = p.parse_args(argv)
     res = train_asr(a.config, a.data, a.run_dir, a.max_steps, a.max_minutes, a.resume,
-                    a.out_model, a.cpu, a.stop_after)
+                    a.out_model, a.cpu, a.stop_after,
+                    a.mixed_precision)
     print(json.dumps(res, indent=1))
     return 0
 
