@@ -20,5 +20,11 @@ export ESPEAK_DATA_PATH="$_fs_prefix/usr/lib/x86_64-linux-gnu/espeak-ng-data"
 # festival: the binary's compiled-in libdir is /usr/share/festival; data/synth.py passes
 # --libdir, and for hand use:  festival --libdir "$FESTIVAL_LIBDIR"
 export FESTIVAL_LIBDIR="$_fs_prefix/usr/share/festival"
+export FESTLIBDIR="$FESTIVAL_LIBDIR"
+# festival reads init.scm from its compiled-in libdir before --libdir takes effect; on a
+# machine without a system festival (the GPU machine) point that path at the prefix.
+if [ ! -e /usr/share/festival ] && [ -w /usr/share ]; then
+  ln -s "$FESTIVAL_LIBDIR" /usr/share/festival
+fi
 echo "[device_synth_env] engines from $_fs_prefix: $(ls "$_fs_prefix/usr/bin" | tr '\n' ' ')"
 unset _fs_dir _fs_prefix _fs_deb

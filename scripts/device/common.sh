@@ -1,0 +1,25 @@
+# Sourced by the device pipeline scripts: environment for one call on the lent GPU machine.
+# The machine has no network and no apt: Python wheels travel in .whl/, synthesizer .debs in
+# .debs/ (scripts/fetch_synth_debs.sh), both named in the run's `carry`.
+set -uo pipefail
+T0=$(date +%s)
+BUDGET=${BUDGET:-540}
+left() { echo $(( BUDGET - ($(date +%s) - T0) )); }
+left_min() { python3 -c "print(max(0.5, ($(left) - ${1:-30}) / 60))"; }
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl >/dev/null 2>&1 || { echo "wheel install failed"; exit 1; }
+  export PYTHONPATH=$PWD:/tmp/site
+else
+  export PYTHONPATH=$PWD
+fi
+if [ -d .debs ] && [ -f scripts/device_synth_env.sh ]; then
+  # shellcheck disable=SC1091
+  source scripts/device_synth_env.sh .debs
+fi
+W=${W:-runs/device}
+mkdir -p "$W"
+OUT=${OUT:-$W/out}
+mkdir -p "$OUT"
+log() { echo "[$(date +%H:%M:%S) +$(( $(date +%s) - T0 ))s] $*"; }
