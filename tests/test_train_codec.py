@@ -132,9 +132,14 @@ def test_shipped_codec_train_sections_parse(name):
 
 def test_bf16_autocast_steps(tiny_corpus, asr_dir, tmp_path):
     """The GPU precision path (bf16 autocast; STFT and losses kept fp32) runs on CPU too."""
+    from accelerate.state import AcceleratorState
     cfg = str(_yaml(tmp_path / "c.yaml", max_steps=3, disc_start=1, warmup_fixed_steps=1))
-    res = train_codec(cfg, str(tiny_corpus), str(tmp_path / "run"), asr=str(asr_dir),
-                      cpu=True, mixed_precision="bf16")
+    AcceleratorState._reset_state(True)     # the precision is process-global in accelerate
+    try:
+        res = train_codec(cfg, str(tiny_corpus), str(tmp_path / "run"), asr=str(asr_dir),
+                          cpu=True, mixed_precision="bf16")
+    finally:
+        AcceleratorState._reset_state(True)
     rows = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if "mel_loss" in r]
     assert res["finished"] and len(rows) == 3
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows) and "d_loss" in rows[-1]
