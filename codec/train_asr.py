@@ -162,24 +162,27 @@ class ASRTrainConfig:
 
 
 def spec_augment(cfg: SpecAugmentConfig):
-    """A ``mel_transform(mel [B, M, F], mel_len [B]) -> mel`` hook masking random bands."""
+    """A ``mel_transform(mel [B, M, F], mel_len [B]) -> mel`` hook zeroing random frequency
+    bands (width <= ``freq_width`` bins) and time spans (<= ``time_width`` of each
+    utterance). Vectorised over the batch (no host syncs on GPU); draws from the torch RNG
+    of ``mel``'s device, which checkpoints restore."""
     def f(mel: torch.Tensor, mel_len: torch.Tensor) -> torch.Tensor:
-        mel = mel.clone()
-        B, M, _ = mel.shape
-        for b in range(B):
-            L = int(mel_len[b])
-            for _ in range(cfg.freq_masks):
-                w = int(torch.randint(0, cfg.freq_width + 1, ()).item())
-                if 0 < w < M:
-                    s = int(torch.randint(0, M - w + 1, ()).item())
-                    mel[b, s:s + w, :] = 0.0
-            tw = int(cfg.time_width * L)
-            for _ in range(cfg.time_masks):
-                w = int(torch.randint(0, tw + 1, ()).item()) if tw > 0 else 0
-                if 0 < w < L:
-                    s = int(torch.randint(0, L - w + 1, ()).item())
-                    mel[b, :, s:s + w] = 0.0
-        return mel
+        B, M, F = mel.shape
+        dev = mel.device
+        drop = torch.zeros(B, M, F, dtype=torch.bool, device=dev)
+        bins = torch.arange(M, device=dev)[None, :]
+        for _ in range(cfg.freq_masks):
+            w = torch.randint(0, min(cfg.freq_width, M - 1) + 1, (B, 1), device=dev)
+            s = (torch.rand(B, 1, device=dev) * (M - w + 1)).long()
+            drop |= ((bins >= s) & (bins < s + w))[:, :, None]
+        frames = torch.arange(F, device=dev)[None, :]
+        L = mel_len.to(dev)[:, None]
+        tw = (cfg.time_width * L.float()).long()
+        for _ in range(cfg.time_masks):
+            w = (torch.rand(B, 1, device=dev) * (tw + 1).float()).long()
+            s = (torch.rand(B, 1, device=dev) * (L - w + 1).clamp(min=1).float()).long()
+            drop |= ((frames >= s) & (frames < s + w))[:, None, :]
+        return mel.masked_fill(drop, 0.0)
     return f
 
 

@@ -73,3 +73,16 @@ def test_batch_plan_budget_and_yaml(tmp_path):
     bad.write_text(yaml.safe_dump({"model": {"vocab": ["a"]}}))
     with pytest.raises(ValueError, match="vocab"):
         load_asr_yaml(bad)
+
+
+def test_spec_augment_masks_within_bounds():
+    from codec.train_asr import SpecAugmentConfig, spec_augment
+    torch.manual_seed(0)
+    f = spec_augment(SpecAugmentConfig(freq_masks=2, freq_width=10, time_masks=2,
+                                       time_width=0.1))
+    out = f(torch.ones(4, 80, 200), torch.tensor([200, 100, 50, 10]))
+    zero_bins = (out == 0).all(2).sum(1)
+    zero_frames = (out == 0).all(1).sum(1)
+    assert (zero_bins <= 20).all() and zero_bins.sum() > 0
+    assert zero_frames.tolist()[3] <= 2 and (zero_frames <= torch.tensor([40, 20, 10, 2])).all()
+    assert (out[:, :, :][out != 0] == 1).all()
