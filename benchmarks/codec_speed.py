@@ -10,7 +10,7 @@ on a shared machine hit all of them alike; ratios are reported as ``ours / peer`
 (> 1: ours is faster) against the first FlexiCodec entry.
 
     python -m benchmarks.codec_speed --quick --out /tmp/bench        # CPU, batch 1, short audio
-    python -m benchmarks.codec_speed --device cuda --out $OUT/bench   # GPU, batch 1 and 16
+    python -m benchmarks.codec_speed --device cuda --out $OUT/bench   # GPU b1 + b16, CPU b1
 
 Outputs ``OUT/codec_speed.json`` and a printed table.
 """
@@ -280,8 +280,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="CPU, batch 1, 3 s of audio")
     p.add_argument("--device", default=None,
-                   help="comma list of cpu / cuda (default: 'cuda,cpu' when CUDA is available "
-                   "— GPU batched and CPU batch 1 in one run — else 'cpu')")
+                   help="cpu or cuda (default: cuda when available). cuda also measures CPU "
+                   "batch 1 in the same run unless --no-cpu")
     p.add_argument("--peers", default=",".join(PEERS), help=f"comma list of {PEERS} or ''")
     p.add_argument("--seconds", type=float, default=None,
                    help="audio duration per item (default 10; 3 with --quick)")
@@ -296,6 +296,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="use white noise instead of speech (no synthesizer needed)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--no-memory", action="store_true", help="skip peak-memory measurement")
+    p.add_argument("--no-cpu", action="store_true",
+                   help="with --device cuda: skip the CPU batch-1 part of the run")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output directory")
     return p.parse_args(argv)
@@ -308,6 +310,9 @@ def main(argv: list[str] | None = None) -> int:
     dev_names = (a.device or ("cpu" if a.quick or not torch.cuda.is_available()
                               else "cuda,cpu")).split(",")
     devices = [resolve_device(d) for d in dev_names if d.strip()]
+    if any(d.type == "cuda" for d in devices) and not any(d.type == "cpu" for d in devices) \
+            and not a.no_cpu:
+        devices.append(torch.device("cpu"))      # CPU batch 1 in the same run
     seconds = a.seconds or (3.0 if a.quick else 10.0)
     if seconds <= 0:
         raise SystemExit("--seconds must be positive")

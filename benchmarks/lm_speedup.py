@@ -73,7 +73,7 @@ class LMBenchConfig:
     gen_batch: int = 8
     train_warmup: int = 2
     train_repeats: int = 5
-    gen_repeats: int = 2
+    gen_repeats: int = 3
     num_text_pieces: int = 1000        # sentencepiece vocabulary trained for the text prompts
     seed: int = 0
     quick: bool = False
@@ -254,7 +254,8 @@ def run_benchmark(cfg: LMBenchConfig, utts: Sequence[Utterance], codec,
                                              dtype)
             gen_fns[(rate, len(gen_pieces))] = generate_fn(model, gen_pieces, n_gen[rate],
                                                            rate, device, dtype)
-        generate_fn(model, gen_pieces, 4, cfg.rates[0], device, dtype)()   # warm-up
+        for pcs in (gen_pieces[:1], gen_pieces):                          # warm-up
+            generate_fn(model, pcs, 8, cfg.rates[0], device, dtype)()
         t_gen = time_interleaved(gen_fns, device, warmup=0, repeats=cfg.gen_repeats,
                                  desc=f"generate {size}")
         for rate in cfg.rates:
@@ -394,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
         sizes = tuple(a.sizes.split(",")) if a.sizes else ("tiny",)
         cfg = LMBenchConfig(sizes=sizes, rates=a.rates, device=device, precision=a.precision,
                             num_utts=a.num_utts or 4, gen_batch=a.gen_batch or 4,
-                            train_warmup=1, train_repeats=5, gen_repeats=2,
+                            train_warmup=1, train_repeats=5, gen_repeats=3,
                             num_text_pieces=256, seed=a.seed, quick=True)
     else:
         sizes = tuple(a.sizes.split(",")) if a.sizes else tuple(LM_SIZES)
