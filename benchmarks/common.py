@@ -415,8 +415,8 @@ def synthesize_speech(n: int, seed: int = 0, speaker: str | None = None) -> list
         voices = [s.id for s in list_speakers()]
         if not voices:
             raise RuntimeError("no speech synthesizer (flite / festival / espeak-ng) is "
-                               "installed: pass --data CORPUS with real speech (codec_speed: or --noise), or set "
-                           "FLEXICODEC_SYNTH_PREFIX (see data/synth.py)")
+                               "installed: pass --data CORPUS with real speech (codec_speed: "
+                               "or --noise), or set FLEXICODEC_SYNTH_PREFIX (data/synth.py)")
         speaker = "flite_slt" if "flite_slt" in voices else voices[0]
     texts = pick_sentences(n, seed)
     log(f"synthesizing {n} sentences with {speaker}")
