@@ -95,20 +95,28 @@ def evaluate(model: torch.nn.Module, items: list[LayoutItem], cfg: TrainConfig,
     """Per-token-type mean losses over ``items``: text / semantic / length.
 
     With ``accelerator`` (collective: every process must call it) the eval batches are split
-    over the processes (``batches[rank::world]``, every batch evaluated once) and the sums
-    reduced, so every process returns the same numbers."""
+    over the processes (``batches[rank::world]``, every batch counted once) and the sums
+    reduced, so every process returns the same numbers. Every process runs the same number
+    of forward passes (a rank with a shorter share repeats its first batch uncounted): the
+    wrapped model's forward is itself collective (DDP buffer broadcast, FSDP all-gather)."""
     was = model.training
     model.eval()
     keys = ("text", "semantic", "length")
     sums = torch.zeros(2 * len(keys), dtype=torch.float64, device=device)
     lengths = [len(it) for it in items]
     batches = bucket_batches(lengths, cfg.batch_tokens, cfg.max_batch, 0, 0)
-    if accelerator is not None:
-        batches = batches[accelerator.process_index::accelerator.num_processes]
-    for b in batches:
+    rank, world = (0, 1) if accelerator is None else (accelerator.process_index,
+                                                      accelerator.num_processes)
+    mine = batches[rank::world]
+    n_forward = -(-len(batches) // world)
+    for n in range(n_forward):
+        counted = n < len(mine)
+        b = mine[n] if counted else batches[0]
         batch = to_device(collate([items[i] for i in b]), device)
         out = model(batch["input_ids"], batch["length_in"], batch["attention_mask"],
                     batch["position_ids"])
+        if not counted:
+            continue
         res = _core(model).loss(batch, out)
         for j, k in enumerate(keys):
             sums[j] += float(res[f"{k}_sum"])
@@ -246,7 +254,9 @@ def run_training(model: torch.nn.Module, train_items: list[LayoutItem], train_du
         if pos + n_per_step > len(mine):
             epoch, pos = epoch + 1, 0
             if len(mine) < n_per_step:
-                raise ValueError("fewer batches than grad_accum: add data or reduce grad_accum")
+                raise ValueError(f"{len(batches)} batches per epoch over {acc.num_processes} "
+                                 f"process(es) is fewer than grad_accum {n_per_step} per "
+                                 f"process: add data, or lower batch_tokens / grad_accum")
     bar.close()
     full = acc.get_state_dict(model) if fsdp else None    # collective under FSDP
     return {**last, "step": step, "stopped": stopped, "model": acc.unwrap_model(model),
