@@ -9,6 +9,11 @@ bf16 autocast on GPU, checkpoints through ``CheckpointManager`` (``--resume`` co
 ``RUN/latest``), metrics in ``RUN/metrics.jsonl``. When the step or time budget runs out the
 run checkpoints and writes the final model (+ shipped speaker prompts) to ``--out``
 (default ``RUN/final``).
+
+Distributed (docs/DISTRIBUTED.md): ``accelerate launch -m tts.train_acoustic ...``. Batches
+come from a seeded per-epoch plan (:func:`codec.train_asr.epoch_batches`), each process
+takes its equal share (:func:`codec.distributed.shard_batches`), and ``--resume`` continues
+at the same place in the plan; the time-budget stop is decided jointly by all processes.
 """
 from __future__ import annotations
 
@@ -23,6 +28,8 @@ import torch
 import yaml
 
 from codec.pretrained import config_from_dict
+from codec.distributed import any_process, configure_process_logging, shard_batches
+from codec.train_asr import epoch_batches, make_loader
 from codec.training import CheckpointManager, JsonlLogger, make_accelerator, seed_everything
 from tts.acoustic import AcousticConfig, AcousticModel
 from tts.codes_data import AcousticCodesDataset, CropConfig, collate_codes, load_codes_dataset
@@ -116,6 +123,7 @@ def train(mc: AcousticConfig, tc: TrainConfig, data: str | Path, run_dir: str | 
     seed_everything(tc.seed)
     run_dir = Path(run_dir)
     accelerator = make_accelerator(cpu=cpu)
+    configure_process_logging(accelerator)
     train_ds = load_codes_dataset(data, "train")
     try:
         val_ds = load_codes_dataset(data, "valid")
@@ -123,10 +131,14 @@ def train(mc: AcousticConfig, tc: TrainConfig, data: str | Path, run_dir: str | 
         val_ds = None
         log.warning("no 'valid' split in %s: validation metrics are skipped", data)
     crop = CropConfig(max_tokens=tc.max_tokens)
-    tr = AcousticCodesDataset(train_ds, mc.n_q, crop, seed=tc.seed)
-    loader = torch.utils.data.DataLoader(tr, batch_size=tc.batch_size, shuffle=True,
-                                         collate_fn=collate_codes, num_workers=tc.num_workers,
-                                         drop_last=len(tr) >= tc.batch_size)
+    tr = AcousticCodesDataset(train_ds, mc.n_q, crop, seed=tc.seed + accelerator.process_index)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    n_rows = len(tr)
+    steps_per_epoch = len(epoch_batches([0.0] * n_rows, tc.batch_size, tc.seed, 0,
+                                        bucket=False)) // world
+    if steps_per_epoch < 1:
+        raise ValueError(f"{data}: {n_rows} training rows are too few for batch_size "
+                         f"{tc.batch_size} x {world} processes")
     val_loader = None
     if val_ds is not None:
         val_loader = torch.utils.data.DataLoader(
@@ -136,7 +148,8 @@ def train(mc: AcousticConfig, tc: TrainConfig, data: str | Path, run_dir: str | 
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay,
                             betas=(0.9, 0.98))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(tc))
-    model, opt, loader, sched = accelerator.prepare(model, opt, loader, sched)
+    model, opt, sched = accelerator.prepare(model, opt, sched)
+    seed_everything(tc.seed + 7919 * rank)     # weights are identical; masking differs per rank
     if val_loader is not None:
         val_loader = accelerator.prepare(val_loader)
     ckpt = CheckpointManager(run_dir)
@@ -161,7 +174,13 @@ def train(mc: AcousticConfig, tc: TrainConfig, data: str | Path, run_dir: str | 
     last: dict = {}
     stop_reason = "max_steps"
     while step < tc.max_steps:
+        epoch, k = divmod(step, steps_per_epoch)
+        plan = shard_batches(epoch_batches([0.0] * n_rows, tc.batch_size, tc.seed, epoch,
+                                           bucket=False), rank, world)
+        loader = make_loader(tr, plan[k:], tc.num_workers, seed=tc.seed * 1000003 + step * 7
+                             + rank, collate_fn=collate_codes)
         for batch in loader:
+            batch = {key: v.to(accelerator.device) for key, v in batch.items()}
             with accelerator.autocast():
                 res = model(batch)
             accelerator.backward(res["loss"])
@@ -184,7 +203,7 @@ def train(mc: AcousticConfig, tc: TrainConfig, data: str | Path, run_dir: str | 
                 last.update(v)
             if step % tc.save_every == 0:
                 ckpt.save(accelerator, step)
-            if deadline and time.time() > deadline:
+            if deadline and any_process(accelerator, time.time() > deadline):
                 stop_reason = "time budget"
                 break
             if step >= tc.max_steps:
