@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Device phase B (two chained calls on one warm machine): train the dynamic-rate codec and the
+# fixed-rate 6.25 Hz baseline (same architecture, config and wall-clock budget) side by side
+# on the one GPU, resuming from runs/device/* when the machine is still warm.
+#   carry: .whl .debs
+#   call 1: BUDGET=580 bash scripts/device/phase_codec.sh
+#   call 2: BUDGET=580 RESERVE=150 FINAL=1 bash scripts/device/phase_codec.sh
+# FINAL=1 packs both codecs (fp16, without the ASR copy: scripts/device/transport.py) into
+# $OUT/codecs.tar.part-* (15 MiB parts; here: cat parts | tar xz, then transport.py unpack).
+source scripts/device/common.sh
+CONFIG=${CONFIG:-configs/codec/small.yaml}
+ASR=${ASR:-flexicodec_pretrained/asr}
+RESERVE=${RESERVE:-25}
+if [ ! -f "$W/corpus/metadata.jsonl" ] || [ ! -f "$W/corpus.done" ]; then
+  log "building corpus (${HOURS:-24} h)"
+  python3 -m data.cli build-corpus --hours "${HOURS:-24}" --out "$W/corpus" --workers 16 \
+    --no-progress 2>&1 | tail -n 3 && touch "$W/corpus.done"
+fi
+M=$(left_min "$RESERVE")
+log "training dynamic codec and fixed-rate baseline for $M min each, concurrently"
+python3 -m codec.train --config "$CONFIG" --data "$W/corpus" --run-dir "$W/codec_dyn" \
+  --asr "$ASR" --resume --max-minutes "$M" --out-model "$W/codec_dyn_model" \
+  > "$W/codec_dyn.log" 2>&1 &
+P1=$!
+python3 -m codec.train --config "$CONFIG" --data "$W/corpus" --run-dir "$W/codec_fix" \
+  --asr "$ASR" --fixed-group 2 --resume --max-minutes "$M" --out-model "$W/codec_fix_model" \
+  > "$W/codec_fix.log" 2>&1 &
+P2=$!
+sleep 90; nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
+wait $P1; R1=$?; wait $P2; R2=$?
+log "trainers exited: dynamic rc=$R1, baseline rc=$R2"
+for n in dyn fix; do
+  grep -a -v -E "it/s\]|s/it\]" "$W/codec_$n.log" | tail -n 25
+  cp "$W/codec_$n/metrics.jsonl" "$OUT/codec_${n}_metrics.jsonl" 2>/dev/null
+done
+if [ "${FINAL:-0}" = 1 ]; then
+  mkdir -p "$W/pack"
+  python3 scripts/device/transport.py pack "$W/codec_dyn_model" "$W/pack/codec_dynamic.safetensors"
+  python3 scripts/device/transport.py pack "$W/codec_fix_model" "$W/pack/codec_fixed2.safetensors"
+  (cd "$W/pack" && tar czf - codec_dynamic.safetensors codec_fixed2.safetensors) \
+    | split -b 15M - "$OUT/codecs.tar.part-"
+  ls -la "$OUT"
+fi
+log "done"
