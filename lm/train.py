@@ -159,14 +159,25 @@ def run_training(model: torch.nn.Module, train_items: list[LayoutItem], train_du
                          "(LoRA finetune) with DDP instead")
     seed_everything(cfg.seed)
     total = max_steps if max_steps is not None else cfg.max_steps
-    params = params if params is not None else [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas),
-                            weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(dataclasses.replace(
-        cfg, max_steps=total)))
-    model, opt, sched = acc.prepare(model, opt, sched)
-    if fsdp:   # FSDP flattens / shards the parameters: clip what the wrapped model holds
+
+    def optimizer(ps):
+        o = torch.optim.AdamW(ps, lr=cfg.lr, betas=tuple(cfg.betas),
+                              weight_decay=cfg.weight_decay)
+        return o, torch.optim.lr_scheduler.LambdaLR(o, lr_lambda(dataclasses.replace(
+            cfg, max_steps=total)))
+
+    if fsdp and not getattr(acc, "is_fsdp2", False):
+        # FSDP1 replaces the parameters by flat shards: wrap first, then build the optimizer
+        # over what the wrapped model holds (accelerate's FSDP guidance)
+        model = acc.prepare(model)
         params = list(model.parameters())
+        opt, sched = acc.prepare(*optimizer(params))
+    else:               # DDP, single process, FSDP2 (model + optimizer prepared together)
+        params = params if params is not None else [p for p in model.parameters()
+                                                    if p.requires_grad]
+        model, opt, sched = acc.prepare(model, *optimizer(params))
+        if fsdp:
+            params = list(model.parameters())
     ckpt = CheckpointManager(run_dir, keep=cfg.keep_checkpoints)
     logger = JsonlLogger(run_dir / "metrics.jsonl", enabled=acc.is_main_process)
     step, epoch, pos = 0, 0, 0
