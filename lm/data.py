@@ -1,10 +1,12 @@
 """Tokenized-corpus access for LM training: load ``lm.tokenize`` output, lay out examples,
 and length-bucketed batches.
 
-A tokenized directory (one frame rate)::
+A tokenized directory (one frame rate; written by ``lm.tokenize``, also the training data of
+the TTS acoustic stage)::
 
-    TOK/rate_6.25/info.json            codec identity, FSQ size, max_group, rate, counts
-    TOK/rate_6.25/<split>/shard_00000  datasets.save_to_disk shards (arrow)
+    TOK/rate_6.25/info.json            codec identity, FSQ size, max_group, RVQ size, counts
+    TOK/rate_6.25/<split>/shard_00000  datasets.save_to_disk shards (arrow) with semantic_codes,
+                                       token_lengths and acoustic_codes [n_q][T']
 
 ``load_tokenized("TOK")`` takes every ``rate_*`` beneath; ``load_tokenized("TOK/rate_6.25")``
 one rate.
@@ -58,7 +60,9 @@ def read_info(paths: str | Sequence[str]) -> dict:
             if info.get(k) != first.get(k):
                 raise TokenizedDataError(f"{d} and {first_dir} were tokenized with different "
                                          f"codecs ({k}: {info.get(k)} vs {first.get(k)})")
-    return {k: first.get(k) for k in keys} | {"dirs": [str(d) for d, _ in infos]}
+    extra = ("rvq_codebook_size", "num_quantizers")  # absent in data written before format 2
+    return ({k: first.get(k) for k in keys + extra}
+            | {"dirs": [str(d) for d, _ in infos]})
 
 
 def load_tokenized(paths: str | Sequence[str], split: str):

@@ -1,5 +1,6 @@
-"""Speech LM end to end on the tiny corpus with a tiny random codec: tokenize (two rates,
-resumable, bad files counted) → train-tokenizer → train (CLI) → generate (CLI)."""
+"""Speech LM end to end on the tiny corpus with a tiny random codec: tokenize (two rates in one
+pass, acoustic codes stored, resumable, a rate added later, bad files counted) →
+train-tokenizer → train (CLI) → generate (CLI)."""
 from __future__ import annotations
 
 import json
@@ -16,6 +17,7 @@ from codec.pretrained import CheckpointError
 from lm.cli import main as lm_main
 from lm.data import load_tokenized, read_info
 from lm.model import SpeechLM, load_lm
+from lm.tokenize import Setting, collate_audio_files, encode_settings
 
 torch.set_num_threads(1)
 
@@ -35,37 +37,61 @@ def test_tokenize_train_generate(tiny_corpus, codec_dir, tmp_path):
     rows = [json.loads(l) for l in (corpus / "metadata.jsonl").read_text().splitlines()]
     bad = next(r for r in rows if r["split"] == "train")
     sf.write(corpus / bad["audio"], np.zeros(50, dtype=np.float32), 16000)
+    held = next(s for s in ("valid", "test") if any(r["split"] == s for r in rows))
     tok = tmp_path / "tok"
     args = ["tokenize", "--data", str(corpus), "--codec", str(codec_dir), "--out", str(tok),
-            "--split", "train,test", "--shard-size", "8", "--batch-size", "4"]
-    assert lm_main(args + ["--frame-rate", "12.5", "6.25"]) == 0
+            "--split", f"train,{held}", "--shard-size", "8", "--batch-size", "4"]
+    # one pass for both rates, audio loaded by a worker process
+    assert lm_main(args + ["--frame-rate", "12.5", "6.25", "--num-workers", "1"]) == 0
     info = json.loads((tok / "rate_6.25" / "info.json").read_text())
     codec = FlexiCodec.from_pretrained(codec_dir)
     assert info["codec_identity"] == codec.identity
+    assert info["rvq_codebook_size"] == codec.config.rvq_codebook_size
+    assert info["num_quantizers"] == codec.config.n_q
     assert info["splits"]["train"]["skipped"] == 1
+    assert info["splits"]["train"]["reasons"] == {"audio": 1}
+    assert info["splits"]["train"]["audio_seconds_per_s"] > 0
     ds_hi, ds_lo = (load_tokenized(tok / f"rate_{r}", "train") for r in ("12.5", "6.25"))
     n_train = sum(r["split"] == "train" for r in rows) - 1
     assert len(ds_hi) == len(ds_lo) == n_train
+    assert ds_lo.features["acoustic_codes"].feature.feature.dtype == "int16"
+    durs = list(ds_lo["duration"])
+    assert durs == sorted(durs, reverse=True)  # shards are sorted by duration
     for row in ds_lo:
-        assert len(row["semantic_codes"]) == len(row["token_lengths"]) > 0
+        T = len(row["semantic_codes"])
+        assert T == len(row["token_lengths"]) > 0
         assert max(row["semantic_codes"]) < codec.semantic_vocab_size
         assert 1 <= min(row["token_lengths"]) and max(row["token_lengths"]) <= codec.max_group
         assert sum(row["token_lengths"]) == row["num_frames"]
+        ac = np.asarray(row["acoustic_codes"])
+        assert ac.shape == (codec.config.n_q, T)
+        assert 0 <= ac.min() and ac.max() < codec.config.rvq_codebook_size
     tokens = lambda ds: sum(len(r["semantic_codes"]) for r in ds)  # noqa: E731
     assert tokens(ds_lo) < tokens(ds_hi)
-    # a rerun skips the finished shards (not rewritten)
+    # the stored codes are the codec's: decoding a row gives audio of its length
+    r0 = ds_lo[0]
+    audio = codec.decode_from_codes(torch.tensor(r0["semantic_codes"])[None],
+                                    torch.tensor(r0["acoustic_codes"])[None],
+                                    torch.tensor(r0["token_lengths"])[None])
+    assert audio.shape[-1] == r0["num_frames"] * 1280
+    # a rerun skips the finished shards (not rewritten); a rate added later encodes only it
     shard = tok / "rate_6.25" / "train" / "shard_00000"
     stamp = (shard / "shard_stats.json").stat().st_mtime_ns
-    assert lm_main(args + ["--frame-rate", "6.25"]) == 0
+    assert lm_main(args + ["--frame-rate", "6.25", "8.33", "--num-workers", "0"]) == 0
     assert (shard / "shard_stats.json").stat().st_mtime_ns == stamp
+    assert len(load_tokenized(tok / "rate_8.33", "train")) == n_train
+    assert json.loads((tok / "rate_6.25" / "info.json").read_text())["splits"]["train"] \
+        == info["splits"]["train"]  # counts of resumed shards are kept
     assert read_info(str(tok))["codec_identity"] == codec.identity
+    with pytest.raises(SystemExit):  # another shard size would mix two layouts
+        lm_main(args[:-4] + ["--shard-size", "5", "--frame-rate", "6.25"])
 
     # tokenizer + LM training through the CLI (both rates at once)
     assert lm_main(["train-tokenizer", "--data", str(corpus), "--out", str(tmp_path / "spm"),
                     "--vocab-size", "200"]) == 0
     run = tmp_path / "run"
     assert lm_main(["train", "--config", "configs/lm/tiny.yaml", "--data", str(tok),
-                    "--run-dir", str(run), "--max-steps", "6", "--cpu", "--valid-split", "test",
+                    "--run-dir", str(run), "--max-steps", "6", "--cpu", "--valid-split", held,
                     "--tokenizer", str(tmp_path / "spm")]) == 0
     logs = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
     assert any("eval_semantic_loss" in r for r in logs)
@@ -90,3 +116,27 @@ def test_tokenize_train_generate(tiny_corpus, codec_dir, tmp_path):
     other = FlexiCodec(FlexiCodecConfig.tiny())
     with pytest.raises(CheckpointError, match="identity"):
         SpeechLM.from_pretrained(run / "model", codec=other)
+
+
+def test_encode_settings_equals_encode_per_rate(codec_dir):
+    """One feature pass for several settings gives exactly codec.encode at each setting."""
+    codec = FlexiCodec.from_pretrained(codec_dir).eval()
+    g = np.random.default_rng(0)
+    wavs = [(0.1 * g.standard_normal(n)).astype(np.float32) for n in (40000, 23000, 9000)]
+    b = collate_audio_files([(i, torch.from_numpy(w), None) for i, w in enumerate(wavs)]
+                            + [(3, None, "x.wav: unreadable")])
+    assert b["index"] == [0, 1, 2] and b["bad"] == [(3, "x.wav: unreadable")]
+    settings = [Setting(frame_rate=12.5), Setting(frame_rate=6.25), Setting(threshold=0.9)]
+    encs = encode_settings(codec, b["wav"], b["lengths"], settings)
+    for s, e in zip(settings, encs):
+        ref = codec.encode(wavs, 16000, merging_threshold=s.threshold, frame_rate=s.frame_rate)
+        for f in ("semantic_codes", "acoustic_codes", "token_lengths", "token_mask",
+                  "frame_rate", "num_frames", "num_samples"):
+            assert torch.equal(getattr(ref, f), getattr(e, f)), (s, f)
+    assert encs[1].token_mask.sum() < encs[0].token_mask.sum()
+    with pytest.raises(ValueError, match="exactly one"):
+        Setting()
+    with pytest.raises(ValueError, match="frame_rate"):
+        Setting(frame_rate=20.0)
+    with pytest.raises(RuntimeError, match="eval"):
+        encode_settings(codec.train(), b["wav"], b["lengths"], settings)

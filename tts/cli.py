@@ -4,7 +4,8 @@
         --prompt-text "..."] [--frame-rate HZ | --threshold T] [--seed N] [--model-dir DIR]
     flexicodec-tts --input-file lines.txt -o OUT_DIR      # one wav per non-empty line
     flexicodec-tts --list-speakers
-    flexicodec-tts encode-corpus CORPUS OUT --codec DIR   # codes dataset for the acoustic stage
+    flexicodec-tts encode-corpus --data CORPUS --out TOK --frame-rate 12.5 8.33 6.25
+                                 # alias of `flexicodec-lm tokenize` (LM + acoustic data)
     flexicodec-tts train-acoustic ...                      # see tts.train_acoustic
     flexicodec-tts eval ...                                # see tts.evaluate
 """
@@ -16,30 +17,6 @@ import sys
 from pathlib import Path
 
 SUBCOMMANDS = ("encode-corpus", "train-acoustic", "eval")
-
-
-def _encode_corpus(argv: list[str]) -> int:
-    from codec.model import FlexiCodec
-    from tts.codes_data import encode_corpus
-
-    ap = argparse.ArgumentParser(prog="flexicodec-tts encode-corpus",
-                                 description="Encode a corpus into a codes dataset")
-    ap.add_argument("corpus")
-    ap.add_argument("out")
-    ap.add_argument("--codec", help="codec directory (default: shipped)")
-    ap.add_argument("--frame-rates", type=float, nargs="+", default=[12.5, 8.33, 6.25])
-    ap.add_argument("--num-quantizers", type=int)
-    ap.add_argument("--splits", nargs="+", default=["train", "valid"])
-    ap.add_argument("--limit", type=int, help="at most this many utterances per split")
-    a = ap.parse_args(argv)
-    if a.codec is None:
-        from flexicodec_pretrained import default_dir
-        a.codec = default_dir("codec")
-    codec = FlexiCodec.from_pretrained(a.codec)
-    out = encode_corpus(codec, a.corpus, a.out, frame_rates=tuple(a.frame_rates),
-                        num_quantizers=a.num_quantizers, splits=tuple(a.splits), limit=a.limit)
-    print(f"wrote {out}")
-    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         if cmd == "eval":
             from tts.evaluate import main as eval_main
             return eval_main(rest)
-        return _encode_corpus(rest)
+        from lm.tokenize import main as tokenize_main  # the one corpus-encoding pass
+        return tokenize_main(rest, prog="flexicodec-tts encode-corpus")
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     ap = build_parser()
     a = ap.parse_args(argv)

@@ -1,14 +1,16 @@
 """Training data of the acoustic stage: per-utterance codec codes on the merged-token grid.
 
-A codes dataset is a Hugging Face dataset (``save_to_disk`` folder) with one row per
-(utterance, frame rate)::
+The data is the output of ``flexicodec-lm tokenize`` (``lm.tokenize``, the one corpus-encoding
+pass; ``flexicodec-tts encode-corpus`` is an alias): ``TOK/rate_X/<split>/shard_N`` folders,
+one row per (utterance, frame rate)::
 
     id str, speaker str, text str, frame_rate float,
     semantic_codes list[int] [T'], token_lengths list[int] [T'],
     acoustic_codes list[list[int]] [n_q][T']
 
-``lm.tokenize`` output can be used directly when it carries ``acoustic_codes``; otherwise
-:func:`encode_corpus` (CLI ``flexicodec-tts encode-corpus``) writes one with the codec.
+:func:`load_codes_dataset` reads one or several rate folders at once (``TOK``, ``TOK/rate_6.25``
+or a comma-separated list, via ``lm.data.load_tokenized``); a plain ``save_to_disk`` dataset /
+``DatasetDict`` with those columns (hand-made code sets in tests) is read as well.
 
 :class:`AcousticCodesDataset` crops a random window of at most ``max_tokens`` tokens and
 marks a random prefix of it as the voice prompt (SoundStorm trains with the prompt taken from
@@ -20,8 +22,11 @@ import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import torch
+
+from lm.data import INFO_NAME
 
 REQUIRED_COLUMNS = ("semantic_codes", "token_lengths", "acoustic_codes")
 
@@ -30,20 +35,59 @@ class CodesDataError(ValueError):
     """A codes dataset is missing, lacks the needed columns, or holds inconsistent rows."""
 
 
-def load_codes_dataset(path: str | os.PathLike, split: str | None = None):
-    """Open a codes dataset saved with ``save_to_disk``; checks the needed columns.
+def is_tokenized(path: str | os.PathLike | Sequence[str]) -> bool:
+    """True for ``lm.tokenize`` output: a rate folder, a folder of them, or a list of these."""
+    paths = [p for p in str(path).split(",") if p] if isinstance(path, (str, os.PathLike)) \
+        else list(path)
+    return bool(paths) and all(
+        (Path(p) / INFO_NAME).is_file()
+        or any((d / INFO_NAME).is_file() for d in [*Path(p).glob("rate_*"),
+                                                   *Path(p).glob("thr_*")])
+        for p in paths)
 
-    A ``DatasetDict`` is reduced to ``split`` (default "train" when present).
+
+def read_codes_info(path: str | os.PathLike | Sequence[str]) -> dict | None:
+    """Codec sizes of ``lm.tokenize`` output (``lm.data.read_info``); None for a plain
+    dataset."""
+    from lm.data import TokenizedDataError, read_info
+
+    if not is_tokenized(path):
+        return None
+    try:
+        return read_info(path)
+    except TokenizedDataError as exc:
+        raise CodesDataError(str(exc)) from exc
+
+
+def load_codes_dataset(path: str | os.PathLike | Sequence[str], split: str | None = None):
+    """Open acoustic-stage training data; checks the needed columns.
+
+    ``path``: ``lm.tokenize`` output (``TOK``, ``TOK/rate_X``, or several, comma-separated or
+    a list: their ``split`` shards are concatenated, default split "train"), or a dataset
+    saved with ``save_to_disk`` (a ``DatasetDict`` is reduced to ``split``, default "train"
+    when present).
     """
     import datasets
 
+    if is_tokenized(path):
+        from lm.data import TokenizedDataError, load_tokenized
+
+        try:
+            ds = load_tokenized(path, split or "train")
+        except TokenizedDataError as exc:
+            raise CodesDataError(str(exc)) from exc
+        return _check_columns(ds, path)
+    if not isinstance(path, (str, os.PathLike)):
+        raise CodesDataError(f"{list(path)}: not tokenized data (no {INFO_NAME}); several "
+                             f"paths are only accepted for `flexicodec-lm tokenize` output")
     path = Path(path)
     if not path.exists():
         raise CodesDataError(f"{path}: no such codes dataset")
     try:
         ds = datasets.load_from_disk(str(path))
     except Exception as exc:  # datasets raises FileNotFoundError / ValueError variants
-        raise CodesDataError(f"{path}: not a saved Hugging Face dataset ({exc})") from exc
+        raise CodesDataError(f"{path}: neither `flexicodec-lm tokenize` output (no {INFO_NAME}"
+                             f") nor a saved Hugging Face dataset ({exc})") from exc
     if isinstance(ds, datasets.DatasetDict):
         name = split or ("train" if "train" in ds else next(iter(ds)))
         if name not in ds:
@@ -51,12 +95,16 @@ def load_codes_dataset(path: str | os.PathLike, split: str | None = None):
         ds = ds[name]
     elif split is not None and "split" in ds.column_names:
         ds = ds.filter(lambda s: s == split, input_columns="split")
+    return _check_columns(ds, path)
+
+
+def _check_columns(ds, path) -> "object":
     missing = [c for c in REQUIRED_COLUMNS if c not in ds.column_names]
     if missing:
         raise CodesDataError(
             f"{path}: the dataset has no {missing} column(s). The acoustic stage needs the "
-            f"codec's acoustic codes; write them with `flexicodec-tts encode-corpus` (or "
-            f"tokenize with acoustic codes kept)")
+            f"codec's acoustic codes; (re)write the data with `flexicodec-lm tokenize` "
+            f"(it stores them since format 2)")
     if len(ds) == 0:
         raise CodesDataError(f"{path}: the dataset is empty")
     return ds
@@ -132,52 +180,4 @@ def collate_codes(batch: list[dict]) -> dict[str, torch.Tensor]:
         out["semantic"][i, :n] = b["semantic"]
         out["lengths"][i, :n] = b["lengths"]
         out["acoustic"][i, :, :n] = b["acoustic"]
-    return out
-
-
-def encode_corpus(codec, corpus: str | os.PathLike, out: str | os.PathLike, *,
-                  frame_rates: tuple[float, ...] = (12.5, 8.33, 6.25),
-                  num_quantizers: int | None = None, splits: tuple[str, ...] = ("train", "valid"),
-                  limit: int | None = None) -> Path:
-    """Encode a corpus with ``codec`` at each of ``frame_rates`` into a codes dataset.
-
-    Writes a ``DatasetDict`` (one split per corpus split) to ``out`` atomically. Uses
-    ``data.loaders.load_corpus`` and ``FlexiCodec.encode``. Returns ``out``.
-    """
-    import datasets
-    import numpy as np
-    from tqdm import tqdm
-
-    from codec.pretrained import atomic_path
-    from data.loaders import load_corpus
-
-    parts = {}
-    for split in splits:
-        ds = load_corpus(corpus, split=split, decode=True)
-        n = len(ds) if limit is None else min(limit, len(ds))
-        rows = {k: [] for k in ("id", "speaker", "text", "frame_rate", "semantic_codes",
-                                "token_lengths", "acoustic_codes")}
-        codec.eval()
-        for i in tqdm(range(n), desc=f"encode {split}", unit="utt"):
-            ex = ds[i]
-            wav = torch.as_tensor(np.asarray(ex["audio"]["array"], dtype=np.float32))[None]
-            for rate in frame_rates:
-                with torch.no_grad():
-                    enc = codec.encode(wav, ex["audio"]["sampling_rate"], frame_rate=rate,
-                                       num_quantizers=num_quantizers)
-                m = enc.token_mask[0]
-                rows["id"].append(str(ex.get("id", i)))
-                rows["speaker"].append(str(ex.get("speaker", "")))
-                rows["text"].append(ex["text"])
-                rows["frame_rate"].append(float(enc.frame_rate[0]))
-                rows["semantic_codes"].append(enc.semantic_codes[0][m].tolist())
-                rows["token_lengths"].append(enc.token_lengths[0][m].tolist())
-                rows["acoustic_codes"].append(enc.acoustic_codes[0][:, m].tolist())
-        if n:
-            parts[split] = datasets.Dataset.from_dict(rows)
-    if not parts:
-        raise CodesDataError(f"{corpus}: no utterances in splits {splits}")
-    out = Path(out)
-    with atomic_path(out) as tmp:
-        datasets.DatasetDict(parts).save_to_disk(str(tmp))
     return out

@@ -1,8 +1,13 @@
-"""Train the acoustic stage on a codes dataset (see :mod:`tts.codes_data`).
+"""Train the acoustic stage on ``flexicodec-lm tokenize`` output (see :mod:`tts.codes_data`).
 
     flexicodec-tts train-acoustic --config configs/tts/acoustic_small.yaml \
-        --data CODES_DIR --run-dir runs/acoustic [--max-minutes 30] [--resume] \
+        --data TOK --run-dir runs/acoustic [--max-minutes 30] [--resume] \
         [--out flexicodec_pretrained/acoustic]
+
+``--data TOK`` takes every ``TOK/rate_*`` folder at once (or name some: ``TOK/rate_12.5,
+TOK/rate_6.25``); splits ``train`` and ``valid``. The model's ``semantic_vocab_size``,
+``max_group``, ``codebook_size`` and ``n_q`` are checked against the codec recorded in the
+data's ``info.json`` before training starts.
 
 YAML: ``model:`` (AcousticConfig fields), ``train:`` (TrainConfig fields). accelerate with
 bf16 autocast on GPU, checkpoints through ``CheckpointManager`` (``--resume`` continues from
@@ -32,7 +37,8 @@ from codec.distributed import any_process, configure_process_logging, shard_batc
 from codec.train_asr import epoch_batches, make_loader
 from codec.training import CheckpointManager, JsonlLogger, make_accelerator, seed_everything
 from tts.acoustic import AcousticConfig, AcousticModel
-from tts.codes_data import AcousticCodesDataset, CropConfig, collate_codes, load_codes_dataset
+from tts.codes_data import (AcousticCodesDataset, CodesDataError, CropConfig, collate_codes,
+                            load_codes_dataset, read_codes_info)
 from tts.speakers import build_speaker_table, save_speakers
 
 log = logging.getLogger("flexicodec.tts.train_acoustic")
@@ -86,6 +92,25 @@ class _LossWrapper(torch.nn.Module):
                                         batch["prompt_len"], generator=generator)
 
 
+def check_data_matches(mc: AcousticConfig, data) -> dict | None:
+    """Raise :class:`CodesDataError` when the codec that wrote ``data`` (its ``info.json``)
+    has other sizes than the model config; returns that info (None for a plain dataset)."""
+    info = read_codes_info(data)
+    if info is None:
+        return None
+    pairs = [("semantic_vocab_size", "semantic_vocab_size"), ("max_group", "max_group"),
+             ("codebook_size", "rvq_codebook_size")]
+    bad = [f"{m}={getattr(mc, m)} but the codec has {info[k]}" for m, k in pairs
+           if info.get(k) is not None and int(info[k]) != int(getattr(mc, m))]
+    if info.get("num_quantizers") is not None and mc.n_q > int(info["num_quantizers"]):
+        bad.append(f"n_q={mc.n_q} but the data stores {info['num_quantizers']} quantizers")
+    if bad:
+        raise CodesDataError(f"{data}: the acoustic model config does not fit the codec the "
+                             f"data was tokenized with ({'; '.join(bad)}); set these in the "
+                             f"YAML model: section")
+    return info
+
+
 def _lr_lambda(tc: TrainConfig):
     def f(step: int) -> float:
         if step < tc.warmup_steps:
@@ -124,10 +149,11 @@ def train(mc: AcousticConfig, tc: TrainConfig, data: str | Path, run_dir: str | 
     run_dir = Path(run_dir)
     accelerator = make_accelerator(cpu=cpu)
     configure_process_logging(accelerator)
+    check_data_matches(mc, data)
     train_ds = load_codes_dataset(data, "train")
     try:
         val_ds = load_codes_dataset(data, "valid")
-    except Exception:
+    except CodesDataError:
         val_ds = None
         log.warning("no 'valid' split in %s: validation metrics are skipped", data)
     crop = CropConfig(max_tokens=tc.max_tokens)
@@ -229,7 +255,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="flexicodec-tts train-acoustic",
                                  description="Train the acoustic stage (masked RVQ prediction)")
     ap.add_argument("--config", help="YAML with model:/train: sections")
-    ap.add_argument("--data", required=True, help="codes dataset (encode-corpus output)")
+    ap.add_argument("--data", required=True,
+                    help="`flexicodec-lm tokenize` output: TOK (all rate_* folders) or "
+                         "comma-separated rate folders")
     ap.add_argument("--run-dir", required=True)
     ap.add_argument("--out", help="final model directory (default RUN/final)")
     ap.add_argument("--resume", action="store_true", help="continue from RUN/latest")
