@@ -203,6 +203,8 @@ def _open_setting(root: Path, info: dict) -> dict:
                                  f"{old.get(k)} vs {info[k]}); use a new --out (or the same "
                                  f"--shard-size / --num-quantizers / codec as before)")
         info = {**info, "splits": old.get("splits", {})}
+    else:
+        info = {**info, "splits": {}}  # a dict of its own for every setting
     root.mkdir(parents=True, exist_ok=True)
     atomic_write_text(info_path, json.dumps(info, indent=1))
     return info
@@ -253,7 +255,7 @@ def tokenize_corpus(codec: Any, corpus: str | os.PathLike, out: str | os.PathLik
                  "codec_model_type": getattr(codec, "model_type", ""),
                  "semantic_vocab_size": sem_size, "max_group": max_group,
                  "rvq_codebook_size": cb_size, "num_quantizers": n_q,
-                 "format": TOKENIZE_FORMAT, "shard_size": shard_size, "splits": {}}
+                 "format": TOKENIZE_FORMAT, "shard_size": shard_size}
     roots = {s.name: Path(out) / s.name for s in settings}
     infos = {s.name: _open_setting(roots[s.name], {**base_info, "target_frame_rate":
                                                     s.frame_rate, "threshold": s.threshold})

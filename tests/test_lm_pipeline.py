@@ -68,6 +68,11 @@ def test_tokenize_train_generate(tiny_corpus, codec_dir, tmp_path):
         assert 0 <= ac.min() and ac.max() < codec.config.rvq_codebook_size
     tokens = lambda ds: sum(len(r["semantic_codes"]) for r in ds)  # noqa: E731
     assert tokens(ds_lo) < tokens(ds_hi)
+    info_hi = json.loads((tok / "rate_12.5" / "info.json").read_text())
+    for inf, ds in ((info_hi, ds_hi), (info, ds_lo)):  # each folder counts its own tokens
+        assert inf["splits"]["train"]["tokens"] == tokens(ds)
+    assert info_hi["splits"]["train"]["avg_frame_rate"] > 12.0
+    assert abs(info["splits"]["train"]["avg_frame_rate"] - 6.25) < 1.0
     # the stored codes are the codec's: decoding a row gives audio of its length
     r0 = ds_lo[0]
     audio = codec.decode_from_codes(torch.tensor(r0["semantic_codes"])[None],

@@ -1,81 +1,48 @@
-"""TTS pipeline end to end with tiny random models: audio, streaming == offline, seeds, bad
-inputs, CLI.
-
-The LM and the acoustic stage are the real (tiny, random) models. The codec here is a small
-module that implements the FlexiCodec ``encode`` / ``decode_from_codes`` contract of
-docs/ARCHITECTURE.md (12.5 Hz frames of 1280 samples, merged tokens with lengths, a conv over
-frames so decoding depends on context); swap in ``codec.model.FlexiCodec`` once it lands.
-"""
+"""TTS pipeline end to end with the real (tiny, random) FlexiCodec, LM and acoustic stage:
+audio, streaming == offline, seeds, bad inputs, CLI; and the acoustic trainer on
+``flexicodec-tts encode-corpus`` (= ``flexicodec-lm tokenize``) output of the real codec."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import shutil
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
-import torch.nn as nn
 
+from codec.config import FlexiCodecConfig
+from codec.model import FlexiCodec
 from data.audio import AudioError
 from lm.model import SpeechLM, SpeechLMConfig
 from lm.text_tokenizer import train_text_tokenizer
 from tts.acoustic import AcousticConfig, AcousticModel
 from tts.pipeline import TTS, SynthesisOptions, TTSError
-from tts.speakers import save_speakers
+from tts.speakers import load_speakers, save_speakers
 
 torch.set_num_threads(1)
 HOP = 1280
-SEM, NQ, CB = 64, 3, 32
 
 
-@dataclass
-class Encoded:
-    semantic_codes: torch.Tensor
-    acoustic_codes: torch.Tensor
-    token_lengths: torch.Tensor
-    token_mask: torch.Tensor
-    frame_rate: torch.Tensor
-    threshold: torch.Tensor
-    num_frames: torch.Tensor
+@pytest.fixture(scope="module")
+def codec():
+    torch.manual_seed(0)
+    return FlexiCodec(FlexiCodecConfig.tiny()).eval()
 
 
-class ContractCodec(nn.Module):
-    semantic_vocab_size, max_group, frame_rate_base, identity = SEM, 8, 12.5, ""
+def acoustic_config(codec) -> AcousticConfig:
+    """The tiny acoustic stage sized for ``codec``'s vocabularies."""
+    return AcousticConfig.tiny(semantic_vocab_size=codec.semantic_vocab_size,
+                               n_q=codec.config.n_q, codebook_size=codec.config.rvq_codebook_size,
+                               max_group=codec.max_group)
 
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.sem = nn.Embedding(SEM, 16)
-        self.ac = nn.Embedding(NQ * CB, 16)
-        self.conv = nn.Conv1d(16, 16, 5, padding=2)
-        self.out = nn.Linear(16, HOP)
 
-    def encode(self, wav, sample_rate, merging_threshold=None, frame_rate=None,
-               num_quantizers=None):
-        assert sample_rate == 16000
-        n = wav.shape[-1] // HOP
-        frames = wav[0, :n * HOP].reshape(n, HOP)
-        if merging_threshold is not None:
-            g = 1 + int((1 - merging_threshold) * 20)
-        else:
-            g = max(1, round(12.5 / frame_rate))
-        lens = [min(g, n - i) for i in range(0, n, g)]
-        e = frames.abs().mean(1)
-        sem = torch.tensor([int(e[i] * 1000) % SEM for i in range(0, n, g)])
-        q = num_quantizers or NQ
-        ac = (sem[None] * torch.arange(1, q + 1)[:, None]) % CB
-        T = len(lens)
-        return Encoded(sem[None], ac[None], torch.tensor(lens)[None],
-                       torch.ones(1, T, dtype=torch.bool), torch.tensor([12.5 * T / n]),
-                       torch.tensor([merging_threshold or 1.0]), torch.tensor([n]))
-
-    def decode_from_codes(self, semantic_codes, acoustic_codes, token_lengths):
-        q = acoustic_codes.shape[1]
-        x = self.sem(semantic_codes) + self.ac(acoustic_codes + torch.arange(q)[None, :, None]
-                                               * CB).sum(1)
-        x = torch.repeat_interleave(x[0], token_lengths[0], dim=0)[None]  # [1, F, 16]
-        x = self.conv(x.transpose(1, 2)).transpose(1, 2)
-        return (0.5 * torch.tanh(self.out(x))).reshape(1, -1)
+def voice_wav(seconds: float = 1.5, f0: float = 140.0) -> np.ndarray:
+    """A voiced-like test signal: harmonics with a slow vibrato and an amplitude envelope."""
+    t = np.arange(int(seconds * 16000)) / 16000.0
+    ph = 2 * np.pi * np.cumsum(f0 * (1 + 0.05 * np.sin(2 * np.pi * 3 * t))) / 16000.0
+    x = sum(np.sin(k * ph) / k for k in range(1, 6)) * (0.5 + 0.5 * np.sin(2 * np.pi * 2 * t))
+    return (0.2 * x).astype(np.float32)
 
 
 TEXTS = ["the quick brown fox jumps over the lazy dog", "hello there, how are you today",
@@ -84,27 +51,28 @@ TEXTS = ["the quick brown fox jumps over the lazy dog", "hello there, how are yo
 
 
 @pytest.fixture(scope="module")
-def tts(tmp_path_factory):
+def tts(tmp_path_factory, codec):
     d = tmp_path_factory.mktemp("tok")
     tok = train_text_tokenizer(TEXTS, d, vocab_size=60)
     torch.manual_seed(0)
     lm = SpeechLM(SpeechLMConfig(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
                                  intermediate_size=128, num_text=tok.vocab_size,
-                                 semantic_size=SEM, max_group=8, max_positions=512)).eval()
-    acoustic = AcousticModel(AcousticConfig.tiny(semantic_vocab_size=SEM, n_q=NQ,
-                                                 codebook_size=CB)).eval()
-    g = torch.Generator().manual_seed(1)
-    speakers = {"alice": [{"text": "hello there", "frame_rate": r,
-                           "semantic_codes": torch.randint(0, SEM, (6,), generator=g).tolist(),
-                           "token_lengths": [2] * 6,
-                           "acoustic_codes": torch.randint(0, CB, (NQ, 6), generator=g).tolist()}
-                          for r in (12.5, 6.25)]}
+                                 semantic_size=codec.semantic_vocab_size,
+                                 max_group=codec.max_group, max_positions=512)).eval()
+    acoustic = AcousticModel(acoustic_config(codec)).eval()
+    # the shipped-speaker prompt is real codec output (the codec's encode API)
+    prompts = []
+    for rate in (12.5, 6.25):
+        enc = codec.encode(voice_wav(), 16000, frame_rate=rate).item(0)
+        prompts.append({"text": "hello there", "frame_rate": float(enc.frame_rate[0]),
+                        "semantic_codes": enc.semantic_codes[0].tolist(),
+                        "token_lengths": enc.token_lengths[0].tolist(),
+                        "acoustic_codes": enc.acoustic_codes[0].tolist()})
     adir = tmp_path_factory.mktemp("ac") / "acoustic"
     acoustic.save_pretrained(adir)
-    save_speakers(adir, speakers)
-    from tts.speakers import load_speakers
+    save_speakers(adir, {"alice": prompts})
     opts = SynthesisOptions(max_tokens_per_sentence=40)
-    return TTS(ContractCodec().eval(), (lm, tok), AcousticModel.from_pretrained(adir),
+    return TTS(codec, (lm, tok), AcousticModel.from_pretrained(adir),
                speakers=load_speakers(adir), options=opts)
 
 
@@ -196,3 +164,82 @@ def test_cli_argument_errors(capsys):
         main(["hello", "-o", "x.wav", "--frame-rate", "6", "--threshold", "0.9"])
     with pytest.raises(SystemExit):
         main(["-o", "x.wav"])  # no text
+
+
+def test_acoustic_trainer_on_tokenized_real_codec(tiny_corpus, codec, tmp_path):
+    """encode-corpus (= lm tokenize) with the real codec at two rates → train-acoustic reads
+    TOK/rate_*/<split>/shard_N directly → model + speaker prompts → the TTS speaks with them."""
+    from codec.training import read_jsonl
+    from tts.cli import main as tts_main
+    from tts.codes_data import CodesDataError, load_codes_dataset
+    from tts.train_acoustic import TrainConfig, train
+
+    codec_dir = tmp_path / "codec"
+    codec.save_pretrained(codec_dir)
+    tok = tmp_path / "tok"
+    assert tts_main(["encode-corpus", "--data", str(tiny_corpus), "--codec", str(codec_dir),
+                     "--out", str(tok), "--split", "train,valid", "--frame-rate", "12.5",
+                     "6.25", "--batch-size", "4", "--num-workers", "0"]) == 0
+    assert sorted(p.name for p in tok.iterdir()) == ["rate_12.5", "rate_6.25"]
+    ds = load_codes_dataset(tok, "train")  # both rate folders at once
+    n_train = sum(json.loads(l)["split"] == "train"
+                  for l in (tiny_corpus / "metadata.jsonl").read_text().splitlines())
+    assert len(ds) == 2 * n_train
+    assert len(load_codes_dataset(f"{tok}/rate_12.5,{tok}/rate_6.25", "train")) == len(ds)
+    assert len(load_codes_dataset(tok / "rate_6.25", "train")) == n_train
+
+    mc = acoustic_config(codec)
+    tc = TrainConfig(batch_size=4, lr=3e-3, warmup_steps=2, max_steps=6, log_every=1,
+                     save_every=100, eval_every=3, eval_batches=1, max_tokens=32,
+                     speakers_per=1)
+    run = tmp_path / "run"
+    summary = train(mc, tc, tok, run, cpu=True)
+    assert summary["step"] == 6 and np.isfinite(summary["val_loss"])
+    logs = [r for r in read_jsonl(run / "metrics.jsonl") if "loss" in r]
+    assert [r["step"] for r in logs] == [1, 2, 3, 4, 5, 6]
+    model = AcousticModel.from_pretrained(run / "final")
+    speakers = load_speakers(run / "final")
+    corpus_speakers = {json.loads(l)["speaker"] for l in
+                       (tiny_corpus / "metadata.jsonl").read_text().splitlines()
+                       if json.loads(l)["split"] == "train"}
+    assert set(speakers) == corpus_speakers
+    name = sorted(speakers)[0]
+    rates = sorted(p.frame_rate for p in speakers[name])
+    assert len(rates) == 2 and rates[0] < 8 < rates[1]  # one prompt per stored rate
+    s, ln, ac = speakers[name][0].tensors()
+    assert ac.shape == (codec.config.n_q, s.numel())
+    # the stored prompt codes are the codec's: they decode, and the trained stage speaks
+    assert codec.decode_from_codes(s[None], ac[None], ln[None]).shape[-1] == int(ln.sum()) * HOP
+    tk = train_text_tokenizer(TEXTS, tmp_path / "spm", vocab_size=60)
+    torch.manual_seed(0)
+    lm = SpeechLM(SpeechLMConfig(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1,
+                                 intermediate_size=64, num_text=tk.vocab_size,
+                                 semantic_size=codec.semantic_vocab_size,
+                                 max_group=codec.max_group, max_positions=256)).eval()
+    t = TTS(codec, (lm, tk), model, speakers=speakers,
+            options=SynthesisOptions(max_tokens_per_sentence=8))
+    audio, sr = t.synthesize("Hello there.", speaker=name, frame_rate=6.25, seed=0)
+    assert sr == 16000 and audio.size > 0 and np.all(np.isfinite(audio))
+
+    # a model config that does not fit the codec is refused before training
+    with pytest.raises(CodesDataError, match="codebook_size"):
+        train(AcousticConfig.tiny(semantic_vocab_size=codec.semantic_vocab_size,
+                                  n_q=codec.config.n_q, codebook_size=32),
+              tc, tok, tmp_path / "bad", cpu=True)
+    with pytest.raises(CodesDataError, match="n_q"):
+        train(acoustic_config(codec).__class__(**{**acoustic_config(codec).__dict__,
+                                                  "n_q": codec.config.n_q + 1}),
+              tc, tok, tmp_path / "bad", cpu=True)
+    with pytest.raises(CodesDataError, match="no 'test' shards"):
+        load_codes_dataset(tok, "test")
+    # tokenize output of an older format (no acoustic codes) is refused with a clear message
+    old = tmp_path / "old" / "rate_12.5"
+    shutil.copytree(tok / "rate_12.5", old)
+    shard = old / "train" / "shard_00000"
+    from datasets import load_from_disk
+    stripped = load_from_disk(str(shard)).remove_columns("acoustic_codes")
+    stripped.save_to_disk(str(tmp_path / "stripped"))
+    shutil.rmtree(shard)
+    shutil.move(str(tmp_path / "stripped"), str(shard))
+    with pytest.raises(CodesDataError, match="flexicodec-lm tokenize"):
+        load_codes_dataset(old, "train")
