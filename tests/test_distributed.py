@@ -107,6 +107,54 @@ def test_digest_comparison_detects_mismatch(tmp_path):
         compare_replica_digests(tmp_path)
 
 
+RESUME_SCRIPT = """
+import json, sys, torch
+from codec.distributed import load_state_any_world
+from codec.training import make_accelerator
+acc = make_accelerator(cpu=True)
+torch.manual_seed(123)
+model = acc.prepare(torch.nn.Linear(3, 2))
+before = torch.get_rng_state()
+saved = load_state_any_world(acc, sys.argv[1])
+changed = not torch.equal(before, torch.get_rng_state())
+w = acc.unwrap_model(model).weight.detach().flatten().tolist()
+with open(f"{sys.argv[2]}/rank{acc.process_index}.json", "w") as f:
+    json.dump({"saved": saved, "w": w, "draw": torch.rand(3).tolist(), "changed": changed}, f)
+"""
+
+
+def test_load_state_on_more_processes(tmp_path):
+    """A 1-process checkpoint loads on 2 processes: same weights; rank 0 continues the saved
+    RNG stream, rank 1 (no saved RNG file; plain accelerate would leave its RNG untouched)
+    is re-seeded to its own deterministic stream."""
+    from codec.training import make_accelerator
+    acc = make_accelerator(cpu=True)
+    torch.manual_seed(0)
+    model = acc.prepare(torch.nn.Linear(3, 2))
+    acc.save_state(str(tmp_path / "ckpt"))
+    expect_w = model.weight.detach().flatten().tolist()
+    expect_draw = torch.rand(3).tolist()
+    script = tmp_path / "resume.py"
+    script.write_text(RESUME_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    outs = []
+    for run in range(2):                                # twice: the reseed is deterministic
+        d = tmp_path / f"out{run}"
+        d.mkdir()
+        p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node",
+                            "2", "--master_port", str(_free_port()), str(script),
+                            str(tmp_path / "ckpt"), str(d)], cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=TIMEOUT)
+        assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+        outs.append([json.loads((d / f"rank{r}.json").read_text()) for r in range(2)])
+    r0, r1 = outs[0]
+    assert r0["saved"] == r1["saved"] == 1
+    assert r0["w"] == r1["w"] == pytest.approx(expect_w)
+    assert r0["draw"] == pytest.approx(expect_draw)
+    assert r0["changed"] and r1["changed"]
+    assert r1["draw"] != r0["draw"] and outs[1][1]["draw"] == r1["draw"]
+
+
 # ------------------------------------------------------------------------------------------
 # the four trainers on 2 processes, then resumed on 1
 # ------------------------------------------------------------------------------------------
@@ -176,6 +224,11 @@ def test_lm_trainer_and_finetune(lm_data, tmp_path):
     assert rows and all(r["num_processes"] == 2 for r in rows)
     launch(1, "lm-train", base + ["--max-steps", "5", "--resume"], tmp_path / "d1")
     check_two_then_one(run, tmp_path / "d2", tmp_path / "d1", 3, 5)
+    # ... and back on 2 processes (more than the checkpoint's 1): both load step 5's weights
+    launch(2, "lm-train", base + ["--max-steps", "6", "--resume"], tmp_path / "d3")
+    step5 = compare_replica_digests(tmp_path / "d1")[5]
+    assert compare_replica_digests(tmp_path / "d3", event="load") == {5: step5}
+    assert 6 in compare_replica_digests(tmp_path / "d3")
     # LoRA finetune of the result on 2 processes: adapters identical on both ranks
     launch(2, "lm-finetune", ["--model", str(run / "model"), "--data", str(lm_data), "--out",
                               str(tmp_path / "adapter"), "--steps", "2", "--rank", "2",
