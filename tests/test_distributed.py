@@ -20,7 +20,8 @@ import torch
 import yaml
 
 from codec.distributed import (ReplicaMismatchError, compare_replica_digests,
-                               read_replica_digests, rescale_position, shard_batches)
+                               read_replica_digests, rescale_position, shard_batches,
+                               shard_dataset)
 from codec.training import read_jsonl
 
 torch.set_num_threads(1)
@@ -96,6 +97,20 @@ def test_shard_and_rescale():
     assert rescale_position(6, 2, 4, multiple=2) == 2
     with pytest.raises(ValueError):
         rescale_position(1, 0, 1)
+
+
+def test_shard_dataset_map_and_streaming():
+    import datasets
+    ds = datasets.Dataset.from_dict({"i": list(range(10))})
+    parts = [list(shard_dataset(ds, r, 3)["i"]) for r in range(3)]
+    assert sorted(sum(parts, [])) == list(range(10)) and all(parts)
+    stream = ds.to_iterable_dataset(num_shards=2)          # a streaming corpus of 2 files
+    got = [[row["i"] for row in shard_dataset(stream, r, 2)] for r in range(2)]
+    assert sorted(got[0] + got[1]) == list(range(10)) and set(got[0]).isdisjoint(got[1])
+    with pytest.raises(ValueError, match="cannot be split"):
+        shard_dataset(ds.select(range(2)), 0, 3)
+    with pytest.raises(TypeError, match="datasets.Dataset"):
+        shard_dataset(list(range(4)), 0, 2)
 
 
 def test_digest_comparison_detects_mismatch(tmp_path):
