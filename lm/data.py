@@ -86,6 +86,12 @@ def make_items(ds, tokenizer, vocab: LMVocab, max_len: int | None = None
     ``max_len`` positions are dropped (counted in the returned list's absence, logged by the
     caller). Returns (items, durations)."""
     items, durs = [], []
+    # only the columns the layout needs (acoustic_codes, n_q times the semantic codes, are
+    # the acoustic stage's and would only slow the scan down)
+    want = [c for c in ("text", "frame_rate", "semantic_codes", "token_lengths", "duration")
+            if c in ds.column_names]
+    if hasattr(ds, "select_columns"):
+        ds = ds.select_columns(want)
     for row in ds:
         pieces = tokenizer.encode(row["text"], normalize=False)
         it = build_sequence(vocab, pieces, float(row["frame_rate"]), row["semantic_codes"],
