@@ -443,7 +443,12 @@ def main(argv: list[str] | None = None, prog: str = "flexicodec-lm tokenize") ->
     if a.codec is None:
         from flexicodec_pretrained import default_dir
         a.codec = default_dir("codec")
-    codec = load_codec(a.codec, a.device)
+    from codec.pretrained import CheckpointError
+
+    try:
+        codec = load_codec(a.codec, a.device)
+    except (CheckpointError, FileNotFoundError) as exc:
+        p.error(f"cannot load the codec: {exc}")
     splits = a.split.split(",") if a.split else None
     try:
         infos = tokenize_corpus(codec, a.data, a.out, frame_rates=a.frame_rate,
