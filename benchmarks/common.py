@@ -424,6 +424,26 @@ def synthesize_speech(n: int, seed: int = 0, speaker: str | None = None) -> list
     return [Utterance(t, w, f"synth:{speaker}") for t, w in zip(texts, wavs)]
 
 
+def concat_utterances(utts: list[Utterance], seconds: float, gap: float = 0.2
+                      ) -> list[Utterance]:
+    """Join consecutive utterances (with ``gap`` s of silence) into clips of at least
+    ``seconds`` s — paragraph-length inputs, so an LM batch is long enough to be
+    compute-bound on a GPU. A trailing remainder shorter than ``seconds`` is dropped."""
+    import numpy as np
+
+    if seconds <= 0:
+        return list(utts)
+    out, wavs, texts = [], [], []
+    silence = np.zeros(int(gap * 16000), dtype=np.float32)
+    for u in utts:
+        wavs += [u.wav, silence]
+        texts.append(u.text)
+        if sum(len(w) for w in wavs) >= seconds * 16000:
+            out.append(Utterance(" ".join(texts), np.concatenate(wavs[:-1]), u.source))
+            wavs, texts = [], []
+    return out
+
+
 def corpus_speech(path: str | os.PathLike, n: int, seed: int = 0,
                   max_seconds: float = 20.0) -> list[Utterance]:
     """``n`` utterances (<= ``max_seconds``) of a corpus readable by

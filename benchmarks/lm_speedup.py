@@ -32,7 +32,8 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from benchmarks.common import (H100_BF16_PEAK_TFLOPS, Utterance, autocast, corpus_speech,
+from benchmarks.common import (H100_BF16_PEAK_TFLOPS, Utterance, autocast, concat_utterances,
+                               corpus_speech,
                                dtype_for, format_table, hardware_info, load_flexicodec, log,
                                measure_peak_memory, pick_sentences, plot_lines, resolve_device,
                                synthesize_speech, time_interleaved, write_json)
@@ -376,6 +377,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "(default: synthesize sentences with flite / espeak-ng)")
     p.add_argument("--num-utts", type=int, default=None)
     p.add_argument("--gen-batch", type=int, default=None)
+    p.add_argument("--concat-seconds", type=float, default=None,
+                   help="join utterances into clips of at least this many seconds "
+                        "(default: 30 on CUDA so the training batch is compute-bound, "
+                        "0 = off on CPU)")
     p.add_argument("--precision", default="bf16", choices=("bf16", "fp32"))
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's own; 1 for --quick, robust on a "
@@ -407,8 +412,16 @@ def main(argv: list[str] | None = None) -> int:
     codec, codec_source = load_flexicodec(a.codec, dev, allow_random_tiny=cfg.quick,
                                           seed=cfg.seed)
     log(f"codec: {codec_source}")
-    utts = (corpus_speech(a.data, cfg.num_utts, cfg.seed) if a.data
-            else synthesize_speech(cfg.num_utts, cfg.seed))
+    concat = a.concat_seconds if a.concat_seconds is not None else (
+        30.0 if dev.type == "cuda" and not cfg.quick else 0.0)
+    # ~2.5 s per corpus utterance: load enough to fill num_utts clips of `concat` seconds
+    n_src = cfg.num_utts if concat <= 0 else cfg.num_utts * (int(concat / 2.0) + 2)
+    utts = (corpus_speech(a.data, n_src, cfg.seed) if a.data
+            else synthesize_speech(n_src, cfg.seed))
+    utts = concat_utterances(utts, concat)[:cfg.num_utts]
+    if len(utts) < cfg.num_utts:
+        raise ValueError(f"only {len(utts)} clips of >= {concat:g} s could be made; "
+                         f"lower --num-utts or --concat-seconds")
     result = run_benchmark(cfg, utts, codec, codec_source)
     result["wall_seconds"] = time.perf_counter() - t0
     js, png = write_outputs(result, Path(a.out))

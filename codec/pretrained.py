@@ -95,13 +95,18 @@ def config_from_dict(cls: type, d: dict) -> Any:
 
 
 def state_dict_identity(state: dict[str, torch.Tensor]) -> str:
-    """A short stable hash of a state dict's names, shapes and values (model identity)."""
+    """A short stable hash of a state dict's names, shapes and values (model identity).
+
+    Floating tensors are hashed as float32 values, so casting fp16-exact weights to another
+    precision keeps the identity."""
     h = hashlib.sha256()
     for name in sorted(state):
         t = state[name].detach().to("cpu").contiguous()
         h.update(name.encode())
         h.update(str(tuple(t.shape)).encode())
-        h.update(t.float().numpy().tobytes() if t.dtype == torch.bfloat16 else t.numpy().tobytes())
+        # floats hashed as float32: the identity does not change when weights that are exact
+        # in fp16/bf16 are stored in half precision for shipping
+        h.update(t.float().numpy().tobytes() if t.is_floating_point() else t.numpy().tobytes())
     return h.hexdigest()[:16]
 
 
