@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from codec.discriminators import CodecDiscriminator, DiscriminatorConfig
 from codec.losses import (MelLossConfig, MultiResolutionMelLoss, discriminator_loss,
                           feature_matching_loss, generator_adv_loss, match_length)
+from codec.distributed import any_process
 from codec.pretrained import atomic_write_text, config_from_dict, config_to_dict
 from codec.train_asr import (TimeBudget, cuda_memory_gb, dataclass_from_section, epoch_batches,
                              load_yaml, lr_lambda, make_loader)
@@ -405,7 +406,9 @@ def train_codec(config_path: str, data: str, run_dir: str, asr: str | None = Non
                 logger.log({"step": step, **ev})
                 tqdm.write(f"[train] step {step}: " + ", ".join(f"{k} {v:.3f}"
                                                                 for k, v in ev.items()))
-            stop = budget.should_stop() or (stop_after is not None and step >= stop_after)
+            # one decision for all processes, so none is left waiting in a collective
+            stop = any_process(accelerator, budget.should_stop()) or (
+                stop_after is not None and step >= stop_after)
             if step % tc.save_every == 0 or step >= tc.max_steps or stop:
                 ckpt.save(accelerator, step, epoch=epoch)
             if stop:

@@ -30,6 +30,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from codec.asr import PhonemeASR, PhonemeASRConfig, build_vocab, phoneme_error_counts
+from codec.distributed import any_process
 from codec.pretrained import atomic_write_text, config_from_dict, config_to_dict
 from codec.training import CheckpointManager, JsonlLogger, make_accelerator, seed_everything
 
@@ -352,7 +353,9 @@ def train_asr(config_path: str, data: str, run_dir: str, max_steps: int | None =
                                   tc.max_eval_utts)
                 logger.log({"step": step, **{f"valid_{k}": v for k, v in ev.items()}})
                 tqdm.write(f"[asr-train] step {step}: valid PER {ev['per']:.3f}")
-            stop = budget.should_stop() or (stop_after is not None and step >= stop_after)
+            # one decision for all processes, so none is left waiting in a collective
+            stop = any_process(accelerator, budget.should_stop()) or (
+                stop_after is not None and step >= stop_after)
             if step % tc.save_every == 0 or step >= tc.max_steps or stop:
                 ckpt.save(accelerator, step, epoch=epoch)
             if stop:

@@ -109,10 +109,13 @@ class CheckpointManager:
         Returns its trainer state dict (``step`` etc.), or None when there is nothing to
         resume from.
         """
+        from codec.distributed import load_state_any_world  # (imports this module)
+
         path = Path(path) if path else self.latest()
         if path is None:
             return None
-        accelerator.load_state(str(path))
+        # works when the checkpoint was written by another number of processes
+        load_state_any_world(accelerator, path)
         return json.loads((path / STATE_NAME).read_text())
 
 
