@@ -40,8 +40,8 @@ from codec.losses import (MelLossConfig, MultiResolutionMelLoss, discriminator_l
                           feature_matching_loss, generator_adv_loss, match_length)
 from codec.distributed import any_process
 from codec.pretrained import atomic_write_text, config_from_dict, config_to_dict
-from codec.train_asr import (TimeBudget, cuda_memory_gb, dataclass_from_section, epoch_batches,
-                             load_yaml, lr_lambda, make_loader)
+from codec.training import (TimeBudget, cuda_memory_gb, dataclass_from_section, epoch_batches,
+                            load_yaml, lr_lambda, make_loader)
 from codec.training import CheckpointManager, JsonlLogger, make_accelerator, seed_everything
 
 

@@ -16,124 +16,25 @@ This module also holds the small pieces both trainers share (:class:`TimeBudget`
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
 
 import torch
-import yaml
 from tqdm.auto import tqdm
 
 from codec.asr import PhonemeASR, PhonemeASRConfig, build_vocab, phoneme_error_counts
 from codec.distributed import any_process
 from codec.pretrained import atomic_write_text, config_from_dict, config_to_dict
-from codec.training import CheckpointManager, JsonlLogger, make_accelerator, seed_everything
+from codec.training import (CheckpointManager, JsonlLogger, TimeBudget, cuda_memory_gb,
+                             dataclass_from_section, epoch_batches, load_yaml, lr_lambda,
+                             make_accelerator, make_loader, seed_everything)
 
 
 # --------------------------------------------------------------------------------------------
 # shared trainer helpers
-# --------------------------------------------------------------------------------------------
-def load_yaml(path: str | Path) -> dict:
-    """Read a YAML config file into a dict (clear error for a missing/bad file)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such config file")
-    data = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping at the top level")
-    return data
-
-
-def dataclass_from_section(cls: type, section: dict | None, where: str) -> Any:
-    """Build dataclass ``cls`` from a YAML section, rejecting unknown keys by name."""
-    section = dict(section or {})
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(section) - names)
-    if unknown:
-        raise ValueError(f"{where}: unknown keys {unknown} (known: {sorted(names)})")
-    return config_from_dict(cls, section)
-
-
-class TimeBudget:
-    """``--max-minutes``: tells the loop to stop early enough to save a checkpoint.
-
-    ``should_stop()`` is True once elapsed time plus a reserve (twice the slowest step seen,
-    plus ``reserve_s`` for checkpointing/final export) would pass the limit.
-    """
-
-    def __init__(self, max_minutes: float | None, reserve_s: float = 20.0):
-        self.limit = None if max_minutes is None else max_minutes * 60.0
-        self.reserve = reserve_s
-        self.start = time.monotonic()
-        self._last = self.start
-        self.slowest = 0.0
-
-    def tick(self) -> None:
-        now = time.monotonic()
-        self.slowest = max(self.slowest, now - self._last)
-        self._last = now
-
-    def elapsed(self) -> float:
-        return time.monotonic() - self.start
-
-    def should_stop(self) -> bool:
-        if self.limit is None:
-            return False
-        reserve = min(self.reserve + 2 * self.slowest, 0.25 * self.limit)
-        return self.elapsed() + reserve >= self.limit
-
-
-def epoch_batches(lengths: Sequence[float], batch_size: int, seed: int, epoch: int,
-                  bucket: bool = True, drop_last: bool = True) -> list[list[int]]:
-    """Deterministic batches of dataset indices for one epoch.
-
-    Shuffled with ``seed + epoch``; with ``bucket`` indices are sorted by length inside
-    windows of 50 batches (less padding) and the batches shuffled again. Same inputs →
-    same batches, which is what makes ``--resume`` reproduce the data order.
-    """
-    n = len(lengths)
-    if n == 0:
-        raise ValueError("empty dataset")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    rng = random.Random(seed * 100003 + epoch)
-    idx = list(range(n))
-    rng.shuffle(idx)
-    if bucket:
-        window = batch_size * 50
-        idx = [i for s in range(0, n, window)
-               for i in sorted(idx[s:s + window], key=lambda j: lengths[j])]
-    batches = [idx[s:s + batch_size] for s in range(0, n, batch_size)]
-    if drop_last and len(batches) > 1 and len(batches[-1]) < batch_size:
-        batches.pop()
-    if bucket:
-        rng.shuffle(batches)
-    return batches
-
-
-def lr_lambda(warmup: int, total: int, min_ratio: float = 0.05):
-    """Linear warm-up then cosine decay to ``min_ratio`` (a LambdaLR factor)."""
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / max(1, warmup)
-        p = min(1.0, (step - warmup) / max(1, total - warmup))
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * p))
-    return f
-
-
-def cuda_memory_gb() -> float | None:
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**30
-    return None
-
-
-# --------------------------------------------------------------------------------------------
-# ASR training
 # --------------------------------------------------------------------------------------------
 @dataclass
 class SpecAugmentConfig:
@@ -214,19 +115,6 @@ def _corpus_split(data: str, split: str, max_seconds: float):
     if len(keep) < len(ds):
         ds = ds.select(keep)
     return ds, AudioDataset(ds, sample_rate=16000, segment_samples=None, random_crop=False)
-
-
-def make_loader(dataset, batches: list[list[int]], num_workers: int, seed: int = 0,
-                collate_fn=None):
-    """A DataLoader over precomputed ``batches`` with its own seeded generator, so creating
-    it never draws from the global torch RNG (needed for exact ``--resume``); worker seeds
-    derive from ``seed``."""
-    if collate_fn is None:
-        from data.loaders import collate_audio as collate_fn
-    return torch.utils.data.DataLoader(dataset, batch_sampler=batches, collate_fn=collate_fn,
-                                       num_workers=num_workers,
-                                       generator=torch.Generator().manual_seed(seed),
-                                       persistent_workers=False, pin_memory=False)
 
 
 @torch.no_grad()

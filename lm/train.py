@@ -21,11 +21,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import yaml
@@ -33,7 +32,8 @@ import yaml
 from codec.pretrained import atomic_write_text, config_from_dict, config_to_dict
 from codec.distributed import (any_process, configure_process_logging, rescale_position,
                                 shard_batches)
-from codec.training import CheckpointManager, JsonlLogger, make_accelerator, seed_everything
+from codec.training import (CheckpointManager, JsonlLogger, TimeBudget, lr_lambda,
+                            make_accelerator, seed_everything)
 from lm.data import bucket_batches, load_tokenized, make_items, read_info, to_device
 from lm.layout import LayoutItem, collate
 from lm.model import SpeechLM, SpeechLMConfig, model_config_from_dict
@@ -78,15 +78,6 @@ def load_config(path: str | Path) -> tuple[dict, TrainConfig]:
     if bad:
         raise ValueError(f"{path}: unknown train keys {bad}; valid: {sorted(names)}")
     return d.get("model", {}) or {}, config_from_dict(TrainConfig, t)
-
-
-def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
-    def f(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return (step + 1) / max(1, cfg.warmup_steps)
-        p = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, p)))
-    return f
 
 
 @torch.no_grad()
@@ -163,8 +154,8 @@ def run_training(model: torch.nn.Module, train_items: list[LayoutItem], train_du
     def optimizer(ps):
         o = torch.optim.AdamW(ps, lr=cfg.lr, betas=tuple(cfg.betas),
                               weight_decay=cfg.weight_decay)
-        return o, torch.optim.lr_scheduler.LambdaLR(o, lr_lambda(dataclasses.replace(
-            cfg, max_steps=total)))
+        return o, torch.optim.lr_scheduler.LambdaLR(
+            o, lr_lambda(cfg.warmup_steps, total, min_ratio=0.1))
 
     if fsdp and not getattr(acc, "is_fsdp2", False):
         # FSDP1 replaces the parameters by flat shards: wrap first, then build the optimizer
@@ -197,8 +188,7 @@ def run_training(model: torch.nn.Module, train_items: list[LayoutItem], train_du
     lengths = [len(it) for it in train_items]
     if not train_items:
         raise ValueError("no training examples")
-    t0 = time.time()
-    deadline = t0 + max_minutes * 60 if max_minutes else None
+    budget = TimeBudget(max_minutes)
     win_tokens, win_audio, win_t = 0, 0.0, time.time()
     bar = tqdm(total=total, initial=step, disable=not acc.is_main_process, desc="lm train")
     model.train()
@@ -254,7 +244,8 @@ def run_training(model: torch.nn.Module, train_items: list[LayoutItem], train_du
                 log.info("step %d eval %s", step, ev)
             if step % cfg.save_every == 0 or step == total:
                 save()
-            if deadline is not None and any_process(acc, time.time() > deadline):
+            budget.tick()
+            if any_process(acc, budget.should_stop()):
                 stopped = "time"
                 break
         if stopped == "time":

@@ -12,8 +12,8 @@ import yaml
 from safetensors.torch import load_file
 
 from codec.asr import PhonemeASR
-from codec.train_asr import (TimeBudget, epoch_batches, load_asr_yaml, main, train_asr)
-from codec.training import read_jsonl
+from codec.train_asr import load_asr_yaml, main, train_asr
+from codec.training import TimeBudget, epoch_batches, read_jsonl
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -34,8 +33,8 @@ import yaml
 
 from codec.pretrained import config_from_dict
 from codec.distributed import any_process, configure_process_logging, shard_batches
-from codec.train_asr import epoch_batches, make_loader
-from codec.training import CheckpointManager, JsonlLogger, make_accelerator, seed_everything
+from codec.training import (CheckpointManager, JsonlLogger, TimeBudget, epoch_batches,
+                            lr_lambda, make_accelerator, make_loader, seed_everything)
 from tts.acoustic import AcousticConfig, AcousticModel
 from tts.codes_data import (AcousticCodesDataset, CodesDataError, CropConfig, collate_codes,
                             load_codes_dataset, read_codes_info)
@@ -111,15 +110,6 @@ def check_data_matches(mc: AcousticConfig, data) -> dict | None:
     return info
 
 
-def _lr_lambda(tc: TrainConfig):
-    def f(step: int) -> float:
-        if step < tc.warmup_steps:
-            return (step + 1) / max(1, tc.warmup_steps)
-        p = (step - tc.warmup_steps) / max(1, tc.max_steps - tc.warmup_steps)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, p)))
-    return f
-
-
 @torch.no_grad()
 def evaluate(model, loader, accelerator, batches: int, seed: int = 1234) -> dict[str, float]:
     """Masked-prediction loss/accuracy on ``batches`` validation batches (fixed masking)."""
@@ -173,7 +163,8 @@ def train(mc: AcousticConfig, tc: TrainConfig, data: str | Path, run_dir: str | 
     model = _LossWrapper(AcousticModel(mc))
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay,
                             betas=(0.9, 0.98))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(tc))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lr_lambda(tc.warmup_steps, tc.max_steps, min_ratio=0.1))
     model, opt, sched = accelerator.prepare(model, opt, sched)
     seed_everything(tc.seed + 7919 * rank)     # weights are identical; masking differs per rank
     if val_loader is not None:
@@ -193,7 +184,7 @@ def train(mc: AcousticConfig, tc: TrainConfig, data: str | Path, run_dir: str | 
         (run_dir / "config.yaml").write_text(yaml.safe_dump(
             {"model": {**asdict(mc), "steps_per_level": list(mc.steps_per_level)},
              "train": asdict(tc)}))
-    deadline = start + max_minutes * 60 if max_minutes else None
+    budget = TimeBudget(max_minutes)
     model.train()
     bar = tqdm(total=tc.max_steps, initial=step, desc="acoustic", unit="step",
                disable=not accelerator.is_main_process)
@@ -229,7 +220,8 @@ def train(mc: AcousticConfig, tc: TrainConfig, data: str | Path, run_dir: str | 
                 last.update(v)
             if step % tc.save_every == 0:
                 ckpt.save(accelerator, step)
-            if deadline and any_process(accelerator, time.time() > deadline):
+            budget.tick()
+            if any_process(accelerator, budget.should_stop()):
                 stop_reason = "time budget"
                 break
             if step >= tc.max_steps:
