@@ -12,7 +12,7 @@ STFTs run in float32 even under bf16 autocast; the convolutions follow autocast.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
