@@ -159,6 +159,7 @@ class PhonemeASR(nn.Module, PretrainedMixin):
 
     config_class = PhonemeASRConfig
     model_type = "flexicodec-asr"
+    pretrained_name = "asr"
 
     def __init__(self, config: PhonemeASRConfig):
         super().__init__()

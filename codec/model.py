@@ -146,6 +146,7 @@ class FlexiCodec(nn.Module, PretrainedMixin):
 
     config_class = FlexiCodecConfig
     model_type = "flexicodec"
+    pretrained_name = "codec"
     frame_rate_base = 12.5
 
     def __init__(self, config: FlexiCodecConfig):

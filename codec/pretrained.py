@@ -118,6 +118,9 @@ class PretrainedMixin:
 
     config_class: type
     model_type: str
+    #: name of the shipped checkpoint (``flexicodec_pretrained/<name>``) that
+    #: ``from_pretrained()`` loads when no directory is given; None = nothing shipped
+    pretrained_name: str | None = None
 
     def save_pretrained(self, directory: str | os.PathLike, *, dtype: torch.dtype | None = None,
                         max_shard_mb: float = 15.0, extra: dict | None = None) -> Path:
@@ -159,13 +162,16 @@ class PretrainedMixin:
         return meta
 
     @classmethod
-    def from_pretrained(cls: type[T], directory: str | os.PathLike,
+    def from_pretrained(cls: type[T], directory: str | os.PathLike | None = None,
                         map_location: str | torch.device = "cpu", **overrides: Any) -> T:
-        """Load a model saved by :meth:`save_pretrained`. ``overrides`` replace config fields.
+        """Load a model saved by :meth:`save_pretrained` (``directory=None``: the shipped
+        default checkpoint of this class). ``overrides`` replace config fields.
 
         Raises :class:`CheckpointError` for a missing directory, another model type, or
         weights that do not match the config.
         """
+        if directory is None:
+            directory = default_checkpoint(cls.pretrained_name, cls.__name__)
         meta = cls.read_config(directory)
         config = config_from_dict(cls.config_class, {**meta["config"], **overrides})
         model = cls(config)
@@ -195,6 +201,15 @@ class PretrainedMixin:
     @identity.setter
     def identity(self, value: str) -> None:
         self._identity = value
+
+
+def default_checkpoint(name: str | None, what: str = "model") -> Path:
+    """Directory of the shipped checkpoint ``name`` (FileNotFoundError if not shipped)."""
+    if name is None:
+        raise CheckpointError(f"no shipped {what} checkpoint: pass a directory")
+    from flexicodec_pretrained import default_dir
+
+    return default_dir(name)
 
 
 def _save_sharded(state: dict[str, torch.Tensor], directory: Path, max_shard_mb: float) -> None:

@@ -268,10 +268,14 @@ class SpeechLM(nn.Module):
         return model
 
 
-def load_lm(directory: str | os.PathLike, codec: Any = None,
+def load_lm(directory: str | os.PathLike | None = None, codec: Any = None,
             map_location: str | torch.device = "cpu"):
-    """(SpeechLM, TextTokenizer) from a model directory."""
+    """(SpeechLM, TextTokenizer) from a model directory (None: the shipped LM)."""
+    from codec.pretrained import default_checkpoint
     from lm.text_tokenizer import TextTokenizer
+
+    if directory is None:
+        directory = default_checkpoint("lm", "LM")
 
     model = SpeechLM.from_pretrained(directory, codec=codec, map_location=map_location)
     tok_path = Path(directory) / TOKENIZER_NAME

@@ -107,6 +107,7 @@ class AcousticModel(nn.Module, PretrainedMixin):
 
     config_class = AcousticConfig
     model_type = "flexicodec-acoustic"
+    pretrained_name = "acoustic"
 
     def __init__(self, config: AcousticConfig):
         super().__init__()

@@ -9,7 +9,7 @@ export DEADLINE=${DEADLINE:-$(( T0 + BUDGET ))}
 left() { echo $(( DEADLINE - $(date +%s) )); }
 left_min() { python3 -c "print(max(0.5, ($(left) - ${1:-30}) / 60))"; }
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
-if [ -d .whl ] && [ -n "${CUDA_VISIBLE_DEVICES+x}${NVIDIA_VISIBLE_DEVICES+x}" -o -x "$(command -v nvidia-smi)" ]; then
+if [ -d .whl ] && command -v nvidia-smi >/dev/null; then   # wheels only on the GPU machine
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl >/dev/null 2>&1 || { echo "wheel install failed"; exit 1; }
   export PYTHONPATH=$PWD:/tmp/site
