@@ -38,11 +38,10 @@ from tqdm.auto import tqdm
 from codec.discriminators import CodecDiscriminator, DiscriminatorConfig
 from codec.losses import (MelLossConfig, MultiResolutionMelLoss, discriminator_loss,
                           feature_matching_loss, generator_adv_loss, match_length)
-from codec.distributed import any_process
 from codec.pretrained import atomic_write_text, config_from_dict, config_to_dict
-from codec.training import (TimeBudget, cuda_memory_gb, dataclass_from_section, epoch_batches,
-                            load_yaml, lr_lambda, make_loader)
-from codec.training import CheckpointManager, JsonlLogger, make_accelerator, seed_everything
+from codec.training import (CheckpointManager, JsonlLogger, TimeBudget, cuda_memory_gb,
+                            dataclass_from_section, end_of_step, epoch_batches, load_yaml,
+                            lr_lambda, make_accelerator, make_loader, seed_everything)
 
 
 @dataclass
@@ -406,18 +405,10 @@ def train_codec(config_path: str, data: str, run_dir: str, asr: str | None = Non
                 logger.log({"step": step, **ev})
                 tqdm.write(f"[train] step {step}: " + ", ".join(f"{k} {v:.3f}"
                                                                 for k, v in ev.items()))
-            # one decision for all processes, so none is left waiting in a collective
-            stop = any_process(accelerator, budget.should_stop()) or (
-                stop_after is not None and step >= stop_after)
-            if step % tc.save_every == 0 or step >= tc.max_steps or stop:
-                ckpt.save(accelerator, step, epoch=epoch)
-            if stop:
-                stopped_early = step < tc.max_steps
-                if main:
-                    tqdm.write(f"[train] stopping at step {step} (time budget / --stop-after); "
-                               f"checkpoint saved, continue with --resume")
-                break
-            if step >= tc.max_steps:
+            ended = end_of_step(accelerator, ckpt, budget, step, tc.max_steps, tc.save_every,
+                                stop_after, name="train", epoch=epoch)
+            if ended:
+                stopped_early = ended == "stopped"
                 break
     pbar.close()
     result = dict(last, step=step, finished=not stopped_early, generator_params=n_gen)

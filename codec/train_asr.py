@@ -26,11 +26,10 @@ import torch
 from tqdm.auto import tqdm
 
 from codec.asr import PhonemeASR, PhonemeASRConfig, build_vocab, phoneme_error_counts
-from codec.distributed import any_process
 from codec.pretrained import atomic_write_text, config_from_dict, config_to_dict
 from codec.training import (CheckpointManager, JsonlLogger, TimeBudget, cuda_memory_gb,
-                             dataclass_from_section, epoch_batches, load_yaml, lr_lambda,
-                             make_accelerator, make_loader, seed_everything)
+                             dataclass_from_section, end_of_step, epoch_batches, load_yaml,
+                             lr_lambda, make_accelerator, make_loader, seed_everything)
 
 
 # --------------------------------------------------------------------------------------------
@@ -241,18 +240,10 @@ def train_asr(config_path: str, data: str, run_dir: str, max_steps: int | None =
                                   tc.max_eval_utts)
                 logger.log({"step": step, **{f"valid_{k}": v for k, v in ev.items()}})
                 tqdm.write(f"[asr-train] step {step}: valid PER {ev['per']:.3f}")
-            # one decision for all processes, so none is left waiting in a collective
-            stop = any_process(accelerator, budget.should_stop()) or (
-                stop_after is not None and step >= stop_after)
-            if step % tc.save_every == 0 or step >= tc.max_steps or stop:
-                ckpt.save(accelerator, step, epoch=epoch)
-            if stop:
-                stopped_early = step < tc.max_steps
-                if main:
-                    tqdm.write(f"[asr-train] stopping at step {step} (time budget / "
-                               f"--stop-after); checkpoint saved, continue with --resume")
-                break
-            if step >= tc.max_steps:
+            ended = end_of_step(accelerator, ckpt, budget, step, tc.max_steps, tc.save_every,
+                                stop_after, name="asr-train", epoch=epoch)
+            if ended:
+                stopped_early = ended == "stopped"
                 break
     pbar.close()
     result = dict(last)

@@ -268,3 +268,28 @@ def make_loader(dataset, batches: list[list[int]], num_workers: int, seed: int =
                                        num_workers=num_workers,
                                        generator=torch.Generator().manual_seed(seed),
                                        persistent_workers=False, pin_memory=False)
+
+
+def end_of_step(accelerator, ckpt: CheckpointManager, budget: TimeBudget, step: int,
+                max_steps: int, save_every: int, stop_after: int | None = None,
+                name: str = "train", **state: Any) -> str | None:
+    """Checkpoint and decide whether a training loop ends after ``step``.
+
+    Saves every ``save_every`` steps, at ``max_steps`` and when stopping early. The early
+    stop (time budget or ``stop_after``) is one decision for all processes, so none is left
+    waiting in a collective. Returns None to go on, "done" at ``max_steps``, or "stopped"
+    for an early stop (the checkpoint is saved; ``--resume`` continues).
+    """
+    from codec.distributed import any_process  # (imports this module)
+
+    stop = any_process(accelerator, budget.should_stop()) or (
+        stop_after is not None and step >= stop_after)
+    if step % save_every == 0 or step >= max_steps or stop:
+        ckpt.save(accelerator, step, **state)
+    if stop and step < max_steps:
+        if accelerator.is_main_process:
+            from tqdm.auto import tqdm
+            tqdm.write(f"[{name}] stopping at step {step} (time budget / --stop-after); "
+                       f"checkpoint saved, continue with --resume")
+        return "stopped"
+    return "done" if step >= max_steps or stop else None
