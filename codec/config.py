@@ -61,6 +61,11 @@ class FlexiCodecConfig:
     semantic_dim: int = 256                        # ConvNeXt width on the semantic stream
     semantic_layers: int = 2                       # ConvNeXt blocks before merging
     semantic_decoder_layers: int = 2               # ConvNeXt blocks: tokens → acoustic latent
+    # the frozen ASR runs on windows of at most this many seconds (aligned on the frame grid)
+    # with context on both sides, so its features do not depend on how long the input is
+    # (it normalises per input, uses absolute positions and was trained on <= 20 s clips)
+    semantic_window_seconds: float = 16.0
+    semantic_context_seconds: float = 2.0
     fsq_levels: tuple = (8, 8, 8, 8)               # codebook = prod(levels)
     # --- acoustic RVQ (DAC-style factorised, l2-normalised codebooks) ---
     n_q: int = 8

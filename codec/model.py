@@ -213,9 +213,47 @@ class FlexiCodec(nn.Module, PretrainedMixin):
         return tf + dec + 2
 
     # ---- frame level ---------------------------------------------------------------------
-    def frame_features(self, wav: torch.Tensor, wav_lengths: torch.Tensor | None = None
-                       ) -> FrameFeatures:
-        """wav [B, T] (16 kHz, zero-padded) → :class:`FrameFeatures` over F = ceil(T/1280)."""
+    @torch.no_grad()
+    def semantic_targets(self, padded: torch.Tensor, num_frames: torch.Tensor) -> torch.Tensor:
+        """Frozen semantic features on the 12.5 Hz grid: padded [B, F*hop] (zeros past each
+        length), num_frames [B] → target [B, F, Dsem] (0 past each length).
+
+        Inputs longer than ``semantic_window_seconds`` (+ context) are run through the ASR in
+        windows aligned on the frame grid (window k covers frames [kW, (k+1)W) and sees
+        ``semantic_context_seconds`` more on each side), so a frame's feature depends only on
+        audio near it, not on the input's length: encoding long audio in chunks gives the
+        same features as encoding it whole."""
+        c, hop = self.config, self.config.hop_size
+        B, F_ = padded.shape[0], int(num_frames.max())
+        W = max(1, round(c.semantic_window_seconds * self.frame_rate_base))
+        C = max(0, round(c.semantic_context_seconds * self.frame_rate_base))
+
+        def run(x: torch.Tensor, nf: torch.Tensor, width: int) -> torch.Tensor:
+            feats, flen = self.semantic.hidden_states(x, nf * hop)
+            return to_frame_grid(feats, flen, self.semantic.feature_rate, nf,
+                                 self.frame_rate_base, width)
+
+        if F_ <= W + C:
+            return run(padded, num_frames, F_)
+        out = None
+        for b in range(B):
+            Fb = int(num_frames[b])
+            for s in range(0, Fb, W):
+                a, e = max(0, s - C), min(Fb, s + W + C)
+                seg = padded[b:b + 1, a * hop:e * hop]
+                tg = run(seg, torch.tensor([e - a], device=padded.device), e - a)
+                if out is None:
+                    out = tg.new_zeros(B, F_, tg.shape[-1])
+                n = min(W, Fb - s)
+                out[b, s:s + n] = tg[0, s - a:s - a + n]
+        return out
+
+    def frame_features(self, wav: torch.Tensor, wav_lengths: torch.Tensor | None = None,
+                       target: torch.Tensor | None = None) -> FrameFeatures:
+        """wav [B, T] (16 kHz, zero-padded) → :class:`FrameFeatures` over F = ceil(T/1280).
+
+        ``target`` [B, F, Dsem]: precomputed :meth:`semantic_targets` (used by
+        :meth:`frame_features_chunked`); computed here when None."""
         if wav.dim() != 2:
             raise ValueError(f"expected wav [B, T], got shape {tuple(wav.shape)}")
         B, T = wav.shape
@@ -231,10 +269,10 @@ class FlexiCodec(nn.Module, PretrainedMixin):
         padded = nn.functional.pad(wav, (0, F_ * hop - T))
         padded = padded * (t[None, :] < wav_lengths[:, None]).to(padded.dtype)
         frame_mask = torch.arange(F_, device=wav.device)[None, :] < num_frames[:, None]
-        with torch.no_grad():
-            feats, flen = self.semantic.hidden_states(padded, num_frames * hop)
-            target = to_frame_grid(feats, flen, self.semantic.feature_rate, num_frames,
-                                   self.frame_rate_base, F_)
+        if target is None:
+            target = self.semantic_targets(padded, num_frames)
+        elif target.shape[:2] != (B, F_):
+            raise ValueError(f"target must be [B, F]=[{B}, {F_}], got {tuple(target.shape)}")
         latent = self.encoder(padded, num_frames)
         latent = self.merge_transformer(latent, frame_mask)
         sem = self.semantic_encoder(target.to(latent.dtype), frame_mask)
@@ -255,12 +293,16 @@ class FlexiCodec(nn.Module, PretrainedMixin):
         per_item = []
         for b in range(wav.shape[0]):
             L, Fb = int(wav_lengths[b]), int(n_frames[b])
+            # semantic features of the whole utterance (windowed, so length-independent)
+            item = nn.functional.pad(wav[b:b + 1, :L], (0, Fb * hop - L))
+            target = self.semantic_targets(item, n_frames[b:b + 1])
             parts = []
             starts = range(0, Fb, chunk)
             for s in starts:
                 a, e = max(0, s - ctx), min(Fb, s + chunk + ctx)
                 seg = wav[b:b + 1, a * hop: min(L, e * hop)]
-                ff = self.frame_features(seg, torch.tensor([seg.shape[1]], device=wav.device))
+                ff = self.frame_features(seg, torch.tensor([seg.shape[1]], device=wav.device),
+                                         target=target[:, a:e])
                 k0, k1 = s - a, s - a + min(chunk, Fb - s)
                 parts.append([x[:, k0:k1] for x in (ff.latent, ff.semantic, ff.target)])
             per_item.append([torch.cat([p[i] for p in parts], 1) for i in range(3)])
