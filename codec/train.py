@@ -160,6 +160,20 @@ def build_codec_config(config_path: str, asr: str | None, fixed_group: int | Non
     return cfg
 
 
+def init_codec_config(init_from: str, fixed_group: int | None):
+    """The model config of the trained codec in ``init_from`` (``--init-from``); a
+    ``--fixed-group`` that differs from it is refused (the weights were trained for it)."""
+    from codec.config import FlexiCodecConfig
+    from codec.model import FlexiCodec
+
+    meta = FlexiCodec.read_config(init_from)           # CheckpointError if not a codec
+    cfg = config_from_dict(FlexiCodecConfig, meta["config"])
+    if fixed_group is not None and int(fixed_group) != cfg.fixed_group:
+        raise ValueError(f"--fixed-group {fixed_group} differs from {init_from}'s "
+                         f"fixed_group {cfg.fixed_group}")
+    return cfg
+
+
 def sample_threshold(step: int, tc: CodecTrainConfig, model_cfg) -> float | None:
     """Threshold for this batch: None in fixed-group mode, 1.0 during the fixed-rate
     warm-up, else uniform in ``train_threshold_range`` (global torch RNG, so resumable)."""
@@ -221,8 +235,13 @@ def train_codec(config_path: str, data: str, run_dir: str, asr: str | None = Non
                 max_steps: int | None = None, max_minutes: float | None = None,
                 resume: bool = False, out_model: str | None = None,
                 fixed_group: int | None = None, stop_after: int | None = None,
-                cpu: bool = False, mixed_precision: str | None = None) -> dict:
-    """Run (or resume) codec training; returns the last logged metrics."""
+                cpu: bool = False, mixed_precision: str | None = None,
+                init_from: str | None = None) -> dict:
+    """Run (or resume) codec training; returns the last logged metrics.
+
+    ``init_from``: start a new run from a trained codec directory — its model config and
+    weights (frozen ASR included); discriminators, optimizers and the step count start
+    fresh. The YAML's ``model:`` section and ``asr`` are then not used."""
     from accelerate.utils import DistributedDataParallelKwargs
 
     from codec.config import FlexiCodecConfig
@@ -253,8 +272,14 @@ def train_codec(config_path: str, data: str, run_dir: str, asr: str | None = Non
         if ckpt.latest() is not None:
             raise FileExistsError(f"{run}: already holds checkpoints; pass --resume or use a "
                                   f"new --run-dir")
-        model_cfg = build_codec_config(config_path, asr, fixed_group)
+        model_cfg = (init_codec_config(init_from, fixed_group) if init_from
+                     else build_codec_config(config_path, asr, fixed_group))
     model = FlexiCodec(model_cfg)           # consumes semantic.asr_path (weights copied in)
+    if init_from and not resuming:
+        model.load_state_dict(FlexiCodec.from_pretrained(init_from).state_dict())
+        if main:
+            print(f"[train] initialised from {init_from} (discriminators and optimizers "
+                  f"start fresh)")
     compact_buffers(model)
     if main and not resuming:
         atomic_write_text(cfg_file, json.dumps(config_to_dict(model.config), indent=1,
@@ -431,6 +456,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--asr", default=None, help="trained PhonemeASR directory (semantic model)")
     p.add_argument("--fixed-group", type=int, default=None,
                    help="train the fixed-rate baseline: merge every K frames (2 → 6.25 Hz)")
+    p.add_argument("--init-from", default=None,
+                   help="start from a trained codec directory (its config and weights; fresh "
+                        "discriminators/optimizers), e.g. flexicodec_pretrained/codec")
     p.add_argument("--max-steps", type=int, default=None, help="total steps (LR schedule)")
     p.add_argument("--stop-after", type=int, default=None,
                    help="checkpoint and exit after this global step (schedule unchanged)")
@@ -444,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     res = train_codec(a.config, a.data, a.run_dir, a.asr, a.max_steps, a.max_minutes,
                       a.resume, a.out_model, a.fixed_group, a.stop_after, a.cpu,
-                      a.mixed_precision)
+                      a.mixed_precision, a.init_from)
     print(json.dumps(res, indent=1))
     return 0
 

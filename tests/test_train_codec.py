@@ -143,3 +143,31 @@ def test_bf16_autocast_steps(tiny_corpus, asr_dir, tmp_path):
     rows = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if "mel_loss" in r]
     assert res["finished"] and len(rows) == 3
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows) and "d_loss" in rows[-1]
+
+
+def test_init_from_continues_from_a_trained_codec(tiny_corpus, asr_dir, tmp_path):
+    """--init-from starts a new run from a codec directory: step 0 carries its weights
+    (ASR included, whatever --asr says), and a mismatched --fixed-group is refused."""
+    from codec.model import FlexiCodec
+
+    cfg = str(_yaml(tmp_path / "c.yaml", max_steps=2, disc_start=1, warmup_fixed_steps=0))
+    train_codec(cfg, str(tiny_corpus), str(tmp_path / "first"), asr=str(asr_dir), cpu=True,
+                out_model=str(tmp_path / "m1"))
+    src = FlexiCodec.from_pretrained(tmp_path / "m1")
+    res = train_codec(cfg, str(tiny_corpus), str(tmp_path / "cont"), cpu=True, stop_after=1,
+                      init_from=str(tmp_path / "m1"), out_model=str(tmp_path / "m2"))
+    assert res["step"] == 1
+    cont = FlexiCodec.from_pretrained(tmp_path / "m2")
+    s_src, s_cont = src.state_dict(), cont.state_dict()
+    assert s_src.keys() == s_cont.keys()
+    asr_keys = [k for k in s_src if k.startswith("semantic.asr.")]
+    assert asr_keys and all(torch.equal(s_src[k], s_cont[k]) for k in asr_keys)  # frozen
+    moved = [k for k in s_src if not k.startswith("semantic.asr.")
+             and not torch.equal(s_src[k], s_cont[k])]
+    assert moved                                 # one step of training changed the generator
+    # the continued run's weights stay close to the source: it did start from them
+    diffs = [(s_src[k].float() - s_cont[k].float()).abs().max().item() for k in moved]
+    assert max(diffs) < 0.05
+    with pytest.raises(ValueError, match="fixed"):
+        train_codec(cfg, str(tiny_corpus), str(tmp_path / "bad"), cpu=True, fixed_group=2,
+                    init_from=str(tmp_path / "m1"))
