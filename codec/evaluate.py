@@ -148,8 +148,8 @@ def evaluate_codec(model, data: str, split: str = "test",
     from codec.model import FlexiCodec
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    models = {"model": model if not isinstance(model, (str, os.PathLike)) else
-              FlexiCodec.from_pretrained(model, map_location=device)}
+    models = {"model": model if not (model is None or isinstance(model, (str, os.PathLike)))
+              else FlexiCodec.from_pretrained(model, map_location=device)}
     if baseline is not None:
         models["baseline"] = baseline if not isinstance(baseline, (str, os.PathLike)) else \
             FlexiCodec.from_pretrained(baseline, map_location=device)
@@ -285,7 +285,8 @@ def write_report(result: dict, out_prefix: str | os.PathLike) -> tuple[Path, Pat
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="flexicodec eval", description=__doc__.split("\n")[0])
-    p.add_argument("--model", required=True, help="FlexiCodec directory")
+    p.add_argument("--model", default=None,
+                   help="FlexiCodec directory (default: the shipped codec)")
     p.add_argument("--data", required=True, help="corpus directory")
     p.add_argument("--split", default="test", choices=["train", "valid", "test", "test_unseen"])
     p.add_argument("--rates", default="12.5,8.3,6.25,4", help="target frame rates in Hz")

@@ -35,12 +35,13 @@ def generate_main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(prog="flexicodec-lm generate",
                                 description="Text → semantic codes + token lengths (.npz).")
-    p.add_argument("--model", required=True, help="LM directory")
+    p.add_argument("--model", default=None, help="LM directory (default: the shipped LM)")
     p.add_argument("--text", required=True)
     p.add_argument("--frame-rate", type=float, required=True, help="rate bucket (Hz)")
     p.add_argument("--out", required=True, help="output .npz")
     p.add_argument("--codec", default=None, help="codec directory (checked; needed for a "
-                                                  "voice prompt)")
+                                                  "voice prompt; default with the shipped LM: "
+                                                  "the shipped codec)")
     p.add_argument("--adapter", default=None, help="LoRA adapter directory (merged in)")
     p.add_argument("--prompt-wav", default=None)
     p.add_argument("--prompt-text", default=None)
@@ -55,6 +56,10 @@ def generate_main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if (a.prompt_wav is None) != (a.prompt_text is None):
         p.error("--prompt-wav and --prompt-text go together")
+    if a.model is None:                      # the shipped LM goes with the shipped codec
+        from codec.pretrained import default_checkpoint
+        a.model = str(default_checkpoint("lm", "LM"))
+        a.codec = a.codec or str(default_checkpoint("codec", "codec"))
     if a.prompt_wav and not a.codec:
         p.error("a voice prompt needs --codec to encode it")
     codec = None
