@@ -17,6 +17,9 @@ fixed-rate baseline (a codec trained with ``--fixed-group``) at its own rate. Fo
   model's own definition, exactly 12.5 without merging) and bitrate (bits per token × rate; the
   token-length side information ``log2(max_group)`` bits is counted for dynamic-rate
   models, not for fixed-group ones).
+- optionally (``--per-asr``, on by default for our corpus) the phoneme error rate of our
+  in-domain recognizer: more resolution than pocketsphinx on synthetic voices, but not an
+  independent judge (the semantic stream is distilled from it).
 Speaker similarity is not reported: no offline speaker encoder is installed here.
 
 pocketsphinx, PESQ and STOI run in a process pool over all CPU cores.
@@ -80,8 +83,27 @@ def load_utterances(data: str, split: str, max_utts: int | None) -> list[dict]:
             raise ValueError(f"{row['audio']}: no text; WER needs transcripts")
         wav, _ = load_audio(row["audio"], SAMPLE_RATE)
         out.append({"audio": wav, "text": row["text"], "speaker": row.get("speaker", ""),
-                    "path": row["audio"]})
+                    "phonemes": row.get("phonemes") or "", "path": row["audio"]})
     return out
+
+
+@torch.no_grad()
+def phoneme_error_rate(asr, audios: list, refs: list[str], device: str,
+                       batch_size: int = 16) -> float:
+    """Corpus-level phoneme error rate of ``asr`` (a PhonemeASR) on ``audios`` (float32 [T]
+    each) against IPA ``refs``: Σ edit distance / Σ reference symbols."""
+    from codec.asr import phoneme_error_counts
+
+    errs = total = 0
+    for i in range(0, len(audios), batch_size):
+        chunk = [torch.as_tensor(np.asarray(a, dtype=np.float32)) for a in
+                 audios[i:i + batch_size]]
+        lengths = torch.tensor([len(a) for a in chunk])
+        wav = torch.nn.utils.rnn.pad_sequence(chunk, batch_first=True).to(device)
+        for hyp, ref in zip(asr.transcribe(wav, lengths.to(device)), refs[i:i + batch_size]):
+            e, n = phoneme_error_counts(hyp, ref)
+            errs, total = errs + e, total + n
+    return errs / max(1, total)
 
 
 def bits_per_token(model, num_quantizers: int) -> float:
@@ -140,11 +162,17 @@ def _nanmean(values: list[float]) -> tuple[float | None, int]:
 def evaluate_codec(model, data: str, split: str = "test",
                    rates: tuple | list = (12.5, 8.3, 6.25, 4.0), baseline=None,
                    max_utts: int | None = None, workers: int | None = None,
-                   device: str | None = None, progress: bool = True) -> dict:
+                   device: str | None = None, progress: bool = True,
+                   per_asr=None) -> dict:
     """Evaluate a codec (a :class:`codec.model.FlexiCodec` or its directory) and optionally a
     fixed-rate ``baseline`` on ``split`` of corpus ``data``. Returns the result dict written
     by :func:`write_report` (``conditions``: one summary per condition; ``original``: the
-    originals' WER/CER; ``utterances``: per-utterance details)."""
+    originals' WER/CER; ``utterances``: per-utterance details).
+
+    ``per_asr`` (a PhonemeASR or its directory): also report its phoneme error rate (PER)
+    against the corpus phonemes — an in-domain judge with more resolution than pocketsphinx
+    on our synthetic voices, but not an independent one (the codecs' semantic stream is
+    distilled from the same recognizer)."""
     from codec.model import FlexiCodec
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -192,6 +220,27 @@ def evaluate_codec(model, data: str, split: str = "test",
              for u, r in zip(utts, recon[cond.name])]
     quality = parallel_map(quality_pair, pairs, workers, "PESQ/STOI", progress)
 
+    # 4) optional in-domain phoneme error rate (originals, full and RVQ-1 reconstructions)
+    per = None
+    have_phonemes = all(u["phonemes"] for u in utts)
+    if per_asr == "auto":       # the shipped recognizer, when the corpus has phonemes
+        from flexicodec_pretrained import ROOT
+        per_asr = ROOT / "asr" if have_phonemes and (ROOT / "asr" / "config.json").is_file() \
+            else None
+    if per_asr is not None and not have_phonemes:
+        raise ValueError(f"{data}: PER needs IPA phonemes for every utterance (our corpus "
+                         f"has them); this corpus does not")
+    if per_asr is not None:
+        from codec.asr import PhonemeASR
+        judge = (PhonemeASR.from_pretrained(per_asr, map_location=device)
+                 if isinstance(per_asr, (str, os.PathLike)) else per_asr).to(device).eval()
+        refs = [u["phonemes"] for u in utts]
+        per = {"original": phoneme_error_rate(judge, [u["audio"] for u in utts], refs, device)}
+        for cond in conditions:
+            per[cond.name] = (
+                phoneme_error_rate(judge, [r["full"] for r in recon[cond.name]], refs, device),
+                phoneme_error_rate(judge, [r["rvq1"] for r in recon[cond.name]], refs, device))
+
     orig_counts = [error_counts(u["text"], h) for u, h in zip(utts, orig_hyps)]
     original = aggregate_errors(orig_counts)
     result_conditions = []
@@ -225,6 +274,8 @@ def evaluate_codec(model, data: str, split: str = "test",
             "rvq1_wer_rel": sem["wer"] / original["wer"] if original["wer"] > 0 else None,
             "pesq_wb": pesq_mean, "pesq_unscored": pesq_nan, "stoi": stoi_mean,
             "mel_distance": float(np.mean(mels)),
+            "per": per[cond.name][0] if per else None,
+            "rvq1_per": per[cond.name][1] if per else None,
         }
         result_conditions.append(summary)
         for i, pu in enumerate(per_utt):
@@ -239,7 +290,10 @@ def evaluate_codec(model, data: str, split: str = "test",
         "data": str(data), "split": split, "utterances": n, "seconds": seconds,
         "asr_judge": "pocketsphinx en-US (fresh decoder per utterance)",
         "speaker_similarity": "not computed (no offline speaker encoder installed)",
-        "original": original, "conditions": result_conditions,
+        "original": original, "original_per": per["original"] if per else None,
+        "per_judge": (str(per_asr) if isinstance(per_asr, (str, os.PathLike)) else
+                      ("<in memory>" if per_asr is not None else None)) if per else None,
+        "conditions": result_conditions,
         "codec_seconds": codec_s, "total_seconds": time.monotonic() - t0,
         "per_utterance": per_utt,
     }
@@ -259,16 +313,23 @@ def markdown_table(result: dict) -> str:
         "",
         f"Judge: {result['asr_judge']}. Originals: WER {_fmt(o['wer'], True)} %, "
         f"CER {_fmt(o['cer'], True)} %. Speaker similarity: {result['speaker_similarity']}.",
+    ]
+    if result.get("per_judge"):
+        lines.append(f"PER: phoneme error rate of the in-domain recognizer "
+                     f"{result['per_judge']} (not independent: the codecs' semantic stream is "
+                     f"distilled from it); originals: {_fmt(result['original_per'], True)} %.")
+    lines += [
         "",
         "| condition | rate (Hz) | kbps | WER % | CER % | WER / orig | RVQ-1 WER % | "
-        "RVQ-1 CER % | PESQ-WB | STOI | mel dist |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "RVQ-1 CER % | PER % | RVQ-1 PER % | PESQ-WB | STOI | mel dist |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in result["conditions"]:
         lines.append(
             f"| {c['condition']} | {_fmt(c['frame_rate'])} | {_fmt(c['bitrate_bps'] / 1000)} | "
             f"{_fmt(c['wer'], True)} | {_fmt(c['cer'], True)} | {_fmt(c['wer_rel'])} | "
             f"{_fmt(c['rvq1_wer'], True)} | {_fmt(c['rvq1_cer'], True)} | "
+            f"{_fmt(c.get('per'), True)} | {_fmt(c.get('rvq1_per'), True)} | "
             f"{_fmt(c['pesq_wb'])} | {_fmt(c['stoi'], digits=3)} | "
             f"{_fmt(c['mel_distance'], digits=3)} |")
     return "\n".join(lines) + "\n"
@@ -294,10 +355,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-utts", type=int, default=None)
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     p.add_argument("--device", default=None)
+    p.add_argument("--per-asr", default="auto",
+                   help="PhonemeASR directory for the in-domain phoneme error rate; 'auto' "
+                        "(default): the shipped ASR when the corpus has phonemes; 'none': off")
     p.add_argument("-o", "--out", required=True, help="output prefix (writes .json and .md)")
     a = p.parse_args(argv)
+    per_asr = None if a.per_asr == "none" else a.per_asr
     result = evaluate_codec(a.model, a.data, a.split, parse_rates(a.rates), a.baseline,
-                            a.max_utts, a.workers, a.device)
+                            a.max_utts, a.workers, a.device, per_asr=per_asr)
     jpath, mpath = write_report(result, a.out)
     print(markdown_table(result))
     print(f"wrote {jpath} and {mpath}")
