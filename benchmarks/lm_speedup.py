@@ -22,7 +22,6 @@ audio-seconds/s at 6.25 Hz over 12.5 Hz, for the largest LM size run).
 from __future__ import annotations
 
 import argparse
-import math
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field

@@ -2,7 +2,6 @@
 synthesizer engine, built once per session with the real builder (data.corpus)."""
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest

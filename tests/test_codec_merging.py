@@ -1,5 +1,4 @@
 """The frame-merging rule (codec/merging.py) on synthetic similarity patterns."""
-import math
 
 import pytest
 import torch

@@ -24,7 +24,7 @@ to one greedy step each (SoundStorm).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -137,7 +137,6 @@ class AcousticModel(nn.Module, PretrainedMixin):
         ``mask_id`` at unknown entries; segment [B, T] (0 prompt, 1 target); level [B] long.
         Returns logits [B, T, codebook_size] (float32).
         """
-        c = self.config
         self._check(semantic, lengths, acoustic)
         B, T = semantic.shape
         x = self.sem_emb(semantic) + self.len_emb(lengths) + self.seg_emb(segment)

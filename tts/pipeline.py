@@ -25,14 +25,14 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 
-from data.audio import AudioError, load_audio, prepare_waveform
+from data.audio import load_audio, prepare_waveform
 from tts.acoustic import AcousticModel, predict_acoustic
 from tts.chunking import ChunkConfig, VoiceCodes, synthesize_chunks
 from tts.speakers import VoicePrompt as StoredPrompt
