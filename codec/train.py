@@ -39,9 +39,9 @@ from codec.discriminators import CodecDiscriminator, DiscriminatorConfig
 from codec.losses import (MelLossConfig, MultiResolutionMelLoss, discriminator_loss,
                           feature_matching_loss, generator_adv_loss, match_length)
 from codec.pretrained import atomic_write_text, config_from_dict, config_to_dict
-from codec.training import (CheckpointManager, JsonlLogger, TimeBudget, cuda_memory_gb,
-                            dataclass_from_section, end_of_step, epoch_batches, load_yaml,
-                            lr_lambda, make_accelerator, make_loader, seed_everything)
+from codec.training import (CheckpointManager, EpochPlan, JsonlLogger, TimeBudget,
+                            cuda_memory_gb, dataclass_from_section, end_of_step, load_yaml,
+                            lr_lambda, make_accelerator, seed_everything)
 
 
 @dataclass
@@ -325,11 +325,9 @@ def train_codec(config_path: str, data: str, run_dir: str, asr: str | None = Non
     except ValueError:
         valid_set = None
 
-    world, rank = accelerator.num_processes, accelerator.process_index
-    steps_per_epoch = len(epoch_batches(durs, tc.batch_size, tc.seed, 0, bucket=False)) // world
-    if steps_per_epoch < 1:
-        raise ValueError(f"train split ({len(durs)} utterances) too small for batch_size "
-                         f"{tc.batch_size} x {world} processes")
+    world = accelerator.num_processes
+    plan = EpochPlan(durs, tc.batch_size, tc.seed, accelerator.process_index, world,
+                     bucket=False, what="train utterances")
     logger = JsonlLogger(run / "metrics.jsonl", enabled=main)
     n_gen = sum(p.numel() for p in g_params)
     n_disc = sum(p.numel() for p in disc.parameters())
@@ -350,11 +348,7 @@ def train_codec(config_path: str, data: str, run_dir: str, asr: str | None = Non
     model.train()
     disc.train()
     while step < tc.max_steps and not stopped_early:
-        epoch, k = divmod(step, steps_per_epoch)
-        plan = epoch_batches(durs, tc.batch_size, tc.seed, epoch, bucket=False)
-        batches = plan[k * world: steps_per_epoch * world][rank::world]
-        loader = make_loader(train_set, batches, tc.num_workers,
-                             seed=tc.seed * 1000003 + step * 7 + rank)
+        epoch, loader = plan.loader(train_set, step, tc.num_workers)
         for batch in loader:
             wav = batch["wav"].to(accelerator.device)
             wl = batch["wav_lengths"].to(accelerator.device)

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from codec.asr import PhonemeASR, PhonemeASRConfig, build_vocab, phoneme_error_counts
 from codec.pretrained import atomic_write_text, config_from_dict, config_to_dict
 from codec.training import (CheckpointManager, JsonlLogger, TimeBudget, cuda_memory_gb,
-                             dataclass_from_section, end_of_step, epoch_batches, load_yaml,
+                             EpochPlan, dataclass_from_section, end_of_step, load_yaml,
                              lr_lambda, make_accelerator, make_loader, seed_everything)
 
 
@@ -188,22 +188,16 @@ def train_asr(config_path: str, data: str, run_dir: str, max_steps: int | None =
               f"{'resumed at step ' + str(step) if state else 'from scratch'}")
 
     lengths = [float(d) for d in train_ds["duration"]]
-    world, rank = accelerator.num_processes, accelerator.process_index
-    steps_per_epoch = len(epoch_batches(lengths, tc.batch_size, tc.seed, 0)) // world
-    if steps_per_epoch < 1:
-        raise ValueError(f"train split too small for batch_size {tc.batch_size} x "
-                         f"{world} processes")
+    world = accelerator.num_processes
+    plan = EpochPlan(lengths, tc.batch_size, tc.seed, accelerator.process_index, world,
+                     what="train utterances")
     augment = spec_augment(tc.spec_augment)
     pbar = tqdm(total=tc.max_steps, initial=step, desc="asr-train", disable=not main)
     last: dict = {}
     t_log, samples, audio_s = time.monotonic(), 0, 0.0
     stopped_early = False
     while step < tc.max_steps and not stopped_early:
-        epoch, k = divmod(step, steps_per_epoch)
-        plan = epoch_batches(lengths, tc.batch_size, tc.seed, epoch)
-        batches = plan[k * world: steps_per_epoch * world][rank::world]
-        loader = make_loader(train_set, batches, tc.num_workers,
-                             seed=tc.seed * 1000003 + step * 7 + rank)
+        epoch, loader = plan.loader(train_set, step, tc.num_workers)
         for batch in loader:
             wav = batch["wav"].to(accelerator.device)
             wl = batch["wav_lengths"].to(accelerator.device)

@@ -252,11 +252,6 @@ def cuda_memory_gb() -> float | None:
     return None
 
 
-# --------------------------------------------------------------------------------------------
-# ASR training
-# --------------------------------------------------------------------------------------------
-
-
 def make_loader(dataset, batches: list[list[int]], num_workers: int, seed: int = 0,
                 collate_fn=None):
     """A DataLoader over precomputed ``batches`` with its own seeded generator, so creating
@@ -268,6 +263,36 @@ def make_loader(dataset, batches: list[list[int]], num_workers: int, seed: int =
                                        num_workers=num_workers,
                                        generator=torch.Generator().manual_seed(seed),
                                        persistent_workers=False, pin_memory=False)
+
+
+class EpochPlan:
+    """The per-process, resumable data order shared by the trainers.
+
+    Every epoch is :func:`epoch_batches` (seeded by ``seed`` and the epoch) split evenly
+    over the processes (:func:`codec.distributed.shard_batches`), so the global ``step``
+    alone says where a run is: :meth:`loader` for a resumed step skips what was done.
+    """
+
+    def __init__(self, lengths: Sequence[float], batch_size: int, seed: int, rank: int,
+                 world: int, bucket: bool = True, what: str = "training items"):
+        self.lengths, self.batch_size, self.seed = lengths, batch_size, seed
+        self.rank, self.world, self.bucket = rank, world, bucket
+        self.steps_per_epoch = len(epoch_batches(lengths, batch_size, seed, 0, bucket)) // world
+        if self.steps_per_epoch < 1:
+            raise ValueError(f"{len(lengths)} {what} are too few for batch_size {batch_size} "
+                             f"x {world} processes")
+
+    def loader(self, dataset, step: int, num_workers: int, collate_fn=None):
+        """(epoch, DataLoader over this process's remaining batches of the epoch of ``step``);
+        the loader's worker seeds derive from (seed, step, rank)."""
+        from codec.distributed import shard_batches  # (imports this module)
+
+        epoch, k = divmod(step, self.steps_per_epoch)
+        plan = epoch_batches(self.lengths, self.batch_size, self.seed, epoch, self.bucket)
+        batches = shard_batches(plan, self.rank, self.world)[k:]
+        return epoch, make_loader(dataset, batches, num_workers,
+                                  seed=self.seed * 1000003 + step * 7 + self.rank,
+                                  collate_fn=collate_fn)
 
 
 def end_of_step(accelerator, ckpt: CheckpointManager, budget: TimeBudget, step: int,

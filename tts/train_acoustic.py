@@ -32,9 +32,9 @@ import torch
 import yaml
 
 from codec.pretrained import config_from_dict
-from codec.distributed import any_process, configure_process_logging, shard_batches
-from codec.training import (CheckpointManager, JsonlLogger, TimeBudget, epoch_batches,
-                            lr_lambda, make_accelerator, make_loader, seed_everything)
+from codec.distributed import any_process, configure_process_logging
+from codec.training import (CheckpointManager, EpochPlan, JsonlLogger, TimeBudget, lr_lambda,
+                            make_accelerator, seed_everything)
 from tts.acoustic import AcousticConfig, AcousticModel
 from tts.codes_data import (AcousticCodesDataset, CodesDataError, CropConfig, collate_codes,
                             load_codes_dataset, read_codes_info)
@@ -148,13 +148,8 @@ def train(mc: AcousticConfig, tc: TrainConfig, data: str | Path, run_dir: str | 
         log.warning("no 'valid' split in %s: validation metrics are skipped", data)
     crop = CropConfig(max_tokens=tc.max_tokens)
     tr = AcousticCodesDataset(train_ds, mc.n_q, crop, seed=tc.seed + accelerator.process_index)
-    world, rank = accelerator.num_processes, accelerator.process_index
-    n_rows = len(tr)
-    steps_per_epoch = len(epoch_batches([0.0] * n_rows, tc.batch_size, tc.seed, 0,
-                                        bucket=False)) // world
-    if steps_per_epoch < 1:
-        raise ValueError(f"{data}: {n_rows} training rows are too few for batch_size "
-                         f"{tc.batch_size} x {world} processes")
+    plan = EpochPlan([0.0] * len(tr), tc.batch_size, tc.seed, accelerator.process_index,
+                     accelerator.num_processes, bucket=False, what=f"{data}: training rows")
     val_loader = None
     if val_ds is not None:
         val_loader = torch.utils.data.DataLoader(
@@ -166,7 +161,8 @@ def train(mc: AcousticConfig, tc: TrainConfig, data: str | Path, run_dir: str | 
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lr_lambda(tc.warmup_steps, tc.max_steps, min_ratio=0.1))
     model, opt, sched = accelerator.prepare(model, opt, sched)
-    seed_everything(tc.seed + 7919 * rank)     # weights are identical; masking differs per rank
+    # weights are identical on every rank; the masking differs per rank
+    seed_everything(tc.seed + 7919 * accelerator.process_index)
     if val_loader is not None:
         val_loader = accelerator.prepare(val_loader)
     ckpt = CheckpointManager(run_dir)
@@ -191,11 +187,7 @@ def train(mc: AcousticConfig, tc: TrainConfig, data: str | Path, run_dir: str | 
     last: dict = {}
     stop_reason = "max_steps"
     while step < tc.max_steps:
-        epoch, k = divmod(step, steps_per_epoch)
-        plan = shard_batches(epoch_batches([0.0] * n_rows, tc.batch_size, tc.seed, epoch,
-                                           bucket=False), rank, world)
-        loader = make_loader(tr, plan[k:], tc.num_workers, seed=tc.seed * 1000003 + step * 7
-                             + rank, collate_fn=collate_codes)
+        epoch, loader = plan.loader(tr, step, tc.num_workers, collate_fn=collate_codes)
         for batch in loader:
             batch = {key: v.to(accelerator.device) for key, v in batch.items()}
             with accelerator.autocast():
