@@ -174,6 +174,39 @@ def merge_to_rate(sim: torch.Tensor, frame_mask: torch.Tensor, frame_rate: float
     return merge_by_threshold(sim, frame_mask, thr, max_group)
 
 
+def calibrate_threshold(sims: list[torch.Tensor], frame_rate: float, max_group: int,
+                        base_rate: float = BASE_FRAME_RATE, iters: int = 40) -> float:
+    """One global threshold whose pooled average rate over many utterances is nearest
+    ``frame_rate`` (Hz). sims: per-utterance [T] from :func:`frame_similarity` (first value
+    -inf). Bisection on the threshold (the pooled token count is monotone in it)."""
+    if not sims:
+        raise ValueError("calibrate_threshold needs at least one utterance")
+    if not 0 < frame_rate <= base_rate:
+        raise ValueError(f"frame_rate must be in (0, {base_rate}] Hz, got {frame_rate}")
+    T = max(int(x.shape[0]) for x in sims)
+    sim = torch.full((len(sims), T), -math.inf)
+    mask = torch.zeros(len(sims), T, dtype=torch.bool)
+    for i, x in enumerate(sims):
+        sim[i, : x.shape[0]] = x.float().cpu()
+        mask[i, : x.shape[0]] = True
+    n_frames = int(mask.sum())
+
+    def rate(thr: float) -> float:
+        m = merge_by_threshold(sim, mask, thr, max_group)
+        return float(m.num_tokens.sum()) * base_rate / n_frames
+
+    lo, hi = -1.0, 1.0 - 1e-7           # rate(lo) is the lowest reachable, rate(1.0) = base
+    if rate(lo) >= frame_rate:
+        return lo
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        if rate(mid) >= frame_rate:
+            hi = mid
+        else:
+            lo = mid
+    return hi if abs(rate(hi) - frame_rate) <= abs(rate(lo) - frame_rate) else lo
+
+
 def group_index_from_lengths(token_lengths: torch.Tensor, num_frames: int | None = None
                              ) -> tuple[torch.Tensor, torch.Tensor]:
     """token_lengths [B, T'] → (group_index [B, T] with padding → T', frame_mask [B, T])."""

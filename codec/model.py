@@ -321,8 +321,9 @@ class FlexiCodec(nn.Module, PretrainedMixin):
     def make_merge(self, ff: FrameFeatures, merging_threshold=None, frame_rate=None,
                    fixed_group: int | None = None) -> merging.Merge:
         """Choose the groups: ``fixed_group`` > ``merging_threshold`` / ``frame_rate`` >
-        ``config.fixed_group`` > threshold sampled from ``train_threshold_range`` (training)
-        or ``default_threshold`` (eval)."""
+        ``config.fixed_group`` > in training a target rate drawn uniformly from
+        ``train_frame_rate_range`` (per-utterance thresholds reach it), in eval
+        ``default_threshold``."""
         c = self.config
         if merging_threshold is not None and frame_rate is not None:
             raise ValueError("give merging_threshold or frame_rate, not both")
@@ -330,18 +331,18 @@ class FlexiCodec(nn.Module, PretrainedMixin):
             if not 1 <= fixed_group <= c.max_group:
                 raise ValueError(f"fixed_group must be in [1, {c.max_group}], got {fixed_group}")
             return merging.merge_fixed(ff.frame_mask, int(fixed_group))
-        if merging_threshold is None and frame_rate is None and c.fixed_group:
-            return merging.merge_fixed(ff.frame_mask, c.fixed_group)
+        if merging_threshold is None and frame_rate is None:
+            if c.fixed_group:
+                return merging.merge_fixed(ff.frame_mask, c.fixed_group)
+            if self.training:
+                lo, hi = c.train_frame_rate_range
+                frame_rate = lo + (hi - lo) * float(torch.rand(()))
+            else:
+                merging_threshold = c.default_threshold
         sim = merging.frame_similarity(ff.target)
         if frame_rate is not None:
             return merging.merge_to_rate(sim, ff.frame_mask, float(frame_rate), c.max_group,
                                          self.frame_rate_base)
-        if merging_threshold is None:
-            if self.training:
-                lo, hi = c.train_threshold_range
-                merging_threshold = lo + (hi - lo) * float(torch.rand(()))
-            else:
-                merging_threshold = c.default_threshold
         return merging.merge_by_threshold(sim, ff.frame_mask, merging_threshold, c.max_group)
 
     # ---- token level ---------------------------------------------------------------------
@@ -415,15 +416,17 @@ class FlexiCodec(nn.Module, PretrainedMixin):
     # ---- training forward ----------------------------------------------------------------
     def forward(self, wav: torch.Tensor, wav_lengths: torch.Tensor | None = None,
                 merging_threshold: float | None = None, num_quantizers: int | None = None,
-                fixed_group: int | None = None) -> CodecOutput:
+                fixed_group: int | None = None, frame_rate: float | None = None
+                ) -> CodecOutput:
         """wav [B, T] (16 kHz) → :class:`CodecOutput` (audio [B, T]).
 
-        ``merging_threshold=None`` samples one threshold per batch from
-        ``train_threshold_range`` in training, ``default_threshold`` in eval.
+        Groups: ``merging_threshold`` or a target ``frame_rate`` (Hz, per utterance); with
+        neither, training draws one target rate per batch from ``train_frame_rate_range`` and
+        eval uses ``default_threshold`` (see :meth:`make_merge`).
         ``num_quantizers=None`` uses all stages (with quantizer dropout in training)."""
         T = wav.shape[1]
         ff = self.frame_features(wav, wav_lengths)
-        merge = self.make_merge(ff, merging_threshold, None, fixed_group)
+        merge = self.make_merge(ff, merging_threshold, frame_rate, fixed_group)
         q = self.quantize(ff, merge, num_quantizers)
         audio = self.synthesize(q["tokens"], merge)[:, :T]
         return CodecOutput(audio=audio, semantic_codes=q["semantic_codes"],

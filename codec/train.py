@@ -10,8 +10,9 @@ as its frozen semantic model; the ``train:`` section (:class:`CodecTrainConfig`)
 crop length, learning rates, loss weights and schedule.
 
 Schedule: the first ``warmup_fixed_steps`` steps run at fixed 12.5 Hz (threshold 1.0, no
-merging: the author's advice); after that each batch draws its threshold uniformly from the
-model's ``train_threshold_range``. ``--fixed-group K`` trains the fixed-rate baseline instead
+merging: the author's advice); after that each batch draws a target average rate uniformly
+from the model's ``train_frame_rate_range`` and each utterance is merged by the threshold that
+reaches it. ``--fixed-group K`` trains the fixed-rate baseline instead
 (every K frames merged regardless of content; K=2 → 6.25 Hz) with the same architecture and
 budget. Discriminators join at ``disc_start``.
 
@@ -174,15 +175,16 @@ def init_codec_config(init_from: str, fixed_group: int | None):
     return cfg
 
 
-def sample_threshold(step: int, tc: CodecTrainConfig, model_cfg) -> float | None:
-    """Threshold for this batch: None in fixed-group mode, 1.0 during the fixed-rate
-    warm-up, else uniform in ``train_threshold_range`` (global torch RNG, so resumable)."""
+def sample_merging(step: int, tc: CodecTrainConfig, model_cfg) -> dict:
+    """How this batch is merged, as keyword arguments of ``FlexiCodec.forward``: none in
+    fixed-group mode, threshold 1.0 (12.5 Hz) during the fixed-rate warm-up, else a target
+    ``frame_rate`` uniform in ``train_frame_rate_range`` (global torch RNG, so resumable)."""
     if model_cfg.fixed_group:
-        return None
+        return {}
     if step < tc.warmup_fixed_steps:
-        return 1.0
-    lo, hi = model_cfg.train_threshold_range
-    return float(lo + (hi - lo) * torch.rand(()).item())
+        return {"merging_threshold": 1.0}
+    lo, hi = model_cfg.train_frame_rate_range
+    return {"frame_rate": float(lo + (hi - lo) * torch.rand(()).item())}
 
 
 def compact_buffers(module: torch.nn.Module) -> None:
@@ -208,27 +210,46 @@ def _mask_audio(y: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def valid_mel_loss(model, dataset, mel_loss: MultiResolutionMelLoss, device, max_utts: int,
-                   thresholds: tuple) -> dict:
-    """Mean mel L1 on the first ``max_utts`` valid utterances at each threshold."""
+                   rates: tuple) -> dict:
+    """Mean mel L1 on the first ``max_utts`` valid utterances at each target rate (Hz; None:
+    the model's own fixed groups)."""
     from data.loaders import collate_audio
 
     was = model.training
     model.eval()
     n = min(len(dataset), max_utts)
     out = {}
-    for thr in thresholds:
-        tot, rate = 0.0, 0.0
+    for r in rates:
+        tot, achieved = 0.0, 0.0
         for i in range(n):
             batch = collate_audio([dataset[i]])
             wav = batch["wav"].to(device)
-            res = model(wav, batch["wav_lengths"].to(device), merging_threshold=thr)
+            res = model(wav, batch["wav_lengths"].to(device), frame_rate=r)
             tot += mel_loss(res.audio.float(), wav).item()
-            rate += float(res.frame_rate)
-        key = "fixed" if thr is None else f"{thr:g}"
+            achieved += float(res.frame_rate)
+        key = "fixed" if r is None else f"{r:g}Hz"
         out[f"valid_mel_{key}"] = tot / max(1, n)
-        out[f"valid_rate_{key}"] = rate / max(1, n)
+        out[f"valid_rate_{key}"] = achieved / max(1, n)
     model.train(was)
     return out
+
+
+@torch.no_grad()
+def calibrate_default_threshold(model, dataset, device, max_utts: int = 200) -> float:
+    """The global threshold whose average rate on ``dataset`` (first ``max_utts``
+    utterances) is nearest ``model.config.default_rate``."""
+    from codec import merging
+    from data.loaders import collate_audio
+
+    was = model.training
+    model.eval()
+    sims = []
+    for i in range(min(len(dataset), max_utts)):
+        batch = collate_audio([dataset[i]])
+        ff = model.frame_features(batch["wav"].to(device), batch["wav_lengths"].to(device))
+        sims.append(merging.frame_similarity(ff.target)[0].cpu())
+    model.train(was)
+    return merging.calibrate_threshold(sims, model.config.default_rate, model.config.max_group)
 
 
 def train_codec(config_path: str, data: str, run_dir: str, asr: str | None = None,
@@ -352,10 +373,10 @@ def train_codec(config_path: str, data: str, run_dir: str, asr: str | None = Non
         for batch in loader:
             wav = batch["wav"].to(accelerator.device)
             wl = batch["wav_lengths"].to(accelerator.device)
-            thr = sample_threshold(step, tc, model_cfg)
+            how = sample_merging(step, tc, model_cfg)
             use_gan = step >= tc.disc_start
             with accelerator.autocast():
-                out = model(wav, wl, merging_threshold=thr)
+                out = model(wav, wl, **how)
             y_hat = _mask_audio(match_length(out.audio.float(), wav.shape[-1]), wl)
 
             logs = {}
@@ -407,7 +428,10 @@ def train_codec(config_path: str, data: str, run_dir: str, asr: str | None = Non
                 dt = time.monotonic() - t_log
                 last = {"step": step, "epoch": epoch, "loss": g_loss.item(),
                         "mel_loss": l_mel.item(), **logs, "grad_norm": float(gnorm),
-                        "threshold": thr, "frame_rate": float(out.frame_rate),
+                        "target_rate": how.get("frame_rate"),
+                        "threshold": (float(out.threshold.float().mean())
+                                      if bool(torch.isfinite(out.threshold).all()) else None),
+                        "frame_rate": float(out.frame_rate),
                         "lr_g": sched_g.get_last_lr()[0], "samples_per_s": samples / dt,
                         "audio_s_per_s": samples * tc.segment_seconds / dt,
                         "elapsed_s": budget.elapsed()}
@@ -418,9 +442,9 @@ def train_codec(config_path: str, data: str, run_dir: str, asr: str | None = Non
                 pbar.set_postfix(mel=f"{l_mel.item():.3f}", rate=f"{float(out.frame_rate):.1f}")
                 t_log, samples = time.monotonic(), 0
             if valid_set is not None and step % tc.eval_every == 0 and main:
-                thrs = (None,) if model_cfg.fixed_group else (1.0, model_cfg.default_threshold)
+                rates = (None,) if model_cfg.fixed_group else (12.5, 6.25)
                 ev = valid_mel_loss(raw, valid_set, mel_loss, accelerator.device,
-                                    tc.max_eval_utts, thrs)
+                                    tc.max_eval_utts, rates)
                 logger.log({"step": step, **ev})
                 tqdm.write(f"[train] step {step}: " + ", ".join(f"{k} {v:.3f}"
                                                                 for k, v in ev.items()))
@@ -436,6 +460,10 @@ def train_codec(config_path: str, data: str, run_dir: str, asr: str | None = Non
         if ema is not None:
             export = copy.deepcopy(raw)
             ema.copy_to(export)
+        if valid_set is not None and not model_cfg.fixed_group:
+            thr = calibrate_default_threshold(export, valid_set, accelerator.device)
+            export.config.default_threshold = round(thr, 6)
+            print(f"[train] default_threshold {thr:.4f} (~{model_cfg.default_rate:g} Hz on valid)")
         export.float().save_pretrained(out_model)
         print(f"[train] saved codec to {out_model}{' (EMA weights)' if ema else ''}")
     accelerator.wait_for_everyone()

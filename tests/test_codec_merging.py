@@ -80,6 +80,23 @@ def test_merge_to_rate_at_or_above_base_rate_is_unmerged():
         merging.merge_to_rate(merging.frame_similarity(x), mask, 0.0, 8)
 
 
+@pytest.mark.parametrize("target", [4.0, 6.25, 8.33])
+def test_calibrated_global_threshold_reaches_pooled_rate(target):
+    x = _feats(B=4, T=120, seed=2)
+    lens = [120, 90, 60, 33]
+    sims = [merging.frame_similarity(x[i:i + 1, :n])[0] for i, n in enumerate(lens)]
+    thr = merging.calibrate_threshold(sims, target, 8)
+    # the one threshold, applied to every utterance, gives the pooled rate within a token
+    mask = _mask(lens, 120)
+    m = merging.merge_by_threshold(merging.frame_similarity(x), mask, thr, 8)
+    pooled = float(m.num_tokens.sum()) * 12.5 / sum(lens)
+    assert abs(pooled - target) <= 12.5 / sum(lens) * 2 + 1e-6, (thr, pooled)
+    # per utterance the rate varies with content (it is a threshold, not rate control)
+    assert m.frame_rate().std() > 0
+    with pytest.raises(ValueError):
+        merging.calibrate_threshold([], target, 8)
+
+
 def test_fixed_groups_and_lengths_round_trip():
     mask = _mask([10, 7], 10)
     m = merging.merge_fixed(mask, 2)

@@ -67,7 +67,12 @@ def test_tiny_codec_learns(tiny_corpus, asr_dir, tmp_path):
     rows = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if "mel_loss" in r]
     assert len(rows) == 30
     assert all(r["threshold"] == 1.0 and r["frame_rate"] == 12.5 for r in rows[:10])
-    assert all(0.8 <= r["threshold"] <= 1.0 for r in rows[10:])
+    # after the warm-up each batch draws a target rate and each utterance is merged to it
+    # (1 s crops = 13 frames: a token is 0.96 Hz, so the batch mean is within one token)
+    assert all(3.0 <= r["target_rate"] <= 12.5 for r in rows[10:])
+    assert all(abs(r["frame_rate"] - r["target_rate"]) <= 12.5 / 13 + 1e-6 for r in rows[10:])
+    assert min(r["frame_rate"] for r in rows[10:]) < 9.0     # it really merges
+    assert not any(r.get("target_rate") for r in rows[:10])
     assert all("d_loss" in r and "fm_loss" in r for r in rows[10:])
     assert not any("d_loss" in r for r in rows[:10])
     wav = _real_utterance(tiny_corpus)
@@ -77,6 +82,9 @@ def test_tiny_codec_learns(tiny_corpus, asr_dir, tmp_path):
     # the codec directory is self-contained: the ASR config travelled in
     meta = json.loads((tmp_path / "codec" / "config.json").read_text())
     assert meta["config"]["semantic"]["asr_path"] == ""
+    # the exported default threshold was calibrated to default_rate on the valid split
+    assert meta["config"]["default_threshold"] != 0.91
+    assert -1.0 <= meta["config"]["default_threshold"] < 1.0
     assert meta["config"]["semantic"]["asr_config"]["vocab"] == PhonemeASRConfig.tiny().vocab
 
 
