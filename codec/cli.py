@@ -5,7 +5,7 @@ Examples::
 
     flexicodec encode speech/ -o codes/ --frame-rate 6.25
     flexicodec decode codes/ -o decoded/
-    flexicodec reconstruct a.wav b.flac -o out/ --threshold 0.91 --num-quantizers 4
+    flexicodec reconstruct a.wav b.flac -o out/ --threshold 0.51 --num-quantizers 4
     flexicodec plot a.wav -o a.png
 """
 from __future__ import annotations

@@ -88,22 +88,73 @@ def load_utterances(data: str, split: str, max_utts: int | None) -> list[dict]:
 
 
 @torch.no_grad()
-def phoneme_error_rate(asr, audios: list, refs: list[str], device: str,
-                       batch_size: int = 16) -> float:
-    """Corpus-level phoneme error rate of ``asr`` (a PhonemeASR) on ``audios`` (float32 [T]
-    each) against IPA ``refs``: Σ edit distance / Σ reference symbols."""
+def phoneme_errors(asr, audios: list, refs: list[str], device: str,
+                   batch_size: int = 16) -> list[tuple[int, int]]:
+    """Per utterance (edit distance, reference symbols) of ``asr`` (a PhonemeASR) on
+    ``audios`` (float32 [T] each) against IPA ``refs``."""
     from codec.asr import phoneme_error_counts
 
-    errs = total = 0
+    out = []
     for i in range(0, len(audios), batch_size):
         chunk = [torch.as_tensor(np.asarray(a, dtype=np.float32)) for a in
                  audios[i:i + batch_size]]
         lengths = torch.tensor([len(a) for a in chunk])
         wav = torch.nn.utils.rnn.pad_sequence(chunk, batch_first=True).to(device)
         for hyp, ref in zip(asr.transcribe(wav, lengths.to(device)), refs[i:i + batch_size]):
-            e, n = phoneme_error_counts(hyp, ref)
-            errs, total = errs + e, total + n
-    return errs / max(1, total)
+            out.append(tuple(int(v) for v in phoneme_error_counts(hyp, ref)))
+    return out
+
+
+def phoneme_error_rate(counts: list[tuple[int, int]]) -> float:
+    """Corpus-level PER: Σ edit distance / Σ reference symbols."""
+    return sum(e for e, _ in counts) / max(1, sum(n for _, n in counts))
+
+
+def paired_bootstrap(result: dict, a: str, b: str, n_boot: int = 2000, seed: int = 0
+                     ) -> dict:
+    """Condition ``a`` minus condition ``b`` on the same utterances, with 95 % paired
+    bootstrap intervals (utterances resampled with replacement; corpus-level WER/CER/PER are
+    recomputed as ratios of sums in every resample, STOI as a mean).
+
+    Returns ``{"a", "b", "n", metric: {"delta", "ci_low", "ci_high", "p_a_better"}}`` with
+    metrics wer, cer, per (when scored) and stoi; ``p_a_better`` is the share of resamples
+    where ``a`` is better (lower error, higher STOI)."""
+    utts = result["per_utterance"]
+    n = len(utts)
+    if n == 0:
+        raise ValueError("no utterances to compare")
+
+    def counts(cond: str) -> dict[str, np.ndarray]:
+        rows = [error_counts(u["text"], u[cond]["hyp"]) for u in utts]
+        d = {"wer": np.array([[r["word_errors"], r["words"]] for r in rows], float),
+             "cer": np.array([[r["char_errors"], r["chars"]] for r in rows], float)}
+        if all(u[cond].get("phone_errors") is not None for u in utts):
+            d["per"] = np.array([[u[cond]["phone_errors"], u[cond]["phones"]] for u in utts],
+                                float)
+        st = [u[cond]["stoi"] for u in utts]
+        if all(v is not None and math.isfinite(v) for v in st):
+            d["stoi"] = np.array(st, float)
+        return d
+
+    ca, cb = counts(a), counts(b)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(n_boot, n))
+    out: dict = {"a": a, "b": b, "n": n, "resamples": n_boot}
+    for metric in ("wer", "cer", "per", "stoi"):
+        if metric not in ca or metric not in cb:
+            continue
+        if metric == "stoi":
+            stat = lambda x, i: x[i].mean(-1)                      # noqa: E731
+        else:
+            stat = lambda x, i: x[i, 0].sum(-1) / np.maximum(1, x[i, 1].sum(-1))  # noqa: E731
+        full = np.arange(n)
+        delta = float(stat(ca[metric], full) - stat(cb[metric], full))
+        boot = stat(ca[metric], idx) - stat(cb[metric], idx)
+        better = boot > 0 if metric == "stoi" else boot < 0
+        out[metric] = {"delta": delta, "ci_low": float(np.percentile(boot, 2.5)),
+                       "ci_high": float(np.percentile(boot, 97.5)),
+                       "p_a_better": float(better.mean())}
+    return out
 
 
 def bits_per_token(model, num_quantizers: int) -> float:
@@ -235,11 +286,11 @@ def evaluate_codec(model, data: str, split: str = "test",
         judge = (PhonemeASR.from_pretrained(per_asr, map_location=device)
                  if isinstance(per_asr, (str, os.PathLike)) else per_asr).to(device).eval()
         refs = [u["phonemes"] for u in utts]
-        per = {"original": phoneme_error_rate(judge, [u["audio"] for u in utts], refs, device)}
+        per = {"original": phoneme_errors(judge, [u["audio"] for u in utts], refs, device)}
         for cond in conditions:
             per[cond.name] = (
-                phoneme_error_rate(judge, [r["full"] for r in recon[cond.name]], refs, device),
-                phoneme_error_rate(judge, [r["rvq1"] for r in recon[cond.name]], refs, device))
+                phoneme_errors(judge, [r["full"] for r in recon[cond.name]], refs, device),
+                phoneme_errors(judge, [r["rvq1"] for r in recon[cond.name]], refs, device))
 
     orig_counts = [error_counts(u["text"], h) for u, h in zip(utts, orig_hyps)]
     original = aggregate_errors(orig_counts)
@@ -274,15 +325,17 @@ def evaluate_codec(model, data: str, split: str = "test",
             "rvq1_wer_rel": sem["wer"] / original["wer"] if original["wer"] > 0 else None,
             "pesq_wb": pesq_mean, "pesq_unscored": pesq_nan, "stoi": stoi_mean,
             "mel_distance": float(np.mean(mels)),
-            "per": per[cond.name][0] if per else None,
-            "rvq1_per": per[cond.name][1] if per else None,
+            "per": phoneme_error_rate(per[cond.name][0]) if per else None,
+            "rvq1_per": phoneme_error_rate(per[cond.name][1]) if per else None,
         }
         result_conditions.append(summary)
         for i, pu in enumerate(per_utt):
             pu[cond.name] = {"hyp": full_h[i], "hyp_rvq1": sem_h[i], "pesq": q[i]["pesq"],
                              "stoi": q[i]["stoi"], "mel_distance": mels[i],
-                             "tokens": rs[i]["tokens"], "frames": rs[i]["frames"]}
-    return {
+                             "tokens": rs[i]["tokens"], "frames": rs[i]["frames"],
+                             "phone_errors": per[cond.name][0][i][0] if per else None,
+                             "phones": per[cond.name][0][i][1] if per else None}
+    result = {
         "model": str(model) if isinstance(model, (str, os.PathLike)) else "<in memory>",
         "model_identity": models["model"].identity,
         "baseline": (str(baseline) if isinstance(baseline, (str, os.PathLike)) else
@@ -290,13 +343,24 @@ def evaluate_codec(model, data: str, split: str = "test",
         "data": str(data), "split": split, "utterances": n, "seconds": seconds,
         "asr_judge": "pocketsphinx en-US (fresh decoder per utterance)",
         "speaker_similarity": "not computed (no offline speaker encoder installed)",
-        "original": original, "original_per": per["original"] if per else None,
+        "original": original,
+        "original_per": phoneme_error_rate(per["original"]) if per else None,
         "per_judge": (str(per_asr) if isinstance(per_asr, (str, os.PathLike)) else
                       ("<in memory>" if per_asr is not None else None)) if per else None,
         "conditions": result_conditions,
         "codec_seconds": codec_s, "total_seconds": time.monotonic() - t0,
         "per_utterance": per_utt,
     }
+    # the paper's claim, tested: the dynamic codec at the baseline's rate vs the baseline
+    result["comparisons"] = []
+    if baseline is not None:
+        base = conditions[-1]
+        brate = models["baseline"].config.frame_rate / models["baseline"].config.fixed_group
+        same = [c for c in conditions[:-1] if c.target_rate is not None
+                and abs(c.target_rate - brate) < 0.05]
+        if same:
+            result["comparisons"].append(paired_bootstrap(result, same[0].name, base.name))
+    return result
 
 
 def _fmt(v, pct: bool = False, digits: int = 2) -> str:
@@ -332,6 +396,18 @@ def markdown_table(result: dict) -> str:
             f"{_fmt(c.get('per'), True)} | {_fmt(c.get('rvq1_per'), True)} | "
             f"{_fmt(c['pesq_wb'])} | {_fmt(c['stoi'], digits=3)} | "
             f"{_fmt(c['mel_distance'], digits=3)} |")
+    for cmp in result.get("comparisons", []):
+        lines += ["", f"**{cmp['a']} minus {cmp['b']}** (same {cmp['n']} utterances; 95 % "
+                  f"paired bootstrap interval, {cmp['resamples']} resamples; P = share of "
+                  f"resamples where the first is better):", "",
+                  "| metric | difference | 95 % interval | P(first better) |", "|---|---|---|---|"]
+        for metric in ("wer", "cer", "per", "stoi"):
+            if metric in cmp:
+                m, pct = cmp[metric], metric != "stoi"
+                unit = " points" if pct else ""
+                lines.append(f"| {metric.upper()} | {_fmt(m['delta'], pct, 3)}{unit} | "
+                             f"[{_fmt(m['ci_low'], pct, 3)}, {_fmt(m['ci_high'], pct, 3)}] | "
+                             f"{m['p_a_better']:.2f} |")
     return "\n".join(lines) + "\n"
 
 

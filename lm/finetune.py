@@ -123,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
              sum(p.numel() for p in pm.parameters()), len(train_items))
     acc = make_accelerator(tcfg.mixed_precision, tcfg.grad_accum, cpu=a.cpu)
     configure_process_logging(acc)
+    tcfg.keep_best = False        # adapters are exported from the last step
     run_dir = Path(a.run_dir) if a.run_dir else Path(str(a.out).rstrip("/") + ".run")
     res = run_training(pm, train_items, durs, valid_items, tcfg, run_dir, resume=a.resume,
                        max_minutes=a.max_minutes, accelerator=acc)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +62,9 @@ class TrainConfig:
     eval_every: int = 500
     save_every: int = 1000
     keep_checkpoints: int = 2
+    # keep the weights of the lowest eval loss (semantic + text_weight·text + length_weight·
+    # length) in RUN/best/ and export those: a small LM on hours of data overfits
+    keep_best: bool = True
     seed: int = 0
     tokenizer_vocab_size: int = 2000
     mixed_precision: str | None = None   # None: bf16 on CUDA, fp32 on CPU
@@ -78,6 +82,51 @@ def load_config(path: str | Path) -> tuple[dict, TrainConfig]:
     if bad:
         raise ValueError(f"{path}: unknown train keys {bad}; valid: {sorted(names)}")
     return d.get("model", {}) or {}, config_from_dict(TrainConfig, t)
+
+
+BEST_DIR = "best"
+
+
+def eval_objective(ev: dict, cfg: TrainConfig) -> float:
+    """The eval loss the run is selected on, weighted like the training loss."""
+    return (ev["eval_semantic_loss"] + cfg.text_weight * ev["eval_text_loss"]
+            + cfg.length_weight * ev["eval_length_loss"])
+
+
+class BestWeights:
+    """The weights at the lowest eval objective so far, in ``DIR/weights.safetensors`` +
+    ``DIR/best.json`` (step, objective), written atomically by the main process; survives
+    ``--resume`` (the record is read back)."""
+
+    def __init__(self, directory: Path):
+        self.dir = Path(directory)
+        meta = self.dir / "best.json"
+        self.record = json.loads(meta.read_text()) if meta.is_file() else None
+
+    def info(self) -> dict | None:
+        return None if self.record is None else {**self.record, "dir": str(self.dir)}
+
+    def offer(self, step: int, objective: float, model, acc) -> bool:
+        if self.record is not None and objective >= self.record["objective"]:
+            return False
+        state = acc.get_state_dict(model)          # collective under FSDP
+        if acc.is_main_process:
+            from safetensors.torch import save_file
+
+            self.dir.mkdir(parents=True, exist_ok=True)
+            tmp = self.dir / "weights.safetensors.tmp"
+            save_file({k: v.detach().to("cpu", copy=True).contiguous()   # no shared storage
+                       for k, v in state.items()}, str(tmp))
+            os.replace(tmp, self.dir / "weights.safetensors")
+            atomic_write_text(self.dir / "best.json",
+                              json.dumps({"step": step, "objective": objective}))
+        self.record = {"step": step, "objective": objective}
+        return True
+
+    def load_into(self, model: torch.nn.Module) -> None:
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(str(self.dir / "weights.safetensors")))
 
 
 @torch.no_grad()
@@ -189,6 +238,7 @@ def run_training(model: torch.nn.Module, train_items: list[LayoutItem], train_du
     if not train_items:
         raise ValueError("no training examples")
     budget = TimeBudget(max_minutes)
+    best = BestWeights(run_dir / BEST_DIR)
     win_tokens, win_audio, win_t = 0, 0.0, time.time()
     bar = tqdm(total=total, initial=step, disable=not acc.is_main_process, desc="lm train")
     model.train()
@@ -242,6 +292,8 @@ def run_training(model: torch.nn.Module, train_items: list[LayoutItem], train_du
                 logger.log({"step": step, **ev})
                 last.update(ev)
                 log.info("step %d eval %s", step, ev)
+                if cfg.keep_best:
+                    best.offer(step, eval_objective(ev, cfg), model, acc)
             if step % cfg.save_every == 0 or step == total:
                 save()
             budget.tick()
@@ -262,7 +314,7 @@ def run_training(model: torch.nn.Module, train_items: list[LayoutItem], train_du
     bar.close()
     full = acc.get_state_dict(model) if fsdp else None    # collective under FSDP
     return {**last, "step": step, "stopped": stopped, "model": acc.unwrap_model(model),
-            "state_dict": full}
+            "state_dict": full, "best": best.info()}
 
 
 def prepare_run(config_path: str, data: str, run_dir: Path, tokenizer: str | None,
@@ -318,6 +370,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resume", action="store_true")
     p.add_argument("--out-model", default=None, help="default RUN/model")
     p.add_argument("--valid-split", default="valid", help="eval split of the data")
+    p.add_argument("--export", choices=["best", "last"], default="best",
+                   help="weights written to --out-model: the lowest eval loss (train.keep_best)"
+                        " or the last step")
     p.add_argument("--cpu", action="store_true", help="force CPU")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -348,8 +403,15 @@ def main(argv: list[str] | None = None) -> int:
         if res["state_dict"] is not None:           # FSDP: gathered full weights
             final = SpeechLM(mcfg)
             final.load_state_dict(res["state_dict"])
-        final.save_pretrained(out, tokenizer_path=tok.path)
-        print(f"wrote {out} (step {res['step']}, stopped: {res['stopped']})")
+        which = f"step {res['step']}"
+        if a.export == "best" and res.get("best"):
+            final = SpeechLM(mcfg)
+            BestWeights(run_dir / BEST_DIR).load_into(final)
+            which = (f"best eval at step {res['best']['step']} (objective "
+                     f"{res['best']['objective']:.4f}) of {res['step']}")
+        final.save_pretrained(out, tokenizer_path=tok.path,
+                              extra={"exported": which})
+        print(f"wrote {out} ({which}, stopped: {res['stopped']})")
     acc.wait_for_everyone()
     summary = {k: v for k, v in res.items() if k not in ("model", "state_dict")}
     print(json.dumps(summary))

@@ -83,9 +83,44 @@ def test_evaluate_tiny_codec(tiny_corpus, tmp_path):
     assert data["per_judge"] and data["original_per"] < 0.35
     assert all(c["per"] > data["original_per"] and c["rvq1_per"] is not None
                for c in data["conditions"])
+    # per-utterance phoneme counts sum to the corpus PER
+    pu = data["per_utterance"]
+    errs = sum(u["flexicodec@6.25Hz"]["phone_errors"] for u in pu)
+    assert errs / sum(u["flexicodec@6.25Hz"]["phones"] for u in pu) == pytest.approx(low["per"])
+    # the dynamic codec at the baseline's rate is compared with it, utterance by utterance
+    (cmp,) = data["comparisons"]
+    assert cmp["a"] == "flexicodec@6.25Hz" and cmp["b"].startswith("fixed-rate baseline")
+    assert cmp["per"]["delta"] == pytest.approx(low["per"] - base["per"])
+    for m in ("wer", "cer", "per"):
+        assert cmp[m]["ci_low"] <= cmp[m]["delta"] + 1e-9 <= cmp[m]["ci_high"] + 2e-9
     table = mpath.read_text()
     assert "| flexicodec@12.5Hz |" in table and "fixed-rate baseline" in table
-    assert "PER %" in table
+    assert "PER %" in table and "paired bootstrap" in table
     with pytest.raises(ValueError, match="fixed-rate"):
         evaluate_codec(model, str(tiny_corpus), "valid", [12.5], baseline=model, max_utts=1,
                        workers=1, device="cpu", progress=False)
+
+
+def test_paired_bootstrap_on_known_differences():
+    from codec.evaluate import paired_bootstrap
+    texts = ["the cat sat on the mat", "a dog ran far away", "it is cold today",
+             "we like green tea", "they went home early"]
+    utts = []
+    for i, t in enumerate(texts):
+        worse = " ".join(t.split()[:-1])                  # one deleted word per utterance
+        utts.append({"text": t,
+                     "same": {"hyp": t, "stoi": 0.9, "phone_errors": 0, "phones": 10},
+                     "good": {"hyp": t, "stoi": 0.9, "phone_errors": 1, "phones": 10},
+                     "bad": {"hyp": worse, "stoi": 0.8, "phone_errors": 3, "phones": 10}})
+    res = {"per_utterance": utts}
+    c = paired_bootstrap(res, "good", "bad", n_boot=500)
+    n_words = sum(len(t.split()) for t in texts)
+    assert c["wer"]["delta"] == pytest.approx(-len(texts) / n_words)
+    assert c["wer"]["p_a_better"] == 1.0 and c["wer"]["ci_high"] < 0
+    assert c["per"]["delta"] == pytest.approx(-0.2) and c["per"]["p_a_better"] == 1.0
+    assert c["stoi"]["delta"] == pytest.approx(0.1) and c["stoi"]["p_a_better"] == 1.0
+    same = paired_bootstrap(res, "good", "same", n_boot=200)
+    assert same["wer"]["delta"] == 0 and same["wer"]["ci_low"] == same["wer"]["ci_high"] == 0
+    assert same["wer"]["p_a_better"] == 0.0
+    with pytest.raises(ValueError):
+        paired_bootstrap({"per_utterance": []}, "good", "bad")

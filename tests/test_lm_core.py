@@ -186,3 +186,29 @@ def test_resume_continues_to_same_weights(tmp_path):
     for (k, a), (_, b) in zip(full["model"].state_dict().items(),
                               resumed["model"].state_dict().items()):
         assert torch.allclose(a, b, atol=1e-6), k
+
+
+def test_best_eval_weights_are_kept_and_reload(tmp_path):
+    from lm.train import BEST_DIR, BestWeights, eval_objective, evaluate
+    train = synthetic_utts(4, seed=7)
+    held = synthetic_utts(4, seed=99)          # unrelated: the eval loss turns up as it overfits
+    m = tiny_lm(seed=0)
+    items = [build_sequence(m.vocab, t, 6.25, c, n) for t, c, n in train]
+    valid = [build_sequence(m.vocab, t, 6.25, c, n) for t, c, n in held]
+    cfg = TrainConfig(lr=3e-3, warmup_steps=10, max_steps=120, batch_tokens=4096, max_batch=8,
+                      log_every=10, eval_every=10, save_every=60, weight_decay=0.0,
+                      mixed_precision="no")
+    res = run_training(m.train(), items, [1.0] * 4, valid, cfg, tmp_path / "run")
+    logs = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    evals = [(r["step"], eval_objective(r, cfg)) for r in logs if "eval_semantic_loss" in r]
+    step, obj = min(evals, key=lambda e: e[1])
+    assert res["best"]["step"] == step and res["best"]["objective"] == pytest.approx(obj)
+    assert step < 120                       # it did overfit: the last step is not the best
+    best = tiny_lm(seed=1)
+    BestWeights(tmp_path / "run" / BEST_DIR).load_into(best)
+    again = evaluate(best, valid, cfg, torch.device("cpu"))
+    assert eval_objective(again, cfg) == pytest.approx(obj, rel=1e-5)
+    # the record survives a restart (resume) and only a lower objective replaces it
+    record = BestWeights(tmp_path / "run" / BEST_DIR)
+    assert record.info()["step"] == step
+    assert not record.offer(999, obj + 1.0, best, None)

@@ -9,7 +9,9 @@
 #           side (same config, same wall clock), pack both into $OUT/codecs.tar.part-*
 #   call 3  (no carry)                  STEP=tts     tokenize the corpus with the packed
 #           (fp16) dynamic codec, train LM + acoustic stage side by side, fp16 exports into
-#           $OUT/tts.tar.part-*
+#           $OUT/tts.tar.part-*; repeat STEP=tts to resume both for another call
+# On a fresh machine STEP=tts needs the corpus (STEP=corpus) and the packed dynamic codec as
+# parts: here (cd DIR && tar czf - codec_dynamic.safetensors | split -b 15M - codec_dyn.tar.part-)
 # Parts from every call's .carry/* are reassembled from $W/parts (ignored paths stay on the
 # warm machine between calls).
 source scripts/device/common.sh
@@ -36,7 +38,7 @@ train)
   log "continuing dynamic codec and fixed-rate baseline for $M min each, concurrently"
   for n in dyn fix; do
     python3 -m codec.train --config configs/codec/small_continue.yaml --data "$W/corpus" \
-      --run-dir "$W/cont_$n" --init-from "$W/${n}_in" --max-minutes "$M" \
+      --run-dir "$W/cont_$n" --init-from "$W/${n}_in" --resume --max-minutes "$M" \
       --out-model "$W/${n}_model" > "$W/cont_$n.log" 2>&1 &
     eval "P_$n=$!"
   done
@@ -57,21 +59,29 @@ train)
   ;;
 tts)
   # the LM records the identity of the codec it was trained on: tokenize with the fp16 weights
-  # that ship (packed, then unpacked with the ASR), not the fp32 export
-  python3 scripts/device/transport.py unpack "$W/pack/codec_dynamic.safetensors" "$ASR" \
-    "$W/codec_ship"
-  log "tokenizing the corpus at 12.5 / 8.33 / 6.25 Hz"
-  python3 -m lm.cli tokenize --data "$W/corpus" --codec "$W/codec_ship" \
-    --frame-rate 12.5 8.33 6.25 --out "$W/tok" --num-workers 12 2>&1 | grep -a -v "it/s\]" | tail -n 6
+  # that ship (packed, then unpacked with the ASR), not the fp32 export. On a fresh machine
+  # the packed dynamic codec comes in parts (.carry/*/codec_dyn.tar.part-*).
+  if [ ! -f "$W/pack/codec_dynamic.safetensors" ]; then
+    mkdir -p "$W/pack" && cat "$W"/parts/codec_dyn.tar.part-* | tar xz -C "$W/pack" \
+      || { echo "no packed dynamic codec"; exit 1; }
+  fi
+  if [ ! -f "$W/tok.done" ]; then
+    python3 scripts/device/transport.py unpack "$W/pack/codec_dynamic.safetensors" "$ASR" \
+      "$W/codec_ship"
+    log "tokenizing the corpus at 12.5 / 8.33 / 6.25 Hz"
+    python3 -m lm.cli tokenize --data "$W/corpus" --codec "$W/codec_ship" \
+      --frame-rate 12.5 8.33 6.25 --out "$W/tok" --num-workers 12 2>&1 \
+      | grep -a -v "it/s\]" | tail -n 6 && touch "$W/tok.done"
+  fi
   M=$(left_min "${RESERVE:-60}")
   log "training LM and acoustic stage for $M min, concurrently"
   python3 -m lm.cli train --config configs/lm/small.yaml \
-    --data "$W/tok/rate_12.5,$W/tok/rate_8.33,$W/tok/rate_6.25" --run-dir "$W/lm" \
+    --data "$W/tok/rate_12.5,$W/tok/rate_8.33,$W/tok/rate_6.25" --run-dir "$W/lm" --resume \
     --max-steps "${LM_STEPS:-6500}" --max-minutes "$M" --out-model "$W/lm_model" \
     > "$W/lm.log" 2>&1 &
   P1=$!
   python3 -m tts.cli train-acoustic --config configs/tts/acoustic_small.yaml --data "$W/tok" \
-    --run-dir "$W/ac" --max-steps "${AC_STEPS:-9000}" --max-minutes "$M" --out "$W/ac_model" \
+    --run-dir "$W/ac" --resume --max-steps "${AC_STEPS:-9000}" --max-minutes "$M" --out "$W/ac_model" \
     > "$W/ac.log" 2>&1 &
   P2=$!
   sleep 90; nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
