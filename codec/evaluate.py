@@ -1,7 +1,8 @@
 """Evaluate FlexiCodec like the paper: intelligibility and quality at several frame rates.
 
     flexicodec eval --model DIR --data CORPUS --split test|test_unseen \
-        --rates 12.5,8.3,6.25,4 [--baseline DIR] [--max-utts N] [--workers W] -o OUT_PREFIX
+        --rates 12.5,8.3,6.25,4 [--thresholds T,...] [--baseline DIR] [--max-utts N] \
+        [--workers W] -o OUT_PREFIX
 
 writes ``OUT_PREFIX.json`` (everything, per utterance too) and ``OUT_PREFIX.md`` (table).
 
@@ -49,7 +50,8 @@ SAMPLE_RATE = 16000
 class Condition:
     name: str
     model_key: str                # "model" or "baseline"
-    target_rate: float | None     # None: the model's fixed rate
+    target_rate: float | None     # None: the model's fixed rate (or ``threshold``)
+    threshold: float | None = None  # one merging threshold for every utterance
 
 
 def parse_rates(text: str) -> list[float]:
@@ -167,10 +169,14 @@ def bits_per_token(model, num_quantizers: int) -> float:
 
 
 @torch.no_grad()
-def reconstruct(model, audio: np.ndarray, target_rate: float | None) -> dict:
+def reconstruct(model, audio: np.ndarray, target_rate: float | None,
+                threshold: float | None = None) -> dict:
     """Encode one utterance at ``target_rate`` (12.5 → threshold 1.0; None → the model's
-    fixed group) and decode it twice: all quantizers and semantic-only (RVQ-1)."""
-    if target_rate is None:
+    fixed group, or ``threshold`` when given) and decode it twice: all quantizers and
+    semantic-only (RVQ-1)."""
+    if threshold is not None:
+        codes = model.encode(audio, SAMPLE_RATE, merging_threshold=threshold)
+    elif target_rate is None:
         codes = model.encode(audio, SAMPLE_RATE)
     elif target_rate >= 12.5:
         codes = model.encode(audio, SAMPLE_RATE, merging_threshold=1.0)
@@ -214,7 +220,7 @@ def evaluate_codec(model, data: str, split: str = "test",
                    rates: tuple | list = (12.5, 8.3, 6.25, 4.0), baseline=None,
                    max_utts: int | None = None, workers: int | None = None,
                    device: str | None = None, progress: bool = True,
-                   per_asr=None) -> dict:
+                   per_asr=None, thresholds: tuple | list = ()) -> dict:
     """Evaluate a codec (a :class:`codec.model.FlexiCodec` or its directory) and optionally a
     fixed-rate ``baseline`` on ``split`` of corpus ``data``. Returns the result dict written
     by :func:`write_report` (``conditions``: one summary per condition; ``original``: the
@@ -223,7 +229,11 @@ def evaluate_codec(model, data: str, split: str = "test",
     ``per_asr`` (a PhonemeASR or its directory): also report its phoneme error rate (PER)
     against the corpus phonemes — an in-domain judge with more resolution than pocketsphinx
     on our synthetic voices, but not an independent one (the codecs' semantic stream is
-    distilled from the same recognizer)."""
+    distilled from the same recognizer).
+
+    ``thresholds``: also run the model with one global merging threshold each (the paper's
+    inference mode: utterances get different rates by content), next to the per-utterance
+    target-rate search of ``rates``."""
     from codec.model import FlexiCodec
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -239,6 +249,8 @@ def evaluate_codec(model, data: str, split: str = "test",
         m.to(device).eval()
     rates = [float(r) for r in rates]
     conditions = [Condition(f"flexicodec@{r:g}Hz", "model", r) for r in rates]
+    conditions += [Condition(f"flexicodec@thr{t:g}", "model", None, float(t))
+                   for t in thresholds]
     if baseline is not None:
         k = models["baseline"].config.fixed_group
         rate = models["baseline"].config.frame_rate / k
@@ -252,7 +264,7 @@ def evaluate_codec(model, data: str, split: str = "test",
     recon: dict[str, list[dict]] = {}
     for cond in conditions:
         m = models[cond.model_key]
-        recon[cond.name] = [reconstruct(m, u["audio"], cond.target_rate)
+        recon[cond.name] = [reconstruct(m, u["audio"], cond.target_rate, cond.threshold)
                             for u in tqdm(utts, desc=f"codec {cond.name}",
                                           disable=not progress, leave=False)]
     codec_s = time.monotonic() - t0
@@ -314,6 +326,7 @@ def evaluate_codec(model, data: str, split: str = "test",
         n_q = rs[0]["n_q"]
         summary = {
             "condition": cond.name, "target_rate": cond.target_rate,
+            "threshold": cond.threshold,
             "frame_rate": rate, "n_q": n_q,
             "bitrate_bps": bits_per_token(m, n_q) * rate,
             "bitrate_rvq1_bps": bits_per_token(m, 0) * rate,
@@ -358,8 +371,8 @@ def evaluate_codec(model, data: str, split: str = "test",
         brate = models["baseline"].config.frame_rate / models["baseline"].config.fixed_group
         same = [c for c in conditions[:-1] if c.target_rate is not None
                 and abs(c.target_rate - brate) < 0.05]
-        if same:
-            result["comparisons"].append(paired_bootstrap(result, same[0].name, base.name))
+        for c in same[:1] + [c for c in conditions[:-1] if c.threshold is not None]:
+            result["comparisons"].append(paired_bootstrap(result, c.name, base.name))
     return result
 
 
@@ -427,6 +440,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", required=True, help="corpus directory")
     p.add_argument("--split", default="test", choices=["train", "valid", "test", "test_unseen"])
     p.add_argument("--rates", default="12.5,8.3,6.25,4", help="target frame rates in Hz")
+    p.add_argument("--thresholds", default="",
+                   help="also evaluate these global merging thresholds (comma separated), "
+                        "each compared with the baseline")
     p.add_argument("--baseline", default=None, help="fixed-rate codec directory")
     p.add_argument("--max-utts", type=int, default=None)
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
@@ -438,7 +454,8 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     per_asr = None if a.per_asr == "none" else a.per_asr
     result = evaluate_codec(a.model, a.data, a.split, parse_rates(a.rates), a.baseline,
-                            a.max_utts, a.workers, a.device, per_asr=per_asr)
+                            a.max_utts, a.workers, a.device, per_asr=per_asr,
+                            thresholds=[float(t) for t in a.thresholds.split(",") if t.strip()])
     jpath, mpath = write_report(result, a.out)
     print(markdown_table(result))
     print(f"wrote {jpath} and {mpath}")

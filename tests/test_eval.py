@@ -59,11 +59,15 @@ def test_evaluate_tiny_codec(tiny_corpus, tmp_path):
 
     res = evaluate_codec(str(tmp_path / "codec"), str(tiny_corpus), "train", [12.5, 6.25],
                          baseline=str(tmp_path / "base"), max_utts=2, workers=2,
-                         device="cpu", progress=False, per_asr="auto")
+                         device="cpu", progress=False, per_asr="auto", thresholds=[-1.0])
     jpath, mpath = write_report(res, tmp_path / "out" / "eval")
     data = json.loads(jpath.read_text())
-    assert data["utterances"] == 2 and len(data["conditions"]) == 3
-    full, low, base = data["conditions"]
+    assert data["utterances"] == 2 and len(data["conditions"]) == 4
+    full, low, thr, base = data["conditions"]
+    # a global threshold of -1 merges everything it may: groups of max_group (8) frames
+    assert thr["condition"] == "flexicodec@thr-1" and thr["threshold"] == -1.0
+    assert all(u["flexicodec@thr-1"]["tokens"] == -(-u["flexicodec@thr-1"]["frames"] // 8)
+               for u in data["per_utterance"])
     assert full["frame_rate"] == pytest.approx(12.5, abs=0.01)
     assert base["frame_rate"] == pytest.approx(6.25, abs=0.6)
     assert low["frame_rate"] < 10.0
@@ -88,8 +92,9 @@ def test_evaluate_tiny_codec(tiny_corpus, tmp_path):
     errs = sum(u["flexicodec@6.25Hz"]["phone_errors"] for u in pu)
     assert errs / sum(u["flexicodec@6.25Hz"]["phones"] for u in pu) == pytest.approx(low["per"])
     # the dynamic codec at the baseline's rate is compared with it, utterance by utterance
-    (cmp,) = data["comparisons"]
+    cmp, cmp_thr = data["comparisons"]
     assert cmp["a"] == "flexicodec@6.25Hz" and cmp["b"].startswith("fixed-rate baseline")
+    assert cmp_thr["a"] == "flexicodec@thr-1" and cmp_thr["b"] == cmp["b"]
     assert cmp["per"]["delta"] == pytest.approx(low["per"] - base["per"])
     for m in ("wer", "cer", "per"):
         assert cmp[m]["ci_low"] <= cmp[m]["delta"] + 1e-9 <= cmp[m]["ci_high"] + 2e-9
