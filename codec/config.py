@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 import yaml
 
 from codec.pretrained import config_from_dict
@@ -128,6 +129,12 @@ class FlexiCodecConfig:
         if self.latent_dim % self.transformer_heads or \
                 (self.latent_dim // self.transformer_heads) % 2:
             raise ValueError("latent_dim / transformer_heads must be an even integer (RoPE)")
+
+    def draw_train_rate(self) -> float:
+        """A training batch's target average rate (Hz): uniform in ``train_frame_rate_range``,
+        from the global torch RNG (so a resumed run draws the same)."""
+        lo, hi = self.train_frame_rate_range
+        return float(lo + (hi - lo) * torch.rand(()).item())
 
     @property
     def hop_size(self) -> int:

@@ -335,8 +335,7 @@ class FlexiCodec(nn.Module, PretrainedMixin):
             if c.fixed_group:
                 return merging.merge_fixed(ff.frame_mask, c.fixed_group)
             if self.training:
-                lo, hi = c.train_frame_rate_range
-                frame_rate = lo + (hi - lo) * float(torch.rand(()))
+                frame_rate = c.draw_train_rate()
             else:
                 merging_threshold = c.default_threshold
         sim = merging.frame_similarity(ff.target)

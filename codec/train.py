@@ -183,8 +183,7 @@ def sample_merging(step: int, tc: CodecTrainConfig, model_cfg) -> dict:
         return {}
     if step < tc.warmup_fixed_steps:
         return {"merging_threshold": 1.0}
-    lo, hi = model_cfg.train_frame_rate_range
-    return {"frame_rate": float(lo + (hi - lo) * torch.rand(()).item())}
+    return {"frame_rate": model_cfg.draw_train_rate()}
 
 
 def compact_buffers(module: torch.nn.Module) -> None:
@@ -246,8 +245,13 @@ def calibrate_default_threshold(model, dataset, device, max_utts: int = 200) -> 
     sims = []
     for i in range(min(len(dataset), max_utts)):
         batch = collate_audio([dataset[i]])
-        ff = model.frame_features(batch["wav"].to(device), batch["wav_lengths"].to(device))
-        sims.append(merging.frame_similarity(ff.target)[0].cpu())
+        n = int(batch["wav_lengths"][0])
+        wav = batch["wav"][:, :n].to(device)                                # [1, n]
+        hop = model.config.hop_size
+        frames = -(-n // hop)
+        padded = torch.nn.functional.pad(wav, (0, frames * hop - n))
+        target = model.semantic_targets(padded, torch.tensor([frames], device=device))
+        sims.append(merging.frame_similarity(target)[0].cpu())     # no encoder pass needed
     model.train(was)
     return merging.calibrate_threshold(sims, model.config.default_rate, model.config.max_group)
 

@@ -9,9 +9,7 @@ and cosine decay, gradient clipping, phoneme error rate (PER) on the valid split
 checkpoints/resume through :class:`codec.training.CheckpointManager`, ``metrics.jsonl``.
 The vocabulary is built from the train split once and stored in ``RUN/asr_config.json`` so
 a resumed run uses the same one. The end result is written with ``save_pretrained``.
-
-This module also holds the small pieces both trainers share (:class:`TimeBudget`,
-:func:`epoch_batches`, :func:`load_yaml`).
+The helpers every trainer shares live in :mod:`codec.training`.
 """
 from __future__ import annotations
 
@@ -32,9 +30,6 @@ from codec.training import (CheckpointManager, JsonlLogger, TimeBudget, cuda_mem
                              lr_lambda, make_accelerator, make_loader, seed_everything)
 
 
-# --------------------------------------------------------------------------------------------
-# shared trainer helpers
-# --------------------------------------------------------------------------------------------
 @dataclass
 class SpecAugmentConfig:
     freq_masks: int = 2

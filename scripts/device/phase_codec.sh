@@ -34,11 +34,6 @@ for n in dyn fix; do
   cp "$W/codec_$n/metrics.jsonl" "$OUT/codec_${n}_metrics.jsonl" 2>/dev/null
 done
 if [ "${FINAL:-0}" = 1 ]; then
-  mkdir -p "$W/pack"
-  python3 scripts/device/transport.py pack "$W/codec_dyn_model" "$W/pack/codec_dynamic.safetensors"
-  python3 scripts/device/transport.py pack "$W/codec_fix_model" "$W/pack/codec_fixed2.safetensors"
-  (cd "$W/pack" && tar czf - codec_dynamic.safetensors codec_fixed2.safetensors) \
-    | split -b 15M - "$OUT/codecs.tar.part-"
-  ls -la "$OUT"
+  pack_codecs "$W/codec_dyn_model" "$W/codec_fix_model"
 fi
 log "done"

@@ -50,12 +50,7 @@ train)
     cp "$W/cont_$n/metrics.jsonl" "$OUT/cont_${n}_metrics.jsonl" 2>/dev/null
   done
   [ "$R1" = 0 ] && [ "$R2" = 0 ] || { echo "a trainer failed: nothing packed"; exit 1; }
-  mkdir -p "$W/pack"
-  python3 scripts/device/transport.py pack "$W/dyn_model" "$W/pack/codec_dynamic.safetensors"
-  python3 scripts/device/transport.py pack "$W/fix_model" "$W/pack/codec_fixed2.safetensors"
-  (cd "$W/pack" && tar czf - codec_dynamic.safetensors codec_fixed2.safetensors) \
-    | split -b 15M - "$OUT/codecs.tar.part-"
-  ls -la "$OUT"
+  pack_codecs "$W/dyn_model" "$W/fix_model"
   ;;
 tts)
   # the LM records the identity of the codec it was trained on: tokenize with the fp16 weights
