@@ -38,10 +38,22 @@ def make_activation(name: str, channels: int) -> nn.Module:
 
 def _conv(cin: int, cout: int, k: int, stride: int = 1, dilation: int = 1,
           padding: int | None = None) -> nn.Module:
+    """Weight-normalised conv, He-initialised (normal, fan-in, gain √2) with zero bias.
+
+    PyTorch's default conv init (uniform, gain 1/√3) shrinks the signal by ~√3 at every
+    layer while the biases do not shrink, so at initialisation this encoder's output was a
+    near-constant bias vector (output std 0.015 against a mean of 0.043 for 0.1-rms input):
+    the acoustic path sat on a long plateau, the RVQ codebooks collapsed onto a few codes and
+    the decoder learnt to ignore them (the first shipped codecs decoded equally well with 0 or
+    8 acoustic quantizers). With this init the signal reaches the latent and an
+    encoder–decoder without quantizers starts learning at once (docs/ARCHITECTURE.md).
+    """
     if padding is None:
         padding = dilation * (k - 1) // 2
-    return weight_norm(nn.Conv1d(cin, cout, k, stride=stride, dilation=dilation,
-                                 padding=padding))
+    conv = nn.Conv1d(cin, cout, k, stride=stride, dilation=dilation, padding=padding)
+    nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+    nn.init.zeros_(conv.bias)
+    return weight_norm(conv)
 
 
 class ResidualUnit(nn.Module):

@@ -189,9 +189,25 @@ def reconstruct(model, audio: np.ndarray, target_rate: float | None,
                                   codes.token_lengths)[0, :n]
     tokens = int(codes.token_mask[0].sum())
     return {"full": _pad_to(full.float().cpu().numpy(), n),
+            "acoustic_codes": codes.acoustic_codes[0, :, :tokens].cpu().numpy(),
             "rvq1": _pad_to(sem.float().cpu().numpy(), n),
             "tokens": tokens, "frames": int(codes.num_frames[0]),
             "n_q": int(codes.acoustic_codes.shape[1])}
+
+
+def codebook_usage(codes: list[np.ndarray], codebook_size: int) -> list[dict]:
+    """Per RVQ stage over all utterances' acoustic codes (each [n_q, T']): distinct codes
+    used and the code distribution's perplexity (2^entropy; ``codebook_size`` = uniform).
+    A stage whose perplexity is near 1 carries almost no information."""
+    if not codes or codes[0].shape[0] == 0:
+        return []
+    cat = np.concatenate(codes, axis=1)
+    out = []
+    for stage in cat:
+        p = np.bincount(stage, minlength=codebook_size) / max(1, stage.size)
+        nz = p[p > 0]
+        out.append({"used": int(len(nz)), "perplexity": float(2 ** -(nz * np.log2(nz)).sum())})
+    return out
 
 
 def _pad_to(x: np.ndarray, n: int) -> np.ndarray:
@@ -323,6 +339,7 @@ def evaluate_codec(model, data: str, split: str = "test",
         pesq_mean, pesq_nan = _nanmean([x["pesq"] for x in q])
         stoi_mean, _ = _nanmean([x["stoi"] for x in q])
         mels = [mel_distance(u["audio"], r["full"]) for u, r in zip(utts, rs)]
+        mels_rvq1 = [mel_distance(u["audio"], r["rvq1"]) for u, r in zip(utts, rs)]
         n_q = rs[0]["n_q"]
         summary = {
             "condition": cond.name, "target_rate": cond.target_rate,
@@ -338,6 +355,9 @@ def evaluate_codec(model, data: str, split: str = "test",
             "rvq1_wer_rel": sem["wer"] / original["wer"] if original["wer"] > 0 else None,
             "pesq_wb": pesq_mean, "pesq_unscored": pesq_nan, "stoi": stoi_mean,
             "mel_distance": float(np.mean(mels)),
+            "rvq1_mel_distance": float(np.mean(mels_rvq1)),
+            "codebook_usage": codebook_usage([r["acoustic_codes"] for r in rs],
+                                             m.config.rvq_codebook_size),
             "per": phoneme_error_rate(per[cond.name][0]) if per else None,
             "rvq1_per": phoneme_error_rate(per[cond.name][1]) if per else None,
         }
@@ -382,6 +402,10 @@ def _fmt(v, pct: bool = False, digits: int = 2) -> str:
     return f"{100 * v:.1f}" if pct else f"{v:.{digits}f}"
 
 
+def _fmt_usage(usage: list[dict] | None) -> str:
+    return " ".join(f"{u['perplexity']:.0f}" for u in usage) if usage else "–"
+
+
 def markdown_table(result: dict) -> str:
     o = result["original"]
     lines = [
@@ -398,8 +422,9 @@ def markdown_table(result: dict) -> str:
     lines += [
         "",
         "| condition | rate (Hz) | kbps | WER % | CER % | WER / orig | RVQ-1 WER % | "
-        "RVQ-1 CER % | PER % | RVQ-1 PER % | PESQ-WB | STOI | mel dist |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "RVQ-1 CER % | PER % | RVQ-1 PER % | PESQ-WB | STOI | mel dist | RVQ-1 mel dist | "
+        "RVQ perplexity (stage 1..n) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in result["conditions"]:
         lines.append(
@@ -408,7 +433,8 @@ def markdown_table(result: dict) -> str:
             f"{_fmt(c['rvq1_wer'], True)} | {_fmt(c['rvq1_cer'], True)} | "
             f"{_fmt(c.get('per'), True)} | {_fmt(c.get('rvq1_per'), True)} | "
             f"{_fmt(c['pesq_wb'])} | {_fmt(c['stoi'], digits=3)} | "
-            f"{_fmt(c['mel_distance'], digits=3)} |")
+            f"{_fmt(c['mel_distance'], digits=3)} | {_fmt(c.get('rvq1_mel_distance'), digits=3)} | "
+            f"{_fmt_usage(c.get('codebook_usage'))} |")
     for cmp in result.get("comparisons", []):
         lines += ["", f"**{cmp['a']} minus {cmp['b']}** (same {cmp['n']} utterances; 95 % "
                   f"paired bootstrap interval, {cmp['resamples']} resamples; P = share of "

@@ -77,6 +77,11 @@ def test_evaluate_tiny_codec(tiny_corpus, tmp_path):
     assert full["bitrate_rvq1_bps"] < full["bitrate_bps"]
     for c in data["conditions"]:
         assert 0 <= c["wer"] and 0 <= c["rvq1_wer"] and c["mel_distance"] > 0
+        assert c["rvq1_mel_distance"] > 0
+        # tiny codecs have 2 stages of 64 codes: usage per stage, perplexity in [1, used]
+        assert len(c["codebook_usage"]) == 2
+        assert all(1 <= u["used"] <= 64 and 1 - 1e-9 <= u["perplexity"] <= u["used"] + 1e-9
+                   for u in c["codebook_usage"])
         assert c["stoi"] is None or c["stoi"] < 0.9      # an untrained codec is not clean
     assert 0 <= data["original"]["wer"] < 1.0
     # an untrained codec destroys intelligibility relative to the originals
@@ -129,3 +134,13 @@ def test_paired_bootstrap_on_known_differences():
     assert same["wer"]["p_a_better"] == 0.0
     with pytest.raises(ValueError):
         paired_bootstrap({"per_utterance": []}, "good", "bad")
+
+
+def test_codebook_usage_perplexity():
+    from codec.evaluate import codebook_usage
+    uniform = np.arange(64).reshape(1, 64).repeat(2, 0)
+    uniform[1] = 5                                           # stage 2: one code only
+    u = codebook_usage([uniform[:, :32], uniform[:, 32:]], 64)
+    assert u[0] == {"used": 64, "perplexity": pytest.approx(64.0)}
+    assert u[1] == {"used": 1, "perplexity": pytest.approx(1.0)}
+    assert codebook_usage([np.zeros((0, 7), dtype=np.int64)], 64) == []
