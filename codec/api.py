@@ -152,3 +152,26 @@ def group_boundaries(model: FlexiCodec, path: str | os.PathLike, threshold=None,
     wav, sr = load_audio(path, model.sample_rate)
     codes = model.encode(wav, sr, merging_threshold=threshold, frame_rate=frame_rate)
     return wav, codes.token_lengths[0].cpu().numpy(), codes
+
+
+def calibrate_threshold_on_corpus(model: FlexiCodec, data: str | os.PathLike,
+                                  split: str = "valid", frame_rate: float = 6.25,
+                                  max_utts: int = 200, device: str = "cpu") -> dict:
+    """The one global merging threshold whose average rate, pooled over the first
+    ``max_utts`` utterances of ``split``, is nearest ``frame_rate`` (Hz) — the paper's
+    inference mode, where each utterance then gets its own rate by content. Returns
+    ``{"threshold", "frame_rate" (achieved, pooled), "target_rate", "utterances"}``."""
+    from codec import merging
+    from codec.train import corpus_similarities
+    from data.loaders import AudioDataset, load_corpus
+
+    if max_utts < 1:
+        raise ValueError(f"max_utts must be >= 1, got {max_utts}")
+    ds = load_corpus(data, split=split, sample_rate=model.sample_rate, check="header",
+                     progress=False)
+    sims = corpus_similarities(model, AudioDataset(ds, sample_rate=model.sample_rate), device,
+                               max_utts)
+    thr = merging.calibrate_threshold(sims, frame_rate, model.max_group)
+    return {"threshold": round(thr, 6), "target_rate": frame_rate,
+            "frame_rate": merging.pooled_rate(sims, thr, model.max_group),
+            "utterances": len(sims), "split": split}

@@ -7,6 +7,7 @@ Examples::
     flexicodec decode codes/ -o decoded/
     flexicodec reconstruct a.wav b.flac -o out/ --threshold 0.51 --num-quantizers 4
     flexicodec plot a.wav -o a.png
+    flexicodec calibrate --data corpus/ --frame-rate 6.25     # → {"threshold": ..., ...}
 """
 from __future__ import annotations
 
@@ -58,6 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", required=True, help="output .png")
     _add_rate(p, quantizers=False)
     _add_common(p)
+    p = sub.add_parser("calibrate", help="the global merging threshold that gives a target "
+                       "average rate on a corpus split (pooled over its utterances)")
+    p.add_argument("--data", required=True, help="corpus directory")
+    p.add_argument("--split", default="valid")
+    p.add_argument("--frame-rate", type=float, required=True, help="target rate in Hz")
+    p.add_argument("--max-utts", type=int, default=200)
+    _add_common(p)
     for name, module in DISPATCH.items():
         sub.add_parser(name, help=f"run {module} (arguments passed through)", add_help=False)
     return ap
@@ -96,6 +104,12 @@ def main(argv: list[str] | None = None) -> int:
             plot_groups(wav, lengths, args.out, model.sample_rate, model.frame_rate_base)
             print(f"wrote {args.out} ({int((lengths > 0).sum())} tokens, "
                   f"{float(codes.frame_rate[0]):.2f} Hz)")
+        elif args.command == "calibrate":
+            import json
+
+            from codec.api import calibrate_threshold_on_corpus
+            print(json.dumps(calibrate_threshold_on_corpus(
+                model, args.data, args.split, args.frame_rate, args.max_utts, args.device)))
     except (FileNotFoundError, CheckpointError, CodesFileError, AudioError, ValueError) as exc:
         print(f"flexicodec {args.command}: error: {exc}", file=sys.stderr)
         return 2

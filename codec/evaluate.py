@@ -112,6 +112,9 @@ def phoneme_error_rate(counts: list[tuple[int, int]]) -> float:
     return sum(e for e, _ in counts) / max(1, sum(n for _, n in counts))
 
 
+COMPARED_METRICS = ("wer", "cer", "per", "stoi", "rvq1_wer", "rvq1_cer", "rvq1_per")
+
+
 def paired_bootstrap(result: dict, a: str, b: str, n_boot: int = 2000, seed: int = 0
                      ) -> dict:
     """Condition ``a`` minus condition ``b`` on the same utterances, with 95 % paired
@@ -119,20 +122,24 @@ def paired_bootstrap(result: dict, a: str, b: str, n_boot: int = 2000, seed: int
     recomputed as ratios of sums in every resample, STOI as a mean).
 
     Returns ``{"a", "b", "n", metric: {"delta", "ci_low", "ci_high", "p_a_better"}}`` with
-    metrics wer, cer, per (when scored) and stoi; ``p_a_better`` is the share of resamples
-    where ``a`` is better (lower error, higher STOI)."""
+    metrics wer, cer, per (when scored), stoi and the semantic-only (RVQ-1, the paper's
+    headline) rvq1_wer, rvq1_cer, rvq1_per (when scored); ``p_a_better`` is the share of
+    resamples where ``a`` is better (lower error, higher STOI)."""
     utts = result["per_utterance"]
     n = len(utts)
     if n == 0:
         raise ValueError("no utterances to compare")
 
     def counts(cond: str) -> dict[str, np.ndarray]:
-        rows = [error_counts(u["text"], u[cond]["hyp"]) for u in utts]
-        d = {"wer": np.array([[r["word_errors"], r["words"]] for r in rows], float),
-             "cer": np.array([[r["char_errors"], r["chars"]] for r in rows], float)}
-        if all(u[cond].get("phone_errors") is not None for u in utts):
-            d["per"] = np.array([[u[cond]["phone_errors"], u[cond]["phones"]] for u in utts],
-                                float)
+        d = {}
+        for prefix, hyp in (("", "hyp"), ("rvq1_", "hyp_rvq1")):
+            rows = [error_counts(u["text"], u[cond][hyp]) for u in utts]
+            d[prefix + "wer"] = np.array([[r["word_errors"], r["words"]] for r in rows], float)
+            d[prefix + "cer"] = np.array([[r["char_errors"], r["chars"]] for r in rows], float)
+        for prefix, key in (("", "phone_errors"), ("rvq1_", "phone_errors_rvq1")):
+            if all(u[cond].get(key) is not None for u in utts):
+                d[prefix + "per"] = np.array([[u[cond][key], u[cond]["phones"]] for u in utts],
+                                             float)
         st = [u[cond]["stoi"] for u in utts]
         if all(v is not None and math.isfinite(v) for v in st):
             d["stoi"] = np.array(st, float)
@@ -142,7 +149,7 @@ def paired_bootstrap(result: dict, a: str, b: str, n_boot: int = 2000, seed: int
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, n, size=(n_boot, n))
     out: dict = {"a": a, "b": b, "n": n, "resamples": n_boot}
-    for metric in ("wer", "cer", "per", "stoi"):
+    for metric in COMPARED_METRICS:
         if metric not in ca or metric not in cb:
             continue
         if metric == "stoi":
@@ -367,6 +374,7 @@ def evaluate_codec(model, data: str, split: str = "test",
                              "stoi": q[i]["stoi"], "mel_distance": mels[i],
                              "tokens": rs[i]["tokens"], "frames": rs[i]["frames"],
                              "phone_errors": per[cond.name][0][i][0] if per else None,
+                             "phone_errors_rvq1": per[cond.name][1][i][0] if per else None,
                              "phones": per[cond.name][0][i][1] if per else None}
     result = {
         "model": str(model) if isinstance(model, (str, os.PathLike)) else "<in memory>",
@@ -440,11 +448,12 @@ def markdown_table(result: dict) -> str:
                   f"paired bootstrap interval, {cmp['resamples']} resamples; P = share of "
                   f"resamples where the first is better):", "",
                   "| metric | difference | 95 % interval | P(first better) |", "|---|---|---|---|"]
-        for metric in ("wer", "cer", "per", "stoi"):
+        for metric in COMPARED_METRICS:
             if metric in cmp:
                 m, pct = cmp[metric], metric != "stoi"
                 unit = " points" if pct else ""
-                lines.append(f"| {metric.upper()} | {_fmt(m['delta'], pct, 3)}{unit} | "
+                name = metric.upper().replace("RVQ1_", "RVQ-1 ")
+                lines.append(f"| {name} | {_fmt(m['delta'], pct, 3)}{unit} | "
                              f"[{_fmt(m['ci_low'], pct, 3)}, {_fmt(m['ci_high'], pct, 3)}] | "
                              f"{m['p_a_better']:.2f} |")
     return "\n".join(lines) + "\n"

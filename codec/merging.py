@@ -174,6 +174,33 @@ def merge_to_rate(sim: torch.Tensor, frame_mask: torch.Tensor, frame_rate: float
     return merge_by_threshold(sim, frame_mask, thr, max_group)
 
 
+def _stack_similarities(sims: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-utterance sims [T_i] → (sim [N, T] padded with -inf, mask [N, T])."""
+    T = max(int(x.shape[0]) for x in sims)
+    sim = torch.full((len(sims), T), -math.inf)
+    mask = torch.zeros(len(sims), T, dtype=torch.bool)
+    for i, x in enumerate(sims):
+        sim[i, : x.shape[0]] = x.float().cpu()
+        mask[i, : x.shape[0]] = True
+    return sim, mask
+
+
+def _pooled_rate(sim: torch.Tensor, mask: torch.Tensor, threshold: float, max_group: int,
+                 base_rate: float) -> float:
+    m = merge_by_threshold(sim, mask, threshold, max_group)
+    return float(m.num_tokens.sum()) * base_rate / max(1, int(mask.sum()))
+
+
+def pooled_rate(sims: list[torch.Tensor], threshold: float, max_group: int,
+                base_rate: float = BASE_FRAME_RATE) -> float:
+    """Average token rate (Hz, tokens / frames pooled over utterances) of one global
+    ``threshold`` on per-utterance sims [T_i] from :func:`frame_similarity`."""
+    if not sims:
+        raise ValueError("pooled_rate needs at least one utterance")
+    sim, mask = _stack_similarities(sims)
+    return _pooled_rate(sim, mask, threshold, max_group, base_rate)
+
+
 def calibrate_threshold(sims: list[torch.Tensor], frame_rate: float, max_group: int,
                         base_rate: float = BASE_FRAME_RATE, iters: int = 40) -> float:
     """One global threshold whose pooled average rate over many utterances is nearest
@@ -183,17 +210,10 @@ def calibrate_threshold(sims: list[torch.Tensor], frame_rate: float, max_group: 
         raise ValueError("calibrate_threshold needs at least one utterance")
     if not 0 < frame_rate <= base_rate:
         raise ValueError(f"frame_rate must be in (0, {base_rate}] Hz, got {frame_rate}")
-    T = max(int(x.shape[0]) for x in sims)
-    sim = torch.full((len(sims), T), -math.inf)
-    mask = torch.zeros(len(sims), T, dtype=torch.bool)
-    for i, x in enumerate(sims):
-        sim[i, : x.shape[0]] = x.float().cpu()
-        mask[i, : x.shape[0]] = True
-    n_frames = int(mask.sum())
+    sim, mask = _stack_similarities(sims)
 
     def rate(thr: float) -> float:
-        m = merge_by_threshold(sim, mask, thr, max_group)
-        return float(m.num_tokens.sum()) * base_rate / n_frames
+        return _pooled_rate(sim, mask, thr, max_group, base_rate)
 
     lo, hi = -1.0, 1.0 - 1e-7           # rate(lo) is the lowest reachable, rate(1.0) = base
     if rate(lo) >= frame_rate:

@@ -234,9 +234,21 @@ def valid_mel_loss(model, dataset, mel_loss: MultiResolutionMelLoss, device, max
 
 
 @torch.no_grad()
-def calibrate_default_threshold(model, dataset, device, max_utts: int = 200) -> float:
-    """The global threshold whose average rate on ``dataset`` (first ``max_utts``
-    utterances) is nearest ``model.config.default_rate``."""
+def calibrate_default_threshold(model, dataset, device, max_utts: int = 200,
+                                frame_rate: float | None = None) -> float:
+    """The global threshold whose pooled average rate on ``dataset`` (first ``max_utts``
+    utterances) is nearest ``frame_rate`` (default ``model.config.default_rate``)."""
+    from codec import merging
+
+    sims = corpus_similarities(model, dataset, device, max_utts)
+    return merging.calibrate_threshold(sims, frame_rate or model.config.default_rate,
+                                       model.config.max_group)
+
+
+@torch.no_grad()
+def corpus_similarities(model, dataset, device, max_utts: int = 200) -> list[torch.Tensor]:
+    """Adjacent-frame cosine similarities [F_i] of the frozen semantic features for the first
+    ``max_utts`` items of an :class:`data.loaders.AudioDataset` (no encoder pass needed)."""
     from codec import merging
     from data.loaders import collate_audio
 
@@ -251,9 +263,11 @@ def calibrate_default_threshold(model, dataset, device, max_utts: int = 200) -> 
         frames = -(-n // hop)
         padded = torch.nn.functional.pad(wav, (0, frames * hop - n))
         target = model.semantic_targets(padded, torch.tensor([frames], device=device))
-        sims.append(merging.frame_similarity(target)[0].cpu())     # no encoder pass needed
+        sims.append(merging.frame_similarity(target)[0].cpu())
     model.train(was)
-    return merging.calibrate_threshold(sims, model.config.default_rate, model.config.max_group)
+    if not sims:
+        raise ValueError("no utterances to calibrate on")
+    return sims
 
 
 def train_codec(config_path: str, data: str, run_dir: str, asr: str | None = None,

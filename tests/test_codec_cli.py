@@ -87,3 +87,29 @@ def test_cli_errors(setup, capsys, tmp_path):
 def test_console_script_help():
     r = subprocess.run(["flexicodec", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "reconstruct" in r.stdout and "asr-train" in r.stdout
+
+
+def test_calibrate_reaches_target_rate_and_encode_uses_it(setup, tiny_corpus, capsys):
+    """`flexicodec calibrate`: one global threshold whose pooled rate on the split is the
+    target; encoding the same utterances with it lands on that pooled rate."""
+    import json
+
+    from codec.api import calibrate_threshold_on_corpus
+    from data.loaders import load_corpus
+    root, _, model_dir, _ = setup
+    assert main(["calibrate", "--data", str(tiny_corpus), "--split", "train",
+                 "--frame-rate", "6.25", "--model", str(model_dir)]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["target_rate"] == 6.25 and res["utterances"] > 0
+    assert abs(res["frame_rate"] - 6.25) < 1.0
+    model = FlexiCodec.from_pretrained(model_dir)
+    ds = load_corpus(tiny_corpus, split="train", check="header", progress=False)
+    from data.audio import load_audio
+    wavs = [load_audio(a, 16000)[0] for a in ds["audio"][: res["utterances"]]]
+    codes = [model.encode(w, 16000, merging_threshold=res["threshold"]) for w in wavs]
+    tokens = sum(int(c.token_mask.sum()) for c in codes)
+    frames = sum(int(c.num_frames.sum()) for c in codes)
+    assert tokens * 12.5 / frames == pytest.approx(res["frame_rate"], abs=1e-6)
+    assert calibrate_threshold_on_corpus(model, tiny_corpus, "train", 12.5)["frame_rate"] == 12.5
+    assert main(["calibrate", "--data", str(tiny_corpus), "--frame-rate", "0",
+                 "--model", str(model_dir)]) == 2

@@ -101,6 +101,9 @@ def test_evaluate_tiny_codec(tiny_corpus, tmp_path):
     assert cmp["a"] == "flexicodec@6.25Hz" and cmp["b"].startswith("fixed-rate baseline")
     assert cmp_thr["a"] == "flexicodec@thr-1" and cmp_thr["b"] == cmp["b"]
     assert cmp["per"]["delta"] == pytest.approx(low["per"] - base["per"])
+    assert cmp["rvq1_per"]["delta"] == pytest.approx(low["rvq1_per"] - base["rvq1_per"])
+    assert cmp["rvq1_wer"]["delta"] == pytest.approx(low["rvq1_wer"] - base["rvq1_wer"])
+    assert "| RVQ-1 WER |" in mpath.read_text()
     for m in ("wer", "cer", "per"):
         assert cmp[m]["ci_low"] <= cmp[m]["delta"] + 1e-9 <= cmp[m]["ci_high"] + 2e-9
     table = mpath.read_text()
@@ -118,10 +121,14 @@ def test_paired_bootstrap_on_known_differences():
     utts = []
     for i, t in enumerate(texts):
         worse = " ".join(t.split()[:-1])                  # one deleted word per utterance
+        # semantic-only (RVQ-1) decodes are scored separately: here "bad" wins on them
         utts.append({"text": t,
-                     "same": {"hyp": t, "stoi": 0.9, "phone_errors": 0, "phones": 10},
-                     "good": {"hyp": t, "stoi": 0.9, "phone_errors": 1, "phones": 10},
-                     "bad": {"hyp": worse, "stoi": 0.8, "phone_errors": 3, "phones": 10}})
+                     "same": {"hyp": t, "hyp_rvq1": worse, "stoi": 0.9, "phone_errors": 0,
+                              "phones": 10},
+                     "good": {"hyp": t, "hyp_rvq1": worse, "stoi": 0.9, "phone_errors": 1,
+                              "phone_errors_rvq1": 4, "phones": 10},
+                     "bad": {"hyp": worse, "hyp_rvq1": t, "stoi": 0.8, "phone_errors": 3,
+                             "phone_errors_rvq1": 2, "phones": 10}})
     res = {"per_utterance": utts}
     c = paired_bootstrap(res, "good", "bad", n_boot=500)
     n_words = sum(len(t.split()) for t in texts)
@@ -129,6 +136,10 @@ def test_paired_bootstrap_on_known_differences():
     assert c["wer"]["p_a_better"] == 1.0 and c["wer"]["ci_high"] < 0
     assert c["per"]["delta"] == pytest.approx(-0.2) and c["per"]["p_a_better"] == 1.0
     assert c["stoi"]["delta"] == pytest.approx(0.1) and c["stoi"]["p_a_better"] == 1.0
+    assert c["rvq1_wer"]["delta"] == pytest.approx(len(texts) / n_words)
+    assert c["rvq1_wer"]["p_a_better"] == 0.0
+    assert c["rvq1_per"]["delta"] == pytest.approx(0.2) and c["rvq1_per"]["ci_low"] > 0
+    assert "rvq1_per" not in paired_bootstrap(res, "good", "same", n_boot=10)
     same = paired_bootstrap(res, "good", "same", n_boot=200)
     assert same["wer"]["delta"] == 0 and same["wer"]["ci_low"] == same["wer"]["ci_high"] == 0
     assert same["wer"]["p_a_better"] == 0.0
