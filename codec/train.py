@@ -234,15 +234,13 @@ def valid_mel_loss(model, dataset, mel_loss: MultiResolutionMelLoss, device, max
 
 
 @torch.no_grad()
-def calibrate_default_threshold(model, dataset, device, max_utts: int = 200,
-                                frame_rate: float | None = None) -> float:
+def calibrate_default_threshold(model, dataset, device, max_utts: int = 200) -> float:
     """The global threshold whose pooled average rate on ``dataset`` (first ``max_utts``
-    utterances) is nearest ``frame_rate`` (default ``model.config.default_rate``)."""
+    utterances) is nearest ``model.config.default_rate``."""
     from codec import merging
 
     sims = corpus_similarities(model, dataset, device, max_utts)
-    return merging.calibrate_threshold(sims, frame_rate or model.config.default_rate,
-                                       model.config.max_group)
+    return merging.calibrate_threshold(sims, model.config.default_rate, model.config.max_group)
 
 
 @torch.no_grad()
@@ -255,11 +253,12 @@ def corpus_similarities(model, dataset, device, max_utts: int = 200) -> list[tor
     was = model.training
     model.eval()
     sims = []
-    for i in range(min(len(dataset), max_utts)):
+    hop = model.config.hop_size
+    for i in tqdm(range(min(len(dataset), max_utts)), desc="semantic similarities",
+                  leave=False):
         batch = collate_audio([dataset[i]])
         n = int(batch["wav_lengths"][0])
         wav = batch["wav"][:, :n].to(device)                                # [1, n]
-        hop = model.config.hop_size
         frames = -(-n // hop)
         padded = torch.nn.functional.pad(wav, (0, frames * hop - n))
         target = model.semantic_targets(padded, torch.tensor([frames], device=device))
