@@ -5,6 +5,8 @@ Subcommands::
     flexicodec-data build-corpus --hours H --out DIR [--seed S] [--workers N]
                                  [--engines flite,festival,espeak] [--speakers a,b]
                                  [--unseen flite_rms,espeak_en-gb-scotland+f3]
+    flexicodec-data join SRC --out DIR [--per-utt 2,3] [--pause 0.3,1.2] [--splits test,...]
+                                        # consecutive same-speaker utterances + pauses
     flexicodec-data show DIR            # hours per split/engine/speaker + example rows
     flexicodec-data stats [DIR]         # JSON summary of a corpus (or of the text + voices)
     flexicodec-data speakers [--engines ...]
@@ -31,6 +33,17 @@ def _build(args) -> None:
                        unseen_speakers=_csv(args.unseen) or DEFAULT_UNSEEN,
                        batch_size=args.batch_size)
     summary = build_corpus(args.out, cfg, workers=args.workers, progress=not args.no_progress)
+    print(json.dumps(summary, indent=2))
+
+
+def _join(args) -> None:
+    from data.join import join_corpus
+    per = tuple(int(v) for v in _csv(args.per_utt) or ())
+    pause = tuple(float(v) for v in _csv(args.pause) or ())
+    if len(per) != 2 or len(pause) != 2:
+        raise ValueError("--per-utt and --pause take two comma-separated numbers: LO,HI")
+    summary = join_corpus(args.src, args.out, per, pause, _csv(args.splits), args.seed,
+                          progress=not args.no_progress)
     print(json.dumps(summary, indent=2))
 
 
@@ -98,6 +111,15 @@ def main(argv: list[str] | None = None) -> None:
     b.add_argument("--unseen", default=None, help="held-out speaker ids (test_unseen)")
     b.add_argument("--batch-size", type=int, default=8)
     b.add_argument("--no-progress", action="store_true")
+    j = sub.add_parser("join", help="join consecutive utterances of each speaker with pauses")
+    j.add_argument("src", type=Path, help="a built corpus")
+    j.add_argument("--out", type=Path, required=True)
+    j.add_argument("--per-utt", default="2,3", help="utterances per joined item: LO,HI")
+    j.add_argument("--pause", default="0.3,1.2", help="pause seconds between them: LO,HI")
+    j.add_argument("--splits", default=None, help="comma list (default: all splits)")
+    j.add_argument("--seed", type=int, default=0)
+    j.add_argument("--no-progress", action="store_true")
+    j.set_defaults(fn=_join)
     b.set_defaults(fn=_build)
     s = sub.add_parser("show", help="summary of a built corpus")
     s.add_argument("dir", type=Path)
