@@ -2,7 +2,7 @@
 
     flexicodec eval --model DIR --data CORPUS --split test|test_unseen \
         --rates 12.5,8.3,6.25,4 [--thresholds T,...] [--baseline DIR] [--max-utts N] \
-        [--workers W] -o OUT_PREFIX
+        [--workers W] [--no-speaker-sim] [--no-dnsmos] -o OUT_PREFIX
 
 writes ``OUT_PREFIX.json`` (everything, per utterance too) and ``OUT_PREFIX.md`` (table).
 
@@ -14,6 +14,13 @@ fixed-rate baseline (a codec trained with ``--fixed-group``) at its own rate. Fo
   numbers matter: ``wer_rel`` = WER(recon) / WER(original), ``wer_delta`` = difference);
 - "RVQ-1" WER / CER: decode from the semantic tokens alone (0 acoustic quantizers);
 - PESQ-WB, STOI, log-mel L1 distance of the full reconstruction;
+- speaker similarity (SIM) of the full reconstruction to its original: cosine of resemblyzer's
+  utterance embeddings (``codec.metrics.speaker_embedding``; 1 = the same embedding; 0.95
+  between two sentences of one flite voice, 0.46-0.75 between different voices);
+- DNSMOS P.835 (speechmos; needs no reference) of the originals and of the full
+  reconstructions: OVRL in the table, SIG / BAK in the JSON. It was trained on real noisy
+  speech and rates our synthetic originals only ~2.4-3.2 OVRL: read reconstructions against
+  the originals' score;
 - achieved average frame rate (tokens x 12.5 / 12.5-Hz frames, over all utterances: the
   model's own definition, exactly 12.5 without merging) and bitrate (bits per token × rate; the
   token-length side information ``log2(max_group)`` bits is counted for dynamic-rate
@@ -21,9 +28,15 @@ fixed-rate baseline (a codec trained with ``--fixed-group``) at its own rate. Fo
 - optionally (``--per-asr``, on by default for our corpus) the phoneme error rate of our
   in-domain recognizer: more resolution than pocketsphinx on synthetic voices, but not an
   independent judge (the semantic stream is distilled from it).
-Speaker similarity is not reported: no offline speaker encoder is installed here.
 
-pocketsphinx, PESQ and STOI run in a process pool over all CPU cores.
+pocketsphinx, PESQ / STOI, and the speaker-embedding + DNSMOS judges run in process pools over
+all CPU cores. The two model judges are on by default and then required: a missing package
+stops the evaluation before any codec work (``pip install -e '.[eval]'``), as a missing
+pesq / pystoi would; ``--no-speaker-sim`` / ``--no-dnsmos`` turn them off, and the report says
+"not computed". Cost on one core of the 2-core CPU machine (details in ``codec.metrics``):
+speaker embedding ~0.02 s per audio second, DNSMOS ~0.8 s per audio second on 3-4 s
+utterances (each clip is tiled to >= 9 s and scored in 9-s windows) — DNSMOS dominates the
+judging: ~0.8 s x (1 + number of conditions) per utterance-second, divided by the workers.
 """
 from __future__ import annotations
 
@@ -39,8 +52,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from codec.metrics import (aggregate_errors, error_counts, parallel_map, quality_pair,
-                           transcribe_pocketsphinx)
+from codec.metrics import (aggregate_errors, audio_judges, check_judges, cosine_similarity,
+                           dnsmos_means, error_counts, parallel_map, quality_pair,
+                           scored_mean, transcribe_pocketsphinx)
 from codec.pretrained import atomic_write_text
 
 SAMPLE_RATE = 16000
@@ -112,19 +126,24 @@ def phoneme_error_rate(counts: list[tuple[int, int]]) -> float:
     return sum(e for e, _ in counts) / max(1, sum(n for _, n in counts))
 
 
-COMPARED_METRICS = ("wer", "cer", "per", "stoi", "rvq1_wer", "rvq1_cer", "rvq1_per")
+COMPARED_METRICS = ("wer", "cer", "per", "stoi", "sim", "dnsmos", "rvq1_wer", "rvq1_cer",
+                    "rvq1_per")
+#: compared as per-utterance means, higher = better (the others are error rates: ratios of
+#: sums, lower = better)
+MEAN_METRICS = ("stoi", "sim", "dnsmos")
 
 
 def paired_bootstrap(result: dict, a: str, b: str, n_boot: int = 2000, seed: int = 0
                      ) -> dict:
     """Condition ``a`` minus condition ``b`` on the same utterances, with 95 % paired
     bootstrap intervals (utterances resampled with replacement; corpus-level WER/CER/PER are
-    recomputed as ratios of sums in every resample, STOI as a mean).
+    recomputed as ratios of sums in every resample, STOI, SIM and DNSMOS OVRL as means).
 
     Returns ``{"a", "b", "n", metric: {"delta", "ci_low", "ci_high", "p_a_better"}}`` with
-    metrics wer, cer, per (when scored), stoi and the semantic-only (RVQ-1, the paper's
-    headline) rvq1_wer, rvq1_cer, rvq1_per (when scored); ``p_a_better`` is the share of
-    resamples where ``a`` is better (lower error, higher STOI)."""
+    metrics wer, cer, per (when scored), stoi, sim and dnsmos (when scored for every
+    utterance of both) and the semantic-only (RVQ-1, the paper's headline) rvq1_wer, rvq1_cer,
+    rvq1_per (when scored); ``p_a_better`` is the share of resamples where ``a`` is better
+    (lower error; higher STOI, SIM, DNSMOS)."""
     utts = result["per_utterance"]
     n = len(utts)
     if n == 0:
@@ -140,9 +159,12 @@ def paired_bootstrap(result: dict, a: str, b: str, n_boot: int = 2000, seed: int
             if all(u[cond].get(key) is not None for u in utts):
                 d[prefix + "per"] = np.array([[u[cond][key], u[cond]["phones"]] for u in utts],
                                              float)
-        st = [u[cond]["stoi"] for u in utts]
-        if all(v is not None and math.isfinite(v) for v in st):
-            d["stoi"] = np.array(st, float)
+        for metric, values in (
+                ("stoi", [u[cond]["stoi"] for u in utts]),
+                ("sim", [u[cond].get("speaker_similarity") for u in utts]),
+                ("dnsmos", [(u[cond].get("dnsmos") or {}).get("ovrl") for u in utts])):
+            if all(v is not None and math.isfinite(v) for v in values):
+                d[metric] = np.array(values, float)
         return d
 
     ca, cb = counts(a), counts(b)
@@ -152,14 +174,14 @@ def paired_bootstrap(result: dict, a: str, b: str, n_boot: int = 2000, seed: int
     for metric in COMPARED_METRICS:
         if metric not in ca or metric not in cb:
             continue
-        if metric == "stoi":
+        if metric in MEAN_METRICS:
             stat = lambda x, i: x[i].mean(-1)                      # noqa: E731
         else:
             stat = lambda x, i: x[i, 0].sum(-1) / np.maximum(1, x[i, 1].sum(-1))  # noqa: E731
         full = np.arange(n)
         delta = float(stat(ca[metric], full) - stat(cb[metric], full))
         boot = stat(ca[metric], idx) - stat(cb[metric], idx)
-        better = boot > 0 if metric == "stoi" else boot < 0
+        better = boot > 0 if metric in MEAN_METRICS else boot < 0
         out[metric] = {"delta": delta, "ci_low": float(np.percentile(boot, 2.5)),
                        "ci_high": float(np.percentile(boot, 97.5)),
                        "p_a_better": float(better.mean())}
@@ -233,17 +255,12 @@ def mel_distance(ref: np.ndarray, deg: np.ndarray, _mel={}) -> float:
     return float((a - b).abs().mean())
 
 
-def _nanmean(values: list[float]) -> tuple[float | None, int]:
-    arr = np.asarray(values, dtype=np.float64)
-    ok = np.isfinite(arr)
-    return (float(arr[ok].mean()) if ok.any() else None), int((~ok).sum())
-
-
 def evaluate_codec(model, data: str, split: str = "test",
                    rates: tuple | list = (12.5, 8.3, 6.25, 4.0), baseline=None,
                    max_utts: int | None = None, workers: int | None = None,
                    device: str | None = None, progress: bool = True,
-                   per_asr=None, thresholds: tuple | list = ()) -> dict:
+                   per_asr=None, thresholds: tuple | list = (),
+                   speaker_sim: bool = True, dnsmos: bool = True) -> dict:
     """Evaluate a codec (a :class:`codec.model.FlexiCodec` or its directory) and optionally a
     fixed-rate ``baseline`` on ``split`` of corpus ``data``. Returns the result dict written
     by :func:`write_report` (``conditions``: one summary per condition; ``original``: the
@@ -256,9 +273,15 @@ def evaluate_codec(model, data: str, split: str = "test",
 
     ``thresholds``: also run the model with one global merging threshold each (the paper's
     inference mode: utterances get different rates by content), next to the per-utterance
-    target-rate search of ``rates``."""
+    target-rate search of ``rates``.
+
+    ``speaker_sim`` / ``dnsmos``: score speaker similarity (original vs full reconstruction)
+    and DNSMOS (originals and full reconstructions). Their packages are imported first, so a
+    missing one raises ModuleNotFoundError before any work; off, they are reported as not
+    computed (None in the summaries)."""
     from codec.model import FlexiCodec
 
+    check_judges(speaker_sim=speaker_sim, dnsmos=dnsmos)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     models = {"model": model if not (model is None or isinstance(model, (str, os.PathLike)))
               else FlexiCodec.from_pretrained(model, map_location=device)}
@@ -306,6 +329,14 @@ def evaluate_codec(model, data: str, split: str = "test",
              for u, r in zip(utts, recon[cond.name])]
     quality = parallel_map(quality_pair, pairs, workers, "PESQ/STOI", progress)
 
+    # 3b) speaker embeddings and DNSMOS of the originals and full reconstructions, in one pool
+    judged = None
+    if speaker_sim or dnsmos:
+        clips = [u["audio"] for u in utts] + [r["full"] for cond in conditions
+                                              for r in recon[cond.name]]
+        judged = parallel_map(audio_judges, [(x, speaker_sim, dnsmos) for x in clips],
+                              workers, "speaker sim / DNSMOS", progress)
+
     # 4) optional in-domain phoneme error rate (originals, full and RVQ-1 reconstructions)
     per = None
     have_phonemes = all(u["phonemes"] for u in utts)
@@ -333,6 +364,9 @@ def evaluate_codec(model, data: str, split: str = "test",
     per_utt = [{"path": u["path"], "text": u["text"], "speaker": u["speaker"],
                 "seconds": len(u["audio"]) / SAMPLE_RATE, "hyp_original": h}
                for u, h in zip(utts, orig_hyps)]
+    if dnsmos:
+        for pu, j in zip(per_utt, judged[:n]):
+            pu["dnsmos_original"] = j["dnsmos"]
     for ci, cond in enumerate(conditions):
         m = models[cond.model_key]
         base = n + ci * 2 * n
@@ -343,11 +377,16 @@ def evaluate_codec(model, data: str, split: str = "test",
         rs = recon[cond.name]
         tokens = sum(r["tokens"] for r in rs)
         rate = tokens * m.frame_rate_base / max(1, sum(r["frames"] for r in rs))
-        pesq_mean, pesq_nan = _nanmean([x["pesq"] for x in q])
-        stoi_mean, _ = _nanmean([x["stoi"] for x in q])
+        pesq_mean, pesq_nan = scored_mean([x["pesq"] for x in q])
+        stoi_mean, _ = scored_mean([x["stoi"] for x in q])
         mels = [mel_distance(u["audio"], r["full"]) for u, r in zip(utts, rs)]
         mels_rvq1 = [mel_distance(u["audio"], r["rvq1"]) for u, r in zip(utts, rs)]
         n_q = rs[0]["n_q"]
+        jud = judged[n + ci * n:n + (ci + 1) * n] if judged else None
+        sims = ([cosine_similarity(o["embedding"], j["embedding"])
+                 for o, j in zip(judged[:n], jud)] if speaker_sim else None)
+        sim_mean, sim_nan = scored_mean(sims) if speaker_sim else (None, None)
+        dns = dnsmos_means([j["dnsmos"] for j in jud]) if dnsmos else {}
         summary = {
             "condition": cond.name, "target_rate": cond.target_rate,
             "threshold": cond.threshold,
@@ -361,6 +400,9 @@ def evaluate_codec(model, data: str, split: str = "test",
             "rvq1_wer": sem["wer"], "rvq1_cer": sem["cer"],
             "rvq1_wer_rel": sem["wer"] / original["wer"] if original["wer"] > 0 else None,
             "pesq_wb": pesq_mean, "pesq_unscored": pesq_nan, "stoi": stoi_mean,
+            "speaker_similarity": sim_mean, "speaker_similarity_unscored": sim_nan,
+            "dnsmos_ovrl": dns.get("ovrl"), "dnsmos_sig": dns.get("sig"),
+            "dnsmos_bak": dns.get("bak"), "dnsmos_unscored": dns.get("unscored"),
             "mel_distance": float(np.mean(mels)),
             "rvq1_mel_distance": float(np.mean(mels_rvq1)),
             "codebook_usage": codebook_usage([r["acoustic_codes"] for r in rs],
@@ -375,7 +417,9 @@ def evaluate_codec(model, data: str, split: str = "test",
                              "tokens": rs[i]["tokens"], "frames": rs[i]["frames"],
                              "phone_errors": per[cond.name][0][i][0] if per else None,
                              "phone_errors_rvq1": per[cond.name][1][i][0] if per else None,
-                             "phones": per[cond.name][0][i][1] if per else None}
+                             "phones": per[cond.name][0][i][1] if per else None,
+                             "speaker_similarity": sims[i] if speaker_sim else None,
+                             "dnsmos": jud[i]["dnsmos"] if dnsmos else None}
     result = {
         "model": str(model) if isinstance(model, (str, os.PathLike)) else "<in memory>",
         "model_identity": models["model"].identity,
@@ -383,7 +427,12 @@ def evaluate_codec(model, data: str, split: str = "test",
                      ("<in memory>" if baseline is not None else None)),
         "data": str(data), "split": split, "utterances": n, "seconds": seconds,
         "asr_judge": "pocketsphinx en-US (fresh decoder per utterance)",
-        "speaker_similarity": "not computed (no offline speaker encoder installed)",
+        "speaker_similarity": (
+            "resemblyzer VoiceEncoder: cosine of the utterance embeddings of original and "
+            "reconstruction" if speaker_sim else "not computed (--no-speaker-sim)"),
+        "dnsmos_judge": ("speechmos DNSMOS P.835 (OVRL / SIG / BAK; no reference)" if dnsmos
+                         else "not computed (--no-dnsmos)"),
+        "original_dnsmos": dnsmos_means([j["dnsmos"] for j in judged[:n]]) if dnsmos else None,
         "original": original,
         "original_per": phoneme_error_rate(per["original"]) if per else None,
         "per_judge": (str(per_asr) if isinstance(per_asr, (str, os.PathLike)) else
@@ -421,8 +470,15 @@ def markdown_table(result: dict) -> str:
         f"{result['seconds']:.1f} s)",
         "",
         f"Judge: {result['asr_judge']}. Originals: WER {_fmt(o['wer'], True)} %, "
-        f"CER {_fmt(o['cer'], True)} %. Speaker similarity: {result['speaker_similarity']}.",
+        f"CER {_fmt(o['cer'], True)} %. Speaker similarity (SIM): "
+        f"{result['speaker_similarity']}.",
     ]
+    od = result.get("original_dnsmos")
+    if od:
+        lines.append(f"DNSMOS: {result['dnsmos_judge']}, OVRL in the table. Originals: OVRL "
+                     f"{_fmt(od['ovrl'])}, SIG {_fmt(od['sig'])}, BAK {_fmt(od['bak'])}.")
+    elif "dnsmos_judge" in result:
+        lines.append(f"DNSMOS: {result['dnsmos_judge']}.")
     if result.get("per_judge"):
         lines.append(f"PER: phoneme error rate of the in-domain recognizer "
                      f"{result['per_judge']} (not independent: the codecs' semantic stream is "
@@ -430,9 +486,9 @@ def markdown_table(result: dict) -> str:
     lines += [
         "",
         "| condition | rate (Hz) | kbps | WER % | CER % | WER / orig | RVQ-1 WER % | "
-        "RVQ-1 CER % | PER % | RVQ-1 PER % | PESQ-WB | STOI | mel dist | RVQ-1 mel dist | "
-        "RVQ perplexity (stage 1..n) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "RVQ-1 CER % | PER % | RVQ-1 PER % | PESQ-WB | STOI | SIM | DNSMOS | mel dist | "
+        "RVQ-1 mel dist | RVQ perplexity (stage 1..n) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in result["conditions"]:
         lines.append(
@@ -441,6 +497,7 @@ def markdown_table(result: dict) -> str:
             f"{_fmt(c['rvq1_wer'], True)} | {_fmt(c['rvq1_cer'], True)} | "
             f"{_fmt(c.get('per'), True)} | {_fmt(c.get('rvq1_per'), True)} | "
             f"{_fmt(c['pesq_wb'])} | {_fmt(c['stoi'], digits=3)} | "
+            f"{_fmt(c.get('speaker_similarity'), digits=3)} | {_fmt(c.get('dnsmos_ovrl'))} | "
             f"{_fmt(c['mel_distance'], digits=3)} | {_fmt(c.get('rvq1_mel_distance'), digits=3)} | "
             f"{_fmt_usage(c.get('codebook_usage'))} |")
     for cmp in result.get("comparisons", []):
@@ -450,7 +507,7 @@ def markdown_table(result: dict) -> str:
                   "| metric | difference | 95 % interval | P(first better) |", "|---|---|---|---|"]
         for metric in COMPARED_METRICS:
             if metric in cmp:
-                m, pct = cmp[metric], metric != "stoi"
+                m, pct = cmp[metric], metric not in MEAN_METRICS
                 unit = " points" if pct else ""
                 name = metric.upper().replace("RVQ1_", "RVQ-1 ")
                 lines.append(f"| {name} | {_fmt(m['delta'], pct, 3)}{unit} | "
@@ -485,12 +542,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--per-asr", default="auto",
                    help="PhonemeASR directory for the in-domain phoneme error rate; 'auto' "
                         "(default): the shipped ASR when the corpus has phonemes; 'none': off")
+    p.add_argument("--no-speaker-sim", action="store_true",
+                   help="do not score speaker similarity (resemblyzer)")
+    p.add_argument("--no-dnsmos", action="store_true",
+                   help="do not score DNSMOS (speechmos; the slowest judge)")
     p.add_argument("-o", "--out", required=True, help="output prefix (writes .json and .md)")
     a = p.parse_args(argv)
     per_asr = None if a.per_asr == "none" else a.per_asr
     result = evaluate_codec(a.model, a.data, a.split, parse_rates(a.rates), a.baseline,
                             a.max_utts, a.workers, a.device, per_asr=per_asr,
-                            thresholds=[float(t) for t in a.thresholds.split(",") if t.strip()])
+                            thresholds=[float(t) for t in a.thresholds.split(",") if t.strip()],
+                            speaker_sim=not a.no_speaker_sim, dnsmos=not a.no_dnsmos)
     jpath, mpath = write_report(result, a.out)
     print(markdown_table(result))
     print(f"wrote {jpath} and {mpath}")

@@ -59,7 +59,8 @@ def test_evaluate_tiny_codec(tiny_corpus, tmp_path):
 
     res = evaluate_codec(str(tmp_path / "codec"), str(tiny_corpus), "train", [12.5, 6.25],
                          baseline=str(tmp_path / "base"), max_utts=2, workers=2,
-                         device="cpu", progress=False, per_asr="auto", thresholds=[-1.0])
+                         device="cpu", progress=False, per_asr="auto", thresholds=[-1.0],
+                         dnsmos=False)   # DNSMOS costs ~3 s a clip here: tests/test_judges.py
     jpath, mpath = write_report(res, tmp_path / "out" / "eval")
     data = json.loads(jpath.read_text())
     assert data["utterances"] == 2 and len(data["conditions"]) == 4
@@ -109,6 +110,26 @@ def test_evaluate_tiny_codec(tiny_corpus, tmp_path):
     table = mpath.read_text()
     assert "| flexicodec@12.5Hz |" in table and "fixed-rate baseline" in table
     assert "PER %" in table and "paired bootstrap" in table
+    # speaker similarity to the original, per utterance and per condition. An untrained
+    # codec's output may hold no speech for resemblyzer's VAD: then NaN and counted as
+    # unscored, never a made-up value
+    assert data["speaker_similarity"].startswith("resemblyzer")
+    for c in data["conditions"]:
+        sims = np.array([u[c["condition"]]["speaker_similarity"] for u in pu], float)
+        ok = np.isfinite(sims)
+        assert np.all((sims[ok] >= -1) & (sims[ok] < 0.99))
+        assert c["speaker_similarity_unscored"] == int((~ok).sum())
+        assert (c["speaker_similarity"] is None) == (not ok.any())
+        if ok.any():
+            assert c["speaker_similarity"] == pytest.approx(sims[ok].mean())
+    low_sims = [u[cmp["a"]]["speaker_similarity"] for u in pu]
+    base_sims = [u[cmp["b"]]["speaker_similarity"] for u in pu]
+    assert ("sim" in cmp) == bool(np.isfinite(low_sims + base_sims).all())
+    # DNSMOS was turned off: reported as not computed, no numbers
+    assert data["dnsmos_judge"] == "not computed (--no-dnsmos)"
+    assert data["original_dnsmos"] is None and "dnsmos" not in cmp
+    assert all(c["dnsmos_ovrl"] is None for c in data["conditions"])
+    assert "| SIM | DNSMOS |" in table and "DNSMOS: not computed (--no-dnsmos)." in table
     with pytest.raises(ValueError, match="fixed-rate"):
         evaluate_codec(model, str(tiny_corpus), "valid", [12.5], baseline=model, max_utts=1,
                        workers=1, device="cpu", progress=False)

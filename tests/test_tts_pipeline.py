@@ -144,16 +144,54 @@ def test_evaluate_reports_every_rate(tts, tmp_path):
     old = tts.options.max_tokens_per_sentence
     tts.options.max_tokens_per_sentence = 6  # short random audio keeps pocketsphinx fast
     try:
+        # DNSMOS (~3 s a clip here) is tested in test_evaluate_judges below
         res = evaluate(tts, ["Hello there.", "One two three."], frame_rates=(12.5, 6.25),
-                       stream_every=1, out_dir=tmp_path)
+                       stream_every=1, out_dir=tmp_path, dnsmos=False, workers=1)
     finally:
         tts.options.max_tokens_per_sentence = old
     assert set(res["rates"]) == {"12.5", "6.25"}
     for r in res["rates"].values():
         assert 0.0 <= r["wer"] and r["rtf"] > 0 and 0 < r["rtf_ar"] < r["rtf"]
         assert r["first_chunk_s"] > 0
+        # SIM against the default speaker's prompt; random audio may hold no speech for the
+        # speaker encoder's VAD: then NaN, counted as unscored
+        sims = np.array([u["speaker_similarity"] for u in r["per_utterance"]], float)
+        assert r["speaker_similarity_unscored"] == int(np.isnan(sims).sum())
+        assert r["dnsmos_ovrl"] is None and r["prompt_dnsmos"] is None
+    assert "'alice'" in res["speaker_similarity"] and res["speaker_prompt"] == "alice"
+    assert res["dnsmos_judge"] == "not computed (--no-dnsmos)"
     assert len(list((tmp_path / "wavs").glob("*.wav"))) == 4
-    assert "| 6.25 | 2 |" in to_markdown(res)
+    md = to_markdown(res)
+    assert "| 6.25 | 2 |" in md and "| SIM | DNSMOS |" in md
+
+
+def test_evaluate_judges(tts):
+    """The TTS eval's SIM reference is the decoded voice prompt; DNSMOS of the synthesized
+    audio and of the prompt; without a shipped speaker SIM is reported as not computed."""
+    from tts.evaluate import evaluate, prompt_audio, to_markdown
+    ref = prompt_audio(tts, "alice", 12.5)
+    assert ref.dtype == np.float32 and ref.size >= 0.5 * voice_wav().size
+    old = tts.options.max_tokens_per_sentence
+    tts.options.max_tokens_per_sentence = 6
+    try:
+        res = evaluate(tts, ["Hello there."], frame_rates=(12.5,), speaker="alice",
+                       stream_every=0, workers=1)
+        bare = TTS(tts.codec, (tts.lm, tts.tokenizer), tts.acoustic, speakers={},
+                   options=tts.options)
+        assert prompt_audio(bare, None, 12.5) is None
+        res_bare = evaluate(bare, ["Hello there."], frame_rates=(12.5,), stream_every=0,
+                            dnsmos=False, workers=1)
+    finally:
+        tts.options.max_tokens_per_sentence = old
+    r = res["rates"]["12.5"]
+    assert 1 <= r["dnsmos_ovrl"] <= 5 and 1 <= r["dnsmos_bak"] <= 5 and r["dnsmos_unscored"] == 0
+    assert 1 <= r["prompt_dnsmos"]["ovrl"] <= 5
+    assert r["per_utterance"][0]["dnsmos"]["sig"] == pytest.approx(r["dnsmos_sig"])
+    assert f"| {r['dnsmos_ovrl']:.2f} |" in to_markdown(res)
+    assert "decoded voice prompt scores OVRL" in to_markdown(res)
+    assert res_bare["speaker_similarity"].startswith("not computed (no reference audio")
+    rb = res_bare["rates"]["12.5"]
+    assert rb["speaker_similarity"] is None and rb["per_utterance"][0]["speaker_similarity"] is None
 
 
 def test_cli_argument_errors(capsys):
