@@ -2,13 +2,16 @@
 
     flexicodec eval --model DIR --data CORPUS --split test|test_unseen \
         --rates 12.5,8.3,6.25,4 [--thresholds T,...] [--baseline DIR] [--max-utts N] \
-        [--workers W] [--no-speaker-sim] [--no-dnsmos] -o OUT_PREFIX
+        [--model-fixed-groups K,...] [--workers W] [--no-speaker-sim] [--no-dnsmos] \
+        -o OUT_PREFIX
 
 writes ``OUT_PREFIX.json`` (everything, per utterance too) and ``OUT_PREFIX.md`` (table).
 
 Conditions: the model at each target average rate (12.5 → threshold 1.0, no merging; other
 rates → the per-utterance threshold search of ``encode(frame_rate=...)``), and optionally a
-fixed-rate baseline (a codec trained with ``--fixed-group``) at its own rate. For each:
+fixed-rate baseline (a codec trained with ``--fixed-group``) at its own rate, and optionally
+the model itself merged every K frames (``--model-fixed-groups``: the same weights with
+content-blind groups, compared with its own groups at 12.5/K Hz). For each:
 - WER / CER of pocketsphinx (fresh Decoder per utterance) on the full reconstruction, next to
   the originals' WER / CER (pocketsphinx is imperfect even on clean speech, so the relative
   numbers matter: ``wer_rel`` = WER(recon) / WER(original), ``wer_delta`` = difference);
@@ -66,6 +69,7 @@ class Condition:
     model_key: str                # "model" or "baseline"
     target_rate: float | None     # None: the model's fixed rate (or ``threshold``)
     threshold: float | None = None  # one merging threshold for every utterance
+    fixed_group: int | None = None  # the model merged every k frames regardless of content
 
 
 def parse_rates(text: str) -> list[float]:
@@ -188,22 +192,25 @@ def paired_bootstrap(result: dict, a: str, b: str, n_boot: int = 2000, seed: int
     return out
 
 
-def bits_per_token(model, num_quantizers: int) -> float:
-    """Bits of one token: FSQ index + RVQ indices + (dynamic models only) its length."""
+def bits_per_token(model, num_quantizers: int, fixed: bool = False) -> float:
+    """Bits of one token: FSQ index + RVQ indices + (dynamic grouping only) its length;
+    ``fixed``: the groups are fixed for this condition (no lengths to send)."""
     c = model.config
     bits = math.log2(c.semantic_vocab_size) + num_quantizers * math.log2(c.rvq_codebook_size)
-    if not c.fixed_group:
+    if not (c.fixed_group or fixed):
         bits += math.log2(c.max_group)
     return bits
 
 
 @torch.no_grad()
 def reconstruct(model, audio: np.ndarray, target_rate: float | None,
-                threshold: float | None = None) -> dict:
+                threshold: float | None = None, fixed_group: int | None = None) -> dict:
     """Encode one utterance at ``target_rate`` (12.5 → threshold 1.0; None → the model's
-    fixed group, or ``threshold`` when given) and decode it twice: all quantizers and
-    semantic-only (RVQ-1)."""
-    if threshold is not None:
+    fixed group, or ``threshold`` / ``fixed_group`` when given) and decode it twice: all
+    quantizers and semantic-only (RVQ-1)."""
+    if fixed_group is not None:
+        codes = model.encode(audio, SAMPLE_RATE, fixed_group=fixed_group)
+    elif threshold is not None:
         codes = model.encode(audio, SAMPLE_RATE, merging_threshold=threshold)
     elif target_rate is None:
         codes = model.encode(audio, SAMPLE_RATE)
@@ -260,6 +267,7 @@ def evaluate_codec(model, data: str, split: str = "test",
                    max_utts: int | None = None, workers: int | None = None,
                    device: str | None = None, progress: bool = True,
                    per_asr=None, thresholds: tuple | list = (),
+                   model_fixed_groups: tuple | list = (),
                    speaker_sim: bool = True, dnsmos: bool = True) -> dict:
     """Evaluate a codec (a :class:`codec.model.FlexiCodec` or its directory) and optionally a
     fixed-rate ``baseline`` on ``split`` of corpus ``data``. Returns the result dict written
@@ -274,6 +282,11 @@ def evaluate_codec(model, data: str, split: str = "test",
     ``thresholds``: also run the model with one global merging threshold each (the paper's
     inference mode: utterances get different rates by content), next to the per-utterance
     target-rate search of ``rates``.
+
+    ``model_fixed_groups``: also run the (dynamic) model itself with every k frames merged
+    regardless of content, and compare its own groups at the same rate (12.5 / k Hz, when in
+    ``rates``) against them, utterance by utterance: the same weights with two groupings, so
+    the difference is what the merge decisions alone cost or gain.
 
     ``speaker_sim`` / ``dnsmos``: score speaker similarity (original vs full reconstruction)
     and DNSMOS (originals and full reconstructions). Their packages are imported first, so a
@@ -297,6 +310,8 @@ def evaluate_codec(model, data: str, split: str = "test",
     conditions = [Condition(f"flexicodec@{r:g}Hz", "model", r) for r in rates]
     conditions += [Condition(f"flexicodec@thr{t:g}", "model", None, float(t))
                    for t in thresholds]
+    conditions += [Condition(f"flexicodec, groups of {int(k)}", "model", None,
+                             fixed_group=int(k)) for k in model_fixed_groups]
     if baseline is not None:
         k = models["baseline"].config.fixed_group
         rate = models["baseline"].config.frame_rate / k
@@ -310,7 +325,8 @@ def evaluate_codec(model, data: str, split: str = "test",
     recon: dict[str, list[dict]] = {}
     for cond in conditions:
         m = models[cond.model_key]
-        recon[cond.name] = [reconstruct(m, u["audio"], cond.target_rate, cond.threshold)
+        recon[cond.name] = [reconstruct(m, u["audio"], cond.target_rate, cond.threshold,
+                                        cond.fixed_group)
                             for u in tqdm(utts, desc=f"codec {cond.name}",
                                           disable=not progress, leave=False)]
     codec_s = time.monotonic() - t0
@@ -391,8 +407,9 @@ def evaluate_codec(model, data: str, split: str = "test",
             "condition": cond.name, "target_rate": cond.target_rate,
             "threshold": cond.threshold,
             "frame_rate": rate, "n_q": n_q,
-            "bitrate_bps": bits_per_token(m, n_q) * rate,
-            "bitrate_rvq1_bps": bits_per_token(m, 0) * rate,
+            "fixed_group": cond.fixed_group,
+            "bitrate_bps": bits_per_token(m, n_q, cond.fixed_group is not None) * rate,
+            "bitrate_rvq1_bps": bits_per_token(m, 0, cond.fixed_group is not None) * rate,
             "wer": full["wer"], "cer": full["cer"],
             "wer_rel": full["wer"] / original["wer"] if original["wer"] > 0 else None,
             "wer_delta": full["wer"] - original["wer"],
@@ -443,13 +460,20 @@ def evaluate_codec(model, data: str, split: str = "test",
     }
     # the paper's claim, tested: the dynamic codec at the baseline's rate vs the baseline
     result["comparisons"] = []
+
+    def at_rate(rate: float) -> list[Condition]:
+        return [c for c in conditions if c.model_key == "model" and c.target_rate is not None
+                and abs(c.target_rate - rate) < 0.05]
+
     if baseline is not None:
         base = conditions[-1]
         brate = models["baseline"].config.frame_rate / models["baseline"].config.fixed_group
-        same = [c for c in conditions[:-1] if c.target_rate is not None
-                and abs(c.target_rate - brate) < 0.05]
-        for c in same[:1] + [c for c in conditions[:-1] if c.threshold is not None]:
+        for c in at_rate(brate)[:1] + [c for c in conditions if c.threshold is not None]:
             result["comparisons"].append(paired_bootstrap(result, c.name, base.name))
+    # the model's own merge decisions vs fixed groups, same weights, same rate
+    for c in (c for c in conditions if c.fixed_group is not None):
+        for own in at_rate(models["model"].frame_rate_base / c.fixed_group)[:1]:
+            result["comparisons"].append(paired_bootstrap(result, own.name, c.name))
     return result
 
 
@@ -536,6 +560,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="also evaluate these global merging thresholds (comma separated), "
                         "each compared with the baseline")
     p.add_argument("--baseline", default=None, help="fixed-rate codec directory")
+    p.add_argument("--model-fixed-groups", default="",
+                   help="also run the model itself merged every K frames (comma separated), "
+                        "compared with its own groups at 12.5/K Hz when that rate is in --rates")
     p.add_argument("--max-utts", type=int, default=None)
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     p.add_argument("--device", default=None)
@@ -552,6 +579,8 @@ def main(argv: list[str] | None = None) -> int:
     result = evaluate_codec(a.model, a.data, a.split, parse_rates(a.rates), a.baseline,
                             a.max_utts, a.workers, a.device, per_asr=per_asr,
                             thresholds=[float(t) for t in a.thresholds.split(",") if t.strip()],
+                            model_fixed_groups=[int(k) for k in a.model_fixed_groups.split(",")
+                                                if k.strip()],
                             speaker_sim=not a.no_speaker_sim, dnsmos=not a.no_dnsmos)
     jpath, mpath = write_report(result, a.out)
     print(markdown_table(result))

@@ -176,3 +176,32 @@ def test_codebook_usage_perplexity():
     assert u[0] == {"used": 64, "perplexity": pytest.approx(64.0)}
     assert u[1] == {"used": 1, "perplexity": pytest.approx(1.0)}
     assert codebook_usage([np.zeros((0, 7), dtype=np.int64)], 64) == []
+
+
+def test_model_fixed_groups_condition(tiny_corpus, tmp_path):
+    """--model-fixed-groups: the dynamic model merged every k frames, no length bits in its
+    bitrate, compared utterance by utterance with its own groups at 12.5 / k Hz."""
+    from codec.asr import PhonemeASR, PhonemeASRConfig
+    from codec.config import FlexiCodecConfig
+    from codec.model import FlexiCodec
+    torch.manual_seed(0)
+    asr_dir = PhonemeASR(PhonemeASRConfig.tiny()).save_pretrained(tmp_path / "asr")
+    cfg = FlexiCodecConfig.tiny()
+    cfg.semantic.asr_path = str(asr_dir)
+    model = FlexiCodec(cfg)
+    res = evaluate_codec(model, str(tiny_corpus), "train", [6.25], max_utts=1, workers=1,
+                         device="cpu", progress=False, model_fixed_groups=[2],
+                         speaker_sim=False, dnsmos=False)
+    own, fixed = res["conditions"]
+    assert fixed["condition"] == "flexicodec, groups of 2" and fixed["fixed_group"] == 2
+    u = res["per_utterance"][0]["flexicodec, groups of 2"]
+    assert u["tokens"] == -(-u["frames"] // 2)
+    # 6 FSQ + 2 x 6 RVQ bits; no length bits for fixed groups (3 more for the dynamic ones)
+    assert fixed["bitrate_bps"] == pytest.approx(fixed["frame_rate"] * 18)
+    assert own["bitrate_bps"] == pytest.approx(own["frame_rate"] * 21)
+    (cmp,) = res["comparisons"]
+    assert (cmp["a"], cmp["b"]) == ("flexicodec@6.25Hz", "flexicodec, groups of 2")
+    with pytest.raises(ValueError, match="fixed_group"):
+        evaluate_codec(model, str(tiny_corpus), "train", [6.25], max_utts=1, workers=1,
+                       device="cpu", progress=False, model_fixed_groups=[99],
+                       speaker_sim=False, dnsmos=False)
