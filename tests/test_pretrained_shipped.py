@@ -15,7 +15,8 @@ from flexicodec_pretrained import ROOT, default_dir
 
 torch.set_num_threads(1)
 
-SHIPPED = ("asr", "codec", "codec_fixed_6.25hz", "lm", "acoustic")
+SHIPPED = ("asr", "codec", "codec_fixed_6.25hz", "lm", "acoustic", "codec_joined",
+           "codec_joined_fixed_6.25hz")
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -41,6 +42,25 @@ def test_no_argument_loads_the_shipped_models_and_they_agree():
     from tts.acoustic import AcousticModel
     ac = AcousticModel.from_pretrained()
     assert ac.config.semantic_vocab_size == codec.semantic_vocab_size
+
+
+def test_pause_trained_pair_is_a_matched_experiment():
+    """codec_joined / codec_joined_fixed_6.25hz (trained on the joined corpus, README): the
+    same architecture and frozen ASR as the default codec; one dynamic, one fixed pairs."""
+    dyn = FlexiCodec.from_pretrained(default_dir("codec_joined"))
+    fix = FlexiCodec.from_pretrained(default_dir("codec_joined_fixed_6.25hz"))
+    base = FlexiCodec.from_pretrained().config.to_dict()
+    differ = ("fixed_group", "default_threshold")
+    for m in (dyn, fix):
+        cfg = m.config.to_dict()
+        assert {k: v for k, v in cfg.items() if k not in differ} == \
+            {k: v for k, v in base.items() if k not in differ}
+    assert dyn.config.fixed_group == 0 and fix.config.fixed_group == 2
+    asr = PhonemeASR.from_pretrained().state_dict()
+    for m in (dyn, fix):
+        own = m.state_dict()
+        assert all(torch.equal(own["semantic.asr." + k].float(), v.float())
+                   for k, v in asr.items())
 
 
 def test_shipped_codec_meets_a_target_rate():
