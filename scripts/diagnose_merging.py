@@ -53,9 +53,11 @@ def _grid(asr: PhonemeASR, feats: torch.Tensor, flen: torch.Tensor, frames: int
 
 
 @torch.no_grad()
-def utterance_sources(asr: PhonemeASR, audio: np.ndarray) -> tuple[np.ndarray, dict, int]:
-    """(onset frames [P], {source name: similarity [1, F]}, F) for one 16 kHz utterance,
-    padded to whole 12.5 Hz frames exactly as the codec feeds its semantic model."""
+def utterance_sources(asr: PhonemeASR, audio: np.ndarray
+                      ) -> tuple[np.ndarray, dict, int, torch.Tensor]:
+    """(onset frames [P], {source name: similarity [1, F]}, F, last-layer features [F, D])
+    for one 16 kHz utterance, padded to whole 12.5 Hz frames exactly as the codec feeds its
+    semantic model. (Each layer is a separate pass up to it: a diagnostic, ~1 s/utterance.)"""
     n = audio.shape[0]
     frames = -(-n // HOP)
     wav = torch.zeros(1, frames * HOP)
