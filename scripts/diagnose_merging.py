@@ -199,4 +199,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"diagnose_merging: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
