@@ -244,7 +244,9 @@ class PhonemeASR(nn.Module, PretrainedMixin):
         return mel, mel_len
 
     def _encode(self, wav: torch.Tensor, wav_lengths: torch.Tensor | None, upto: int,
-                mel_transform=None) -> tuple[torch.Tensor, torch.Tensor]:
+                mel_transform=None, every_layer: bool = False):
+        """Encoder output after ``upto`` blocks (final norm when ``upto`` is the last), or with
+        ``every_layer`` the list of outputs after 0..``upto`` blocks, from one pass."""
         wav_lengths = self._check(wav, wav_lengths)
         wav = wav * lengths_to_mask(wav_lengths, wav.shape[1]).to(wav.dtype)
         mel, mel_len = self.features_front(wav, wav_lengths)
@@ -254,12 +256,17 @@ class PhonemeASR(nn.Module, PretrainedMixin):
         x = x + sinusoidal_positions(x.shape[1], x.shape[2], x.device, x.dtype)
         x = self.dropout(x)
         pad = ~lengths_to_mask(feat_len, x.shape[1])                    # True on padding
-        for layer in self.layers[:upto]:
+
+        def out(h: torch.Tensor, k: int) -> torch.Tensor:
+            h = self.final_norm(h) if k == len(self.layers) else h
+            return h.masked_fill(pad[..., None], 0.0)
+
+        outs = [out(x, 0)] if every_layer else []
+        for k, layer in enumerate(self.layers[:upto], 1):
             x = layer(x, src_key_padding_mask=pad)
-        if upto == len(self.layers):
-            x = self.final_norm(x)
-        x = x.masked_fill(pad[..., None], 0.0)
-        return x, feat_len
+            if every_layer:
+                outs.append(out(x, k))
+        return (outs if every_layer else out(x, upto)), feat_len
 
     def hidden_states(self, wav: torch.Tensor, wav_lengths: torch.Tensor | None = None,
                       layer: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -275,6 +282,12 @@ class PhonemeASR(nn.Module, PretrainedMixin):
         if not 0 <= layer <= n:
             raise ValueError(f"layer {layer} outside [0, {n}] (or -1)")
         return self._encode(wav, wav_lengths, layer)
+
+    def all_hidden_states(self, wav: torch.Tensor, wav_lengths: torch.Tensor | None = None
+                          ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """One encoder pass → (``[hidden_states(layer=k) for k in 0..n_layers]``, each
+        ``[B, T_f, D]``, feat_lengths ``[B]``); the last entry feeds the CTC head."""
+        return self._encode(wav, wav_lengths, len(self.layers), every_layer=True)
 
     def forward(self, wav: torch.Tensor, wav_lengths: torch.Tensor | None = None,
                 mel_transform=None) -> tuple[torch.Tensor, torch.Tensor]:

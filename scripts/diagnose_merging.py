@@ -57,20 +57,20 @@ def utterance_sources(asr: PhonemeASR, audio: np.ndarray
                       ) -> tuple[np.ndarray, dict, int, torch.Tensor]:
     """(onset frames [P], {source name: similarity [1, F]}, F, last-layer features [F, D])
     for one 16 kHz utterance, padded to whole 12.5 Hz frames exactly as the codec feeds its
-    semantic model. (Each layer is a separate pass up to it: a diagnostic, ~1 s/utterance.)"""
+    semantic model (one ASR pass gives every layer and the CTC logits)."""
     n = audio.shape[0]
     frames = -(-n // HOP)
     wav = torch.zeros(1, frames * HOP)
     wav[0, :n] = torch.from_numpy(audio)
     lens = torch.tensor([frames * HOP])
-    logits, flen = asr(wav, lens)
+    layers, flen = asr.all_hidden_states(wav, lens)          # one encoder pass
+    logits = asr.head(layers[-1])
     best = logits[0, : int(flen[0])].argmax(-1).tolist()
     skip = tuple(i for i, s in enumerate(asr.vocab) if s == WORD_SEP)
     onsets = onsets_to_frames(ctc_onsets(best, blank=0, skip=skip), asr.feature_rate, BASE)
     sims, last = {}, None
-    for k in range(len(asr.layers) + 1):
-        feats, fl = asr.hidden_states(wav, lens, layer=k)
-        last = _grid(asr, feats, fl, frames)
+    for k, feats in enumerate(layers):
+        last = _grid(asr, feats, flen, frames)
         sims[f"layer {k}"] = merging.frame_similarity(last)
     post = logits.float().softmax(-1)
     sims["ctc posteriors"] = merging.frame_similarity(_grid(asr, post, flen, frames))

@@ -125,3 +125,18 @@ def test_ctc_learns_two_utterances(utts):
     errs = sum(phoneme_error_counts(h, p)[0] for h, (_, p) in zip(hyps, utts))
     total = sum(phoneme_error_counts(h, p)[1] for h, (_, p) in zip(hyps, utts))
     assert errs / total < 0.5, (hyps, [p for _, p in utts])
+
+
+def test_all_hidden_states_is_one_pass_of_every_layer():
+    """all_hidden_states gives hidden_states(layer=k) for every k and the CTC head's input."""
+    torch.manual_seed(0)
+    asr = PhonemeASR(PhonemeASRConfig.tiny()).eval()
+    wav = torch.randn(2, 8000) * 0.1
+    lens = torch.tensor([8000, 5000])
+    layers, flen = asr.all_hidden_states(wav, lens)
+    assert len(layers) == len(asr.layers) + 1
+    for k, h in enumerate(layers):
+        ref, rlen = asr.hidden_states(wav, lens, layer=k)
+        assert torch.equal(rlen, flen) and torch.allclose(h, ref, atol=1e-6), k
+    logits, _ = asr(wav, lens)
+    assert torch.allclose(asr.head(layers[-1]), logits, atol=1e-6)
