@@ -25,14 +25,17 @@ mkdir -p "$W"
 OUT=${OUT:-$W/out}
 mkdir -p "$OUT"
 log() { echo "[$(date +%H:%M:%S) +$(( $(date +%s) - T0 ))s] $*"; }
-# pack_codecs DYN_DIR FIX_DIR: both trained codecs, fp16 without their ASR copy
-# (scripts/device/transport.py), into $W/pack and as 15 MiB parts $OUT/codecs.tar.part-*
-# (here: cat parts | tar xz, then transport.py unpack).
+# pack_codecs NAME=DIR ...: trained codecs, fp16 without their ASR copy
+# (scripts/device/transport.py), as $W/pack/NAME.safetensors and, all in one tar, as 15 MiB
+# parts $OUT/codecs.tar.part-* (here: cat parts | tar xz, then transport.py unpack).
 pack_codecs() {
   mkdir -p "$W/pack"
-  python3 scripts/device/transport.py pack "$1" "$W/pack/codec_dynamic.safetensors" &&
-  python3 scripts/device/transport.py pack "$2" "$W/pack/codec_fixed2.safetensors" &&
-  (cd "$W/pack" && tar czf - codec_dynamic.safetensors codec_fixed2.safetensors) \
-    | split -b 15M - "$OUT/codecs.tar.part-"
+  local names=() spec
+  for spec in "$@"; do
+    python3 scripts/device/transport.py pack "${spec#*=}" "$W/pack/${spec%%=*}.safetensors" \
+      || return 1
+    names+=("${spec%%=*}.safetensors")
+  done
+  (cd "$W/pack" && tar czf - "${names[@]}") | split -b 15M - "$OUT/codecs.tar.part-"
   ls -la "$OUT"
 }

@@ -50,7 +50,7 @@ train)
     cp "$W/cont_$n/metrics.jsonl" "$OUT/cont_${n}_metrics.jsonl" 2>/dev/null
   done
   [ "$R1" = 0 ] && [ "$R2" = 0 ] || { echo "a trainer failed: nothing packed"; exit 1; }
-  pack_codecs "$W/dyn_model" "$W/fix_model"
+  pack_codecs codec_dynamic="$W/dyn_model" codec_fixed2="$W/fix_model"
   ;;
 tts)
   # the LM records the identity of the codec it was trained on: tokenize with the fp16 weights
