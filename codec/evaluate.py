@@ -228,6 +228,7 @@ def reconstruct(model, audio: np.ndarray, target_rate: float | None,
             "acoustic_codes": codes.acoustic_codes[0, :, :tokens].cpu().numpy(),
             "rvq1": _pad_to(sem.float().cpu().numpy(), n),
             "tokens": tokens, "frames": int(codes.num_frames[0]),
+            "token_lengths": codes.token_lengths[0, :tokens].cpu().numpy(),
             "n_q": int(codes.acoustic_codes.shape[1])}
 
 

@@ -16,7 +16,7 @@ from flexicodec_pretrained import ROOT, default_dir
 torch.set_num_threads(1)
 
 SHIPPED = ("asr", "codec", "codec_fixed_6.25hz", "lm", "acoustic", "codec_joined",
-           "codec_joined_fixed_6.25hz")
+           "codec_joined_fixed_6.25hz", "codec_rate_6.25hz", "codec_joined_rate_6.25hz")
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -61,6 +61,29 @@ def test_pause_trained_pair_is_a_matched_experiment():
         own = m.state_dict()
         assert all(torch.equal(own["semantic.asr." + k].float(), v.float())
                    for k, v in asr.items())
+
+
+def test_rate_focused_ablation_codecs_are_matched():
+    """codec_rate_6.25hz / codec_joined_rate_6.25hz (configs/codec/small_rate_6.25hz.yaml on
+    the plain / joined corpus, README): the default architecture and frozen ASR, dynamic
+    merging, trained only at a 6.25 Hz target; distinct weights from the codecs they ablate."""
+    base = FlexiCodec.from_pretrained().config.to_dict()
+    asr = PhonemeASR.from_pretrained().state_dict()
+    ids = {FlexiCodec.from_pretrained().identity,
+           FlexiCodec.from_pretrained(default_dir("codec_joined")).identity}
+    for name in ("codec_rate_6.25hz", "codec_joined_rate_6.25hz"):
+        m = FlexiCodec.from_pretrained(default_dir(name))
+        cfg = m.config.to_dict()
+        assert cfg.pop("train_frame_rate_range") == (6.25, 6.25)
+        differ = ("train_frame_rate_range", "default_threshold")
+        assert cfg.pop("fixed_group") == 0
+        assert {k: v for k, v in cfg.items() if k not in differ} == \
+            {k: v for k, v in base.items() if k not in differ + ("fixed_group",)}
+        own = m.state_dict()
+        assert all(torch.equal(own["semantic.asr." + k].float(), v.float())
+                   for k, v in asr.items())
+        assert m.identity not in ids
+        ids.add(m.identity)
 
 
 def test_shipped_codec_meets_a_target_rate():

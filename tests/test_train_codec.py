@@ -138,6 +138,26 @@ def test_shipped_codec_train_sections_parse(name):
     assert tc.max_steps > tc.disc_start >= 0 and tc.batch_size >= 1
 
 
+def test_rate_focused_ablation_config_is_small_yaml_at_6_25hz():
+    """configs/codec/small_rate_6.25hz.yaml is the shipped recipe with exactly two keys
+    changed, and its schedule is the baseline's: a 6.25 Hz target from step 0."""
+    from codec.config import FlexiCodecConfig
+    from codec.train import sample_merging
+    cdir = Path(__file__).resolve().parents[1] / "configs" / "codec"
+    base = yaml.safe_load((cdir / "small.yaml").read_text())
+    abl = yaml.safe_load((cdir / "small_rate_6.25hz.yaml").read_text())
+    assert abl["model"].pop("train_frame_rate_range") == [6.25, 6.25]
+    assert (abl["train"].pop("warmup_fixed_steps"), base["train"].pop("warmup_fixed_steps")) \
+        == (0, 500)
+    assert abl == base
+    tc = load_train_section(cdir / "small_rate_6.25hz.yaml")
+    cfg = FlexiCodecConfig.from_yaml(cdir / "small_rate_6.25hz.yaml")
+    assert [sample_merging(s, tc, cfg) for s in (0, 1, 2000)] == [{"frame_rate": 6.25}] * 3
+    shipped = FlexiCodecConfig.from_yaml(cdir / "small.yaml")
+    assert sample_merging(0, load_train_section(cdir / "small.yaml"), shipped) == \
+        {"merging_threshold": 1.0}
+
+
 def test_bf16_autocast_steps(tiny_corpus, asr_dir, tmp_path):
     """The GPU precision path (bf16 autocast; STFT and losses kept fp32) runs on CPU too."""
     from accelerate.state import AcceleratorState
