@@ -44,7 +44,6 @@ judging: ~0.8 s x (1 + number of conditions) per utterance-second, divided by th
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import time
@@ -58,7 +57,7 @@ from tqdm.auto import tqdm
 from codec.metrics import (aggregate_errors, audio_judges, check_judges, cosine_similarity,
                            dnsmos_means, error_counts, parallel_map, quality_pair,
                            scored_mean, transcribe_pocketsphinx)
-from codec.pretrained import atomic_write_text
+from codec.pretrained import write_report_files
 
 SAMPLE_RATE = 16000
 
@@ -543,11 +542,7 @@ def markdown_table(result: dict) -> str:
 
 def write_report(result: dict, out_prefix: str | os.PathLike) -> tuple[Path, Path]:
     """Write ``OUT.json`` and ``OUT.md`` atomically; returns their paths."""
-    out = Path(out_prefix)
-    jpath, mpath = out.with_name(out.name + ".json"), out.with_name(out.name + ".md")
-    atomic_write_text(jpath, json.dumps(result, indent=1, ensure_ascii=False))
-    atomic_write_text(mpath, markdown_table(result))
-    return jpath, mpath
+    return write_report_files(out_prefix, result, markdown_table(result))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -61,6 +61,17 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text)
 
 
+def write_report_files(out_prefix: str | os.PathLike, result: dict, markdown: str
+                       ) -> tuple[Path, Path]:
+    """Write ``OUT_PREFIX.json`` (``result``) and ``OUT_PREFIX.md`` (``markdown``)
+    atomically; returns their paths (the report format of the eval and diagnostic tools)."""
+    out = Path(out_prefix)
+    jpath, mpath = out.with_name(out.name + ".json"), out.with_name(out.name + ".md")
+    atomic_write_text(jpath, json.dumps(result, indent=1, ensure_ascii=False))
+    atomic_write_text(mpath, markdown)
+    return jpath, mpath
+
+
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     """torch.save ``obj`` to ``path`` atomically (for training checkpoints, not shipping)."""
     with atomic_path(path) as tmp:

@@ -22,7 +22,6 @@ Prints a Markdown table; ``-o`` also writes OUT_PREFIX.json and OUT_PREFIX.md. C
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
@@ -36,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from codec.evaluate import load_utterances, reconstruct  # noqa: E402
 from codec.group_error import error_by_length, frame_group_lengths, frame_mel_errors  # noqa: E402
 from codec.model import FlexiCodec  # noqa: E402
-from codec.pretrained import CheckpointError, atomic_write_text  # noqa: E402
+from codec.pretrained import CheckpointError, write_report_files  # noqa: E402
 
 
 def diagnose(model, baseline, utts: list[dict], group: int = 2) -> dict:
@@ -142,8 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     md = markdown(result)
     print(md)
     if a.out:
-        atomic_write_text(Path(a.out + ".json"), json.dumps(result, indent=1))
-        atomic_write_text(Path(a.out + ".md"), md)
+        write_report_files(a.out, result, md)
     return 0
 
 

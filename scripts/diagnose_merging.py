@@ -25,7 +25,6 @@ second per utterance.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -40,7 +39,7 @@ from codec.allocation import (allocation_stats, ctc_onsets, onsets_to_frames,  #
                               token_loads)
 from codec.asr import WORD_SEP, PhonemeASR  # noqa: E402
 from codec.evaluate import load_utterances, parse_rates  # noqa: E402
-from codec.pretrained import atomic_write_text  # noqa: E402
+from codec.pretrained import write_report_files  # noqa: E402
 from codec.semantic import to_frame_grid  # noqa: E402
 
 HOP = 1280
@@ -193,8 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     md = markdown(result)
     print(md)
     if a.out:
-        atomic_write_text(Path(a.out + ".json"), json.dumps(result, indent=1))
-        atomic_write_text(Path(a.out + ".md"), md)
+        write_report_files(a.out, result, md)
     return 0
 
 
