@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from codec.evaluate import load_utterances, reconstruct  # noqa: E402
 from codec.group_error import error_by_length, frame_group_lengths, frame_mel_errors  # noqa: E402
 from codec.model import FlexiCodec  # noqa: E402
-from codec.pretrained import CheckpointError, write_report_files  # noqa: E402
+from codec.pretrained import write_report_files  # noqa: E402
 
 
 def diagnose(model, baseline, utts: list[dict], group: int = 2) -> dict:
@@ -120,21 +120,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-o", "--out", default=None, help="output prefix (.json and .md)")
     a = p.parse_args(argv)
     torch.set_grad_enabled(False)
-    try:
-        model = FlexiCodec.from_pretrained(a.model).eval()
-        baseline = FlexiCodec.from_pretrained(a.baseline).eval() if a.baseline else None
-        utts = load_utterances(a.data, a.split, a.max_utts)
-    except (FileNotFoundError, ValueError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    model = FlexiCodec.from_pretrained(a.model).eval()
+    baseline = FlexiCodec.from_pretrained(a.baseline).eval() if a.baseline else None
     if model.config.fixed_group:
-        print(f"error: {a.model} is a fixed-rate codec; --model must be a dynamic one",
-              file=sys.stderr)
-        return 2
+        raise ValueError(f"{a.model} is a fixed-rate codec; --model must be a dynamic one")
     if baseline is not None and baseline.config.fixed_group != 2:
-        print(f"error: {a.baseline} is not a fixed-pairs codec (fixed_group "
-              f"{baseline.config.fixed_group})", file=sys.stderr)
-        return 2
+        raise ValueError(f"{a.baseline} is not a fixed-pairs codec (fixed_group "
+                         f"{baseline.config.fixed_group})")
+    utts = load_utterances(a.data, a.split, a.max_utts)
     result = diagnose(model, baseline, utts)
     result.update(model=a.model or "flexicodec_pretrained/codec", baseline=a.baseline,
                   data=a.data, split=a.split)
@@ -146,4 +139,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except (ValueError, FileNotFoundError) as exc:     # CheckpointError is a ValueError
+        print(f"diagnose_group_error: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

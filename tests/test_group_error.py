@@ -74,3 +74,16 @@ def test_diagnose_on_a_tiny_codec(tiny_corpus):
     assert {"error_own", "error_pairs", "error_baseline"} <= set(res["rows"][0])
     res.update(model="m", baseline="b", data="d", split="test_unseen")
     assert "own − baseline" in markdown(res)
+
+
+def test_diagnose_script_bad_input_is_a_one_line_error(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+    script = Path(__file__).resolve().parents[1] / "scripts" / "diagnose_group_error.py"
+    r = subprocess.run([sys.executable, str(script), "--data", str(tmp_path / "missing"),
+                        "--model", str(tmp_path / "no_codec")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2
+    assert r.stderr.strip().startswith("diagnose_group_error: error:")
+    assert "Traceback" not in r.stderr
