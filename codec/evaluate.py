@@ -203,10 +203,12 @@ def bits_per_token(model, num_quantizers: int, fixed: bool = False) -> float:
 
 @torch.no_grad()
 def reconstruct(model, audio: np.ndarray, target_rate: float | None,
-                threshold: float | None = None, fixed_group: int | None = None) -> dict:
+                threshold: float | None = None, fixed_group: int | None = None,
+                rvq1: bool = True) -> dict:
     """Encode one utterance at ``target_rate`` (12.5 → threshold 1.0; None → the model's
     fixed group, or ``threshold`` / ``fixed_group`` when given) and decode it twice: all
-    quantizers and semantic-only (RVQ-1)."""
+    quantizers and semantic-only (RVQ-1; ``rvq1=False`` skips that decode, ``"rvq1"`` is
+    then None)."""
     if fixed_group is not None:
         codes = model.encode(audio, SAMPLE_RATE, fixed_group=fixed_group)
     elif threshold is not None:
@@ -221,11 +223,11 @@ def reconstruct(model, audio: np.ndarray, target_rate: float | None,
     full = model.decode_from_codes(codes.semantic_codes, codes.acoustic_codes,
                                    codes.token_lengths)[0, :n]
     sem = model.decode_from_codes(codes.semantic_codes, codes.acoustic_codes[:, :0],
-                                  codes.token_lengths)[0, :n]
+                                  codes.token_lengths)[0, :n] if rvq1 else None
     tokens = int(codes.token_mask[0].sum())
     return {"full": _pad_to(full.float().cpu().numpy(), n),
             "acoustic_codes": codes.acoustic_codes[0, :, :tokens].cpu().numpy(),
-            "rvq1": _pad_to(sem.float().cpu().numpy(), n),
+            "rvq1": _pad_to(sem.float().cpu().numpy(), n) if rvq1 else None,
             "tokens": tokens, "frames": int(codes.num_frames[0]),
             "token_lengths": codes.token_lengths[0, :tokens].cpu().numpy(),
             "n_q": int(codes.acoustic_codes.shape[1])}
@@ -250,16 +252,23 @@ def _pad_to(x: np.ndarray, n: int) -> np.ndarray:
     return x[:n] if len(x) >= n else np.pad(x, (0, n - len(x)))
 
 
-def mel_distance(ref: np.ndarray, deg: np.ndarray, _mel={}) -> float:
-    """Mean absolute log-mel difference (80 mels, 1024/256 STFT, codec.mel)."""
+def log_mel_abs_diff(ref: np.ndarray, deg: np.ndarray, hop: int = 256, _mel={}
+                     ) -> torch.Tensor:
+    """|log-mel(ref) - log-mel(deg)| (80 mels, 1024-point STFT, ``hop``, codec.mel) for two
+    16 kHz signals of one length → [80, N // hop + 1]."""
     from codec.mel import MelSpectrogram
 
-    if "m" not in _mel:
-        _mel["m"] = MelSpectrogram(SAMPLE_RATE, 1024, 256, n_mels=80)
-    m = _mel["m"]
+    if hop not in _mel:
+        _mel[hop] = MelSpectrogram(SAMPLE_RATE, 1024, hop, n_mels=80)
+    m = _mel[hop]
     a = m(torch.from_numpy(np.ascontiguousarray(ref, dtype=np.float32))[None])
     b = m(torch.from_numpy(np.ascontiguousarray(deg, dtype=np.float32))[None])
-    return float((a - b).abs().mean())
+    return (a - b).abs()[0]
+
+
+def mel_distance(ref: np.ndarray, deg: np.ndarray) -> float:
+    """Mean absolute log-mel difference (80 mels, 1024/256 STFT, codec.mel)."""
+    return float(log_mel_abs_diff(ref, deg, 256).mean())
 
 
 def evaluate_codec(model, data: str, split: str = "test",

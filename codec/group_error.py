@@ -13,27 +13,20 @@ Used by ``scripts/diagnose_group_error.py``.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 HOP = 1280          # samples per 12.5 Hz frame at 16 kHz
 MEL_HOP = 320       # four mel frames per codec frame
 
 
-def frame_mel_errors(ref: np.ndarray, deg: np.ndarray, frames: int, _mel={}) -> np.ndarray:
+def frame_mel_errors(ref: np.ndarray, deg: np.ndarray, frames: int) -> np.ndarray:
     """Mean absolute log-mel difference (80 mels, 1024-point STFT, hop 320, codec.mel) of
     each 12.5 Hz frame. ref, deg [N] at 16 kHz (deg is cut or zero-padded to N) → [frames];
     mel frame j (centred at sample 320 j) belongs to codec frame j // 4."""
-    from codec.mel import MelSpectrogram
+    from codec.evaluate import _pad_to, log_mel_abs_diff
 
     if frames < 1:
         raise ValueError(f"frames must be >= 1, got {frames}")
-    if "m" not in _mel:
-        _mel["m"] = MelSpectrogram(16000, 1024, MEL_HOP, n_mels=80)
-    n = len(ref)
-    deg = deg[:n] if len(deg) >= n else np.pad(deg, (0, n - len(deg)))
-    a = _mel["m"](torch.from_numpy(np.ascontiguousarray(ref, dtype=np.float32))[None])[0]
-    b = _mel["m"](torch.from_numpy(np.ascontiguousarray(deg, dtype=np.float32))[None])[0]
-    per_mel = (a - b).abs().mean(0).numpy()                      # [n // 320 + 1]
+    per_mel = log_mel_abs_diff(ref, _pad_to(deg, len(ref)), MEL_HOP).mean(0).numpy()
     owner = np.minimum(np.arange(len(per_mel)) // (HOP // MEL_HOP), frames - 1)
     sums = np.bincount(owner, weights=per_mel, minlength=frames)
     counts = np.bincount(owner, minlength=frames)

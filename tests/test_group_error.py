@@ -69,6 +69,11 @@ def test_diagnose_on_a_tiny_codec(tiny_corpus):
     base = FlexiCodec(FlexiCodecConfig.tiny(fixed_group=2)).eval()
     utts = load_utterances(str(tiny_corpus), "test_unseen", 3)
     res = diagnose(model, base, utts)
+    from codec.evaluate import reconstruct
+    both = reconstruct(model, utts[0]["audio"], 6.25)
+    full_only = reconstruct(model, utts[0]["audio"], 6.25, rvq1=False)
+    assert full_only["rvq1"] is None and both["rvq1"] is not None
+    assert np.array_equal(full_only["full"], both["full"])
     assert res["frames"] == sum(r["frames"] for r in res["rows"])
     assert 5.0 < res["rate_hz"] < 7.5
     assert {"error_own", "error_pairs", "error_baseline"} <= set(res["rows"][0])
