@@ -1,7 +1,8 @@
-"""Configuration of :class:`codec.model.FlexiCodec` (one dataclass, three presets).
+"""Configuration of :class:`codec.model.FlexiCodec` (one dataclass, four presets).
 
-The presets ``tiny`` (tests), ``small`` (our shipped default) and ``base`` (closer to the
-paper) are the ``model:`` sections of ``configs/codec/{tiny,small,base}.yaml``; a test checks
+The presets ``tiny`` (tests), ``small`` (the first shipped codec), ``v2`` (sized for GPU
+training) and ``base`` (closer to the paper) are the ``model:`` sections of
+``configs/codec/{tiny,small,v2,base}.yaml``; a test checks
 that the YAML files and :data:`PRESETS` agree.
 """
 from __future__ import annotations
@@ -212,6 +213,17 @@ PRESETS: dict[str, dict] = {
         semantic_decoder_layers=2, fsq_levels=(8, 8, 8, 8), n_q=8, rvq_codebook_size=1024,
         rvq_codebook_dim=8, transformer_layers=2, transformer_heads=4, decoder_dim=384,
         decoder_intermediate_dim=1152, decoder_layers=8,
+        semantic=dict(source="asr", asr_path="flexicodec_pretrained/asr"),
+    ),
+    # v2, sized for training on one GPU (configs/codec/v2.yaml): a DAC-like Snake encoder
+    # (16 base channels → 512), 12 acoustic RVQ stages (0.6-2.4 kbps from one checkpoint by
+    # quantizer dropout), Vocos decoder at 512 x 8 (TTS decoding stays far below real time
+    # on 2 CPU cores). 25.6 M parameters without the ASR.
+    "v2": dict(
+        encoder_dim=16, encoder_activation="snake", latent_dim=256, semantic_dim=256,
+        semantic_layers=2, semantic_decoder_layers=2, fsq_levels=(8, 8, 8, 8), n_q=12,
+        rvq_codebook_size=1024, rvq_codebook_dim=8, transformer_layers=2, transformer_heads=4,
+        decoder_dim=512, decoder_intermediate_dim=1536, decoder_layers=8,
         semantic=dict(source="asr", asr_path="flexicodec_pretrained/asr"),
     ),
     # closer to the paper: latent 512, FSQ 32768 (= 8^5), RVQ 12 x 4096

@@ -104,13 +104,17 @@ class AcousticEncoder(nn.Module):
         self.act = make_activation(act, c)
         self.conv_out = _conv(c, latent_dim, 3)
 
-    def forward(self, wav: torch.Tensor, num_frames: torch.Tensor) -> torch.Tensor:
+    def forward(self, wav: torch.Tensor, num_frames: torch.Tensor,
+                full: bool | None = None) -> torch.Tensor:
+        """``full=True``: every utterance fills the batch (no masks, no host sync); None:
+        decided from ``num_frames``."""
         B, T = wav.shape
         if T % self.hop_size:
             raise ValueError(f"encoder input length {T} is not a multiple of {self.hop_size}")
 
         # masks only matter when some utterance is shorter than the batch (skipped otherwise)
-        full = bool((num_frames * self.hop_size >= T).all())
+        if full is None:
+            full = bool((num_frames * self.hop_size >= T).all())
 
         def mask_at(step: int, length: int) -> torch.Tensor | None:
             if full:

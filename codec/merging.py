@@ -103,9 +103,24 @@ def merge_from_boundaries(new_group: torch.Tensor, frame_mask: torch.Tensor,
     return Merge(gid, lengths, lengths > 0, frame_mask, threshold)
 
 
+def merge_every_frame(frame_mask: torch.Tensor) -> Merge:
+    """No merging (threshold 1.0, 12.5 Hz): every valid frame is its own token.
+
+    Same result as :func:`merge_by_threshold` at 1.0, but built from the mask alone with
+    static shapes (T' = T) and no host synchronisation, so a fixed-rate training step can run
+    as one captured graph."""
+    B, T = frame_mask.shape
+    t = torch.arange(T, device=frame_mask.device)[None, :].expand(B, T)
+    gid = torch.where(frame_mask, t, torch.full_like(t, T))
+    thr = torch.ones(B, device=frame_mask.device)
+    return Merge(gid, frame_mask.long(), frame_mask.clone(), frame_mask, thr)
+
+
 def merge_by_threshold(sim: torch.Tensor, frame_mask: torch.Tensor,
                        threshold: float | torch.Tensor, max_group: int) -> Merge:
     """Group frames by ``threshold`` (scalar or [B]). sim [B, T] from :func:`frame_similarity`."""
+    if isinstance(threshold, (int, float)) and threshold >= 1.0:
+        return merge_every_frame(frame_mask)
     B = sim.shape[0]
     thr = torch.as_tensor(threshold, dtype=torch.float32, device=sim.device)
     thr = thr.expand(B).clone() if thr.dim() == 0 else thr.float()

@@ -37,7 +37,8 @@ from data.audio import AudioError, prepare_waveform
 @dataclass
 class CodecOutput:
     """Training forward output. audio [B, T]; codes/lengths/mask as in :class:`EncodedCodes`;
-    losses are scalars; frame_rate the batch's average token rate (Hz)."""
+    losses are scalars; frame_rate the batch's average token rate (Hz, a 0-dim tensor: reading
+    it synchronises with the device)."""
 
     audio: torch.Tensor
     semantic_codes: torch.Tensor
@@ -47,7 +48,7 @@ class CodecOutput:
     commit_loss: torch.Tensor
     codebook_loss: torch.Tensor
     distill_loss: torch.Tensor
-    frame_rate: float
+    frame_rate: torch.Tensor
     frame_mask: torch.Tensor | None = None      # [B, F] valid 12.5 Hz frames
     threshold: torch.Tensor | None = None       # [B]
 
@@ -258,22 +259,28 @@ class FlexiCodec(nn.Module, PretrainedMixin):
             raise ValueError(f"expected wav [B, T], got shape {tuple(wav.shape)}")
         B, T = wav.shape
         hop = self.config.hop_size
-        if wav_lengths is None:
-            wav_lengths = torch.full((B,), T, dtype=torch.long, device=wav.device)
-        wav_lengths = wav_lengths.to(wav.device).long()
-        if (wav_lengths < 1).any() or (wav_lengths > T).any():
-            raise ValueError("wav_lengths must lie in [1, T]")
-        num_frames = torch.div(wav_lengths + hop - 1, hop, rounding_mode="floor")
-        F_ = int(num_frames.max())
-        t = torch.arange(F_ * hop, device=wav.device)
-        padded = nn.functional.pad(wav, (0, F_ * hop - T))
-        padded = padded * (t[None, :] < wav_lengths[:, None]).to(padded.dtype)
-        frame_mask = torch.arange(F_, device=wav.device)[None, :] < num_frames[:, None]
+        if wav_lengths is None:         # every item fills the batch: static shapes, no sync
+            F_ = -(-T // hop)
+            num_frames = torch.full((B,), F_, dtype=torch.long, device=wav.device)
+            padded = nn.functional.pad(wav, (0, F_ * hop - T))
+            frame_mask = torch.ones(B, F_, dtype=torch.bool, device=wav.device)
+            full = True
+        else:
+            wav_lengths = wav_lengths.to(wav.device).long()
+            if (wav_lengths < 1).any() or (wav_lengths > T).any():
+                raise ValueError("wav_lengths must lie in [1, T]")
+            num_frames = torch.div(wav_lengths + hop - 1, hop, rounding_mode="floor")
+            F_ = int(num_frames.max())
+            t = torch.arange(F_ * hop, device=wav.device)
+            padded = nn.functional.pad(wav, (0, F_ * hop - T))
+            padded = padded * (t[None, :] < wav_lengths[:, None]).to(padded.dtype)
+            frame_mask = torch.arange(F_, device=wav.device)[None, :] < num_frames[:, None]
+            full = None
         if target is None:
             target = self.semantic_targets(padded, num_frames)
         elif target.shape[:2] != (B, F_):
             raise ValueError(f"target must be [B, F]=[{B}, {F_}], got {tuple(target.shape)}")
-        latent = self.encoder(padded, num_frames)
+        latent = self.encoder(padded, num_frames, full=full)
         latent = self.merge_transformer(latent, frame_mask)
         sem = self.semantic_encoder(target.to(latent.dtype), frame_mask)
         return FrameFeatures(latent, sem, target, frame_mask, num_frames)
@@ -415,16 +422,21 @@ class FlexiCodec(nn.Module, PretrainedMixin):
     # ---- training forward ----------------------------------------------------------------
     def forward(self, wav: torch.Tensor, wav_lengths: torch.Tensor | None = None,
                 merging_threshold: float | None = None, num_quantizers: int | None = None,
-                fixed_group: int | None = None, frame_rate: float | None = None
-                ) -> CodecOutput:
+                fixed_group: int | None = None, frame_rate: float | None = None,
+                semantic_target: torch.Tensor | None = None) -> CodecOutput:
         """wav [B, T] (16 kHz) → :class:`CodecOutput` (audio [B, T]).
+
+        ``wav_lengths=None``: every item is T samples long (the fast training path: no masks,
+        and at 12.5 Hz no host synchronisation). ``semantic_target`` [B, F, Dsem]: the frozen
+        semantic features on the frame grid, precomputed (:mod:`codec.device_data`);
+        computed from ``wav`` when None.
 
         Groups: ``merging_threshold`` or a target ``frame_rate`` (Hz, per utterance); with
         neither, training draws one target rate per batch from ``train_frame_rate_range`` and
         eval uses ``default_threshold`` (see :meth:`make_merge`).
         ``num_quantizers=None`` uses all stages (with quantizer dropout in training)."""
         T = wav.shape[1]
-        ff = self.frame_features(wav, wav_lengths)
+        ff = self.frame_features(wav, wav_lengths, target=semantic_target)
         merge = self.make_merge(ff, merging_threshold, frame_rate, fixed_group)
         q = self.quantize(ff, merge, num_quantizers)
         audio = self.synthesize(q["tokens"], merge)[:, :T]
@@ -433,7 +445,7 @@ class FlexiCodec(nn.Module, PretrainedMixin):
                            token_lengths=merge.token_lengths, token_mask=merge.token_mask,
                            commit_loss=q["commit_loss"], codebook_loss=q["codebook_loss"],
                            distill_loss=q["distill_loss"],
-                           frame_rate=float(merge.frame_rate(self.frame_rate_base).mean()),
+                           frame_rate=merge.frame_rate(self.frame_rate_base).mean(),
                            frame_mask=merge.frame_mask, threshold=merge.threshold)
 
     # ---- inference API -------------------------------------------------------------------

@@ -30,6 +30,7 @@ import copy
 import json
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,8 +40,9 @@ from tqdm.auto import tqdm
 from codec.discriminators import CodecDiscriminator, DiscriminatorConfig
 from codec.losses import (MelLossConfig, MultiResolutionMelLoss, discriminator_loss,
                           feature_matching_loss, generator_adv_loss, match_length)
+from codec.portable import load_portable_weights, read_portable_info, save_portable_state
 from codec.pretrained import atomic_write_text, config_from_dict, config_to_dict
-from codec.training import (CheckpointManager, EpochPlan, JsonlLogger, TimeBudget,
+from codec.training import (STATE_NAME, CheckpointManager, EpochPlan, JsonlLogger, TimeBudget,
                             cuda_memory_gb, dataclass_from_section, end_of_step, load_yaml,
                             lr_lambda, make_accelerator, seed_everything)
 
@@ -82,6 +84,13 @@ class CodecTrainConfig:
     eval_seconds: float = 6.0
     num_workers: int = 2
     seed: int = 0
+    # --- speed (benchmarks/train_speed.py measures each) ---
+    data_on_device: bool = False        # train split + frozen features held on the device
+    cache_dir: str = ""                 # device-data cache (default RUN/cache)
+    compile: bool = False               # torch.compile the generator parts, discriminators, loss
+    lr_schedule: str = "cosine"         # 'cosine' (to max_steps) or 'constant' after warm-up
+    rewarm_steps: int = 200             # LR ramp after continuing from a portable state
+    eval_quality: bool = False          # STOI / PESQ-WB of valid reconstructions at each eval
 
     def __post_init__(self) -> None:
         for name in ("loss_weights", "mel_loss", "discriminator"):
@@ -96,6 +105,11 @@ class CodecTrainConfig:
             raise ValueError("train.segment_seconds and train.batch_size must be positive")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.lr_schedule not in ("cosine", "constant"):
+            raise ValueError(f"train.lr_schedule must be 'cosine' or 'constant', got "
+                             f"{self.lr_schedule!r}")
+        if self.rewarm_steps < 0:
+            raise ValueError(f"train.rewarm_steps must be >= 0, got {self.rewarm_steps}")
 
 
 def load_train_section(path: str | Path) -> CodecTrainConfig:
@@ -120,9 +134,11 @@ class EMA:
 
     @torch.no_grad()
     def update(self, module: torch.nn.Module) -> None:
-        for k, v in module.state_dict().items():
-            if k in self.shadow:
-                self.shadow[k].lerp_(v.detach().to(self.shadow[k].dtype), 1 - self.decay)
+        state = module.state_dict()
+        keys = [k for k in self.shadow if k in state]
+        torch._foreach_lerp_([self.shadow[k] for k in keys],
+                             [state[k].detach().to(self.shadow[k].dtype) for k in keys],
+                             1 - self.decay)
 
     def copy_to(self, module: torch.nn.Module) -> None:
         state = module.state_dict()
@@ -184,6 +200,57 @@ def sample_merging(step: int, tc: CodecTrainConfig, model_cfg) -> dict:
     if step < tc.warmup_fixed_steps:
         return {"merging_threshold": 1.0}
     return {"frame_rate": model_cfg.draw_train_rate()}
+
+
+def schedule(tc: CodecTrainConfig, warmup: int, total: int, offset: int = 0,
+             rewarm: tuple[int, int] | None = None):
+    """LambdaLR factor of scheduler step ``i`` (global step ``i + offset``): linear warm-up,
+    then cosine decay to ``total`` or constant (``tc.lr_schedule``); ``rewarm=(from, n)``
+    multiplies by a linear ramp over the ``n`` steps after global step ``from`` (fresh
+    optimizer moments after continuing from a portable state)."""
+    base = lr_lambda(warmup, total) if tc.lr_schedule == "cosine" else \
+        (lambda i: min(1.0, (i + 1) / max(1, warmup)))
+
+    def f(i: int) -> float:
+        factor = base(i)
+        if rewarm is not None and rewarm[1] > 0:
+            factor *= min(1.0, max(0, i + offset - rewarm[0] + 1) / rewarm[1])
+        return factor
+    return f
+
+
+def compile_for_training(model, disc, mel_loss) -> None:
+    """``torch.compile`` (in place: parameter names unchanged) the parts of a training step
+    whose shapes are fixed by the crop length: acoustic encoder, transformers, ConvNeXt
+    stacks, RVQ, decoder, discriminators and the mel loss. The merging itself (data-dependent
+    grouping) stays eager."""
+    for part in (model.encoder, model.merge_transformer, model.semantic_encoder,
+                 model.semantic_decoder, model.distill_head, model.rvq,
+                 model.unmerge_transformer, model.decoder, disc, mel_loss):
+        part.compile()
+
+
+@torch.no_grad()
+def valid_quality(model, dataset, device, max_utts: int, rate: float | None) -> dict:
+    """Mean STOI and PESQ-WB of the first ``max_utts`` valid utterances reconstructed at
+    ``rate`` Hz (None: the model's fixed groups). Needs the judges (``pip install .[eval]``)."""
+    from codec.metrics import pesq_wb, stoi
+    from data.loaders import collate_audio
+
+    was = model.training
+    model.eval()
+    st, pq, n = 0.0, 0.0, min(len(dataset), max_utts)
+    for i in range(n):
+        batch = collate_audio([dataset[i]])
+        wav = batch["wav"].to(device)
+        res = model(wav, batch["wav_lengths"].to(device), frame_rate=rate)
+        ref = wav[0].float().cpu().numpy()
+        deg = res.audio[0, : ref.shape[0]].float().cpu().numpy()
+        st += stoi(ref, deg)
+        pq += pesq_wb(ref, deg)
+    model.train(was)
+    key = "fixed" if rate is None else f"{rate:g}Hz"
+    return {f"valid_stoi_{key}": st / max(1, n), f"valid_pesq_{key}": pq / max(1, n)}
 
 
 def compact_buffers(module: torch.nn.Module) -> None:
@@ -269,17 +336,101 @@ def corpus_similarities(model, dataset, device, max_utts: int = 200) -> list[tor
     return sims
 
 
+@dataclass
+class StepParts:
+    """Everything one training step touches (prepared by accelerate)."""
+    accelerator: object
+    model: torch.nn.Module
+    disc: torch.nn.Module
+    mel_loss: torch.nn.Module
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    sched_g: object
+    sched_d: object
+    g_params: list
+    ema: "EMA | None"
+    tc: CodecTrainConfig
+
+
+def train_step(p: StepParts, wav: torch.Tensor, wl: torch.Tensor | None,
+               target: torch.Tensor | None, how: dict, use_gan: bool, mark=None):
+    """One generator (+ discriminator) update on wav [B, T] (``wl`` [B] lengths or None for
+    full crops; ``target`` [B, F, Dsem] precomputed semantic features or None).
+
+    Returns (model output, mel loss, generator loss, generator grad norm, logs) with every
+    value still on the device (reading them synchronises). ``mark(name)``, when given, is
+    called at the end of each phase ("generator_forward", "discriminator",
+    "generator_backward", "optimizer"): benchmarks/train_speed.py times the phases with it."""
+    acc, tc, w = p.accelerator, p.tc, p.tc.loss_weights
+    mark = mark or (lambda name: None)
+    with acc.autocast():
+        out = p.model(wav, wl, semantic_target=target, **how)
+    y_hat = match_length(out.audio.float(), wav.shape[-1])
+    if wl is not None:
+        y_hat = _mask_audio(y_hat, wl)
+    l_mel = p.mel_loss(y_hat, wav)
+    mark("generator_forward")
+
+    logs = {}
+    if use_gan:                                    # discriminator step
+        with acc.autocast():   # one pass over [real; fake] (DDP-safe)
+            logits, _ = p.disc(torch.cat([wav, y_hat.detach()]))
+        real_logits, fake_logits = _split(logits, wav.shape[0])
+        d_loss = discriminator_loss(real_logits, fake_logits, tc.gan_kind)
+        p.opt_d.zero_grad(set_to_none=True)
+        acc.backward(d_loss)
+        logs["d_grad_norm"] = acc.clip_grad_norm_(p.disc.parameters(), tc.grad_clip_d)
+        p.opt_d.step()
+        p.sched_d.step()
+        logs["d_loss"] = d_loss.detach()
+        mark("discriminator")
+
+    g_loss = w.mel * l_mel
+    for name, weight in (("commit", w.commit), ("codebook", w.codebook),
+                         ("distill", w.distill)):
+        value = getattr(out, f"{name}_loss")
+        if value is not None and weight:
+            g_loss = g_loss + weight * value.float()
+            logs[f"{name}_loss"] = value.detach()
+    if use_gan:
+        with acc.autocast():
+            logits, fmaps = p.disc(torch.cat([wav, y_hat]))
+        _, fake_logits = _split(logits, wav.shape[0])
+        real_fmaps, fake_fmaps = zip(*(_split(f, wav.shape[0]) for f in fmaps))
+        l_adv = generator_adv_loss(fake_logits, tc.gan_kind)
+        l_fm = feature_matching_loss(real_fmaps, fake_fmaps)
+        g_loss = g_loss + w.adv * l_adv + w.feature_matching * l_fm
+        logs.update(adv_loss=l_adv.detach(), fm_loss=l_fm.detach())
+    p.opt_g.zero_grad(set_to_none=True)
+    acc.backward(g_loss)
+    mark("generator_backward")
+    gnorm = acc.clip_grad_norm_(p.g_params, tc.grad_clip_g)
+    p.opt_g.step()
+    p.sched_g.step()
+    p.opt_d.zero_grad(set_to_none=True)             # drop D grads from the G pass
+    if p.ema is not None:
+        p.ema.update(acc.unwrap_model(p.model))
+    mark("optimizer")
+    return out, l_mel, g_loss, gnorm, logs
+
+
 def train_codec(config_path: str, data: str, run_dir: str, asr: str | None = None,
                 max_steps: int | None = None, max_minutes: float | None = None,
                 resume: bool = False, out_model: str | None = None,
                 fixed_group: int | None = None, stop_after: int | None = None,
                 cpu: bool = False, mixed_precision: str | None = None,
-                init_from: str | None = None) -> dict:
+                init_from: str | None = None, portable_state: str | None = None) -> dict:
     """Run (or resume) codec training; returns the last logged metrics.
 
     ``init_from``: start a new run from a trained codec directory — its model config and
     weights (frozen ASR included); discriminators, optimizers and the step count start
-    fresh. The YAML's ``model:`` section and ``asr`` are then not used."""
+    fresh. The YAML's ``model:`` section and ``asr`` are then not used.
+
+    ``portable_state``: a :mod:`codec.portable` directory. A new run (no checkpoint in
+    ``run_dir``) continues from it when it exists — model config, generator and
+    discriminator weights, step and training time — with fresh optimizer moments (learning
+    rates re-warmed over ``rewarm_steps``); the run rewrites it when it ends (also when it
+    stops early on ``max_minutes``)."""
     from accelerate.utils import DistributedDataParallelKwargs
 
     from codec.config import FlexiCodecConfig
@@ -299,6 +450,11 @@ def train_codec(config_path: str, data: str, run_dir: str, asr: str | None = Non
 
     cfg_file = run / "codec_config.json"
     resuming = resume and ckpt.latest() is not None
+    portable_info = None
+    if portable_state and not resuming and Path(portable_state).exists():
+        if init_from:
+            raise ValueError("give --init-from or an existing --portable-state, not both")
+        portable_info = read_portable_info(portable_state)
     if resuming:
         if not cfg_file.is_file():
             raise FileNotFoundError(f"{cfg_file}: missing; cannot resume this run")
@@ -310,8 +466,16 @@ def train_codec(config_path: str, data: str, run_dir: str, asr: str | None = Non
         if ckpt.latest() is not None:
             raise FileExistsError(f"{run}: already holds checkpoints; pass --resume or use a "
                                   f"new --run-dir")
-        model_cfg = (init_codec_config(init_from, fixed_group) if init_from
-                     else build_codec_config(config_path, asr, fixed_group))
+        if portable_info is not None:
+            model_cfg = config_from_dict(FlexiCodecConfig, portable_info["codec_config"])
+            if fixed_group is not None and fixed_group != model_cfg.fixed_group:
+                raise ValueError(f"--fixed-group {fixed_group} differs from the portable "
+                                 f"state's {model_cfg.fixed_group}")
+            model_cfg.semantic.asr_path = build_codec_config(config_path, asr,
+                                                             None).semantic.asr_path
+        else:
+            model_cfg = (init_codec_config(init_from, fixed_group) if init_from
+                         else build_codec_config(config_path, asr, fixed_group))
     model = FlexiCodec(model_cfg)           # consumes semantic.asr_path (weights copied in)
     if init_from and not resuming:
         model.load_state_dict(FlexiCodec.from_pretrained(init_from).state_dict())
@@ -324,16 +488,50 @@ def train_codec(config_path: str, data: str, run_dir: str, asr: str | None = Non
                                                ensure_ascii=False))
     disc = CodecDiscriminator(tc.discriminator)
     mel_loss = MultiResolutionMelLoss(tc.mel_loss)
+    start_step, prior_seconds = 0, 0.0
+    if portable_info is not None:
+        if config_to_dict(disc.config) != portable_info["discriminator_config"]:
+            raise ValueError(f"{portable_state}: its discriminators differ from "
+                             f"{config_path}'s train.discriminator")
+        load_portable_weights(portable_state, model, disc)
+        start_step = int(portable_info["step"])
+        prior_seconds = float(portable_info.get("train_seconds", 0.0))
+        if main:
+            print(f"[train] continuing {portable_state} at step {start_step} "
+                  f"({prior_seconds / 60:.1f} training minutes so far; optimizer moments "
+                  f"start fresh, learning rates re-warm over {tc.rewarm_steps} steps)")
+    if tc.compile:
+        compile_for_training(model, disc, mel_loss)
+    if tc.eval_quality:
+        for module in ("pesq", "pystoi"):
+            try:
+                __import__(module)
+            except ImportError as exc:
+                raise ImportError(f"train.eval_quality needs {module} (pip install "
+                                  f"'.[eval]'): {exc}") from None
 
+    fused = {"fused": True} if accelerator.device.type == "cuda" else {}
     g_params = [p for p in model.parameters() if p.requires_grad]
     opt_g = torch.optim.AdamW(g_params, lr=tc.lr_g, betas=tuple(tc.betas),
-                              weight_decay=tc.weight_decay)
+                              weight_decay=tc.weight_decay, **fused)
     opt_d = torch.optim.AdamW(disc.parameters(), lr=tc.lr_d, betas=tuple(tc.betas),
-                              weight_decay=tc.weight_decay)
-    sched_g = torch.optim.lr_scheduler.LambdaLR(opt_g, lr_lambda(tc.warmup_steps, tc.max_steps))
+                              weight_decay=tc.weight_decay, **fused)
+    rewarm_from = start_step if portable_info is not None else None
+    if resuming:          # a run that began from a portable state keeps its re-warm
+        rewarm_from = json.loads((ckpt.latest() / STATE_NAME).read_text()).get("rewarm_from")
+    rewarm = (rewarm_from, tc.rewarm_steps) if rewarm_from is not None else None
+    sched_g = torch.optim.lr_scheduler.LambdaLR(
+        opt_g, schedule(tc, tc.warmup_steps, tc.max_steps, 0, rewarm))
     d_steps = max(1, tc.max_steps - tc.disc_start)
-    sched_d = torch.optim.lr_scheduler.LambdaLR(opt_d, lr_lambda(min(tc.warmup_steps, d_steps),
-                                                                 d_steps))
+    sched_d = torch.optim.lr_scheduler.LambdaLR(
+        opt_d, schedule(tc, min(tc.warmup_steps, d_steps), d_steps, tc.disc_start, rewarm))
+    if start_step:                       # continuing a portable state: schedules follow step
+        with warnings.catch_warnings():  # ("lr_scheduler.step() before optimizer.step()")
+            warnings.simplefilter("ignore", UserWarning)
+            for _ in range(start_step):
+                sched_g.step()
+            for _ in range(max(0, start_step - tc.disc_start)):
+                sched_d.step()
     model, disc, opt_g, opt_d, sched_g, sched_d = accelerator.prepare(
         model, disc, opt_g, opt_d, sched_g, sched_d)
     mel_loss = mel_loss.to(accelerator.device)
@@ -342,20 +540,41 @@ def train_codec(config_path: str, data: str, run_dir: str, asr: str | None = Non
     if ema is not None:
         accelerator.register_for_checkpointing(ema)
 
+    parts = StepParts(accelerator, model, disc, mel_loss, opt_g, opt_d, sched_g, sched_d,
+                      g_params, ema, tc)
     state = ckpt.load(accelerator) if resuming else None
-    step = int(state["step"]) if state else 0
+    step = int(state["step"]) if state else start_step
+    if state:
+        prior_seconds = float(state.get("train_seconds", 0.0))
 
     sr = model_cfg.sample_rate
-    seg = int(round(tc.segment_seconds * sr))
-    train_ds = load_corpus(data, split="train", sample_rate=sr, check="header")
-    durs = [float(d) for d in train_ds["duration"]]
-    keep = [i for i, d in enumerate(durs) if d >= tc.min_seconds]
-    if not keep:
-        raise ValueError(f"{data}: no train utterances of at least {tc.min_seconds} s")
-    if len(keep) < len(train_ds):
-        train_ds = train_ds.select(keep)
-        durs = [durs[i] for i in keep]
-    train_set = AudioDataset(train_ds, sample_rate=sr, segment_samples=seg, random_crop=True)
+    hop = model_cfg.hop_size
+    seg_frames = max(1, round(tc.segment_seconds * sr / hop)) if tc.data_on_device else None
+    seg = seg_frames * hop if seg_frames else int(round(tc.segment_seconds * sr))
+    world = accelerator.num_processes
+    if tc.data_on_device:
+        from codec.device_data import build_device_corpus
+
+        corpus = build_device_corpus(raw, data, "train", accelerator.device, seg_frames,
+                                     cache_dir=tc.cache_dir or (run / "cache"),
+                                     num_workers=tc.num_workers, progress=main)
+        sampler = corpus.crop_sampler(seg_frames)
+        n_train = corpus.num_utterances
+        crops_per_epoch = max(1, sampler.total // seg_frames)
+        plan = None
+    else:
+        train_ds = load_corpus(data, split="train", sample_rate=sr, check="header")
+        durs = [float(d) for d in train_ds["duration"]]
+        keep = [i for i, d in enumerate(durs) if d >= tc.min_seconds]
+        if not keep:
+            raise ValueError(f"{data}: no train utterances of at least {tc.min_seconds} s")
+        if len(keep) < len(train_ds):
+            train_ds = train_ds.select(keep)
+            durs = [durs[i] for i in keep]
+        train_set = AudioDataset(train_ds, sample_rate=sr, segment_samples=seg, random_crop=True)
+        n_train = len(train_set)
+        plan = EpochPlan(durs, tc.batch_size, tc.seed, accelerator.process_index, world,
+                         bucket=False, what="train utterances")
     try:
         valid_ds = load_corpus(data, split="valid", sample_rate=sr, check="header")
         valid_set = AudioDataset(valid_ds, sample_rate=sr,
@@ -363,9 +582,6 @@ def train_codec(config_path: str, data: str, run_dir: str, asr: str | None = Non
     except ValueError:
         valid_set = None
 
-    world = accelerator.num_processes
-    plan = EpochPlan(durs, tc.batch_size, tc.seed, accelerator.process_index, world,
-                     bucket=False, what="train utterances")
     logger = JsonlLogger(run / "metrics.jsonl", enabled=main)
     n_gen = sum(p.numel() for p in g_params)
     n_disc = sum(p.numel() for p in disc.parameters())
@@ -373,109 +589,93 @@ def train_codec(config_path: str, data: str, run_dir: str, asr: str | None = Non
         mode = f"fixed group {model_cfg.fixed_group}" if model_cfg.fixed_group else \
             f"dynamic (fixed 12.5 Hz for {tc.warmup_fixed_steps} steps)"
         print(f"[train] generator {n_gen / 1e6:.2f} M trainable params, discriminators "
-              f"{n_disc / 1e6:.2f} M; {len(train_set)} train utterances, crops "
-              f"{tc.segment_seconds} s x {tc.batch_size}; {mode}; device {accelerator.device}, "
-              f"precision {accelerator.mixed_precision}; "
-              f"{'resumed at step ' + str(step) if state else 'from scratch'}")
+              f"{n_disc / 1e6:.2f} M; {n_train} train utterances, crops "
+              f"{seg / sr:g} s x {tc.batch_size}"
+              f"{' (held on the device)' if tc.data_on_device else ''}; {mode}; device "
+              f"{accelerator.device}, precision {accelerator.mixed_precision}"
+              f"{', compiled' if tc.compile else ''}; "
+              f"{('resumed at step ' if state else 'continued at step ') + str(step) if step else 'from scratch'}")
 
-    w = tc.loss_weights
+    def batches():
+        """(epoch, wav [B, seg], wav_lengths [B] or None, semantic target or None) per step."""
+        if tc.data_on_device:
+            gen = torch.Generator(device=accelerator.device)
+            while True:       # seeded by (seed, step, rank): a resumed run draws the same
+                gen.manual_seed(tc.seed * 1000003 + step * world + accelerator.process_index)
+                wav, target = sampler.sample(tc.batch_size, gen)
+                yield step * tc.batch_size * world // crops_per_epoch, wav, None, target
+        while True:
+            epoch, loader = plan.loader(train_set, step, tc.num_workers)
+            for batch in loader:
+                yield (epoch, batch["wav"].to(accelerator.device),
+                       batch["wav_lengths"].to(accelerator.device), None)
+
     pbar = tqdm(total=tc.max_steps, initial=step, desc="codec-train", disable=not main)
     last: dict = {}
     t_log, samples = time.monotonic(), 0
     stopped_early = False
     model.train()
     disc.train()
-    while step < tc.max_steps and not stopped_early:
-        epoch, loader = plan.loader(train_set, step, tc.num_workers)
-        for batch in loader:
-            wav = batch["wav"].to(accelerator.device)
-            wl = batch["wav_lengths"].to(accelerator.device)
-            how = sample_merging(step, tc, model_cfg)
-            use_gan = step >= tc.disc_start
-            with accelerator.autocast():
-                out = model(wav, wl, **how)
-            y_hat = _mask_audio(match_length(out.audio.float(), wav.shape[-1]), wl)
-
-            logs = {}
-            if use_gan:                                    # discriminator step
-                with accelerator.autocast():   # one pass over [real; fake] (DDP-safe)
-                    logits, _ = disc(torch.cat([wav, y_hat.detach()]))
-                real_logits, fake_logits = _split(logits, wav.shape[0])
-                d_loss = discriminator_loss(real_logits, fake_logits, tc.gan_kind)
-                opt_d.zero_grad(set_to_none=True)
-                accelerator.backward(d_loss)
-                logs["d_grad_norm"] = float(accelerator.clip_grad_norm_(disc.parameters(),
-                                                                        tc.grad_clip_d))
-                opt_d.step()
-                sched_d.step()
-                logs["d_loss"] = d_loss.item()
-
-            l_mel = mel_loss(y_hat, wav)
-            g_loss = w.mel * l_mel
-            for name, weight in (("commit", w.commit), ("codebook", w.codebook),
-                                 ("distill", w.distill)):
-                value = getattr(out, f"{name}_loss")
-                if value is not None and weight:
-                    g_loss = g_loss + weight * value.float()
-                    logs[f"{name}_loss"] = float(value.detach())
-            if use_gan:
-                with accelerator.autocast():
-                    logits, fmaps = disc(torch.cat([wav, y_hat]))
-                _, fake_logits = _split(logits, wav.shape[0])
-                real_fmaps, fake_fmaps = zip(*(_split(f, wav.shape[0]) for f in fmaps))
-                l_adv = generator_adv_loss(fake_logits, tc.gan_kind)
-                l_fm = feature_matching_loss(real_fmaps, fake_fmaps)
-                g_loss = g_loss + w.adv * l_adv + w.feature_matching * l_fm
-                logs.update(adv_loss=l_adv.item(), fm_loss=l_fm.item())
-            opt_g.zero_grad(set_to_none=True)
-            accelerator.backward(g_loss)
-            gnorm = accelerator.clip_grad_norm_(g_params, tc.grad_clip_g)
-            opt_g.step()
-            sched_g.step()
-            opt_d.zero_grad(set_to_none=True)             # drop D grads from the G pass
-            if ema is not None:
-                ema.update(raw)
-            step += 1
-            budget.tick()
-            samples += wav.shape[0] * world
-            pbar.update(1)
+    for epoch, wav, wl, target in batches():
+        if step >= tc.max_steps:
+            break
+        how = sample_merging(step, tc, model_cfg)
+        out, l_mel, g_loss, gnorm, logs = train_step(parts, wav, wl, target, how,
+                                                     step >= tc.disc_start)
+        step += 1
+        budget.tick()
+        samples += wav.shape[0] * world
+        pbar.update(1)
+        if step % tc.log_every == 0 or step == tc.max_steps:
             if not math.isfinite(g_loss.item()):
                 raise FloatingPointError(f"step {step}: generator loss is {g_loss.item()}")
-            if step % tc.log_every == 0 or step == tc.max_steps:
-                dt = time.monotonic() - t_log
-                last = {"step": step, "epoch": epoch, "loss": g_loss.item(),
-                        "mel_loss": l_mel.item(), **logs, "grad_norm": float(gnorm),
-                        "target_rate": how.get("frame_rate"),
-                        "threshold": (float(out.threshold.float().mean())
-                                      if bool(torch.isfinite(out.threshold).all()) else None),
-                        "frame_rate": float(out.frame_rate),
-                        "lr_g": sched_g.get_last_lr()[0], "samples_per_s": samples / dt,
-                        "audio_s_per_s": samples * tc.segment_seconds / dt,
-                        "elapsed_s": budget.elapsed()}
-                mem = cuda_memory_gb()
-                if mem is not None:
-                    last["gpu_mem_gb"] = mem
-                logger.log(last)
-                pbar.set_postfix(mel=f"{l_mel.item():.3f}", rate=f"{float(out.frame_rate):.1f}")
-                t_log, samples = time.monotonic(), 0
-            if valid_set is not None and step % tc.eval_every == 0 and main:
-                rates = (None,) if model_cfg.fixed_group else (12.5, 6.25)
-                ev = valid_mel_loss(raw, valid_set, mel_loss, accelerator.device,
-                                    tc.max_eval_utts, rates)
-                logger.log({"step": step, **ev})
-                tqdm.write(f"[train] step {step}: " + ", ".join(f"{k} {v:.3f}"
-                                                                for k, v in ev.items()))
-            ended = end_of_step(accelerator, ckpt, budget, step, tc.max_steps, tc.save_every,
-                                stop_after, name="train", epoch=epoch)
-            if ended:
-                stopped_early = ended == "stopped"
-                break
+            dt = time.monotonic() - t_log
+            last = {"step": step, "epoch": epoch, "loss": g_loss.item(),
+                    "mel_loss": l_mel.item(), **{k: float(v) for k, v in logs.items()},
+                    "grad_norm": float(gnorm),
+                    "target_rate": how.get("frame_rate"),
+                    "threshold": (float(out.threshold.float().mean())
+                                  if bool(torch.isfinite(out.threshold).all()) else None),
+                    "frame_rate": float(out.frame_rate),
+                    "lr_g": sched_g.get_last_lr()[0], "samples_per_s": samples / dt,
+                    "audio_s_per_s": samples * wav.shape[-1] / sr / dt,
+                    "elapsed_s": budget.elapsed(),
+                    "train_minutes": (prior_seconds + budget.elapsed()) / 60}
+            mem = cuda_memory_gb()
+            if mem is not None:
+                last["gpu_mem_gb"] = mem
+            logger.log(last)
+            pbar.set_postfix(mel=f"{last['mel_loss']:.3f}", rate=f"{last['frame_rate']:.1f}")
+            t_log, samples = time.monotonic(), 0
+        if valid_set is not None and step % tc.eval_every == 0 and main:
+            rates = (None,) if model_cfg.fixed_group else (12.5, 6.25)
+            ev = valid_mel_loss(raw, valid_set, mel_loss, accelerator.device,
+                                tc.max_eval_utts, rates)
+            if tc.eval_quality:
+                ev.update(valid_quality(raw, valid_set, accelerator.device, tc.max_eval_utts,
+                                        rates[0]))
+            logger.log({"step": step, "train_minutes": (prior_seconds + budget.elapsed()) / 60,
+                        **ev})
+            tqdm.write(f"[train] step {step}: " + ", ".join(f"{k} {v:.3f}"
+                                                            for k, v in ev.items()))
+        ended = end_of_step(accelerator, ckpt, budget, step, tc.max_steps, tc.save_every,
+                            stop_after, name="train", epoch=epoch, rewarm_from=rewarm_from,
+                            train_seconds=prior_seconds + budget.elapsed())
+        if ended:
+            stopped_early = ended == "stopped"
+            break
     pbar.close()
-    result = dict(last, step=step, finished=not stopped_early, generator_params=n_gen)
+    result = dict(last, step=step, finished=not stopped_early, generator_params=n_gen,
+                  train_minutes=(prior_seconds + budget.elapsed()) / 60)
+    if main and portable_state:
+        save_portable_state(portable_state, raw, accelerator.unwrap_model(disc),
+                            {"step": step, "train_seconds": prior_seconds + budget.elapsed(),
+                             "config": str(config_path)})
+        print(f"[train] portable state (step {step}) written to {portable_state}")
     if main and out_model:
-        export = raw
+        export = FlexiCodec(copy.deepcopy(raw.config)).to(accelerator.device)
+        export.load_state_dict(raw.state_dict())
         if ema is not None:
-            export = copy.deepcopy(raw)
             ema.copy_to(export)
         if valid_set is not None and not model_cfg.fixed_group:
             thr = calibrate_default_threshold(export, valid_set, accelerator.device)
@@ -504,6 +704,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-minutes", type=float, default=None,
                    help="checkpoint and exit cleanly before this wall-time limit")
     p.add_argument("--resume", action="store_true", help="continue from RUN/latest")
+    p.add_argument("--portable-state", default=None,
+                   help="continue from this portable state when RUN has no checkpoint, and "
+                        "rewrite it at the end (fp16 generator + discriminators, step; small "
+                        "enough to keep in the repository)")
     p.add_argument("--out-model", default=None, help="save_pretrained directory at the end")
     p.add_argument("--cpu", action="store_true", help="force CPU")
     p.add_argument("--mixed-precision", default=None, choices=["no", "bf16", "fp16"],
@@ -511,7 +715,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     res = train_codec(a.config, a.data, a.run_dir, a.asr, a.max_steps, a.max_minutes,
                       a.resume, a.out_model, a.fixed_group, a.stop_after, a.cpu,
-                      a.mixed_precision, a.init_from)
+                      a.mixed_precision, a.init_from, a.portable_state)
     print(json.dumps(res, indent=1))
     return 0
 

@@ -3,6 +3,7 @@ fixed-group baseline runs, bad configs fail clearly."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -199,3 +200,103 @@ def test_init_from_continues_from_a_trained_codec(tiny_corpus, asr_dir, tmp_path
     with pytest.raises(ValueError, match="fixed"):
         train_codec(cfg, str(tiny_corpus), str(tmp_path / "bad"), cpu=True, fixed_group=2,
                     init_from=str(tmp_path / "m1"))
+
+
+def test_device_data_crops_match_the_corpus(tiny_corpus, asr_dir):
+    """Crops drawn on the device are the corpus' own audio on the frame grid, with the same
+    frozen features that encoding computes for the whole utterance."""
+    from codec.config import FlexiCodecConfig
+    from codec.device_data import build_device_corpus
+    from codec.model import FlexiCodec
+    from data.audio import load_audio
+    from data.loaders import load_corpus
+
+    cfg = FlexiCodecConfig.tiny()
+    cfg.semantic.asr_path = str(asr_dir)
+    model = FlexiCodec(cfg)
+    corpus = build_device_corpus(model, str(tiny_corpus), "train", "cpu", min_frames=10,
+                                 progress=False, num_workers=0)
+    ds = load_corpus(tiny_corpus, split="train")
+    long_enough = [r for r in ds if r["duration"] * 12.5 > 9]
+    assert corpus.num_utterances == len(long_enough) > 0
+    sampler = corpus.crop_sampler(10)
+    wav, target = sampler.sample(6, torch.Generator().manual_seed(0))
+    assert wav.shape == (6, 10 * 1280) and target.shape[:2] == (6, 10)
+    # locate each crop in its utterance: audio and features agree with a direct computation
+    hop = 1280
+    for b in range(6):
+        found = False
+        for u, row in enumerate(long_enough):
+            x, _ = load_audio(row["audio"], 16000)
+            nf = -(-len(x) // hop)
+            padded = torch.nn.functional.pad(torch.from_numpy(x), (0, nf * hop - len(x)))
+            for f0 in range(nf - 10 + 1):
+                ref = padded[f0 * hop:(f0 + 10) * hop]
+                if torch.allclose(ref, wav[b], atol=1.5 / 32768):
+                    feats = model.semantic_targets(padded[None], torch.tensor([nf]))[0]
+                    assert torch.allclose(feats[f0:f0 + 10], target[b].float(), atol=0.05,
+                                          rtol=0.02)
+                    found = True
+                    break
+            if found:
+                break
+        assert found, f"crop {b} is not a frame-aligned slice of a train utterance"
+    # same seed, same crops
+    w2, _ = sampler.sample(6, torch.Generator().manual_seed(0))
+    assert torch.equal(wav, w2)
+    with pytest.raises(ValueError, match="at least"):
+        corpus.crop_sampler(10 ** 6)
+
+
+def test_device_data_training_and_portable_state(tiny_corpus, asr_dir, tmp_path):
+    """The device-data path trains, its cache is reused, and a run continued from a portable
+    state starts from those weights and step (with a re-warmed learning rate)."""
+    from codec.portable import PortableStateError, load_portable_weights, read_portable_info
+
+    cfg = str(_yaml(tmp_path / "c.yaml", max_steps=6, disc_start=2, warmup_fixed_steps=100,
+                    data_on_device=True, lr_schedule="constant", rewarm_steps=4,
+                    cache_dir=str(tmp_path / "cache")))
+    port = tmp_path / "portable"
+    first = train_codec(cfg, str(tiny_corpus), str(tmp_path / "a"), asr=str(asr_dir), cpu=True,
+                        stop_after=3, portable_state=str(port))
+    assert first["step"] == 3 and math.isfinite(first["mel_loss"])
+    assert len(list((tmp_path / "cache").glob("device_corpus_train_*.pt"))) == 1
+    info = read_portable_info(port)
+    assert info["step"] == 3 and info["train_seconds"] > 0
+    assert sorted(p.name for p in port.iterdir()) == ["discriminator.safetensors",
+                                                     "generator.safetensors", "state.json"]
+    second = train_codec(cfg, str(tiny_corpus), str(tmp_path / "b"), asr=str(asr_dir),
+                         cpu=True, portable_state=str(port))
+    assert second["step"] == 6
+    logs = [r for r in read_jsonl(tmp_path / "b" / "metrics.jsonl") if "loss" in r]
+    assert logs[0]["step"] == 4
+    # re-warm over 4 steps from step 3 (lr_g logged after step k is the next step's)
+    assert [r["lr_g"] for r in logs] == pytest.approx([TRAIN["lr_g"] * f for f in
+                                                       (2 / 4, 3 / 4, 1.0)])
+    assert read_portable_info(port)["step"] == 6
+    assert second["train_minutes"] > first["train_minutes"]
+    # a portable state only loads into a codec with the same frozen ASR
+    from codec.config import FlexiCodecConfig
+    from codec.discriminators import CodecDiscriminator, DiscriminatorConfig
+    from codec.model import FlexiCodec
+    other = FlexiCodec(FlexiCodecConfig.tiny())
+    disc = CodecDiscriminator(DiscriminatorConfig(**TRAIN["discriminator"]))
+    with pytest.raises(PortableStateError, match="semantic model"):
+        load_portable_weights(port, other, disc)
+    with pytest.raises(PortableStateError, match="not a portable training state"):
+        read_portable_info(tmp_path)
+
+
+def test_compiled_step_matches_eager(tiny_corpus, asr_dir, tmp_path):
+    """train.compile changes speed, not the computation: the first steps' losses agree."""
+    cfg_e = str(_yaml(tmp_path / "e.yaml", max_steps=2, disc_start=1, warmup_fixed_steps=100,
+                      data_on_device=True, cache_dir=str(tmp_path / "cache")))
+    cfg_c = str(_yaml(tmp_path / "c.yaml", max_steps=2, disc_start=1, warmup_fixed_steps=100,
+                      data_on_device=True, cache_dir=str(tmp_path / "cache"), compile=True))
+    e = train_codec(cfg_e, str(tiny_corpus), str(tmp_path / "e"), asr=str(asr_dir), cpu=True)
+    c = train_codec(cfg_c, str(tiny_corpus), str(tmp_path / "c"), asr=str(asr_dir), cpu=True)
+    le = [r for r in read_jsonl(tmp_path / "e" / "metrics.jsonl") if "loss" in r]
+    lc = [r for r in read_jsonl(tmp_path / "c" / "metrics.jsonl") if "loss" in r]
+    for a, b in zip(le, lc, strict=True):
+        assert a["mel_loss"] == pytest.approx(b["mel_loss"], rel=5e-3)
+        assert a["d_loss"] == pytest.approx(b["d_loss"], rel=5e-3)

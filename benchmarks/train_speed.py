@@ -1,0 +1,297 @@
+"""Codec training throughput: the shipped recipe against the fast one, in one run.
+
+    python -m benchmarks.train_speed --device cuda --data CORPUS [--asr DIR] [--out DIR]
+    python -m benchmarks.train_speed --device cpu --quick --data CORPUS    # seconds, tiny
+
+Each recipe builds its model, discriminators, losses and optimizers exactly as
+``codec.train`` does and runs the trainer's own step (:func:`codec.train.train_step`):
+
+- ``shipped``: ``configs/codec/small.yaml`` as the first codecs were trained — a DataLoader of
+  random crops (decode, crop, collate, copy), the frozen ASR run on every batch, eager
+  PyTorch, unfused AdamW, a target rate drawn per batch (dynamic merging), GAN on;
+- ``fast_small``: the same model with the fast engine — corpus and frozen features held on
+  the device (:mod:`codec.device_data`), full frame-aligned crops, ``torch.compile``, fused
+  AdamW, batch 128, 12.5 Hz (stage-1 training), GAN on;
+- ``v2``: ``configs/codec/v2.yaml`` (the GPU-sized model) with its own settings.
+
+For each: steady-state audio-seconds per second over ``--steps`` unsynchronised steps (data
+included), a per-phase split from ``--phase-steps`` steps synchronised at every phase
+boundary (data, semantic features, generator forward, discriminator, generator backward,
+optimizer), peak device memory, and achieved TFLOP/s (FLOPs of one eager step counted with
+``torch.utils.flop_counter``; MFU against ``--peak-tflops``). Writes ``train_speed.json`` and
+``train_speed.md`` under ``--out`` and prints the table.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from benchmarks.common import (H100_BF16_PEAK_TFLOPS, format_table, hardware_info, log,
+                               resolve_device, synchronize, write_json)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Recipe:
+    name: str
+    config: str
+    batch_size: int | None = None        # None: the config's
+    data_on_device: bool = False
+    compile: bool = False
+    fused: bool = False
+    dynamic: bool = False                # a target rate per batch (else 12.5 Hz)
+    model_overrides: dict = field(default_factory=dict)
+
+
+def recipes(quick: bool) -> list[Recipe]:
+    small, v2 = str(ROOT / "configs/codec/small.yaml"), str(ROOT / "configs/codec/v2.yaml")
+    out = [Recipe("shipped", small, dynamic=True),
+           Recipe("fast_small", small, batch_size=128, data_on_device=True, compile=True,
+                  fused=True),
+           Recipe("v2", v2, data_on_device=True, compile=True, fused=True)]
+    if quick:    # tiny models and batches: checks the harness, not the GPU numbers
+        tiny = dict(encoder_dim=4, latent_dim=32, semantic_dim=32, semantic_layers=1,
+                    semantic_decoder_layers=1, n_q=2, rvq_codebook_size=64, rvq_codebook_dim=4,
+                    transformer_layers=1, transformer_heads=2, decoder_dim=32,
+                    decoder_intermediate_dim=64, decoder_layers=1, fsq_levels=(4, 4, 4))
+        out = [replace(r, batch_size=2, compile=False, model_overrides=tiny) for r in out]
+    return out
+
+
+class PhaseTimer:
+    """``mark(name)`` synchronises and adds the time since the previous mark to ``name``."""
+
+    def __init__(self, device):
+        self.device, self.totals, self.t = device, {}, None
+
+    def start(self) -> None:
+        synchronize(self.device)
+        self.t = time.perf_counter()
+
+    def mark(self, name: str) -> None:
+        synchronize(self.device)
+        now = time.perf_counter()
+        self.totals[name] = self.totals.get(name, 0.0) + now - self.t
+        self.t = now
+
+
+def _build(recipe: Recipe, data: str, asr: str | None, device, quick: bool, cache: Path,
+           max_utts: int):
+    """(StepParts, batch function, config) for one recipe."""
+    from codec.config import FlexiCodecConfig
+    from codec.discriminators import CodecDiscriminator
+    from codec.losses import MultiResolutionMelLoss
+    from codec.model import FlexiCodec
+    from codec.pretrained import config_from_dict, config_to_dict
+    from codec.train import (StepParts, build_codec_config, compact_buffers, load_train_section,
+                             schedule)
+    from codec.training import make_accelerator
+
+    tc = load_train_section(recipe.config)
+    tc.batch_size = recipe.batch_size or tc.batch_size
+    if quick:
+        tc.discriminator = replace(tc.discriminator, periods=(2, 3), mpd_channels=(8, 16),
+                                   mrd_resolutions=((256, 64, 256),), mrd_channels=8)
+        tc.num_workers = 0
+    cfg = build_codec_config(recipe.config, asr, None)
+    if recipe.model_overrides:
+        cfg = config_from_dict(FlexiCodecConfig, {**config_to_dict(cfg),
+                                                  **recipe.model_overrides})
+    if quick:                      # a tiny frozen ASR of the configured shape
+        from codec.asr import PhonemeASR
+        asr_cfg = PhonemeASR.read_config(cfg.semantic.asr_path)["config"]
+        asr_cfg.update(d_model=32, n_layers=1, n_heads=2, ff_dim=64)
+        cfg.semantic.asr_config, cfg.semantic.asr_path = asr_cfg, ""
+    model = FlexiCodec(cfg).to(device)
+    compact_buffers(model)
+    disc = CodecDiscriminator(tc.discriminator).to(device)
+    mel_loss = MultiResolutionMelLoss(tc.mel_loss).to(device)
+    acc = make_accelerator(None, cpu=device.type == "cpu")
+    fused = {"fused": True} if recipe.fused and device.type == "cuda" else {}
+    g_params = [p for p in model.parameters() if p.requires_grad]
+    opt_g = torch.optim.AdamW(g_params, lr=tc.lr_g, betas=tuple(tc.betas), **fused)
+    opt_d = torch.optim.AdamW(disc.parameters(), lr=tc.lr_d, betas=tuple(tc.betas), **fused)
+    sched_g = torch.optim.lr_scheduler.LambdaLR(opt_g, schedule(tc, 1, 10 ** 6))
+    sched_d = torch.optim.lr_scheduler.LambdaLR(opt_d, schedule(tc, 1, 10 ** 6))
+    parts = StepParts(acc, model, disc, mel_loss, opt_g, opt_d, sched_g, sched_d, g_params,
+                      None, tc)
+    sr, hop = cfg.sample_rate, cfg.hop_size
+    if recipe.data_on_device:
+        from codec.device_data import build_device_corpus
+        frames = max(1, round(tc.segment_seconds * sr / hop))
+        corpus = build_device_corpus(model, data, "train", device, frames, cache_dir=cache,
+                                     num_workers=tc.num_workers, progress=False,
+                                     max_utterances=max_utts)
+        sampler = corpus.crop_sampler(frames)
+        gen = torch.Generator(device=device).manual_seed(0)
+
+        def batch(timer=None):
+            wav, target = sampler.sample(tc.batch_size, gen)
+            if timer:
+                timer.mark("data")
+                timer.mark("semantic_features")
+            return wav, None, target
+    else:
+        from codec.training import make_loader, epoch_batches
+        from data.loaders import AudioDataset, load_corpus
+        ds = load_corpus(data, split="train", sample_rate=sr, check="header")
+        ds = ds.select(range(min(len(ds), max_utts)))
+        seg = int(round(tc.segment_seconds * sr))
+        durs = [float(d) for d in ds["duration"]]
+        dataset = AudioDataset(ds, sample_rate=sr, segment_samples=seg, random_crop=True)
+        state = {"it": None, "epoch": 0}
+
+        def next_batch():
+            while True:
+                if state["it"] is None:
+                    plan = epoch_batches(durs, tc.batch_size, 0, state["epoch"], bucket=False)
+                    state["it"] = iter(make_loader(dataset, plan, tc.num_workers))
+                try:
+                    return next(state["it"])
+                except StopIteration:
+                    state["it"], state["epoch"] = None, state["epoch"] + 1
+
+        def batch(timer=None):
+            b = next_batch()
+            wav, wl = b["wav"].to(device), b["wav_lengths"].to(device)
+            if timer is None:        # the model runs the frozen ASR inside its forward
+                return wav, wl, None
+            timer.mark("data")
+            nf = torch.div(wl + hop - 1, hop, rounding_mode="floor")
+            F_ = int(nf.max())
+            padded = torch.nn.functional.pad(wav, (0, F_ * hop - wav.shape[1]))
+            padded = padded * (torch.arange(F_ * hop, device=device)[None] < wl[:, None])
+            with acc.autocast():
+                target = model.semantic_targets(padded, nf)
+            timer.mark("semantic_features")
+            return wav, wl, target
+    return parts, batch, cfg, tc
+
+
+def _how(recipe: Recipe, cfg) -> dict:
+    return {"frame_rate": cfg.draw_train_rate()} if recipe.dynamic else \
+        {"merging_threshold": 1.0}
+
+
+def run_recipe(recipe: Recipe, data: str, asr: str | None, device, steps: int, warmup: int,
+               phase_steps: int, quick: bool, cache: Path, max_utts: int,
+               peak_tflops: float) -> dict:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from codec.train import compile_for_training, train_step
+
+    log(f"[train_speed] {recipe.name}: building")
+    parts, batch, cfg, tc = _build(recipe, data, asr, device, quick, cache, max_utts)
+    seg_s = tc.segment_seconds if not recipe.data_on_device else \
+        max(1, round(tc.segment_seconds * 12.5)) / 12.5
+    n_gen = sum(p.numel() for p in parts.g_params)
+    # FLOPs of one eager step (compiled graphs hide their ops from the counter)
+    wav, wl, target = batch()
+    counter = FlopCounterMode(display=False)
+    with counter:
+        train_step(parts, wav, wl, target, _how(recipe, cfg), True)
+    flops = counter.get_total_flops()
+    if recipe.compile:
+        compile_for_training(parts.model, parts.disc, parts.mel_loss)
+    t0 = time.perf_counter()
+    for _ in range(warmup):
+        wav, wl, target = batch()
+        train_step(parts, wav, wl, target, _how(recipe, cfg), True)
+    synchronize(device)
+    warm_s = time.perf_counter() - t0
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    synchronize(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        wav, wl, target = batch()
+        train_step(parts, wav, wl, target, _how(recipe, cfg), True)
+    synchronize(device)
+    dt = time.perf_counter() - t0
+    timer = PhaseTimer(device)
+    for _ in range(phase_steps):
+        timer.start()
+        wav, wl, target = batch(timer)
+        train_step(parts, wav, wl, target, _how(recipe, cfg), True, mark=timer.mark)
+    step_s = dt / steps
+    audio_s = tc.batch_size * seg_s
+    row = {"recipe": recipe.name, "generator_M": n_gen / 1e6, "batch": tc.batch_size,
+           "crop_s": seg_s, "compiled": recipe.compile, "data_on_device": recipe.data_on_device,
+           "fused_adam": recipe.fused and device.type == "cuda",
+           "merging": "target rate ~U[3, 12.5] Hz" if recipe.dynamic else "12.5 Hz",
+           "step_ms": 1000 * step_s, "audio_s_per_s": audio_s / step_s,
+           "samples_per_s": tc.batch_size / step_s, "warmup_s": warm_s,
+           "gflop_per_step": flops / 1e9, "tflops": flops / step_s / 1e12,
+           "mfu_pct": 100 * flops / step_s / 1e12 / peak_tflops,
+           "phase_ms": {k: 1000 * v / max(1, phase_steps) for k, v in timer.totals.items()}}
+    if device.type == "cuda":
+        row["peak_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
+    log(f"[train_speed] {recipe.name}: {row['audio_s_per_s']:.0f} audio-s/s, "
+        f"{row['step_ms']:.1f} ms/step, {row['tflops']:.1f} TFLOP/s")
+    del parts
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.train_speed",
+                                 description=__doc__.split("\n")[0])
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--data", required=True, help="corpus directory (its train split is used)")
+    ap.add_argument("--asr", default=None, help="frozen ASR (default: the configs' asr_path)")
+    ap.add_argument("--recipes", default=None, help="comma list (default: all)")
+    ap.add_argument("--steps", type=int, default=30, help="timed steps per recipe")
+    ap.add_argument("--warmup", type=int, default=8, help="untimed steps (compilation)")
+    ap.add_argument("--phase-steps", type=int, default=5)
+    ap.add_argument("--max-utts", type=int, default=3000, help="train utterances loaded")
+    ap.add_argument("--peak-tflops", type=float, default=H100_BF16_PEAK_TFLOPS,
+                    help="dense bf16 peak for MFU (H100/H200: 989)")
+    ap.add_argument("--quick", action="store_true", help="tiny models (CPU check, seconds)")
+    ap.add_argument("--out", default="benchmarks/results")
+    a = ap.parse_args(argv)
+    device = resolve_device(a.device)
+    chosen = recipes(a.quick)
+    if a.recipes:
+        names = [n.strip() for n in a.recipes.split(",") if n.strip()]
+        unknown = sorted(set(names) - {r.name for r in chosen})
+        if unknown:
+            ap.error(f"unknown recipes {unknown}; choose from {[r.name for r in chosen]}")
+        chosen = [r for r in chosen if r.name in names]
+    if a.quick:
+        a.steps, a.warmup, a.phase_steps = min(a.steps, 3), min(a.warmup, 1), min(a.phase_steps, 2)
+    out = Path(a.out)
+    rows = [run_recipe(r, a.data, a.asr, device, a.steps, a.warmup, a.phase_steps, a.quick,
+                       out / "cache", a.max_utts, a.peak_tflops) for r in chosen]
+    base = next((r for r in rows if r["recipe"] == "shipped"), None)
+    for r in rows:
+        r["vs_shipped"] = r["audio_s_per_s"] / base["audio_s_per_s"] if base else None
+        for k, v in r["phase_ms"].items():
+            r[f"ms_{k}"] = v
+    cols = [("recipe", "recipe"), ("generator_M", "gen M"), ("batch", "batch"),
+            ("audio_s_per_s", "audio-s/s"), ("vs_shipped", "x shipped"), ("step_ms", "ms/step"),
+            ("ms_data", "data"), ("ms_semantic_features", "ASR"),
+            ("ms_generator_forward", "G fwd"), ("ms_discriminator", "D"),
+            ("ms_generator_backward", "G bwd"), ("ms_optimizer", "opt"),
+            ("peak_mem_gb", "mem GB"), ("tflops", "TFLOP/s"), ("mfu_pct", "MFU %")]
+    table = format_table(rows, cols)
+    print(table)
+    result = {"benchmark": "train_speed", "quick": a.quick, "hardware": hardware_info(device),
+              "steps": a.steps, "warmup": a.warmup, "phase_steps": a.phase_steps,
+              "peak_tflops": a.peak_tflops, "rows": rows}
+    write_json(out / "train_speed.json", result)
+    from codec.pretrained import atomic_write_text
+    atomic_write_text(out / "train_speed.md",
+                      "Phase columns: ms per step, synchronised at each phase boundary.\n\n```\n"
+                      + table + "\n```\n")
+    log(f"[train_speed] wrote {out / 'train_speed.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
