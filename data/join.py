@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from data.audio import load_audio, write_audio
+from data.audio import concat_with_pauses, load_audio, write_audio
 from data.corpus import METADATA, read_metadata
 
 SAMPLE_RATE = 16000
@@ -75,13 +75,8 @@ def join_corpus(src: str | os.PathLike, out: str | os.PathLike,
     new_rows = []
     for g in tqdm(groups, desc="join", disable=not progress):
         pauses = [float(rng.uniform(lo, hi)) for _ in g[1:]]
-        parts = []
-        for j, r in enumerate(g):
-            x, _ = load_audio(src / r["audio"], SAMPLE_RATE)
-            if j:
-                parts.append(np.zeros(int(round(pauses[j - 1] * SAMPLE_RATE)), np.float32))
-            parts.append(x)
-        wav = np.concatenate(parts)
+        wav = concat_with_pauses([load_audio(src / r["audio"], SAMPLE_RATE)[0] for r in g],
+                                 pauses, SAMPLE_RATE)
         uid = f"{g[0]['id']}_j{len(g)}"
         rel = Path("wavs") / Path(g[0]["audio"]).parent.name / f"{uid}.wav"
         write_audio(out / rel, wav, SAMPLE_RATE)
