@@ -1,9 +1,11 @@
 """Join consecutive utterances of one speaker with pauses: a corpus with uneven information
 density (``flexicodec-data join``).
 
-Our synthesizers speak single sentences at a constant rate and the builder trims silences
-(:func:`data.synth.postprocess`), so a built corpus has almost no pauses: about 12-13
-phonemes per second throughout. Real read or spontaneous speech has pauses between phrases
+A corpus built with the first builder's settings (``build-corpus --pace 1,1
+--sentences-per-item 1,1 --level-db=-23,-23 --max-silence 0.3``: single sentences at a
+constant rate, silences trimmed by :func:`data.synth.postprocess`) has almost no pauses:
+about 12-13 phonemes per second throughout (the default builder already joins sentences
+with pauses, :func:`data.audio.concat_with_pauses` in both). Real read or spontaneous speech has pauses between phrases
 and sentences, which is what content-adaptive merging exploits (DESIGN.md: "steady regions
 (silence, long vowels) cost one token"). This module makes such material from a built
 corpus, deterministically: within each (split, speaker), consecutive utterances are joined in

@@ -23,6 +23,18 @@ def _legacy(**kw) -> CorpusConfig:
     return CorpusConfig(**kw, **{k: v for k, v in LEGACY.items()})
 
 
+@pytest.fixture(scope="module")
+def styled_corpus(tmp_path_factory):
+    """~40 s built with the default item settings (joined sentences, pace, pauses, levels)
+    from the tiny corpus' voices."""
+    from conftest import TINY_SPEAKERS
+    cfg = CorpusConfig(hours=40 / 3600, seed=0, speakers=TINY_SPEAKERS, batch_size=2)
+    _have(cfg)
+    out = tmp_path_factory.mktemp("styled_corpus")
+    build_corpus(out, cfg, workers=2, progress=False)
+    return out
+
+
 def _have(cfg: CorpusConfig) -> None:
     try:
         resolve_speakers(cfg)
@@ -30,13 +42,15 @@ def _have(cfg: CorpusConfig) -> None:
         pytest.skip("synthesizer voices not installed")
 
 
-def test_tiny_corpus_schema(tiny_corpus):
-    rows = read_metadata(tiny_corpus)
+@pytest.mark.parametrize("corpus", ["tiny_corpus", "styled_corpus"])
+def test_corpus_schema(corpus, request):
+    root = request.getfixturevalue(corpus)
+    rows = read_metadata(root)
     assert rows and sum(r["duration"] for r in rows) >= 40
     assert len({r["id"] for r in rows}) == len(rows)
     for r in rows:
         assert set(r) == KEYS
-        info = sf.info(str(tiny_corpus / r["audio"]))
+        info = sf.info(str(root / r["audio"]))
         assert info.samplerate == 16000 and info.channels == 1 and info.subtype == "PCM_16"
         assert abs(info.frames / 16000 - r["duration"]) < 1e-3
         assert r["phonemes"] and r["normalized_text"]
@@ -45,8 +59,9 @@ def test_tiny_corpus_schema(tiny_corpus):
     assert len(engines) >= 2
 
 
-def test_splits_disjoint_and_unseen_speakers(tiny_corpus):
-    rows = read_metadata(tiny_corpus)
+@pytest.mark.parametrize("corpus", ["tiny_corpus", "styled_corpus"])
+def test_splits_disjoint_and_unseen_speakers(corpus, request):
+    rows = read_metadata(request.getfixturevalue(corpus))
     by_sentence: dict = {}
     for r in rows:
         for sent in r["sentences"]:
@@ -186,8 +201,8 @@ def _silent_runs(x, min_s: float) -> list[float]:
     return [float(r) for r in runs if r >= min_s]
 
 
-def test_items_join_sentences_with_pauses_and_levels(tiny_corpus):
-    rows = read_metadata(tiny_corpus)
+def test_items_join_sentences_with_pauses_and_levels(styled_corpus):
+    rows = read_metadata(styled_corpus)
     assert {r["n_sentences"] for r in rows} > {1}
     for r in rows:
         n = r["n_sentences"]
@@ -197,7 +212,7 @@ def test_items_join_sentences_with_pauses_and_levels(tiny_corpus):
                                       "test_unseen": 0.02}) == r["split"]
                    for s in r["sentences"])
         assert 0.75 <= r["pace"] <= 1.35 and -33 <= r["level_db"] <= -17
-        x, sr = sf.read(str(tiny_corpus / r["audio"]), dtype="float32")
+        x, sr = sf.read(str(styled_corpus / r["audio"]), dtype="float32")
         # each pause is a stretch of silence of its drawn length (+ the edge padding)
         runs = _silent_runs(x, 0.2)
         assert len(runs) >= n - 1
