@@ -35,6 +35,9 @@ ESPEAK_VARIANTS = tuple(f"m{i}" for i in range(1, 8)) + tuple(f"f{i}" for i in r
 _MULTIARCH = "x86_64-linux-gnu"
 ESPEAK_WPM = 175                  # espeak-ng's default speaking rate (words per minute)
 PACE_LIMITS = (0.5, 2.0)          # speaking-rate factors every engine renders
+#: flite voices whose built-in duration_stretch is not 1; ``--setf duration_stretch``
+#: replaces the built-in value, so a pace scales this one
+FLITE_DURATION_STRETCH = {"kal": 1.1, "kal16": 1.1}
 
 
 class SynthError(RuntimeError):
@@ -210,16 +213,18 @@ def _espeak_rate(pace: float) -> list[str]:
     return [] if pace == 1.0 else ["-s", str(int(round(ESPEAK_WPM * pace)))]
 
 
-def _flite_rate(pace: float) -> list[str]:
-    """flite speaking-rate arguments for ``pace`` (duration stretch 1/pace)."""
-    return [] if pace == 1.0 else ["--setf", f"duration_stretch={1.0 / pace:.6g}"]
+def _flite_rate(voice: str, pace: float) -> list[str]:
+    """flite speaking-rate arguments for ``pace``: the voice's duration stretch / pace."""
+    stretch = FLITE_DURATION_STRETCH.get(voice, 1.0) / pace
+    return [] if pace == 1.0 else ["--setf", f"duration_stretch={stretch:.6g}"]
 
 
 def _festival_rate(pace: float) -> str:
     """Scheme setting festival's speaking rate for ``pace`` before one SynthText: the
-    global ``Duration_Stretch`` (diphone and cluster voices) and hts_engine's speed ``-r``
-    (HTS voices, which ignore ``Duration_Stretch``); each voice reads only its own one."""
-    return (f"(Parameter.set 'Duration_Stretch {1.0 / pace:.6g})\n"
+    global ``Duration_Stretch`` (the voice's own value / pace; diphone and cluster voices)
+    and hts_engine's speed ``-r`` (HTS voices, which ignore ``Duration_Stretch``); each voice
+    reads only its own one."""
+    return (f"(Parameter.set 'Duration_Stretch (/ flexicodec_stretch {pace:.6g}))\n"
             f"(set! hts_engine_params (append flexicodec_hts_params "
             f"(list (list \"-r\" {pace:.6g}))))")
 
@@ -230,7 +235,8 @@ def _synth_files(texts: list[str], speaker: Speaker, tmp: Path,
     if speaker.engine == "flite":
         exe = find_tool("flite")
         for t, o, pace in zip(texts, outs, paces):
-            _run([exe, "-voice", speaker.voice, *_flite_rate(pace), "-t", t, "-o", str(o)])
+            _run([exe, "-voice", speaker.voice, *_flite_rate(speaker.voice, pace), "-t", t,
+                  "-o", str(o)])
     elif speaker.engine == "espeak":
         exe = find_tool("espeak-ng")
         for t, o, pace in zip(texts, outs, paces):
@@ -242,7 +248,9 @@ def _synth_files(texts: list[str], speaker: Speaker, tmp: Path,
         lines = [f"(voice_{speaker.voice})"]
         if paced:
             lines += ["(defvar hts_engine_params nil)",  # unbound unless an HTS voice loaded
-                      "(defvar flexicodec_hts_params hts_engine_params)"]
+                      "(defvar flexicodec_hts_params hts_engine_params)",
+                      "(defvar flexicodec_stretch (if (Parameter.get 'Duration_Stretch) "
+                      "(Parameter.get 'Duration_Stretch) 1))"]
         for t, o, pace in zip(texts, outs, paces):
             if paced:
                 lines.append(_festival_rate(pace))
