@@ -55,6 +55,7 @@ DEFAULT_UNSEEN = ("flite_rms", "espeak_en-gb-scotland+f3")
 SECONDS_PER_CHAR = 0.065  # rough speaking rate of our voices at pace 1, for planning only
 #: values of the item-style settings for corpora built before they existed (their corpus.json
 #: lacks these keys): one sentence per item at the engines' rate, -23 dB, 0.3 s silence cap
+#: (pause_range: the default, unused with one sentence per item)
 LEGACY = {"pace_range": [1.0, 1.0], "sentences_per_item": [1, 1], "pause_range": [0.2, 1.2],
           "level_db_range": [-23.0, -23.0], "max_silence_s": 0.3}
 

@@ -3,7 +3,8 @@
 Each speaker is one (engine, voice) pair with an id like ``flite_slt``,
 ``festival_kal_diphone`` or ``espeak_en-us+m3``. :func:`list_speakers` discovers what is
 installed on this machine. :func:`synthesize` turns a batch of texts into 16 kHz mono float32
-waveforms, loudness-normalised with long silences trimmed (:func:`postprocess`).
+waveforms, loudness-normalised with long silences trimmed (:func:`postprocess`), optionally
+each at its own speaking rate (``paces``) and level (``levels_db``).
 
 Private prefix: where the engines are unpacked from .deb files into a directory (see
 ``scripts/device_synth_env.sh``) set ``FLEXICODEC_SYNTH_PREFIX=DIR``; binaries, libraries and

@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import soundfile as sf
 import torch
@@ -11,7 +13,7 @@ import torch
 from data.cli import main as data_main
 from data.corpus import (LEGACY, CorpusConfig, build_corpus, iter_plan, read_metadata,
                          resolve_speakers, sentence_split, summarize)
-from data.text import load_sentences
+from data.text import load_sentences, normalize_text
 
 torch.set_num_threads(1)
 KEYS = {"id", "audio", "text", "normalized_text", "phonemes", "speaker", "engine", "duration",
@@ -126,8 +128,6 @@ def test_plan_single_sentence_items_match_old_order():
     sents = load_sentences()[:2000]
     tasks = [next(p) for p in [iter_plan(cfg, speakers, unseen, sents)] for _ in range(60)]
     # the first builder: a seeded permutation, filtered, split into seen / held-out queues
-    import numpy as np
-    from data.text import normalize_text
     order = np.random.default_rng([cfg.seed, 1]).permutation(len(sents))
     norms = [normalize_text(sents[i]) for i in order]
     norms = [n for n in norms if cfg.min_words <= len(n.split()) <= cfg.max_words]
@@ -180,13 +180,11 @@ def test_resume_after_interruption(tmp_path):
 
 
 def _sha1(path) -> str:
-    import hashlib
     return hashlib.sha1(path.read_bytes()).hexdigest()
 
 
 def _speech_db(x) -> float:
     """RMS level (dBFS) of the 10 ms frames within 40 dB of the loudest one."""
-    import numpy as np
     frames = x[: len(x) // 160 * 160].reshape(-1, 160).astype(np.float64)
     db = 10 * np.log10(np.mean(frames ** 2, axis=1) + 1e-20)
     return float(10 * np.log10(np.mean(10 ** (db[db > db.max() - 40] / 10))))
@@ -194,7 +192,6 @@ def _speech_db(x) -> float:
 
 def _silent_runs(x, min_s: float) -> list[float]:
     """Lengths (s) of the runs of digital silence of at least ``min_s`` seconds."""
-    import numpy as np
     quiet = np.concatenate([[0], (np.abs(x) < 1e-4).astype(np.int8), [0]])
     edges = np.flatnonzero(np.diff(quiet))
     runs = (edges[1::2] - edges[::2]) / 16000
