@@ -122,6 +122,20 @@ def write_audio(path: str | os.PathLike, x: np.ndarray, sample_rate: int,
     return path
 
 
+def concat_with_pauses(parts: list[np.ndarray], pauses_s: list[float],
+                       sample_rate: int) -> np.ndarray:
+    """Mono clips [T_i] joined in order with ``pauses_s[i]`` seconds of digital silence
+    between clip i and i+1 (``len(pauses_s) == len(parts) - 1``). Returns float32 [T]."""
+    if not parts or len(pauses_s) != len(parts) - 1:
+        raise ValueError(f"need one pause between each of {len(parts)} clips, got "
+                         f"{len(pauses_s)}")
+    out = [np.asarray(parts[0], dtype=np.float32)]
+    for pause, x in zip(pauses_s, parts[1:]):
+        out.append(np.zeros(int(round(pause * sample_rate)), np.float32))
+        out.append(np.asarray(x, dtype=np.float32))
+    return np.concatenate(out)
+
+
 def _format_for(path: Path) -> str:
     ext = path.suffix.lower().lstrip(".")
     return {"wav": "WAV", "flac": "FLAC", "ogg": "OGG"}.get(ext, "WAV")

@@ -5,6 +5,8 @@ Subcommands::
     flexicodec-data build-corpus --hours H --out DIR [--seed S] [--workers N]
                                  [--engines flite,festival,espeak] [--speakers a,b]
                                  [--unseen flite_rms,espeak_en-gb-scotland+f3]
+                                 [--pace 0.75,1.35] [--sentences-per-item 1,3]
+                                 [--pause 0.2,1.2] [--level-db=-33,-17] [--max-silence 0.8]
     flexicodec-data join SRC --out DIR [--per-utt 2,3] [--pause 0.3,1.2] [--splits test,...]
                                         # consecutive same-speaker utterances + pauses
     flexicodec-data show DIR            # hours per split/engine/speaker + example rows
@@ -25,23 +27,39 @@ def _csv(s: str | None) -> tuple[str, ...] | None:
     return tuple(x.strip() for x in s.split(",") if x.strip()) if s else None
 
 
+def _pair(s: str, flag: str, cast=float) -> tuple:
+    """``LO,HI`` → (cast(LO), cast(HI)); ValueError naming ``flag`` otherwise."""
+    vals = _csv(s) or ()
+    try:
+        pair = tuple(cast(v) for v in vals)
+    except ValueError:
+        pair = ()
+    if len(pair) != 2:
+        raise ValueError(f"{flag} takes two comma-separated numbers: LO,HI (got {s!r})")
+    return pair
+
+
 def _build(args) -> None:
     from data.corpus import DEFAULT_UNSEEN, CorpusConfig, build_corpus
     cfg = CorpusConfig(hours=args.hours, seed=args.seed,
                        engines=_csv(args.engines) or ("flite", "festival", "espeak"),
                        speakers=_csv(args.speakers),
                        unseen_speakers=_csv(args.unseen) or DEFAULT_UNSEEN,
-                       batch_size=args.batch_size)
+                       batch_size=args.batch_size,
+                       pace_range=_pair(args.pace, "--pace"),
+                       sentences_per_item=_pair(args.sentences_per_item,
+                                                "--sentences-per-item", int),
+                       pause_range=_pair(args.pause, "--pause"),
+                       level_db_range=_pair(args.level_db, "--level-db"),
+                       max_silence_s=args.max_silence)
     summary = build_corpus(args.out, cfg, workers=args.workers, progress=not args.no_progress)
     print(json.dumps(summary, indent=2))
 
 
 def _join(args) -> None:
     from data.join import join_corpus
-    per = tuple(int(v) for v in _csv(args.per_utt) or ())
-    pause = tuple(float(v) for v in _csv(args.pause) or ())
-    if len(per) != 2 or len(pause) != 2:
-        raise ValueError("--per-utt and --pause take two comma-separated numbers: LO,HI")
+    per = _pair(args.per_utt, "--per-utt", int)
+    pause = _pair(args.pause, "--pause")
     summary = join_corpus(args.src, args.out, per, pause, _csv(args.splits), args.seed,
                           progress=not args.no_progress)
     print(json.dumps(summary, indent=2))
@@ -109,7 +127,22 @@ def main(argv: list[str] | None = None) -> None:
     b.add_argument("--engines", default=None, help="comma list of flite,festival,espeak")
     b.add_argument("--speakers", default=None, help="comma list of speaker ids")
     b.add_argument("--unseen", default=None, help="held-out speaker ids (test_unseen)")
-    b.add_argument("--batch-size", type=int, default=8)
+    b.add_argument("--batch-size", type=int, default=8, help="items per worker task")
+    b.add_argument("--pace", default="0.75,1.35",
+                   help="speaking rate per item, LO,HI (1 = the engine's own; >1 faster)")
+    b.add_argument("--sentences-per-item", default="1,3",
+                   help="sentences of one speaker and split joined per item, LO,HI")
+    b.add_argument("--pause", default="0.2,1.2",
+                   help="silence between joined sentences, seconds: LO,HI")
+    b.add_argument("--level-db", default="-33,-17",
+                   help="speech RMS level per item, dBFS: LO,HI (negative values need "
+                        "'=': --level-db=-33,-17)")
+    b.add_argument("--max-silence", type=float, default=0.8,
+                   help="internal silences (punctuation pauses) longer than this many "
+                        "seconds are shortened to it. --pace 1,1 --sentences-per-item 1,1 "
+                        "--level-db=-23,-23 --max-silence 0.3 builds (and resumes) the "
+                        "corpus of the earlier builder: one sentence per file at the "
+                        "engine's rate and a fixed level")
     b.add_argument("--no-progress", action="store_true")
     j = sub.add_parser("join", help="join consecutive utterances of each speaker with pauses")
     j.add_argument("src", type=Path, help="a built corpus")

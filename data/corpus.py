@@ -1,5 +1,5 @@
-"""Build a synthetic speech corpus: a seeded plan of (sentence, speaker) pairs synthesized in
-parallel, resumable, split by sentence with held-out speakers.
+"""Build a synthetic speech corpus: a seeded plan of items (1-3 sentences of one speaker)
+synthesized in parallel, resumable, split by sentence with held-out speakers.
 
 Layout (contract in docs/ARCHITECTURE.md)::
 
@@ -13,7 +13,16 @@ finished ids, repairs a torn last row and continues the same deterministic plan.
 
 Splits are by sentence: the hash of the normalised text picks one of train / valid / test /
 test_unseen; the held-out speakers only ever read ``test_unseen`` sentences and the other
-speakers never do, so no sentence and no held-out speaker appears in two splits.
+speakers never do, and all sentences of one item share a split, so no sentence and no
+held-out speaker appears in two splits.
+
+Closer to real speech than one sentence per file at a constant rate and level: each item
+joins ``sentences_per_item`` sentences with silent pauses drawn from ``pause_range``, spoken
+at one speaking rate drawn from ``pace_range`` and normalised to one RMS level drawn from
+``level_db_range``; internal silences (punctuation pauses) are kept up to ``max_silence_s``.
+These draws come from (seed, item id) alone, so a resumed build makes the same items.
+``pace_range=(1, 1)``, ``sentences_per_item=(1, 1)``, ``level_db_range=(-23, -23)``,
+``max_silence_s=0.3`` (``LEGACY``) reproduce the corpus of the first builder.
 """
 from __future__ import annotations
 
@@ -33,16 +42,22 @@ import numpy as np
 from tqdm.auto import tqdm
 
 
-from data.audio import write_audio
-from data.synth import PostprocessConfig, Speaker, list_speakers, synthesize
+from data.audio import concat_with_pauses, write_audio
+from data.synth import PACE_LIMITS, PostprocessConfig, Speaker, list_speakers, synthesize
 from data.text import load_sentences, normalize_text, phonemize
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "valid", "test", "test_unseen")
+SEEN_SPLITS = SPLITS[:3]
 METADATA = "metadata.jsonl"
 SETTINGS = "corpus.json"
 DEFAULT_UNSEEN = ("flite_rms", "espeak_en-gb-scotland+f3")
-SECONDS_PER_CHAR = 0.065  # rough speaking rate of our voices, for planning only
+SECONDS_PER_CHAR = 0.065  # rough speaking rate of our voices at pace 1, for planning only
+#: values of the item-style settings for corpora built before they existed (their corpus.json
+#: lacks these keys): one sentence per item at the engines' rate, -23 dB, 0.3 s silence cap
+#: (pause_range: the default, unused with one sentence per item)
+LEGACY = {"pace_range": [1.0, 1.0], "sentences_per_item": [1, 1], "pause_range": [0.2, 1.2],
+          "level_db_range": [-23.0, -23.0], "max_silence_s": 0.3}
 
 
 @dataclass
@@ -60,6 +75,32 @@ class CorpusConfig:
     phoneme_voice: str = "en-us"
     min_words: int = 3
     max_words: int = 25
+    pace_range: tuple[float, float] = (0.75, 1.35)     # speaking rate per item (1 = engine's)
+    sentences_per_item: tuple[int, int] = (1, 3)       # sentences joined per item (uniform)
+    pause_range: tuple[float, float] = (0.2, 1.2)      # silence between them, seconds
+    level_db_range: tuple[float, float] = (-33.0, -17.0)  # speech RMS per item, dBFS
+    max_silence_s: float = 0.8                         # longer internal silences are cut to it
+
+    def __post_init__(self) -> None:
+        self.pace_range = _range("pace_range", self.pace_range, *PACE_LIMITS)
+        self.pause_range = _range("pause_range", self.pause_range, 0.0, 10.0)
+        self.level_db_range = _range("level_db_range", self.level_db_range, -60.0, 0.0)
+        lo, hi = _range("sentences_per_item", self.sentences_per_item, 1, 20)
+        if lo != int(lo) or hi != int(hi):
+            raise ValueError(f"sentences_per_item must be whole numbers, got "
+                             f"{self.sentences_per_item}")
+        self.sentences_per_item = (int(lo), int(hi))
+        if not 0.0 < self.max_silence_s <= 10.0:
+            raise ValueError(f"max_silence_s must lie in (0, 10], got {self.max_silence_s}")
+
+
+def _range(name: str, value, lo: float, hi: float) -> tuple[float, float]:
+    """``value`` as a float pair (a, b) with ``lo <= a <= b <= hi``; ValueError otherwise."""
+    pair = tuple(float(v) for v in value)
+    if len(pair) != 2 or not lo <= pair[0] <= pair[1] <= hi:
+        raise ValueError(f"{name} must be LO,HI with {lo:g} <= LO <= HI <= {hi:g}, "
+                         f"got {value}")
+    return pair
 
 
 def sentence_split(normalized: str, fractions: dict) -> str:
@@ -75,10 +116,26 @@ def sentence_split(normalized: str, fractions: dict) -> str:
 
 
 @dataclass
+class Item:
+    """One corpus utterance: ``sentences`` ((text, normalized_text) pairs, all of ``split``)
+    spoken at ``pace``, joined with ``pauses`` (seconds), normalised to ``level_db``."""
+    id: str
+    sentences: list[tuple[str, str]]
+    split: str
+    pace: float
+    pauses: list[float]
+    level_db: float
+
+    @property
+    def normalized_text(self) -> str:
+        return " ".join(norm for _, norm in self.sentences)
+
+
+@dataclass
 class Task:
-    """One worker job: up to ``batch_size`` utterances of one speaker."""
+    """One worker job: up to ``batch_size`` items of one speaker."""
     speaker: Speaker
-    items: list[tuple[str, str, str, str]]   # (id, text, normalized_text, split)
+    items: list[Item]
 
 
 def resolve_speakers(cfg: CorpusConfig) -> tuple[list[Speaker], set[str]]:
@@ -100,41 +157,76 @@ def resolve_speakers(cfg: CorpusConfig) -> tuple[list[Speaker], set[str]]:
     return speakers, unseen
 
 
+class SentenceStream:
+    """The shipped sentences in a seeded order, repeated pass after pass with a new order.
+
+    Sentences are normalised lazily while walking the order (normalising all ~40k up front
+    costs seconds); each one that passes the word-count filter waits in its split's queue.
+    :meth:`take` hands out the oldest waiting sentence of the given splits."""
+
+    def __init__(self, sentences: list[str], cfg: CorpusConfig):
+        if not sentences:
+            raise ValueError("no sentences to plan with")
+        self.sentences, self.cfg = sentences, cfg
+        self.rng = np.random.default_rng([cfg.seed, 1])  # independent of the voice draws
+        self.order, self.pos, self.n_read = self.rng.permutation(len(sentences)), 0, 0
+        self.queues: dict[str, deque] = {name: deque() for name in SPLITS}
+
+    def _read_one(self) -> None:
+        if self.pos >= len(self.order):  # next pass over the list
+            self.order, self.pos = self.rng.permutation(len(self.sentences)), 0
+        text = self.sentences[self.order[self.pos]]
+        self.pos += 1
+        norm = normalize_text(text)
+        if self.cfg.min_words <= len(norm.split()) <= self.cfg.max_words:
+            split = sentence_split(norm, self.cfg.split_fractions)
+            self.queues[split].append((self.n_read, text, norm, split))
+        self.n_read += 1
+
+    def take(self, splits: tuple[str, ...]) -> tuple[str, str, str]:
+        """(text, normalized_text, split) of the oldest waiting sentence in ``splits``."""
+        scanned = 0
+        while not any(self.queues[name] for name in splits):
+            if scanned > len(self.sentences):
+                raise ValueError(f"no sentence falls in the {'/'.join(splits)} split(s); "
+                                 f"check split_fractions")
+            self._read_one()
+            scanned += 1
+        name = min((n for n in splits if self.queues[n]), key=lambda n: self.queues[n][0][0])
+        return self.queues[name].popleft()[1:]
+
+
+def item_rng(seed: int, item_id: str) -> np.random.Generator:
+    """The random stream of one item's style draws: a function of (seed, item id) only."""
+    key = int.from_bytes(hashlib.sha1(item_id.encode("utf-8")).digest()[:8], "big")
+    return np.random.default_rng([seed, 2, key])
+
+
+def plan_item(cfg: CorpusConfig, stream: SentenceStream, item_id: str,
+              splits: tuple[str, ...]) -> Item:
+    """One item: its style drawn from (seed, id), its first sentence the oldest waiting one
+    of ``splits`` and the others the next ones of that sentence's split."""
+    rng = item_rng(cfg.seed, item_id)
+    n = int(rng.integers(cfg.sentences_per_item[0], cfg.sentences_per_item[1] + 1))
+    pace = round(float(rng.uniform(*cfg.pace_range)), 4)
+    level = round(float(rng.uniform(*cfg.level_db_range)), 2)
+    pauses = [round(float(rng.uniform(*cfg.pause_range)), 3) for _ in range(n - 1)]
+    text, norm, split = stream.take(splits)
+    sentences = [(text, norm)] + [stream.take((split,))[:2] for _ in range(n - 1)]
+    return Item(item_id, sentences, split, pace, pauses, level)
+
+
 def iter_plan(cfg: CorpusConfig, speakers: list[Speaker], unseen: set[str],
               sentences: list[str]) -> Iterator[Task]:
     """The deterministic, endless-until-sentences-run-out plan of tasks for ``cfg.seed``.
 
     Engines are drawn by ``engine_weights``, a speaker uniformly within the engine; seen
-    speakers read train/valid/test sentences, held-out ones test_unseen sentences; every
-    sentence is used once per pass over the list, passes repeat with a new order.
+    speakers read train/valid/test sentences, held-out ones test_unseen sentences (every
+    item within one split); every sentence is used once per pass over the list, passes
+    repeat with a new order.
     """
     rng = np.random.default_rng(cfg.seed)
-    srng = np.random.default_rng([cfg.seed, 1])  # sentence order, independent of voices
-    # sentences are normalised lazily while walking a shuffled order (normalising all ~40k
-    # up front costs seconds); each one lands in the seen or held-out queue by its split
-    queues: dict[bool, deque] = {True: deque(), False: deque()}
-    state = {"order": srng.permutation(len(sentences)), "pos": 0}
-
-    def take(held: bool) -> tuple[str, str, str]:
-        scanned = 0
-        while not queues[held]:
-            if scanned > len(sentences):
-                raise ValueError(f"no sentence falls in the {'test_unseen' if held else 'seen'}"
-                                 f" splits; check split_fractions")
-            if state["pos"] >= len(state["order"]):  # next pass over the list
-                state["order"], state["pos"] = srng.permutation(len(sentences)), 0
-            text = sentences[state["order"][state["pos"]]]
-            state["pos"] += 1
-            scanned += 1
-            norm = normalize_text(text)
-            if not cfg.min_words <= len(norm.split()) <= cfg.max_words:
-                continue
-            split = sentence_split(norm, cfg.split_fractions)
-            queues[split == "test_unseen"].append((text, norm, split))
-        return queues[held].popleft()
-
-    if not sentences:
-        raise ValueError("no sentences to plan with")
+    stream = SentenceStream(sentences, cfg)
     by_engine: dict[str, list[Speaker]] = {}
     for s in speakers:
         by_engine.setdefault(s.engine, []).append(s)
@@ -145,34 +237,50 @@ def iter_plan(cfg: CorpusConfig, speakers: list[Speaker], unseen: set[str],
     while True:
         engine = engines[rng.choice(len(engines), p=w)]
         spk = by_engine[engine][rng.integers(len(by_engine[engine]))]
-        held = spk.id in unseen
-        items = []
-        for _ in range(cfg.batch_size):
-            text, norm, split = take(held)
-            uid = f"{spk.slug}_{n_tasks:06d}_{len(items):02d}"
-            items.append((uid, text, norm, split))
+        splits = ("test_unseen",) if spk.id in unseen else SEEN_SPLITS
+        items = [plan_item(cfg, stream, f"{spk.slug}_{n_tasks:06d}_{k:02d}", splits)
+                 for k in range(cfg.batch_size)]
         n_tasks += 1
         yield Task(spk, items)
 
 
 def _estimate_seconds(task: Task) -> float:
-    return sum(SECONDS_PER_CHAR * len(it[2]) for it in task.items)
+    """Planned audio of ``task``: speech (characters / pace) plus the pauses."""
+    return sum(SECONDS_PER_CHAR * sum(len(norm) for _, norm in it.sentences) / it.pace
+               + sum(it.pauses) for it in task.items)
+
+
+def _row(item: Item, speaker: Speaker, rel: Path, phonemes: list[str],
+         seconds: float) -> dict:
+    """The metadata row of a finished item (schema: docs/ARCHITECTURE.md)."""
+    return {"id": item.id, "audio": rel.as_posix(),
+            "text": " ".join(text for text, _ in item.sentences),
+            "normalized_text": item.normalized_text, "phonemes": " ".join(phonemes),
+            "speaker": speaker.id, "engine": speaker.engine, "duration": round(seconds, 4),
+            "split": item.split, "n_sentences": len(item.sentences),
+            "sentences": [norm for _, norm in item.sentences], "pace": item.pace,
+            "pauses": item.pauses, "level_db": item.level_db}
 
 
 def run_task(task: Task, out_dir: str, phoneme_voice: str,
              post: PostprocessConfig | None = None) -> list[dict]:
-    """Synthesize one task, write its wavs atomically; returns the metadata rows."""
+    """Synthesize one task (all its sentences in one engine batch), join each item's
+    sentences with its pauses, write its wavs atomically; returns the metadata rows."""
     post = post or PostprocessConfig()
-    texts = [it[2] for it in task.items]
-    wavs = synthesize(texts, task.speaker, post)
+    items = task.items
+    texts = [norm for it in items for _, norm in it.sentences]
+    wavs = synthesize(texts, task.speaker, post,
+                      paces=[it.pace for it in items for _ in it.sentences],
+                      levels_db=[it.level_db for it in items for _ in it.sentences])
     phones = phonemize(texts, voice=phoneme_voice)
-    rows = []
-    for (uid, text, norm, split), wav, ph in zip(task.items, wavs, phones):
-        rel = Path("wavs") / task.speaker.slug / f"{uid}.wav"
+    rows, pos = [], 0
+    for it in items:
+        end = pos + len(it.sentences)
+        wav = concat_with_pauses(wavs[pos:end], it.pauses, post.sample_rate)
+        rel = Path("wavs") / task.speaker.slug / f"{it.id}.wav"
         write_audio(Path(out_dir) / rel, wav, post.sample_rate)
-        rows.append({"id": uid, "audio": rel.as_posix(), "text": text, "normalized_text": norm,
-                     "phonemes": ph, "speaker": task.speaker.id, "engine": task.speaker.engine,
-                     "duration": round(len(wav) / post.sample_rate, 4), "split": split})
+        rows.append(_row(it, task.speaker, rel, phones[pos:end], len(wav) / post.sample_rate))
+        pos = end
     return rows
 
 
@@ -207,12 +315,16 @@ def _check_settings(out: Path, cfg: CorpusConfig, speakers: list[Speaker],
                 "unseen_speakers": sorted(unseen), "split_fractions": cfg.split_fractions,
                 "engine_weights": cfg.engine_weights, "batch_size": cfg.batch_size,
                 "phoneme_voice": cfg.phoneme_voice, "sample_rate": 16000,
-                "min_words": cfg.min_words, "max_words": cfg.max_words}
+                "min_words": cfg.min_words, "max_words": cfg.max_words,
+                "pace_range": list(cfg.pace_range),
+                "sentences_per_item": list(cfg.sentences_per_item),
+                "pause_range": list(cfg.pause_range), "level_db_range": list(cfg.level_db_range),
+                "max_silence_s": cfg.max_silence_s}
     from codec.pretrained import atomic_write_text  # lazy: keeps torch out of workers
     path = out / SETTINGS
     if path.is_file():
         old = json.loads(path.read_text())
-        old_cmp = {k: old.get(k) for k in settings}
+        old_cmp = {k: old.get(k, LEGACY.get(k)) for k in settings}  # older builder: LEGACY
         diff = [k for k in settings if json.dumps(old_cmp[k]) != json.dumps(settings[k])]
         if diff:
             raise ValueError(f"{out} was built with other settings ({', '.join(diff)}); "
@@ -243,6 +355,7 @@ def build_corpus(out_dir: str | os.PathLike, cfg: CorpusConfig, workers: int | N
     t0 = time.time()
     new = 0
     plan = iter_plan(cfg, speakers, unseen, load_sentences())
+    post = PostprocessConfig(max_silence_s=cfg.max_silence_s)
     bar = tqdm(total=round(target / 3600, 3), initial=round(min(total, target) / 3600, 3),
                unit="h", desc="build-corpus", disable=not progress,
                bar_format="{l_bar}{bar}| {n:.3f}/{total:.3f} h [{elapsed}<{remaining}]")
@@ -254,7 +367,7 @@ def build_corpus(out_dir: str | os.PathLike, cfg: CorpusConfig, workers: int | N
 
     def next_task() -> Task | None:
         for task in plan:
-            todo = [it for it in task.items if it[0] not in done]
+            todo = [it for it in task.items if it.id not in done]
             if not todo:
                 continue
             return Task(task.speaker, todo)
@@ -271,7 +384,7 @@ def build_corpus(out_dir: str | os.PathLike, cfg: CorpusConfig, workers: int | N
                     task = next_task()
                     if task is None:
                         break
-                    fut = pool.submit(run_task, task, str(out), cfg.phoneme_voice)
+                    fut = pool.submit(run_task, task, str(out), cfg.phoneme_voice, post)
                     pending[fut] = _estimate_seconds(task)
                     n_submitted += 1
                 if not pending:
@@ -315,9 +428,10 @@ def summarize(out_dir: str | os.PathLike) -> dict:
                            "max": float(durs.max())},
             "hours_per_split": hours("split"), "hours_per_engine": hours("engine"),
             "hours_per_speaker": hours("speaker"),
-            "sentences": len({r["normalized_text"] for r in rows}),
+            "sentences": len({s for r in rows for s in r.get("sentences", [r["normalized_text"]])}),
             "speakers": len({r["speaker"] for r in rows})}
 
 
-__all__ = ["CorpusConfig", "build_corpus", "summarize", "read_metadata", "sentence_split",
-           "iter_plan", "resolve_speakers", "run_task", "SPLITS"]
+__all__ = ["CorpusConfig", "Item", "Task", "build_corpus", "summarize", "read_metadata",
+           "sentence_split", "iter_plan", "plan_item", "item_rng", "resolve_speakers",
+           "run_task", "SentenceStream", "SPLITS", "LEGACY"]

@@ -1,9 +1,11 @@
 """Join consecutive utterances of one speaker with pauses: a corpus with uneven information
 density (``flexicodec-data join``).
 
-Our synthesizers speak single sentences at a constant rate and the builder trims silences
-(:func:`data.synth.postprocess`), so a built corpus has almost no pauses: about 12-13
-phonemes per second throughout. Real read or spontaneous speech has pauses between phrases
+A corpus built with the first builder's settings (``build-corpus --pace 1,1
+--sentences-per-item 1,1 --level-db=-23,-23 --max-silence 0.3``: single sentences at a
+constant rate, silences trimmed by :func:`data.synth.postprocess`) has almost no pauses:
+about 12-13 phonemes per second throughout (the default builder already joins sentences
+with pauses, :func:`data.audio.concat_with_pauses` in both). Real read or spontaneous speech has pauses between phrases
 and sentences, which is what content-adaptive merging exploits (DESIGN.md: "steady regions
 (silence, long vowels) cost one token"). This module makes such material from a built
 corpus, deterministically: within each (split, speaker), consecutive utterances are joined in
@@ -25,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from data.audio import load_audio, write_audio
+from data.audio import concat_with_pauses, load_audio, write_audio
 from data.corpus import METADATA, read_metadata
 
 SAMPLE_RATE = 16000
@@ -75,13 +77,8 @@ def join_corpus(src: str | os.PathLike, out: str | os.PathLike,
     new_rows = []
     for g in tqdm(groups, desc="join", disable=not progress):
         pauses = [float(rng.uniform(lo, hi)) for _ in g[1:]]
-        parts = []
-        for j, r in enumerate(g):
-            x, _ = load_audio(src / r["audio"], SAMPLE_RATE)
-            if j:
-                parts.append(np.zeros(int(round(pauses[j - 1] * SAMPLE_RATE)), np.float32))
-            parts.append(x)
-        wav = np.concatenate(parts)
+        wav = concat_with_pauses([load_audio(src / r["audio"], SAMPLE_RATE)[0] for r in g],
+                                 pauses, SAMPLE_RATE)
         uid = f"{g[0]['id']}_j{len(g)}"
         rel = Path("wavs") / Path(g[0]["audio"]).parent.name / f"{uid}.wav"
         write_audio(out / rel, wav, SAMPLE_RATE)

@@ -3,7 +3,8 @@
 Each speaker is one (engine, voice) pair with an id like ``flite_slt``,
 ``festival_kal_diphone`` or ``espeak_en-us+m3``. :func:`list_speakers` discovers what is
 installed on this machine. :func:`synthesize` turns a batch of texts into 16 kHz mono float32
-waveforms, loudness-normalised with long silences trimmed (:func:`postprocess`).
+waveforms, loudness-normalised with long silences trimmed (:func:`postprocess`), optionally
+each at its own speaking rate (``paces``) and level (``levels_db``).
 
 Private prefix: where the engines are unpacked from .deb files into a directory (see
 ``scripts/device_synth_env.sh``) set ``FLEXICODEC_SYNTH_PREFIX=DIR``; binaries, libraries and
@@ -16,7 +17,7 @@ import re
 import shutil
 import subprocess
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -33,6 +34,11 @@ ESPEAK_ACCENTS = ("en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbc
                   "en-gb-x-gbcwmd", "en-us-nyc")
 ESPEAK_VARIANTS = tuple(f"m{i}" for i in range(1, 8)) + tuple(f"f{i}" for i in range(1, 6))
 _MULTIARCH = "x86_64-linux-gnu"
+ESPEAK_WPM = 175                  # espeak-ng's default speaking rate (words per minute)
+PACE_LIMITS = (0.5, 2.0)          # speaking-rate factors every engine renders
+#: flite voices whose built-in duration_stretch is not 1; ``--setf duration_stretch``
+#: replaces the built-in value, so a pace scales this one
+FLITE_DURATION_STRETCH = {"kal": 1.1, "kal16": 1.1}
 
 
 class SynthError(RuntimeError):
@@ -61,6 +67,7 @@ class PostprocessConfig:
     silence_db: float = -40.0         # frames this far below the loudest frame are silence
     frame_ms: float = 10.0
     max_silence_s: float = 0.3        # internal silences longer than this are shortened to it
+                                      # (the corpus builder raises it to keep punctuation pauses)
     edge_pad_s: float = 0.05          # silence kept before the first and after the last speech
 
 
@@ -202,20 +209,52 @@ def _scheme_string(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _synth_files(texts: list[str], speaker: Speaker, tmp: Path) -> list[Path]:
+def _espeak_rate(pace: float) -> list[str]:
+    """espeak-ng speaking-rate arguments for ``pace`` (words per minute, default 175)."""
+    return [] if pace == 1.0 else ["-s", str(int(round(ESPEAK_WPM * pace)))]
+
+
+def _flite_rate(voice: str, pace: float) -> list[str]:
+    """flite speaking-rate arguments for ``pace``: the voice's duration stretch / pace."""
+    stretch = FLITE_DURATION_STRETCH.get(voice, 1.0) / pace
+    return [] if pace == 1.0 else ["--setf", f"duration_stretch={stretch:.6g}"]
+
+
+def _festival_rate(pace: float) -> str:
+    """Scheme setting festival's speaking rate for ``pace`` before one SynthText: the
+    global ``Duration_Stretch`` (the voice's own value / pace; diphone and cluster voices)
+    and hts_engine's speed ``-r`` (HTS voices, which ignore ``Duration_Stretch``); each voice
+    reads only its own one."""
+    return (f"(Parameter.set 'Duration_Stretch (/ flexicodec_stretch {pace:.6g}))\n"
+            f"(set! hts_engine_params (append flexicodec_hts_params "
+            f"(list (list \"-r\" {pace:.6g}))))")
+
+
+def _synth_files(texts: list[str], speaker: Speaker, tmp: Path,
+                 paces: list[float]) -> list[Path]:
     outs = [tmp / f"{i:05d}.wav" for i in range(len(texts))]
     if speaker.engine == "flite":
         exe = find_tool("flite")
-        for t, o in zip(texts, outs):
-            _run([exe, "-voice", speaker.voice, "-t", t, "-o", str(o)])
+        for t, o, pace in zip(texts, outs, paces):
+            _run([exe, "-voice", speaker.voice, *_flite_rate(speaker.voice, pace), "-t", t,
+                  "-o", str(o)])
     elif speaker.engine == "espeak":
         exe = find_tool("espeak-ng")
-        for t, o in zip(texts, outs):
-            _run([exe, "-v", speaker.voice, "-w", str(o), t])  # (-q suppresses -w output)
+        for t, o, pace in zip(texts, outs, paces):
+            _run([exe, "-v", speaker.voice, *_espeak_rate(pace), "-w", str(o), t])
+            # (-q would suppress the -w output)
     elif speaker.engine == "festival":
         # one festival process for the whole batch: voice loading dominates per-call cost
+        paced = any(p != 1.0 for p in paces)   # at pace 1 the script is the engine default
         lines = [f"(voice_{speaker.voice})"]
-        for t, o in zip(texts, outs):
+        if paced:
+            lines += ["(defvar hts_engine_params nil)",  # unbound unless an HTS voice loaded
+                      "(defvar flexicodec_hts_params hts_engine_params)",
+                      "(defvar flexicodec_stretch (if (Parameter.get 'Duration_Stretch) "
+                      "(Parameter.get 'Duration_Stretch) 1))"]
+        for t, o, pace in zip(texts, outs, paces):
+            if paced:
+                lines.append(_festival_rate(pace))
             lines.append(f"(utt.save.wave (SynthText {_scheme_string(t)}) "
                          f"{_scheme_string(str(o))} 'riff)")
         script = tmp / "batch.scm"
@@ -227,10 +266,25 @@ def _synth_files(texts: list[str], speaker: Speaker, tmp: Path) -> list[Path]:
     return outs
 
 
+def _per_text(values: list[float] | None, n: int, default: float, name: str) -> list[float]:
+    """``values`` checked to hold one finite number per text, or ``default`` for each."""
+    if values is None:
+        return [default] * n
+    out = [float(v) for v in values]
+    if len(out) != n or not all(np.isfinite(out)):
+        raise ValueError(f"{name}: expected {n} finite numbers (one per text), got {values!r}")
+    return out
+
+
 def synthesize(texts: list[str], speaker: Speaker | str,
-               config: PostprocessConfig | None = None) -> list[np.ndarray]:
+               config: PostprocessConfig | None = None, paces: list[float] | None = None,
+               levels_db: list[float] | None = None) -> list[np.ndarray]:
     """Synthesize each text with ``speaker``; returns float32 mono arrays [T] at
     ``config.sample_rate`` (16 kHz), loudness-normalised and silence-trimmed.
+
+    ``paces`` (optional, one per text) is the speaking rate relative to the engine's
+    default (1.0; 1.35 = 35 % faster, 0.75 = slower; valid range ``PACE_LIMITS``);
+    ``levels_db`` (optional, one per text) overrides ``config.target_rms_db``.
 
     Raises SynthError if an engine fails or produces no speech for a text.
     """
@@ -242,17 +296,22 @@ def synthesize(texts: list[str], speaker: Speaker | str,
     for t in texts:
         if not t or not t.strip():
             raise ValueError("cannot synthesize an empty text")
+    paces = _per_text(paces, len(texts), 1.0, "paces")
+    levels = _per_text(levels_db, len(texts), config.target_rms_db, "levels_db")
+    if not all(PACE_LIMITS[0] <= p <= PACE_LIMITS[1] for p in paces):
+        raise ValueError(f"paces must lie in {PACE_LIMITS}, got {paces}")
     if not texts:
         return []
     with tempfile.TemporaryDirectory(prefix="flexicodec-synth-") as d:
-        files = _synth_files([re.sub(r"\s+", " ", t).strip() for t in texts], speaker, Path(d))
+        files = _synth_files([re.sub(r"\s+", " ", t).strip() for t in texts], speaker, Path(d),
+                             paces)
         out = []
-        for t, f in zip(texts, files):
+        for t, f, level in zip(texts, files, levels):
             if not f.is_file() or f.stat().st_size <= 44:
                 raise SynthError(f"{speaker.id} produced no audio for {t[:60]!r}")
             x, sr = sf.read(str(f), dtype="float32", always_2d=False)
             try:
-                out.append(postprocess(to_mono(x), sr, config))
+                out.append(postprocess(to_mono(x), sr, replace(config, target_rms_db=level)))
             except AudioError as exc:
                 raise SynthError(f"{speaker.id} on {t[:60]!r}: {exc}") from exc
     return out
@@ -314,4 +373,4 @@ def postprocess(x: np.ndarray, sr: int, config: PostprocessConfig | None = None)
 
 __all__ = ["Speaker", "PostprocessConfig", "SynthError", "list_speakers", "get_speaker",
            "synthesize", "postprocess", "synth_env", "synth_prefix", "find_tool",
-           "festival_libdir", "ENGINES", "PREFIX_ENV"]
+           "festival_libdir", "ENGINES", "PREFIX_ENV", "PACE_LIMITS"]

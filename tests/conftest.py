@@ -18,14 +18,17 @@ TINY_SPEAKERS = ("flite_slt", "flite_rms", "festival_kal_diphone", "espeak_en-us
 def tiny_corpus(tmp_path_factory) -> Path:
     """Path of a built corpus (metadata.jsonl + wavs/) with ~40 s of audio from up to five
     voices: flite_slt, festival_kal_diphone, espeak_en-us+m1 (seen) and flite_rms,
-    espeak_en-gb-scotland+f3 (test_unseen). Skips if no synthesizer is installed."""
-    from data.corpus import CorpusConfig, build_corpus
+    espeak_en-gb-scotland+f3 (test_unseen), one sentence per utterance. Skips if no
+    synthesizer is installed."""
+    from data.corpus import LEGACY, CorpusConfig, build_corpus
     from data.synth import list_speakers
     have = {s.id for s in list_speakers()}
     speakers = tuple(s for s in TINY_SPEAKERS if s in have)
     if not speakers:
         pytest.skip("no speech synthesizer installed (run scripts/setup.sh)")
     out = tmp_path_factory.mktemp("tiny_corpus")
-    cfg = CorpusConfig(hours=40 / 3600, seed=0, speakers=speakers, batch_size=2)
+    # one sentence per utterance at the engines' rate (the first builder's settings): many
+    # short utterances, so every split and held-out voice shows up in ~40 s
+    cfg = CorpusConfig(hours=40 / 3600, seed=0, speakers=speakers, batch_size=2, **LEGACY)
     build_corpus(out, cfg, workers=2, progress=False)
     return out

@@ -1,29 +1,58 @@
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import soundfile as sf
 import torch
 
-from data.corpus import (CorpusConfig, build_corpus, iter_plan, read_metadata,
+from data.cli import main as data_main
+from data.corpus import (LEGACY, CorpusConfig, build_corpus, iter_plan, read_metadata,
                          resolve_speakers, sentence_split, summarize)
-from data.text import load_sentences
+from data.text import load_sentences, normalize_text
 
 torch.set_num_threads(1)
 KEYS = {"id", "audio", "text", "normalized_text", "phonemes", "speaker", "engine", "duration",
-        "split"}
+        "split", "n_sentences", "sentences", "pace", "pauses", "level_db"}
+FLITE = ("flite_slt", "flite_kal", "flite_rms")
 
 
-def test_tiny_corpus_schema(tiny_corpus):
-    rows = read_metadata(tiny_corpus)
+def _legacy(**kw) -> CorpusConfig:
+    return CorpusConfig(**kw, **{k: v for k, v in LEGACY.items()})
+
+
+@pytest.fixture(scope="module")
+def styled_corpus(tmp_path_factory):
+    """~40 s built with the default item settings (joined sentences, pace, pauses, levels)
+    from the tiny corpus' voices."""
+    from conftest import TINY_SPEAKERS
+    cfg = CorpusConfig(hours=40 / 3600, seed=0, speakers=TINY_SPEAKERS, batch_size=2)
+    _have(cfg)
+    out = tmp_path_factory.mktemp("styled_corpus")
+    build_corpus(out, cfg, workers=2, progress=False)
+    return out
+
+
+def _have(cfg: CorpusConfig) -> None:
+    try:
+        resolve_speakers(cfg)
+    except ValueError:
+        pytest.skip("synthesizer voices not installed")
+
+
+@pytest.mark.parametrize("corpus", ["tiny_corpus", "styled_corpus"])
+def test_corpus_schema(corpus, request):
+    root = request.getfixturevalue(corpus)
+    rows = read_metadata(root)
     assert rows and sum(r["duration"] for r in rows) >= 40
     assert len({r["id"] for r in rows}) == len(rows)
     for r in rows:
         assert set(r) == KEYS
-        info = sf.info(str(tiny_corpus / r["audio"]))
+        info = sf.info(str(root / r["audio"]))
         assert info.samplerate == 16000 and info.channels == 1 and info.subtype == "PCM_16"
         assert abs(info.frames / 16000 - r["duration"]) < 1e-3
         assert r["phonemes"] and r["normalized_text"]
@@ -32,11 +61,13 @@ def test_tiny_corpus_schema(tiny_corpus):
     assert len(engines) >= 2
 
 
-def test_splits_disjoint_and_unseen_speakers(tiny_corpus):
-    rows = read_metadata(tiny_corpus)
+@pytest.mark.parametrize("corpus", ["tiny_corpus", "styled_corpus"])
+def test_splits_disjoint_and_unseen_speakers(corpus, request):
+    rows = read_metadata(request.getfixturevalue(corpus))
     by_sentence: dict = {}
     for r in rows:
-        by_sentence.setdefault(r["normalized_text"].lower(), set()).add(r["split"])
+        for sent in r["sentences"]:
+            by_sentence.setdefault(sent.lower(), set()).add(r["split"])
     assert all(len(v) == 1 for v in by_sentence.values())
     unseen = {"flite_rms", "espeak_en-gb-scotland+f3"}
     for r in rows:
@@ -65,6 +96,20 @@ def test_plan_is_deterministic_and_uses_every_speaker():
     a = [next(p) for p in [iter_plan(cfg, speakers, unseen, sents)] for _ in range(400)]
     b = [next(p) for p in [iter_plan(cfg, speakers, unseen, sents)] for _ in range(400)]
     assert [(t.speaker.id, t.items) for t in a] == [(t.speaker.id, t.items) for t in b]
+    # every item: 1-3 sentences of one split, held-out speakers only on test_unseen, and
+    # no sentence in two splits
+    split_of: dict = {}
+    for t in a:
+        for it in t.items:
+            assert 1 <= len(it.sentences) <= 3 and len(it.pauses) == len(it.sentences) - 1
+            assert 0.75 <= it.pace <= 1.35 and -33 <= it.level_db <= -17
+            assert all(0.2 <= p <= 1.2 for p in it.pauses)
+            assert (t.speaker.id in unseen) == (it.split == "test_unseen")
+            for _, norm in it.sentences:
+                assert sentence_split(norm, cfg.split_fractions) == it.split
+                assert split_of.setdefault(norm.lower(), it.split) == it.split
+    assert {len(it.sentences) for t in a for it in t.items} == {1, 2, 3}
+    assert {it.split for t in a for it in t.items} == {"train", "valid", "test", "test_unseen"}
     if len(speakers) <= 40:
         assert {t.speaker.id for t in a} == {s.id for s in speakers}
     c = [next(p) for p in [iter_plan(CorpusConfig(hours=1.0, seed=4, batch_size=2), speakers,
@@ -72,13 +117,33 @@ def test_plan_is_deterministic_and_uses_every_speaker():
     assert [t.items for t in c] != [t.items for t in a[:5]]
 
 
-def test_resume_after_interruption(tmp_path):
-    cfg = CorpusConfig(hours=24 / 3600, seed=1, speakers=("flite_slt", "flite_kal", "flite_rms"),
-                       batch_size=2)
+def test_plan_single_sentence_items_match_old_order():
+    """With one sentence per item the plan hands out sentences in the order of the first
+    builder (one queue of seen sentences, one of held-out ones)."""
+    cfg = _legacy(hours=1.0, seed=5, batch_size=3)
     try:
-        resolve_speakers(cfg)
+        speakers, unseen = resolve_speakers(cfg)
     except ValueError:
-        pytest.skip("flite not installed")
+        pytest.skip("no synthesizer installed")
+    sents = load_sentences()[:2000]
+    tasks = [next(p) for p in [iter_plan(cfg, speakers, unseen, sents)] for _ in range(60)]
+    # the first builder: a seeded permutation, filtered, split into seen / held-out queues
+    order = np.random.default_rng([cfg.seed, 1]).permutation(len(sents))
+    norms = [normalize_text(sents[i]) for i in order]
+    norms = [n for n in norms if cfg.min_words <= len(n.split()) <= cfg.max_words]
+    seen = [n for n in norms if sentence_split(n, cfg.split_fractions) != "test_unseen"]
+    held = [n for n in norms if sentence_split(n, cfg.split_fractions) == "test_unseen"]
+    got_seen = [it.sentences[0][1] for t in tasks if t.speaker.id not in unseen
+                for it in t.items]
+    got_held = [it.sentences[0][1] for t in tasks if t.speaker.id in unseen for it in t.items]
+    assert got_seen == seen[:len(got_seen)] and got_held == held[:len(got_held)]
+    assert all(it.pace == 1.0 and it.level_db == -23.0 and not it.pauses
+               for t in tasks for it in t.items)
+
+
+def test_resume_after_interruption(tmp_path):
+    cfg = CorpusConfig(hours=24 / 3600, seed=1, speakers=FLITE, batch_size=2)
+    _have(cfg)
     out = tmp_path / "c"
     build_corpus(out, cfg, workers=1, progress=False, max_tasks=2)   # "killed" early
     rows = read_metadata(out)
@@ -102,12 +167,97 @@ def test_resume_after_interruption(tmp_path):
     # a rerun with the target reached does nothing
     again = build_corpus(out, cfg, workers=1, progress=False)
     assert again["new_utterances"] == 0 and len(read_metadata(out)) == len(rows2)
-    # the same seed from scratch gives the same ids
+    # the same seed from scratch gives the same items: same rows, same audio
     fresh = tmp_path / "fresh"
     build_corpus(fresh, cfg, workers=2, progress=False)
     fresh_rows = {r["id"]: r for r in read_metadata(fresh)}
-    for r in rows:  # the first tasks of the plan: same ids, same sentences
-        assert fresh_rows[r["id"]]["normalized_text"] == r["normalized_text"]
+    assert {r["id"] for r in rows} <= set(fresh_rows)   # the first tasks of the plan
+    common = [r for r in rows2 if r["id"] in fresh_rows]
+    assert len(common) >= len(rows2) // 2
+    for r in common:
+        assert fresh_rows[r["id"]] == r
+        assert _sha1(out / r["audio"]) == _sha1(fresh / r["audio"])
+
+
+def _sha1(path) -> str:
+    return hashlib.sha1(path.read_bytes()).hexdigest()
+
+
+def _speech_db(x) -> float:
+    """RMS level (dBFS) of the 10 ms frames within 40 dB of the loudest one."""
+    frames = x[: len(x) // 160 * 160].reshape(-1, 160).astype(np.float64)
+    db = 10 * np.log10(np.mean(frames ** 2, axis=1) + 1e-20)
+    return float(10 * np.log10(np.mean(10 ** (db[db > db.max() - 40] / 10))))
+
+
+def _silent_runs(x, min_s: float) -> list[float]:
+    """Lengths (s) of the runs of digital silence of at least ``min_s`` seconds."""
+    quiet = np.concatenate([[0], (np.abs(x) < 1e-4).astype(np.int8), [0]])
+    edges = np.flatnonzero(np.diff(quiet))
+    runs = (edges[1::2] - edges[::2]) / 16000
+    return [float(r) for r in runs if r >= min_s]
+
+
+def test_items_join_sentences_with_pauses_and_levels(styled_corpus):
+    rows = read_metadata(styled_corpus)
+    assert {r["n_sentences"] for r in rows} > {1}
+    for r in rows:
+        n = r["n_sentences"]
+        assert 1 <= n <= 3 and len(r["sentences"]) == n and len(r["pauses"]) == n - 1
+        assert r["normalized_text"] == " ".join(r["sentences"])
+        assert all(sentence_split(s, {"train": 0.94, "valid": 0.02, "test": 0.02,
+                                      "test_unseen": 0.02}) == r["split"]
+                   for s in r["sentences"])
+        assert 0.75 <= r["pace"] <= 1.35 and -33 <= r["level_db"] <= -17
+        x, sr = sf.read(str(styled_corpus / r["audio"]), dtype="float32")
+        # each pause is a stretch of silence of its drawn length (+ the edge padding)
+        runs = _silent_runs(x, 0.2)
+        assert len(runs) >= n - 1
+        for p in r["pauses"]:
+            assert 0.2 <= p <= 1.2 and any(p - 0.011 <= run <= p + 0.2 for run in runs)
+        # speech level: the drawn one, lower only where the 0.95 peak limit applied
+        peak = float(abs(x).max())
+        assert peak <= 0.95 + 1e-3
+        level = _speech_db(x)
+        assert level <= r["level_db"] + 1.0
+        assert level >= r["level_db"] - 1.5 or peak > 0.9, (r["id"], level, r["level_db"])
+
+
+def test_old_corpus_resumes_with_old_settings(tmp_path):
+    """A corpus.json written by the first builder (no item-style keys) resumes with the
+    legacy flags and refuses the new defaults."""
+    cfg = _legacy(hours=6 / 3600, seed=2, speakers=("flite_slt", "flite_rms"), batch_size=2)
+    _have(cfg)
+    out = tmp_path / "old"
+    out.mkdir()
+    old = {"seed": 2, "speakers": ["flite_rms", "flite_slt"], "unseen_speakers": ["flite_rms"],
+           "split_fractions": cfg.split_fractions, "engine_weights": None, "batch_size": 2,
+           "phoneme_voice": "en-us", "sample_rate": 16000, "min_words": 3, "max_words": 25,
+           "hours": 1.0}
+    speakers, _ = resolve_speakers(cfg)
+    old["speakers"] = [s.id for s in speakers]
+    (out / "corpus.json").write_text(json.dumps(old))
+    with pytest.raises(ValueError, match="other settings.*pace_range"):
+        build_corpus(out, CorpusConfig(hours=cfg.hours, seed=2, speakers=cfg.speakers,
+                                       batch_size=2), workers=1, progress=False)
+    build_corpus(out, cfg, workers=1, progress=False, max_tasks=1)
+    rows = read_metadata(out)
+    assert rows and all(r["n_sentences"] == 1 and r["pace"] == 1.0 and
+                        r["level_db"] == -23.0 and r["pauses"] == [] for r in rows)
+    assert json.loads((out / "corpus.json").read_text())["pace_range"] == [1.0, 1.0]
+
+
+def test_cli_build_flags(tmp_path, capsys):
+    out = str(tmp_path / "x")
+    for flags, msg in ((["--pace", "1"], "--pace takes two"),
+                       (["--sentences-per-item", "1.5,2"], "--sentences-per-item takes two"),
+                       (["--level-db=-10,-20"], "level_db_range must be"),
+                       (["--pace", "0.1,1"], "pace_range must be"),
+                       (["--pause=-1,1"], "pause_range must be")):
+        with pytest.raises(SystemExit):
+            data_main(["build-corpus", "--hours", "0.001", "--out", out, *flags])
+        assert msg in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
 
 
 def test_cli_show_and_stats(tiny_corpus):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from data.audio import concat_with_pauses
 from data.cli import main as data_main
 from data.join import join_corpus, plan_groups
 from data.loaders import load_corpus
@@ -62,6 +63,15 @@ def test_join_corpus(tmp_path):
     first = (out / "metadata.jsonl").read_text()
     join_corpus(src, out, per_utt=(2, 3), pause_s=(0.2, 0.5), progress=False)
     assert (out / "metadata.jsonl").read_text() == first
+
+
+def test_concat_with_pauses():
+    a, b = np.ones(3, np.float32), np.full(2, 0.5, np.float32)
+    y = concat_with_pauses([a, b, a], [0.5, 0.25], 4)
+    assert y.tolist() == [1, 1, 1, 0, 0, 0.5, 0.5, 0, 1, 1, 1] and y.dtype == np.float32
+    assert concat_with_pauses([b], [], 4).tolist() == [0.5, 0.5]
+    with pytest.raises(ValueError, match="one pause between"):
+        concat_with_pauses([a, b], [], 4)
 
 
 def test_join_errors(tmp_path, capsys):

@@ -35,6 +35,31 @@ def test_synthesize_engine(sid):
     assert len(wavs[0]) > len(wavs[1])
 
 
+@pytest.mark.parametrize("sid", ONE_PER_ENGINE + ["flite_kal"])
+def test_pace_changes_duration(sid):
+    """Duration scales as 1/pace on every engine (flite_kal and the festival diphone voices
+    have a built-in duration stretch of 1.1 that the pace must scale, not replace)."""
+    if sid not in SPEAKERS:
+        pytest.skip(f"{sid} not installed")
+    text = "The quick brown fox jumps over the lazy dog, then runs into the woods."
+    slow, plain, fast = synthesize([text] * 3, SPEAKERS[sid], paces=[0.75, 1.0, 1.35])
+    assert len(slow) / len(plain) == pytest.approx(1 / 0.75, abs=0.1)
+    assert len(fast) / len(plain) == pytest.approx(1 / 1.35, abs=0.07)
+
+
+def test_synthesize_levels_and_pace_checks():
+    if "flite_slt" not in SPEAKERS:
+        pytest.skip("flite not installed")
+    quiet, loud = synthesize(["Hello there.", "Hello there."], SPEAKERS["flite_slt"],
+                             levels_db=[-33.0, -17.0])
+    gain_db = 20 * np.log10(np.sqrt(np.mean(loud ** 2)) / np.sqrt(np.mean(quiet ** 2)))
+    assert 14.0 < gain_db <= 16.01 and np.abs(loud).max() <= 0.95 + 1e-4
+    with pytest.raises(ValueError, match="paces"):
+        synthesize(["a b c"], SPEAKERS["flite_slt"], paces=[1.0, 1.0])
+    with pytest.raises(ValueError, match="paces must lie"):
+        synthesize(["a b c"], SPEAKERS["flite_slt"], paces=[5.0])
+
+
 def test_list_speakers_ids():
     if not SPEAKERS:
         pytest.skip("no synthesizer installed")
