@@ -266,11 +266,21 @@ def main(argv: list[str] | None = None) -> int:
     if a.quick:
         a.steps, a.warmup, a.phase_steps = min(a.steps, 3), min(a.warmup, 1), min(a.phase_steps, 2)
     out = Path(a.out)
-    rows = [run_recipe(r, a.data, a.asr, device, a.steps, a.warmup, a.phase_steps, a.quick,
-                       out / "cache", a.max_utts, a.peak_tflops) for r in chosen]
+    rows = []
+    for r in chosen:
+        try:
+            rows.append(run_recipe(r, a.data, a.asr, device, a.steps, a.warmup, a.phase_steps,
+                                   a.quick, out / "cache", a.max_utts, a.peak_tflops))
+        except Exception as exc:          # reported in the table and JSON, never dropped
+            log(f"[train_speed] {r.name} FAILED: {type(exc).__name__}: {exc}")
+            rows.append({"recipe": r.name, "error": f"{type(exc).__name__}: {exc}"[:500],
+                         "audio_s_per_s": float("nan"), "phase_ms": {}})
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
     base = next((r for r in rows if r["recipe"] == "shipped"), None)
     for r in rows:
         r["vs_shipped"] = r["audio_s_per_s"] / base["audio_s_per_s"] if base else None
+        r.setdefault("error", "")
         for k, v in r["phase_ms"].items():
             r[f"ms_{k}"] = v
     cols = [("recipe", "recipe"), ("generator_M", "gen M"), ("batch", "batch"),
@@ -278,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
             ("ms_data", "data"), ("ms_semantic_features", "ASR"),
             ("ms_generator_forward", "G fwd"), ("ms_discriminator", "D"),
             ("ms_generator_backward", "G bwd"), ("ms_optimizer", "opt"),
-            ("peak_mem_gb", "mem GB"), ("tflops", "TFLOP/s"), ("mfu_pct", "MFU %")]
+            ("peak_mem_gb", "mem GB"), ("tflops", "TFLOP/s"), ("mfu_pct", "MFU %"),
+            ("error", "error")]
     table = format_table(rows, cols)
     print(table)
     result = {"benchmark": "train_speed", "quick": a.quick, "hardware": hardware_info(device),

@@ -26,6 +26,7 @@ batch plan + skip, restored RNG). ``--max-minutes`` checkpoints and exits before
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import math
@@ -217,6 +218,13 @@ def schedule(tc: CodecTrainConfig, warmup: int, total: int, offset: int = 0,
             factor *= min(1.0, max(0, i + offset - rewarm[0] + 1) / rewarm[1])
         return factor
     return f
+
+
+def eager():
+    """Context in which ``torch.compile``d modules run eagerly (evaluation on whole
+    utterances of varying lengths would otherwise compile graphs for each new shape)."""
+    set_stance = getattr(torch.compiler, "set_stance", None)
+    return set_stance("force_eager") if set_stance is not None else contextlib.nullcontext()
 
 
 def compile_for_training(model, disc, mel_loss) -> None:
@@ -649,11 +657,12 @@ def train_codec(config_path: str, data: str, run_dir: str, asr: str | None = Non
             t_log, samples = time.monotonic(), 0
         if valid_set is not None and step % tc.eval_every == 0 and main:
             rates = (None,) if model_cfg.fixed_group else (12.5, 6.25)
-            ev = valid_mel_loss(raw, valid_set, mel_loss, accelerator.device,
-                                tc.max_eval_utts, rates)
-            if tc.eval_quality:
-                ev.update(valid_quality(raw, valid_set, accelerator.device, tc.max_eval_utts,
-                                        rates[0]))
+            with eager():            # whole utterances: no graphs compiled for their shapes
+                ev = valid_mel_loss(raw, valid_set, mel_loss, accelerator.device,
+                                    tc.max_eval_utts, rates)
+                if tc.eval_quality:
+                    ev.update(valid_quality(raw, valid_set, accelerator.device,
+                                            tc.max_eval_utts, rates[0]))
             logger.log({"step": step, "train_minutes": (prior_seconds + budget.elapsed()) / 60,
                         **ev})
             tqdm.write(f"[train] step {step}: " + ", ".join(f"{k} {v:.3f}"
@@ -678,7 +687,8 @@ def train_codec(config_path: str, data: str, run_dir: str, asr: str | None = Non
         if ema is not None:
             ema.copy_to(export)
         if valid_set is not None and not model_cfg.fixed_group:
-            thr = calibrate_default_threshold(export, valid_set, accelerator.device)
+            with eager():
+                thr = calibrate_default_threshold(export, valid_set, accelerator.device)
             export.config.default_threshold = round(thr, 6)
             print(f"[train] default_threshold {thr:.4f} (~{model_cfg.default_rate:g} Hz on valid)")
         export.float().save_pretrained(out_model)
