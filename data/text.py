@@ -332,7 +332,7 @@ def _espeak_lines(lines: list[str], voice: str, env: dict, separator: str | None
 PUNCTUATION = (".", ",", "?", "!")
 #: the word-boundary token of a phoneme sequence
 WORD_BOUNDARY = " "
-#: espeak-ng's primary and secondary stress marks (tokens of their own)
+#: espeak-ng's primary and secondary stress marks (part of the stressed phoneme's token)
 STRESS_MARKS = ("ˈ", "ˌ")
 _PHONE_SEP = "|"
 
@@ -341,12 +341,12 @@ def phoneme_tokens(texts: list[str], voice: str = "en-us") -> list[list[str]]:
     """Phoneme token sequences of normalised texts (see :func:`normalize_text`): the speech
     LM's phoneme input.
 
-    Tokens: espeak-ng's phonemes (``"oʊ"``, ``"tʃ"``, ``"ɑːɹ"``: one token each, NFC), the
-    stress marks ``ˈ ˌ`` as tokens before the phoneme they stress, ``" "`` between words,
-    and the punctuation ``. , ? !`` right after the word it follows. The text between
-    punctuation marks is phonemised by one espeak-ng call for all ``texts``.
-    ``"Hello there, you."`` → ``h ə l ˈ oʊ ␣ ð ˈ ɛɹ , ␣ j uː .`` (␣ = ``" "``). A text
-    without letters or digits gives ``[]``.
+    Tokens: espeak-ng's phonemes (``"oʊ"``, ``"tʃ"``, ``"ɑːɹ"``: one token each, NFC) with
+    their stress mark (``"ˈoʊ"``, ``"ˌɛ"``: stress is part of the vowel's token, which keeps
+    sequences short), ``" "`` between words, and the punctuation ``. , ? !`` right after the
+    word it follows. The text between punctuation marks is phonemised by one espeak-ng call
+    for all ``texts``. ``"Hello there, you."`` → ``h ə l ˈoʊ ␣ ð ˈɛɹ , ␣ j uː .``
+    (␣ = ``" "``). A text without letters or digits gives ``[]``.
     """
     if isinstance(texts, str):
         raise TypeError("phoneme_tokens expects a list of strings, not a single string")
@@ -372,24 +372,14 @@ def phoneme_tokens(texts: list[str], voice: str = "en-us") -> list[list[str]]:
                     toks.append(part)
                 continue
             for word in ipa[part].split():
-                units = [u for u in (_split_stress(unicodedata.normalize("NFC", p))
-                                     for p in word.split(_PHONE_SEP)) for u in u]
+                units = [unicodedata.normalize("NFC", p) for p in word.split(_PHONE_SEP)
+                         if p]
                 if units:
                     if toks:
                         toks.append(WORD_BOUNDARY)
                     toks.extend(units)
         out.append(toks)
     return out
-
-
-def _split_stress(unit: str) -> list[str]:
-    """``"ˈoʊ"`` → ``["ˈ", "oʊ"]``: stress marks become tokens of their own."""
-    out = []
-    rest = unit
-    while rest and rest[0] in STRESS_MARKS:
-        out.append(rest[0])
-        rest = rest[1:]
-    return out + [rest] if rest else out
 
 
 def have_espeak() -> bool:

@@ -40,6 +40,8 @@ from lm.text_input import LEGACY_TEXT_INPUT, check_text_input, load_tokenizer, t
 from lm.vocab import DEFAULT_FRAME_RATES, PAD, TYPE_SEMANTIC, TYPE_TEXT, LMVocab
 
 MODEL_TYPE = "flexicodec-lm"
+#: dense bf16 peak of one H100 / H200 SXM (FLOP/s): the default denominator of MFU
+DEFAULT_PEAK_FLOPS = 989e12
 CONFIG_NAME = "config.json"
 HEADS_NAME = "heads.safetensors"
 BACKBONE_DIR = "backbone"

@@ -41,7 +41,8 @@ from codec.training import (CheckpointManager, JsonlLogger, TimeBudget, lr_lambd
 from lm.data import (bucket_batches, load_tokenized, make_items, pack_batches, read_info,
                      to_device)
 from lm.layout import LayoutItem, collate, collate_packed
-from lm.model import SpeechLM, SpeechLMConfig, config_from_saved, model_config_from_dict
+from lm.model import (DEFAULT_PEAK_FLOPS, SpeechLM, SpeechLMConfig, config_from_saved,
+                      model_config_from_dict)
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ class TrainConfig:
     pack_length: int = 0
     attention: str = "sdpa"              # the backbone's transformers attn_implementation
     compile: bool = False                # torch.compile the model's forward
-    peak_flops: float = 989e12           # device peak (dense bf16) for the logged MFU
+    peak_flops: float = DEFAULT_PEAK_FLOPS   # device peak (dense bf16) for the logged MFU
 
     def __post_init__(self) -> None:
         if self.pack_length < 0:
@@ -86,6 +87,7 @@ class TrainConfig:
         if self.pack_length and self.pack_length < self.max_len:
             raise ValueError(f"pack_length {self.pack_length} < max_len {self.max_len}: a "
                              f"sequence must fit a packed row")
+        self.peak_flops = float(self.peak_flops)   # YAML reads "989e12" as a string
         if self.peak_flops <= 0:
             raise ValueError(f"peak_flops must be > 0, got {self.peak_flops}")
 

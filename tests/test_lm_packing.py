@@ -115,3 +115,20 @@ def test_pack_length_must_hold_max_len():
     with pytest.raises(ValueError, match="pack_length"):
         TrainConfig(pack_length=512, max_len=1024)
     assert TrainConfig(pack_length=1024, max_len=1024, batch_tokens=4096).rows_per_batch == 4
+
+
+def test_gpu_preset_is_a_100m_packed_lm():
+    """configs/lm/gpu.yaml: >= 100 M parameters (without the input embedding), phoneme
+    input, packed rows that hold its longest sequence, compile and SDPA."""
+    from lm.model import SpeechLM, model_config_from_dict
+    from lm.train import load_config
+
+    model_d, tcfg = load_config("configs/lm/gpu.yaml")
+    mcfg = model_config_from_dict(model_d, num_text=80, semantic_size=4096, max_group=8)
+    with torch.device("meta"):
+        m = SpeechLM(mcfg)
+    n = m.num_parameters() - m.backbone.get_input_embeddings().weight.numel()
+    assert n >= 100e6, n
+    assert mcfg.text_input == "phoneme" and mcfg.max_positions >= tcfg.pack_length
+    assert tcfg.pack_length >= tcfg.max_len and tcfg.rows_per_batch >= 8
+    assert tcfg.compile and tcfg.attention == "sdpa" and tcfg.peak_flops == 989e12

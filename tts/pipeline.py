@@ -124,6 +124,11 @@ class TTS:
                            f"{codec.max_group}")
         if hasattr(self.lm, "check_codec"):
             self.lm.check_codec(codec)
+        want = getattr(getattr(self.lm, "config", None), "text_input", None)
+        have = getattr(self.tokenizer, "text_input", None)
+        if want is not None and have != want:
+            raise TTSError(f"the LM reads {want!r} text input, the tokenizer gives {have!r} "
+                           f"(load both with lm.model.load_lm)")
 
     @property
     def device(self) -> torch.device:
