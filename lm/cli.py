@@ -55,6 +55,10 @@ def generate_main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-tokens", type=int, default=1000)
     p.add_argument("--greedy", action="store_true")
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--static-cache", action="store_true",
+                   help="StaticCache KV cache: fixed-shape decoding steps (same tokens)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the decoding steps (implies --static-cache; for CUDA)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a = p.parse_args(argv)
     if (a.prompt_wav is None) != (a.prompt_text is None):
@@ -92,7 +96,8 @@ def generate_main(argv: list[str] | None = None) -> int:
                              enc.token_lengths[0][m].cpu())
     s = SamplingConfig(temperature=a.temperature, top_k=a.top_k, top_p=a.top_p,
                        repetition_penalty=a.repetition_penalty, greedy=a.greedy,
-                       max_tokens=a.max_tokens, seed=a.seed)
+                       max_tokens=a.max_tokens, seed=a.seed,
+                       static_cache=a.static_cache or a.compile, compile=a.compile)
     res = generate(model, pieces, a.frame_rate, s, prompt=prompt)
     codes = CodesFile.from_tokens(codec, [r.semantic_codes.numpy() for r in res],
                                   [r.token_lengths.numpy() for r in res], res[0].frame_rate)

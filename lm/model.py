@@ -106,8 +106,13 @@ def config_from_saved(d: dict) -> SpeechLMConfig:
     return config_from_dict(SpeechLMConfig, {"text_input": LEGACY_TEXT_INPUT, **d})
 
 
-def make_cache(hf_config):
-    """A fresh transformers DynamicCache (constructor differs between versions)."""
+def make_cache(hf_config, max_cache_len: int | None = None):
+    """A fresh transformers DynamicCache (constructor differs between versions), or with
+    ``max_cache_len`` a StaticCache of that many positions (preallocated keys/values, fixed
+    shapes: what ``torch.compile`` needs)."""
+    if max_cache_len is not None:
+        from transformers import StaticCache
+        return StaticCache(config=hf_config, max_cache_len=int(max_cache_len))
     from transformers import DynamicCache
     try:
         return DynamicCache(config=hf_config)

@@ -101,6 +101,12 @@ def test_stream_equals_offline_and_seed(tts):
     assert np.array_equal(a, b)
     c, _ = tts.synthesize(text, seed=4, frame_rate=12.5)
     assert not (a.size == c.size and np.array_equal(a, c))
+    # the LM on a StaticCache: the same audio, offline and streamed
+    import dataclasses
+    static = TTS(tts.codec, (tts.lm, tts.tokenizer), tts.acoustic, speakers=tts.speakers,
+                 options=dataclasses.replace(tts.options, static_cache=True))
+    assert np.array_equal(static.synthesize(text, seed=3, frame_rate=12.5)[0], a)
+    assert np.array_equal(np.concatenate(list(static.stream(text, seed=3, frame_rate=12.5))), a)
 
 
 def test_prompt_wav(tts, tmp_path):

@@ -63,6 +63,9 @@ class SynthesisOptions:
     acoustic_temperature: float | None = None
     pause_ms: float = 200.0
     chunk: ChunkConfig = field(default_factory=ChunkConfig)
+    # the LM's KV cache: a StaticCache (fixed-shape steps), compiled steps (CUDA); same tokens
+    static_cache: bool = False
+    compile: bool = False
 
 
 @dataclass
@@ -232,7 +235,8 @@ class TTS:
 
         o = self.options
         return SamplingConfig(temperature=o.temperature, top_k=o.top_k, top_p=o.top_p,
-                              max_tokens=o.max_tokens_per_sentence, seed=seed)
+                              max_tokens=o.max_tokens_per_sentence, seed=seed,
+                              static_cache=o.static_cache, compile=o.compile)
 
     def _decode(self, sem: torch.Tensor, ac: torch.Tensor, lens: torch.Tensor) -> np.ndarray:
         """Codec decode of one token span → float32 [sum(lens) * hop]."""
