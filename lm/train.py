@@ -79,6 +79,7 @@ class TrainConfig:
     pack_length: int = 0
     attention: str = "sdpa"              # the backbone's transformers attn_implementation
     compile: bool = False                # torch.compile the model's forward
+    compile_backend: str = "inductor"    # its backend ("eager": tracing only)
     peak_flops: float = DEFAULT_PEAK_FLOPS   # device peak (dense bf16) for the logged MFU
 
     def __post_init__(self) -> None:
@@ -279,7 +280,7 @@ def run_training(model: torch.nn.Module, train_items: list[LayoutItem], train_du
     if not fsdp:
         model.to(acc.device)            # fused AdamW wants its parameters on the device
     if cfg.compile:
-        _core(model).compile()          # in place: state-dict names are unchanged
+        _core(model).compile(backend=cfg.compile_backend)   # in place: same state-dict names
 
     def optimizer(ps):
         o = torch.optim.AdamW(ps, lr=cfg.lr, betas=tuple(cfg.betas),
