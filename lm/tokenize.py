@@ -286,7 +286,7 @@ def tokenize_corpus(codec: Any, corpus: str | os.PathLike, out: str | os.PathLik
         texts = [str(t or "") for t in ds["text"]]
         speakers = [str(s or "") for s in ds["speaker"]]
         durations = [float(d or 0.0) for d in ds["duration"]]
-        phonemes = _phonemes_of(texts, phoneme_voice)
+        phonemes = _phonemes_of(texts, phoneme_voice, max(1, num_workers))
         order = sorted(range(len(ds)), key=lambda i: (-durations[i], i))
         shards = [order[lo:lo + shard_size] for lo in range(0, len(order), shard_size)]
         stats = {s.name: _new_stats() for s in settings}
@@ -388,15 +388,24 @@ def tokenize_corpus(codec: Any, corpus: str | os.PathLike, out: str | os.PathLik
     return infos
 
 
-def _phonemes_of(texts: list[str], voice: str) -> list[list[str]]:
-    """Phoneme tokens of every text (each distinct text phonemised once, one espeak-ng call)."""
+def _phonemes_of(texts: list[str], voice: str, workers: int = 1) -> list[list[str]]:
+    """Phoneme tokens of every text: each distinct text phonemised once, in ``workers``
+    espeak-ng processes at a time (one call per slice of the texts)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from lm.phoneme_tokenizer import text_to_phonemes
 
     distinct = sorted({t for t in texts if t.strip()})
     if not distinct:
         return [[] for _ in texts]
-    log.info("phonemising %d distinct texts (espeak-ng voice %s)", len(distinct), voice)
-    by_text = dict(zip(distinct, text_to_phonemes(distinct, voice)))
+    t0 = time.time()
+    n = max(1, min(workers, len(distinct)))
+    slices = [distinct[k::n] for k in range(n)]
+    with ThreadPoolExecutor(n) as pool:          # the work is in espeak-ng subprocesses
+        parts = list(pool.map(lambda sl: text_to_phonemes(sl, voice), slices))
+    by_text = {t: p for sl, ps in zip(slices, parts) for t, p in zip(sl, ps)}
+    log.info("phonemised %d distinct texts in %.1f s (espeak-ng voice %s, %d processes)",
+             len(distinct), time.time() - t0, voice, n)
     return [by_text.get(t, []) for t in texts]
 
 

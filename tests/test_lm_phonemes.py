@@ -40,9 +40,13 @@ def test_text_to_phonemes_normalises_numbers_and_symbols():
     a, b = text_to_phonemes(["Dr. Smith paid $3 at 5pm, 50% off!",
                              "doctor Smith paid three dollars at five p m, fifty percent off!"])
     assert a == b and a[-1] == "!"
-    # many texts in one call give the same as one by one (the line mapping holds)
-    texts = ["One.", "'", "Two, three!", "", "A1 sauce", "Zürich café"]
-    assert text_to_phonemes(texts) == [text_to_phonemes([t])[0] for t in texts]
+    # many texts in one call give the same as one by one (the line mapping holds), and so
+    # does tokenize's split over several espeak-ng processes (repeated texts done once)
+    texts = ["One.", "'", "Two, three!", "", "A1 sauce", "Zürich café", "One.", "four"]
+    one_by_one = [text_to_phonemes([t])[0] for t in texts]
+    assert text_to_phonemes(texts) == one_by_one
+    from lm.tokenize import _phonemes_of
+    assert _phonemes_of(texts, "en-us", workers=3) == one_by_one
 
 
 def test_phoneme_tokenizer_round_trip_unknown_and_errors(tmp_path, caplog):
