@@ -3,9 +3,9 @@
 Arrays: ``semantic_codes`` [B, T'] int32, ``acoustic_codes`` [B, n, T'] int32,
 ``token_lengths`` [B, T'] int16 (0 on padding), ``num_samples`` [B] (16 kHz samples of the
 input, to trim the decoded audio), ``num_frames`` [B], ``frame_rate`` [B] (Hz achieved),
-``threshold`` [B] (inf = fixed groups, NaN = lengths written by the speech LM); scalars ``sample_rate``, ``num_quantizers``,
-``target_frame_rate`` (NaN when a threshold was given), ``model_identity``,
-``model_type``, ``format_version``. No pickled objects. Written atomically.
+``threshold`` [B] (inf = fixed groups, NaN = lengths written by the speech LM); scalars
+``sample_rate``, ``num_quantizers``, ``target_frame_rate`` (NaN when a threshold was
+given), ``model_identity``, ``model_type``, ``format_version``. No pickled objects. Written atomically.
 """
 from __future__ import annotations
 

@@ -191,8 +191,8 @@ class SpeechLM(nn.Module):
 
     def loss(self, batch: dict[str, torch.Tensor], out: SpeechLMOutput | None = None,
              text_weight: float = 0.1, length_weight: float = 1.0) -> dict[str, torch.Tensor]:
-        """Losses for a collated batch (lm.layout.collate or collate_packed). Returns ``loss`` (weighted total)
-        and per type ``text_loss``, ``semantic_loss``, ``length_loss`` (means) plus the token
+        """Losses for a collated batch (lm.layout.collate or collate_packed). Returns ``loss``
+        (weighted total) and per type ``text_loss``, ``semantic_loss``, ``length_loss`` (means) plus the token
         counts ``n_text``, ``n_semantic``, ``n_length`` and summed ``*_sum`` values."""
         if out is None:
             out = self(batch["input_ids"], batch["length_in"], batch.get("attention_mask"),

@@ -54,9 +54,11 @@ def test_phoneme_tokenizer_round_trip_unknown_and_errors(tmp_path, caplog):
     tok = PhonemeTokenizer.build(seqs, tmp_path)
     assert tok.path.name == "phoneme_vocab.json" and tok.symbols[0] == UNK
     ids = tok.encode("The quick brown fox.")
-    assert min(ids) > 0 and tok.decode(ids) == "".join(text_to_phonemes(["The quick brown fox."])[0])
+    assert min(ids) > 0
+    assert tok.decode(ids) == "".join(text_to_phonemes(["The quick brown fox."])[0])
     again = PhonemeTokenizer(tmp_path)
-    assert again.symbols == tok.symbols and again.encode("the lazy dog") == tok.encode("the lazy dog")
+    assert again.symbols == tok.symbols
+    assert again.encode("the lazy dog") == tok.encode("the lazy dog")
     # a phoneme outside the vocabulary: <unk>, with a warning naming it (documented fallback)
     with caplog.at_level(logging.WARNING):
         ids = tok.encode("Zürich")
