@@ -37,10 +37,6 @@ import torch
 
 from codec.pretrained import atomic_path, atomic_write_text
 
-#: dense bf16 peak of one H100 SXM (TFLOP/s), used for MFU
-H100_BF16_PEAK_TFLOPS = 989.0
-
-
 # ------------------------------------------------------------------------------ devices
 def resolve_device(name: str) -> torch.device:
     """``"cpu"`` or ``"cuda"[:i]`` -> torch.device; raises ValueError if CUDA is unavailable."""

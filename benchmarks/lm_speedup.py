@@ -5,23 +5,33 @@ For each target frame rate the same utterances are encoded with FlexiCodec
 token lengths, laid out with the LM's own sequence layout (``lm.layout``) after the real text
 pieces, then drive a randomly initialised :class:`lm.model.SpeechLM` of each size:
 
-- training: forward + backward + AdamW step on one batch of all utterances → tokens/s,
+- training step: forward + backward + AdamW step on one batch of all utterances → tokens/s,
   audio-seconds/s, peak memory, and MFU on CUDA (FLOPs = 6·N·tokens + 12·layers·d·ΣL²,
-  N = parameters without the input embedding table; peak 989 TFLOP/s, H100 bf16 dense);
+  N = parameters without the input embedding table, over ``--peak-flops``, default 989e12:
+  H100/H200 SXM dense bf16);
+- trainer throughput: the LM trainer itself (``lm.train.run_training`` with a config from
+  ``configs/lm/``: packed rows, bf16 autocast, SDPA, torch.compile, fused AdamW as the config
+  says; default ``configs/lm/gpu.yaml``, a 163 M LM) on the same utterances laid out with
+  the config's text input, at 12.5 and 6.25 Hz side by side (``--train-rates``): tokens/s,
+  audio-hours per GPU-minute, model TFLOP/s and MFU of the steady-state window (the first
+  ``--train-steps`` steps warm up and compile, the next ``--train-steps`` are measured);
 - AR generation with the KV cache (``lm.generate.generate``, exactly the number of tokens the
   codec produced for that much audio): seconds per second of audio (AR RTF), batch 1 and
   batched.
 
-Speedups are relative to 12.5 Hz. Output: ``OUT/lm_speedup.json``, a printed table,
-``OUT/lm_speedup.png``. The last stdout line is ``speedup_6.25_vs_12.5=<ratio>`` (training
-audio-seconds/s at 6.25 Hz over 12.5 Hz, for the largest LM size run).
+Speedups are relative to 12.5 Hz. Output: ``OUT/lm_speedup.json``, printed tables,
+``OUT/lm_speedup.png``. The last two stdout lines are
+``trainer_audio_ratio_6.25_vs_12.5=<ratio>`` (trainer audio-hours per GPU-minute at 6.25 Hz
+over 12.5 Hz) and ``speedup_6.25_vs_12.5=<ratio>`` (single-step training audio-seconds/s at
+6.25 Hz over 12.5 Hz, for the largest LM size run).
 
     python -m benchmarks.lm_speedup --quick --out /tmp/bench          # CPU, < 1 min
-    python -m benchmarks.lm_speedup --device cuda --out $OUT/bench     # H100, < 4 min
+    python -m benchmarks.lm_speedup --device cuda --out $OUT/bench     # GPU
 """
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -31,11 +41,11 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from benchmarks.common import (H100_BF16_PEAK_TFLOPS, Utterance, autocast, concat_utterances,
-                               corpus_speech,
+from benchmarks.common import (Utterance, autocast, concat_utterances, corpus_speech,
                                dtype_for, format_table, hardware_info, load_flexicodec, log,
                                measure_peak_memory, pick_sentences, plot_lines, resolve_device,
                                synthesize_speech, time_interleaved, write_json)
+from lm.model import DEFAULT_PEAK_FLOPS
 
 BASE_RATE = 12.5
 DEFAULT_RATES = (12.5, 8.3, 6.25, 4.0, 3.0)
@@ -77,6 +87,13 @@ class LMBenchConfig:
     num_text_pieces: int = 1000        # sentencepiece vocabulary trained for the text prompts
     seed: int = 0
     quick: bool = False
+    peak_flops: float = DEFAULT_PEAK_FLOPS    # device peak for MFU (dense bf16 FLOP/s)
+    mfu_on_cpu: bool = False           # report MFU on CPU too (only with an explicit peak)
+    # trainer throughput: config (configs/lm/*.yaml), rates, measured steps (after as many
+    # warm-up steps); an empty train_rates skips it
+    train_config: str = "configs/lm/gpu.yaml"
+    train_rates: tuple[float, ...] = (12.5, 6.25)
+    train_steps: int = 20
 
     def __post_init__(self) -> None:
         unknown = [s for s in self.sizes if s not in LM_SIZES]
@@ -88,6 +105,12 @@ class LMBenchConfig:
             raise ValueError(f"rates must include the {BASE_RATE} Hz baseline")
         if self.num_utts < 1 or not 1 <= self.gen_batch <= self.num_utts:
             raise ValueError("need num_utts >= 1 and 1 <= gen_batch <= num_utts")
+        missing = [r for r in self.train_rates if r not in self.rates]
+        if missing:
+            raise ValueError(f"train rates {missing} are not among the encoded rates "
+                             f"{self.rates}")
+        if self.train_steps < 1 or self.peak_flops <= 0:
+            raise ValueError("need train_steps >= 1 and peak_flops > 0")
 
 
 @dataclass
@@ -152,7 +175,7 @@ def build_lm(size: str, semantic_size: int, max_group: int, num_text: int,
                          num_heads=s.num_heads, num_kv_heads=s.num_heads,
                          intermediate_size=s.intermediate_size, num_text=num_text,
                          semantic_size=semantic_size, max_group=max_group,
-                         max_positions=max_positions)
+                         max_positions=max_positions, text_input="bpe")
     return SpeechLM(cfg)
 
 
@@ -163,16 +186,6 @@ def train_batch(vocab, pieces: Sequence[list[int]], rc: RateCodes) -> dict[str, 
     items = [build_sequence(vocab, p, rc.rate, c, n) for p, c, n in
              zip(pieces, rc.codes, rc.lengths)]
     return collate(items)
-
-
-def train_flops(model, seq_lengths: Sequence[int]) -> float:
-    """Model FLOPs of one training step: 6·N·ΣL + 12·layers·d·ΣL² (full attention counted,
-    as in PaLM's MFU), N = parameters without the input embedding table."""
-    emb = model.backbone.get_input_embeddings().weight.numel()
-    n = model.num_parameters() - emb
-    c = model.config
-    return (6.0 * n * sum(seq_lengths)
-            + 12.0 * c.num_layers * c.hidden_size * sum(L * L for L in seq_lengths))
 
 
 # ------------------------------------------------------------------------------ measurements
@@ -261,7 +274,7 @@ def run_benchmark(cfg: LMBenchConfig, utts: Sequence[Utterance], codec,
         for rate in cfg.rates:
             seq = batches[rate]["attention_mask"].sum(1).tolist()
             tt = t_train[rate].median
-            flops = train_flops(model, seq)
+            flops = model.train_flops(seq)
             g1, gb = t_gen[(rate, 1)], t_gen[(rate, len(gen_pieces))]
             row = {
                 "size": size, "params_m": n_params / 1e6, "rate": rate,
@@ -272,8 +285,8 @@ def run_benchmark(cfg: LMBenchConfig, utts: Sequence[Utterance], codec,
                 "train_audio_s_per_s": audio_s / tt,
                 "train_peak_mem_mb": mem[rate].peak_mb if rate in mem else None,
                 "train_tflops": flops / tt / 1e12,
-                "mfu": (flops / tt / (H100_BF16_PEAK_TFLOPS * 1e12)
-                        if device.type == "cuda" else None),
+                "mfu": (flops / tt / cfg.peak_flops
+                        if device.type == "cuda" or cfg.mfu_on_cpu else None),
                 "gen_tokens": n_gen[rate],
                 "ar_rtf_b1": g1.median / gen_audio,
                 "ar_rtf_batched": gb.median / (gen_audio * len(gen_pieces)),
@@ -299,9 +312,108 @@ def run_benchmark(cfg: LMBenchConfig, utts: Sequence[Utterance], codec,
                   "source": sorted({u.source for u in utts})},
         "text_tokens": text_source,
         "flops_formula": "6*N*sum(L) + 12*layers*d*sum(L^2), N excludes input embeddings",
-        "mfu_peak_tflops": H100_BF16_PEAK_TFLOPS if device.type == "cuda" else None,
+        "mfu_peak_flops": cfg.peak_flops if device.type == "cuda" or cfg.mfu_on_cpu else None,
         "rows": rows,
+        "trainer": trainer_throughput(cfg, rate_codes, utts, codec, device),
     }
+
+
+def trainer_items(text_ids: Sequence[list[int]], rc: RateCodes, durations: Sequence[float],
+                  vocab, max_len: int, min_tokens: int) -> tuple[list, list[float]]:
+    """The utterances at one rate laid out for the trainer (``lm.layout.build_sequence``),
+    repeated until they hold at least ``min_tokens`` positions. Returns (items, durations)."""
+    from lm.layout import build_sequence
+
+    base = [(build_sequence(vocab, t, rc.rate, c, n), d)
+            for t, c, n, d in zip(text_ids, rc.codes, rc.lengths, durations)]
+    base = [(it, d) for it, d in base if len(it) <= max_len]
+    if not base:
+        raise ValueError(f"every utterance is longer than the trainer's max_len {max_len}")
+    per_copy = sum(len(it) for it, _ in base)
+    copies = max(1, -(-min_tokens // per_copy))
+    return [it for _ in range(copies) for it, _ in base], [d for _ in range(copies)
+                                                            for _, d in base]
+
+
+def trainer_throughput(cfg: LMBenchConfig, rate_codes: dict[float, RateCodes],
+                       utts: Sequence[Utterance], codec, device: torch.device) -> dict:
+    """The LM trainer (``lm.train.run_training``) with ``cfg.train_config`` on the benchmark's
+    utterances at each of ``cfg.train_rates``: 2 × ``train_steps`` steps, the second window
+    of ``train_steps`` measured (the first warms up / compiles). Returns
+    ``{"config", "text_input", "params_m", "rows": [{rate, tokens_per_s,
+    audio_hours_per_gpu_minute, model_tflops_per_s, mfu, ...}]}`` ({} without rates)."""
+    import dataclasses
+
+    from codec.training import make_accelerator
+    from lm.model import SpeechLM, model_config_from_dict
+    from lm.train import load_config, run_training
+
+    if not cfg.train_rates:
+        return {}
+    model_d, tcfg = load_config(cfg.train_config)
+    text_input = model_d.get("text_input", "phoneme")
+    texts = [u.text for u in utts]
+    with tempfile.TemporaryDirectory() as tmp:
+        if text_input == "phoneme":
+            from lm.phoneme_tokenizer import PhonemeTokenizer, text_to_phonemes
+            phon = text_to_phonemes(texts)
+            tok = PhonemeTokenizer.build(phon, Path(tmp) / "vocab")
+            text_ids, num_text = [tok.ids(p) for p in phon], tok.vocab_size
+        else:
+            text_ids, _ = text_pieces(texts, tcfg.tokenizer_vocab_size, cfg.seed)
+            num_text = max(max(t) for t in text_ids) + 1
+        mcfg = model_config_from_dict(model_d, num_text=num_text,
+                                      semantic_size=int(codec.semantic_vocab_size),
+                                      max_group=int(codec.max_group))
+        steps = cfg.train_steps
+        tc = dataclasses.replace(tcfg, max_steps=2 * steps, log_every=steps,
+                                 eval_every=10 ** 9, save_every=10 ** 9, keep_best=False,
+                                 warmup_steps=min(tcfg.warmup_steps, steps),
+                                 peak_flops=cfg.peak_flops,
+                                 mixed_precision=None if device.type == "cuda" else "no")
+        rows, n_params = [], 0
+        for rate in cfg.train_rates:
+            torch.manual_seed(cfg.seed)
+            model = SpeechLM(mcfg)
+            n_params = model.num_parameters()
+            items, durs = trainer_items(text_ids, rate_codes[rate], [u.duration for u in utts],
+                                        model.vocab, tc.max_len,
+                                        int(2.2 * tc.max_steps * tc.batch_tokens))
+            acc = make_accelerator(tc.mixed_precision, tc.grad_accum,
+                                   cpu=device.type == "cpu")
+            log(f"trainer {Path(cfg.train_config).name} @ {rate:g} Hz: "
+                f"{n_params / 1e6:.1f} M params, {2 * steps} steps")
+            run_training(model, items, durs, [], tc, Path(tmp) / f"run_{rate:g}",
+                         accelerator=acc)
+            logs = [json.loads(line) for line in
+                    (Path(tmp) / f"run_{rate:g}" / "metrics.jsonl").read_text().splitlines()]
+            win = [r for r in logs if "tokens_per_s" in r][-1]   # the steady-state window
+            row = {"rate": rate, "tokens_per_audio_s": rate_codes[rate].achieved_rate,
+                   "mean_seq_len": sum(len(it) for it in items) / len(items),
+                   "steps_measured": steps, "tokens_per_s": win["tokens_per_s"],
+                   "audio_hours_per_gpu_minute": win["audio_hours_per_gpu_minute"],
+                   "model_tflops_per_s": win["model_tflops_per_s"],
+                   "mfu": (win["model_tflops_per_s"] * 1e12 / cfg.peak_flops
+                           if device.type == "cuda" or cfg.mfu_on_cpu else None),
+                   "loss": win["loss"]}
+            rows.append(row)
+            log(f"trainer @ {rate:g} Hz: {row['tokens_per_s']:.0f} tokens/s, "
+                f"{row['audio_hours_per_gpu_minute']:.3f} audio-h/GPU-min")
+            del model, acc
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    base = next((r for r in rows if r["rate"] == BASE_RATE), None)
+    for r in rows:
+        r["audio_ratio_vs_12.5"] = (r["audio_hours_per_gpu_minute"]
+                                    / base["audio_hours_per_gpu_minute"] if base else None)
+        # what the ratio would be if a step cost the same per position: positions per
+        # utterance at 12.5 Hz over this rate (text positions count at every rate)
+        r["seq_ratio_vs_12.5"] = base["mean_seq_len"] / r["mean_seq_len"] if base else None
+    return {"config": cfg.train_config, "text_input": text_input,
+            "params_m": n_params / 1e6, "pack_length": tc.pack_length,
+            "batch_tokens": tc.batch_tokens, "compile": tc.compile, "attention": tc.attention,
+            "precision": "bf16 autocast" if device.type == "cuda" else "fp32",
+            "rows": rows}
 
 
 def _add_speedups(rows: list[dict]) -> None:
@@ -325,6 +437,15 @@ TABLE_COLUMNS = [
 ]
 
 
+TRAINER_COLUMNS = [
+    ("rate", "rate Hz"), ("tokens_per_audio_s", "tok/audio-s"), ("mean_seq_len", "seq len"),
+    ("tokens_per_s", "tokens/s"), ("audio_hours_per_gpu_minute", "audio-h/GPU-min"),
+    ("audio_ratio_vs_12.5", "vs 12.5 Hz"), ("seq_ratio_vs_12.5", "positions ratio"),
+    ("model_tflops_per_s", "model TFLOP/s"),
+    ("mfu", "MFU"),
+]
+
+
 def write_outputs(result: dict, out: Path) -> tuple[Path, Path]:
     """``out/lm_speedup.json`` and ``out/lm_speedup.png`` (speedup vs frame rate)."""
     out.mkdir(parents=True, exist_ok=True)
@@ -342,6 +463,14 @@ def write_outputs(result: dict, out: Path) -> tuple[Path, Path]:
                      reference=([x for x, _ in ref], [y for _, y in ref], "token-count ratio"),
                      invert_x=True)
     return js, png
+
+
+def trainer_headline(result: dict) -> str | None:
+    """``trainer_audio_ratio_6.25_vs_12.5=<ratio>``, or None without both rates."""
+    rows = {r["rate"]: r for r in (result.get("trainer") or {}).get("rows", [])}
+    if 6.25 not in rows or BASE_RATE not in rows:
+        return None
+    return f"trainer_audio_ratio_6.25_vs_12.5={rows[6.25]['audio_ratio_vs_12.5']:.4f}"
 
 
 def headline(result: dict) -> str | None:
@@ -384,6 +513,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's own; 1 for --quick, robust on a "
                    "shared machine)")
+    p.add_argument("--peak-flops", type=float, default=None,
+                   help=f"device peak FLOP/s for MFU (default {DEFAULT_PEAK_FLOPS:g}: H100/H200 "
+                        f"SXM dense bf16; on CPU MFU is reported only when this is given)")
+    p.add_argument("--train-config", default=None,
+                   help="LM config of the trainer-throughput run (default "
+                        "configs/lm/gpu.yaml; --quick: configs/lm/tiny.yaml)")
+    p.add_argument("--train-rates", type=_floats, default=(12.5, 6.25),
+                   help="rates of the trainer-throughput run ('' skips it)")
+    p.add_argument("--train-steps", type=int, default=None,
+                   help="measured trainer steps per rate, after as many warm-up steps "
+                        "(default 20; --quick: 3)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output directory")
     return p.parse_args(argv)
@@ -395,17 +535,23 @@ def main(argv: list[str] | None = None) -> int:
     threads = a.threads or (1 if a.quick else None)
     if threads:
         torch.set_num_threads(threads)
+    peak = dict(peak_flops=a.peak_flops or DEFAULT_PEAK_FLOPS,
+                mfu_on_cpu=a.peak_flops is not None, train_rates=a.train_rates)
     if a.quick:
         sizes = tuple(a.sizes.split(",")) if a.sizes else ("tiny",)
         cfg = LMBenchConfig(sizes=sizes, rates=a.rates, device=device, precision=a.precision,
                             num_utts=a.num_utts or 4, gen_batch=a.gen_batch or 4,
                             train_warmup=1, train_repeats=5, gen_repeats=3,
-                            num_text_pieces=256, seed=a.seed, quick=True)
+                            num_text_pieces=256, seed=a.seed, quick=True,
+                            train_config=a.train_config or "configs/lm/tiny.yaml",
+                            train_steps=a.train_steps or 3, **peak)
     else:
         sizes = tuple(a.sizes.split(",")) if a.sizes else tuple(LM_SIZES)
         n = a.num_utts or 16
         cfg = LMBenchConfig(sizes=sizes, rates=a.rates, device=device, precision=a.precision,
-                            num_utts=n, gen_batch=a.gen_batch or min(8, n), seed=a.seed)
+                            num_utts=n, gen_batch=a.gen_batch or min(8, n), seed=a.seed,
+                            train_config=a.train_config or "configs/lm/gpu.yaml",
+                            train_steps=a.train_steps or 20, **peak)
     dev = resolve_device(cfg.device)
     t0 = time.perf_counter()
     codec, codec_source = load_flexicodec(a.codec, dev, allow_random_tiny=cfg.quick,
@@ -428,7 +574,16 @@ def main(argv: list[str] | None = None) -> int:
           f"({result['precision']}); codec: {codec_source}; "
           f"{len(utts)} utterances, {result['audio']['seconds']:.1f} s of audio")
     print(format_table(result["rows"], TABLE_COLUMNS))
+    tr = result["trainer"]
+    if tr:
+        print(f"LM trainer ({tr['config']}: {tr['params_m']:.1f} M params, {tr['text_input']} "
+              f"input, packed rows of {tr['pack_length']}, {tr['batch_tokens']} positions "
+              f"per step, compile={tr['compile']}, {tr['precision']})")
+        print(format_table(tr["rows"], TRAINER_COLUMNS))
     print(f"wrote {js} and {png} ({result['wall_seconds']:.0f} s)")
+    line = trainer_headline(result)
+    if line is not None:
+        print(line)
     line = headline(result)
     if line is None:
         print("no 6.25 Hz rate in --rates: no speedup_6.25_vs_12.5 line")

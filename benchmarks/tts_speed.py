@@ -48,7 +48,8 @@ def build_random_tts(device: torch.device, max_tokens: int, seed: int = 0):
     lm = SpeechLM(SpeechLMConfig(hidden_size=64, num_layers=2, num_heads=2, num_kv_heads=2,
                                  intermediate_size=172, num_text=tok.vocab_size,
                                  semantic_size=codec.semantic_vocab_size,
-                                 max_group=codec.max_group, codec_identity="")).eval()
+                                 max_group=codec.max_group, codec_identity="",
+                                 text_input="bpe")).eval()
     acoustic = AcousticModel(AcousticConfig.tiny(
         semantic_vocab_size=codec.semantic_vocab_size, n_q=codec.config.n_q,
         codebook_size=codec.config.rvq_codebook_size, max_group=codec.max_group)).eval()

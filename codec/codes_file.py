@@ -3,9 +3,9 @@
 Arrays: ``semantic_codes`` [B, T'] int32, ``acoustic_codes`` [B, n, T'] int32,
 ``token_lengths`` [B, T'] int16 (0 on padding), ``num_samples`` [B] (16 kHz samples of the
 input, to trim the decoded audio), ``num_frames`` [B], ``frame_rate`` [B] (Hz achieved),
-``threshold`` [B] (inf = fixed groups); scalars ``sample_rate``, ``num_quantizers``,
-``target_frame_rate`` (NaN when a threshold was given), ``model_identity``,
-``model_type``, ``format_version``. No pickled objects. Written atomically.
+``threshold`` [B] (inf = fixed groups, NaN = lengths written by the speech LM); scalars
+``sample_rate``, ``num_quantizers``, ``target_frame_rate`` (NaN when a threshold was
+given), ``model_identity``, ``model_type``, ``format_version``. No pickled objects. Written atomically.
 """
 from __future__ import annotations
 
@@ -56,6 +56,34 @@ class CodesFile:
                    int(codes.acoustic_codes.shape[1]),
                    math.nan if target_frame_rate is None else float(target_frame_rate),
                    str(model.identity), str(model.model_type))
+
+    @classmethod
+    def from_tokens(cls, model, semantic_codes: list, token_lengths: list,
+                    target_frame_rate: float) -> "CodesFile":
+        """Codes without acoustic stages (``num_quantizers`` 0: decoded from the semantic
+        tokens alone) for ``model``, e.g. the speech LM's output: one utterance per
+        ``semantic_codes[b]`` [T_b] with ``token_lengths[b]`` [T_b] (frames per token),
+        right-padded to [B, max T_b]. ``target_frame_rate``: the rate the tokens were made
+        for (Hz)."""
+        if not semantic_codes or len(semantic_codes) != len(token_lengths):
+            raise CodesFileError("need one token_lengths per semantic_codes sequence (>= 1)")
+        sem = [np.asarray(c, dtype=np.int64).reshape(-1) for c in semantic_codes]
+        lens = [np.asarray(n, dtype=np.int64).reshape(-1) for n in token_lengths]
+        if any(a.size != b.size or a.size == 0 for a, b in zip(sem, lens)):
+            raise CodesFileError("every utterance needs as many lengths as codes (>= 1)")
+        if any(n.min() < 1 for n in lens):
+            raise CodesFileError("token lengths must be >= 1")
+        B, T = len(sem), max(a.size for a in sem)
+        S, L = np.zeros((B, T), np.int32), np.zeros((B, T), np.int16)
+        for b, (a, n) in enumerate(zip(sem, lens)):
+            S[b, :a.size], L[b, :n.size] = a, n
+        frames = L.sum(1).astype(np.int64)
+        hop = int(model.config.hop_size)
+        return cls(S, np.zeros((B, 0, T), np.int32), L, frames * hop, frames,
+                   np.array([a.size / (f / model.frame_rate_base) for a, f in zip(sem, frames)],
+                            np.float32),
+                   np.full(B, np.nan, np.float32), int(model.sample_rate), 0,
+                   float(target_frame_rate), str(model.identity), str(model.model_type))
 
     def check_model(self, model) -> None:
         """Raise :class:`CodesFileError` unless ``model`` made these codes."""

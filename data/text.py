@@ -1,10 +1,12 @@
 """English text: the shipped sentence list, the one text normaliser, sentence splitting and
-espeak-ng phonemisation.
+espeak-ng phonemisation (IPA strings for the corpus, token sequences for the speech LM).
 
 ``normalize_text`` is used by the corpus builder, the LM tokenizer and TTS alike, so the same
 surface form reaches every model. It spells out numbers (cardinals, ordinals, years,
 decimals), currency, percentages, common abbreviations and a few symbols, keeps basic
-punctuation (``. , ? ! '``) and collapses whitespace.
+punctuation (``. , ? ! '``) and collapses whitespace. Also: initialisms (``U.S.`` → ``U S``),
+units after a number (``5 kg``, ``3.5km``, ``-5°C``), ``10am``, simple fractions, and digits
+glued to letters (``A1`` → ``A one``).
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import gzip
 import os
 import re
 import subprocess
+import unicodedata
 from functools import lru_cache
 from pathlib import Path
 
@@ -138,6 +141,35 @@ _ABBREVIATIONS = [
 _ABBREV_RE = [(re.compile(p), w) for p, w in _ABBREVIATIONS]
 _SYMBOLS = {"&": " and ", "@": " at ", "+": " plus ", "=": " equals ", "#": " number ",
             "°": " degrees ", "×": " times ", "/": " slash "}
+# units spelled out after a number (singular after "one"); "°C"/"°F" before the "°" symbol
+_UNITS = {"km": ("kilometer", "kilometers"), "cm": ("centimeter", "centimeters"),
+          "mm": ("millimeter", "millimeters"), "kg": ("kilogram", "kilograms"),
+          "mg": ("milligram", "milligrams"), "g": ("gram", "grams"),
+          "lb": ("pound", "pounds"), "lbs": ("pound", "pounds"), "oz": ("ounce", "ounces"),
+          "mph": ("mile per hour", "miles per hour"),
+          "km/h": ("kilometer per hour", "kilometers per hour"),
+          "kHz": ("kilohertz", "kilohertz"), "Hz": ("hertz", "hertz"),
+          "GB": ("gigabyte", "gigabytes"), "MB": ("megabyte", "megabytes"),
+          "°C": ("degree celsius", "degrees celsius"),
+          "°F": ("degree fahrenheit", "degrees fahrenheit")}
+_UNIT_RE = re.compile(r"(\d[\d,]*(?:\.\d+)?)\s?(" + "|".join(
+    re.escape(u) for u in sorted(_UNITS, key=len, reverse=True)) + r")(?![\w/])")
+_FRACTIONS = {(1, 2): "one half", (1, 3): "one third", (2, 3): "two thirds",
+              (1, 4): "one quarter", (3, 4): "three quarters"}
+
+
+def _unit(m: re.Match) -> str:
+    one, many = _UNITS[m.group(2)]
+    return f"{m.group(1)} {one if m.group(1) == '1' else many}"
+
+
+def _fraction(m: re.Match) -> str:
+    a, b = int(m.group(1)), int(m.group(2))
+    if (a, b) in _FRACTIONS:
+        return _FRACTIONS[(a, b)]
+    return f"{number_to_words(a)} over {number_to_words(b)}"
+
+
 _QUOTES = {"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"', "`": "'", "\u00b4": "'",
            "\u2013": " - ", "\u2014": " - "}
 
@@ -158,12 +190,20 @@ def normalize_text(text: str) -> str:
     for rx, word in _ABBREV_RE:
         # an abbreviation that ends the text also ends the sentence: keep its period
         s = rx.sub(lambda m, w=word: w + ("." if not m.string[m.end():].strip() else ""), s)
+    # initialisms: "U.S.A." -> "U S A" (a final period that ends the text is kept)
+    s = re.sub(r"\b((?:[A-Z]\.){2,})", lambda m: " ".join(m.group(1).replace(".", " ").split())
+               + ("." if not m.string[m.end():].strip() else ""), s)
+    s = re.sub(r"\b(\d{1,2})\s?([ap])m\b", r"\1 \2 m", s)          # "10am" -> "10 a m"
+    s = _UNIT_RE.sub(_unit, s)
+    s = re.sub(r"\b(\d+)/(\d+)\b", _fraction, s)
     s = re.sub(r"([$£€¥])\s?(\d[\d,]*)(?:\.(\d+))?(?:\s+(" + _SCALE_WORDS + r"))?",
                _currency, s)
     s = re.sub(r"(\d[\d,]*(?:\.\d+)?)\s?%", lambda m: m.group(1) + " percent", s)
     s = re.sub(r"\b(\d+)(st|nd|rd|th)\b", lambda m: ordinal_to_words(int(m.group(1))), s)
     s = re.sub(r"\b(\d{4})s\b", lambda m: _plural(year_to_words(int(m.group(1)))), s)
     s = re.sub(r"\b(\d+)s\b", lambda m: _plural(number_to_words(int(m.group(1)))), s)
+    s = re.sub(r"(\d)([^\W\d_])", r"\1 \2", s)    # "3x" -> "3 x", "A1" -> "A 1"
+    s = re.sub(r"([^\W\d_])(\d)", r"\1 \2", s)
     s = re.sub(r"(\d)\s*-\s*(\d)", r"\1 to \2", s)
     s = re.sub(r"(?<![\d.])-(?=\d)", "minus ", s)
     s = re.sub(r"(\d):(\d\d)\b", lambda m: m.group(1) + " " + (
@@ -245,10 +285,13 @@ def espeak_binary() -> str:
     return find_tool("espeak-ng")
 
 
-def phonemize(texts: list[str], voice: str = "en-us") -> list[str]:
+def phonemize(texts: list[str], voice: str = "en-us", separator: str | None = None
+              ) -> list[str]:
     """IPA phonemes for each text via one espeak-ng call (stdin, one sentence per line).
 
-    Returns one string per input, words separated by spaces ("" for an empty text).
+    Returns one string per input, words separated by spaces ("" for an empty text or one
+    espeak-ng reads as nothing). ``separator``: a character espeak-ng puts between the
+    phonemes of a word (its ``--sep``), e.g. ``"|"`` gives ``"h|ə|l|ˈoʊ"``.
     Raises RuntimeError if espeak-ng fails.
     """
     if isinstance(texts, str):
@@ -263,22 +306,80 @@ def phonemize(texts: list[str], voice: str = "en-us") -> list[str]:
     # at a blank line (paragraph) and at clause punctuation; so clause punctuation is
     # dropped and texts are separated by blank lines: one output line per text.
     lines = [re.sub(r"[.,?!;:\"()]+", " ", texts[i]).strip() or "." for i in idx]
-    res = _espeak_lines(lines, voice, synth_env())
+    env = synth_env()
+    res = _espeak_lines(lines, voice, env, separator)
     if len(res) != len(idx):
-        raise RuntimeError(f"espeak-ng returned {len(res)} lines for {len(idx)} texts "
-                           f"(voice {voice})")
+        # a text espeak-ng reads as nothing (e.g. only an apostrophe) leaves no line: redo
+        # the texts one by one so every output stays with its input
+        res = [" ".join(_espeak_lines([ln], voice, env, separator)) for ln in lines]
     for i, r in zip(idx, res):
         out[i] = re.sub(r"\s+", " ", r.replace("_", " ")).strip()
     return out
 
 
-def _espeak_lines(lines: list[str], voice: str, env: dict) -> list[str]:
-    proc = subprocess.run([espeak_binary(), "-q", "--ipa", "-v", voice, "--stdin"],
+def _espeak_lines(lines: list[str], voice: str, env: dict, separator: str | None = None
+                  ) -> list[str]:
+    sep = [] if separator is None else [f"--sep={separator}"]
+    proc = subprocess.run([espeak_binary(), "-q", "--ipa", *sep, "-v", voice, "--stdin"],
                           input="\n\n".join(lines) + "\n", capture_output=True, text=True,
                           env=env, timeout=600)
     if proc.returncode != 0:
         raise RuntimeError(f"espeak-ng failed ({proc.returncode}): {proc.stderr.strip()}")
     return [ln.strip() for ln in proc.stdout.splitlines() if ln.strip()]
+
+
+#: clause punctuation kept as tokens of a phoneme sequence (what normalize_text keeps)
+PUNCTUATION = (".", ",", "?", "!")
+#: the word-boundary token of a phoneme sequence
+WORD_BOUNDARY = " "
+#: espeak-ng's primary and secondary stress marks (part of the stressed phoneme's token)
+STRESS_MARKS = ("ˈ", "ˌ")
+_PHONE_SEP = "|"
+
+
+def phoneme_tokens(texts: list[str], voice: str = "en-us") -> list[list[str]]:
+    """Phoneme token sequences of normalised texts (see :func:`normalize_text`): the speech
+    LM's phoneme input.
+
+    Tokens: espeak-ng's phonemes (``"oʊ"``, ``"tʃ"``, ``"ɑːɹ"``: one token each, NFC) with
+    their stress mark (``"ˈoʊ"``, ``"ˌɛ"``: stress is part of the vowel's token, which keeps
+    sequences short), ``" "`` between words, and the punctuation ``. , ? !`` right after the
+    word it follows. The text between punctuation marks is phonemised by one espeak-ng call
+    for all ``texts``. ``"Hello there, you."`` → ``h ə l ˈoʊ ␣ ð ˈɛɹ , ␣ j uː .``
+    (␣ = ``" "``). A text without letters or digits gives ``[]``.
+    """
+    if isinstance(texts, str):
+        raise TypeError("phoneme_tokens expects a list of strings, not a single string")
+    chunks: list[str] = []
+    plans: list[list[str | int]] = []
+    for t in texts:
+        plan: list[str | int] = []
+        for m in re.finditer(r"[^.,?!]+|[.,?!]", t):
+            part = m.group(0)
+            if part in PUNCTUATION:
+                plan.append(part)
+            elif any(ch.isalnum() for ch in part):
+                plan.append(len(chunks))
+                chunks.append(part)
+        plans.append(plan)
+    ipa = phonemize(chunks, voice, separator=_PHONE_SEP) if chunks else []
+    out = []
+    for plan in plans:
+        toks: list[str] = []
+        for part in plan:
+            if isinstance(part, str):           # punctuation: only right after a word
+                if toks and toks[-1] not in PUNCTUATION:
+                    toks.append(part)
+                continue
+            for word in ipa[part].split():
+                units = [unicodedata.normalize("NFC", p) for p in word.split(_PHONE_SEP)
+                         if p]
+                if units:
+                    if toks:
+                        toks.append(WORD_BOUNDARY)
+                    toks.extend(units)
+        out.append(toks)
+    return out
 
 
 def have_espeak() -> bool:
@@ -289,5 +390,5 @@ def have_espeak() -> bool:
         return False
 
 
-__all__ = ["normalize_text", "split_sentences", "phonemize", "load_sentences",
+__all__ = ["normalize_text", "split_sentences", "phonemize", "phoneme_tokens", "load_sentences",
            "number_to_words", "ordinal_to_words", "year_to_words", "SENTENCES_PATH"]

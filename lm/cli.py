@@ -1,19 +1,19 @@
 """``flexicodec-lm``: train-tokenizer, tokenize, train, finetune, generate.
 
-``flexicodec-lm generate --model LM_DIR --text "..." --frame-rate 6.25 --out codes.npz
-[--codec CODEC_DIR] [--adapter DIR] [--prompt-wav W --prompt-text T] [--greedy]
-[--temperature 0.8 --top-k 50 --top-p 0.95 --repetition-penalty 1.1] [--max-tokens N]``
-writes ``semantic_codes [T']``, ``token_lengths [T']``, ``frame_rate``, the LM's codec
-identity and the text to an .npz (atomically).
+``flexicodec-lm generate --model LM_DIR --codec CODEC_DIR --text "..." [--text "..."]
+--frame-rate 6.25 --out codes.npz [--adapter DIR] [--prompt-wav W --prompt-text T]
+[--greedy] [--temperature 0.8 --top-k 50 --top-p 0.95 --repetition-penalty 1.1]
+[--max-tokens N]`` writes the codec's codes file (``codec.codes_file``: semantic codes and
+token lengths of each text, no acoustic stages) atomically; ``flexicodec decode codes.npz
+-o out/ --model CODEC_DIR`` turns it into audio (semantic-only; the full TTS with acoustic
+codes is ``flexicodec-tts``).
 """
 from __future__ import annotations
 
 import json
 import logging
 import sys
-from pathlib import Path
 
-import numpy as np
 import torch
 
 SUBCOMMANDS = {
@@ -28,20 +28,22 @@ SUBCOMMANDS = {
 def generate_main(argv: list[str] | None = None) -> int:
     import argparse
 
-    from codec.pretrained import atomic_path
+    from codec.codes_file import CodesFile, save_codes
     from data.audio import load_audio
     from lm.generate import SamplingConfig, VoicePrompt, generate
     from lm.model import load_lm
 
     p = argparse.ArgumentParser(prog="flexicodec-lm generate",
-                                description="Text → semantic codes + token lengths (.npz).")
+                                description="Text → the codec's codes file (semantic codes + "
+                                            "token lengths, .npz).")
     p.add_argument("--model", default=None, help="LM directory (default: the shipped LM)")
-    p.add_argument("--text", required=True)
+    p.add_argument("--text", required=True, action="append",
+                   help="text to speak (repeat for a batch: one utterance each)")
     p.add_argument("--frame-rate", type=float, required=True, help="rate bucket (Hz)")
     p.add_argument("--out", required=True, help="output .npz")
-    p.add_argument("--codec", default=None, help="codec directory (checked; needed for a "
-                                                  "voice prompt; default with the shipped LM: "
-                                                  "the shipped codec)")
+    p.add_argument("--codec", default=None, help="the LM's codec directory (checked; its "
+                                                  "codes file is written; default with the "
+                                                  "shipped LM: the shipped codec)")
     p.add_argument("--adapter", default=None, help="LoRA adapter directory (merged in)")
     p.add_argument("--prompt-wav", default=None)
     p.add_argument("--prompt-text", default=None)
@@ -52,6 +54,10 @@ def generate_main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-tokens", type=int, default=1000)
     p.add_argument("--greedy", action="store_true")
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--static-cache", action="store_true",
+                   help="StaticCache KV cache: fixed-shape decoding steps (same tokens)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the decoding steps (implies --static-cache; for CUDA)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a = p.parse_args(argv)
     if (a.prompt_wav is None) != (a.prompt_text is None):
@@ -60,13 +66,17 @@ def generate_main(argv: list[str] | None = None) -> int:
         from codec.pretrained import default_checkpoint
         a.model = str(default_checkpoint("lm", "LM"))
         a.codec = a.codec or str(default_checkpoint("codec", "codec"))
-    if a.prompt_wav and not a.codec:
-        p.error("a voice prompt needs --codec to encode it")
-    codec = None
-    if a.codec:
-        from lm.tokenize import load_codec
+    if not a.codec:
+        p.error("--codec is needed: the output is that codec's codes file")
+    from codec.pretrained import CheckpointError
+    from lm.text_tokenizer import TokenizerError
+    from lm.tokenize import load_codec
+
+    try:
         codec = load_codec(a.codec, a.device)
-    model, tok = load_lm(a.model, codec=codec, map_location=a.device)
+        model, tok = load_lm(a.model, codec=codec, map_location=a.device)
+    except CheckpointError as exc:
+        p.error(str(exc))
     if a.adapter:
         from lm.finetune import base_identity, load_adapter
         model = load_adapter(model, a.adapter, merge=True, base_id=base_identity(a.model))
@@ -75,22 +85,25 @@ def generate_main(argv: list[str] | None = None) -> int:
         wav, _ = load_audio(a.prompt_wav, 16000)
         enc = codec.encode([wav], 16000, frame_rate=a.frame_rate, num_quantizers=0)
         m = enc.token_mask[0].bool()
-        prompt = VoicePrompt(tok.encode(a.prompt_text), enc.semantic_codes[0][m].cpu(),
+    try:
+        pieces = [tok.encode(t) for t in a.text]
+        prompt_pieces = tok.encode(a.prompt_text) if a.prompt_wav else None
+    except TokenizerError as exc:
+        p.error(str(exc))
+    if a.prompt_wav:
+        prompt = VoicePrompt(prompt_pieces, enc.semantic_codes[0][m].cpu(),
                              enc.token_lengths[0][m].cpu())
     s = SamplingConfig(temperature=a.temperature, top_k=a.top_k, top_p=a.top_p,
                        repetition_penalty=a.repetition_penalty, greedy=a.greedy,
-                       max_tokens=a.max_tokens, seed=a.seed)
-    r = generate(model, [tok.encode(a.text)], a.frame_rate, s, prompt=prompt)[0]
-    out = Path(a.out)
-    with atomic_path(out) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, semantic_codes=r.semantic_codes.numpy(),
-                     token_lengths=r.token_lengths.numpy(), frame_rate=np.float32(r.frame_rate),
-                     codec_identity=np.str_(model.config.codec_identity),
-                     text=np.str_(a.text), truncated=np.bool_(r.truncated))
-    print(json.dumps({"out": str(out), "tokens": int(r.semantic_codes.numel()),
-                      "frames": r.num_frames, "seconds": r.num_frames / 12.5,
-                      "truncated": r.truncated}))
+                       max_tokens=a.max_tokens, seed=a.seed,
+                       static_cache=a.static_cache or a.compile, compile=a.compile)
+    res = generate(model, pieces, a.frame_rate, s, prompt=prompt)
+    codes = CodesFile.from_tokens(codec, [r.semantic_codes.numpy() for r in res],
+                                  [r.token_lengths.numpy() for r in res], res[0].frame_rate)
+    out = save_codes(a.out, codes)
+    print(json.dumps({"out": str(out), "tokens": [int(r.semantic_codes.numel()) for r in res],
+                      "seconds": [r.num_frames / codec.frame_rate_base for r in res],
+                      "truncated": [r.truncated for r in res]}))
     return 0
 
 

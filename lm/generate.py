@@ -9,6 +9,12 @@ padded. :func:`stream_tokens` yields each (code, length) pair as soon as its len
 Voice prompting: the sequence is ``<bos> <rate> <text> prompt_text target_text <speech>
 prompt_codes`` and generation continues after the prompt's codes; only new tokens are
 returned.
+
+KV cache: a transformers DynamicCache by default; ``SamplingConfig(static_cache=True)`` uses
+a StaticCache sized for the prompt + ``max_tokens`` with a preallocated attention mask, so
+every decoding step has the same shapes, and ``compile=True`` then runs the one-token steps
+through ``torch.compile`` (for CUDA; the prompt pass stays eager). Both give the same tokens
+as the dynamic cache.
 """
 from __future__ import annotations
 
@@ -36,6 +42,9 @@ class SamplingConfig:
     max_tokens: int = 1000          # hard stop: at most this many new semantic tokens
     min_tokens: int = 1             # </speech> is banned before this many tokens
     seed: int | None = None
+    static_cache: bool = False      # StaticCache + fixed-shape steps (see module docstring)
+    compile: bool = False           # torch.compile the one-token steps (needs static_cache)
+    compile_backend: str = "inductor"   # torch.compile backend ("eager": tracing only)
 
     def __post_init__(self) -> None:
         if self.temperature <= 0 and not self.greedy:
@@ -46,6 +55,8 @@ class SamplingConfig:
             raise ValueError("top_k must be >= 0 and repetition_penalty > 0")
         if self.max_tokens < 1 or self.min_tokens < 0:
             raise ValueError("max_tokens must be >= 1 and min_tokens >= 0")
+        if self.compile and not self.static_cache:
+            raise ValueError("compile=True needs static_cache=True (fixed shapes per step)")
 
 
 @dataclass
@@ -125,8 +136,17 @@ def _steps(model: SpeechLM, texts: Sequence[Sequence[int]], frame_rate: float,
     if sampling.seed is not None:
         gen = torch.Generator(device=device).manual_seed(sampling.seed)
     allowed = vocab.speech_mask().to(device)
-    cache = make_cache(model.backbone.config)
     mask = batch["attention_mask"]
+    L0 = mask.shape[1]
+    step_fn = model
+    if sampling.static_cache:
+        # one mask of the cache's full length, filled in place: every step has one shape
+        cache = make_cache(model.backbone.config, L0 + sampling.max_tokens + 1)
+        mask = torch.cat([mask, mask.new_zeros(B, sampling.max_tokens + 1)], 1)
+        if sampling.compile:
+            step_fn = _compiled_forward(model, sampling.compile_backend)
+    else:
+        cache = make_cache(model.backbone.config)
     pos = batch["position_ids"][:, -1]
     out = model(batch["input_ids"], batch["length_in"], mask, batch["position_ids"], cache)
     finished = torch.zeros(B, dtype=torch.bool, device=device)
@@ -166,13 +186,26 @@ def _steps(model: SpeechLM, texts: Sequence[Sequence[int]], frame_rate: float,
         last_code = torch.where(finished, last_code, nxt - vocab.semantic_offset)
         n_codes += (~finished).long()
         seen[torch.arange(B, device=device), nxt] |= ~finished
-        mask = torch.cat([mask, torch.ones(B, 1, dtype=mask.dtype, device=device)], 1)
+        if sampling.static_cache:
+            mask[:, L0 + step] = 1
+        else:
+            mask = torch.cat([mask, torch.ones(B, 1, dtype=mask.dtype, device=device)], 1)
         pos = pos + 1
-        out = model(nxt[:, None], feed_len[:, None] * (~finished)[:, None], mask, pos[:, None],
-                    cache)
+        out = step_fn(nxt[:, None], feed_len[:, None] * (~finished)[:, None], mask,
+                      pos[:, None], cache)
     else:  # pragma: no cover - the loop always breaks at max_tokens
         raise RuntimeError("generation loop did not stop")
     return (truncated if step == sampling.max_tokens else torch.zeros_like(finished)).tolist()
+
+
+def _compiled_forward(model: SpeechLM, backend: str):
+    """``torch.compile`` of the model's forward for the one-token steps, made once per model
+    and backend (kept in the model's ``__dict__``: not a submodule, not in its state dict)."""
+    cached = model.__dict__.get("_compiled_step")
+    if cached is None or cached[0] != backend:
+        cached = (backend, torch.compile(model.forward, backend=backend, dynamic=False))
+        model.__dict__["_compiled_step"] = cached
+    return cached[1]
 
 
 def generate(model: SpeechLM, texts: Sequence[Sequence[int]], frame_rate: float,

@@ -105,10 +105,12 @@ def parse_sequence(vocab: LMVocab, item: LayoutItem) -> dict:
     return {"text_pieces": text, "codes": codes, "lengths": lengths.clone(), "frame_rate": rate}
 
 
-def label_types(vocab: LMVocab, labels: torch.Tensor) -> torch.Tensor:
+def label_types(vocab: LMVocab, labels: torch.Tensor,
+                token_types: torch.Tensor | None = None) -> torch.Tensor:
     """Loss group of each next-token label [..]: TYPE_TEXT for text pieces and <speech>
-    (end of text), TYPE_SEMANTIC for semantic tokens and </speech>, -1 for ignored."""
-    types = vocab.token_types().to(labels.device)
+    (end of text), TYPE_SEMANTIC for semantic tokens and </speech>, -1 for ignored.
+    ``token_types``: ``vocab.token_types()`` already on the labels' device."""
+    types = (vocab.token_types() if token_types is None else token_types).to(labels.device)
     out = torch.full_like(labels, -1)
     valid = labels != IGNORE
     t = types[labels.clamp(min=0)]
@@ -138,4 +140,37 @@ def collate(items: list[LayoutItem], left_pad: bool = False) -> dict[str, torch.
         out["length_labels"][b, sl] = it.length_labels
         out["attention_mask"][b, sl] = 1
     out["position_ids"] = (out["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+    return out
+
+
+def collate_packed(rows: list[list[LayoutItem]], row_length: int) -> dict[str, torch.Tensor]:
+    """A packed batch: each row holds several sequences back to back, right-padded to
+    ``row_length``. Returns ``input_ids, length_in, labels, length_labels, position_ids``
+    all [R, row_length] and no ``attention_mask``: ``position_ids`` restart at 0 at every
+    sequence (and at the padding), which is how the model keeps attention within each
+    sequence (see lm.model.SpeechLM.forward). Labels never cross a sequence boundary, so the
+    loss equals that of the same sequences collated one per row."""
+    if not rows or any(not r for r in rows):
+        raise ValueError("empty packed batch or row")
+    R = len(rows)
+    out = {"input_ids": torch.full((R, row_length), PAD, dtype=torch.long),
+           "length_in": torch.zeros(R, row_length, dtype=torch.long),
+           "labels": torch.full((R, row_length), IGNORE, dtype=torch.long),
+           "length_labels": torch.full((R, row_length), IGNORE, dtype=torch.long),
+           "position_ids": torch.zeros(R, row_length, dtype=torch.long)}
+    for r, items in enumerate(rows):
+        p = 0
+        for it in items:
+            n = len(it)
+            if p + n > row_length:
+                raise ValueError(f"row {r}: sequences of {sum(map(len, items))} positions do "
+                                 f"not fit a packed row of {row_length}")
+            sl = slice(p, p + n)
+            out["input_ids"][r, sl] = it.input_ids
+            out["length_in"][r, sl] = it.length_in
+            out["labels"][r, sl] = it.labels
+            out["length_labels"][r, sl] = it.length_labels
+            out["position_ids"][r, sl] = torch.arange(n)
+            p += n
+        out["position_ids"][r, p:] = torch.arange(row_length - p)
     return out

@@ -11,7 +11,8 @@ A model directory::
     DIR/config.json            {"model_type": "flexicodec-lm", "config": SpeechLMConfig, ...}
     DIR/backbone/              transformers save_pretrained (safetensors, shards <= 15 MB)
     DIR/heads.safetensors      the length head
-    DIR/text_tokenizer.model   the sentencepiece model (when saved with a tokenizer)
+    DIR/phoneme_vocab.json     the phoneme vocabulary (text_input "phoneme"), or
+    DIR/text_tokenizer.model   the sentencepiece model (text_input "bpe"), when saved with one
 
 ``from_pretrained(DIR, codec=...)`` refuses a codec whose identity or FSQ size differs from
 the one the LM was trained on.
@@ -35,13 +36,15 @@ from safetensors.torch import load_file, save_file
 from codec.pretrained import (CheckpointError, atomic_path, config_from_dict, config_to_dict,
                               state_dict_identity)
 from lm.layout import IGNORE, label_types
+from lm.text_input import LEGACY_TEXT_INPUT, check_text_input, load_tokenizer, tokenizer_file
 from lm.vocab import DEFAULT_FRAME_RATES, PAD, TYPE_SEMANTIC, TYPE_TEXT, LMVocab
 
 MODEL_TYPE = "flexicodec-lm"
+#: dense bf16 peak of one H100 / H200 SXM (FLOP/s): the default denominator of MFU
+DEFAULT_PEAK_FLOPS = 989e12
 CONFIG_NAME = "config.json"
 HEADS_NAME = "heads.safetensors"
 BACKBONE_DIR = "backbone"
-TOKENIZER_NAME = "text_tokenizer.model"
 
 
 @dataclass
@@ -63,6 +66,12 @@ class SpeechLMConfig:
     frame_rates: tuple[float, ...] = field(default_factory=lambda: DEFAULT_FRAME_RATES)
     codec_identity: str = ""            # FlexiCodec.identity the codes came from
     codec_model_type: str = "flexicodec"
+    # "phoneme" (espeak-ng phonemes) or "bpe" (sentencepiece pieces); num_text is the size of
+    # that vocabulary (lm/text_input.py). Saved configs without the key are "bpe".
+    text_input: str = "phoneme"
+
+    def __post_init__(self) -> None:
+        check_text_input(self.text_input)
 
     def vocab(self) -> LMVocab:
         return LMVocab(self.num_text, self.semantic_size, self.max_group, self.frame_rates)
@@ -91,8 +100,19 @@ def _hf_config(cfg: SpeechLMConfig, vocab_size: int):
     return hf
 
 
-def make_cache(hf_config):
-    """A fresh transformers DynamicCache (constructor differs between versions)."""
+def config_from_saved(d: dict) -> SpeechLMConfig:
+    """SpeechLMConfig from a saved ``config.json`` / ``lm_config.json`` dict; one written
+    before ``text_input`` existed is a BPE LM."""
+    return config_from_dict(SpeechLMConfig, {"text_input": LEGACY_TEXT_INPUT, **d})
+
+
+def make_cache(hf_config, max_cache_len: int | None = None):
+    """A fresh transformers DynamicCache (constructor differs between versions), or with
+    ``max_cache_len`` a StaticCache of that many positions (preallocated keys/values, fixed
+    shapes: what ``torch.compile`` needs)."""
+    if max_cache_len is not None:
+        from transformers import StaticCache
+        return StaticCache(config=hf_config, max_cache_len=int(max_cache_len))
     from transformers import DynamicCache
     try:
         return DynamicCache(config=hf_config)
@@ -119,6 +139,8 @@ class SpeechLM(nn.Module):
         self.vocab = config.vocab()
         self.backbone = AutoModelForCausalLM.from_config(_hf_config(config, self.vocab.size))
         self.length_head = nn.Linear(config.hidden_size, config.max_group)
+        # loss group of every id, on the model's device (no host copy per step)
+        self.register_buffer("_token_types", self.vocab.token_types(), persistent=False)
         self._cache_kw = ("cache" if "cache" in inspect.signature(
             self.decoder.forward).parameters else "past_key_values")
 
@@ -130,22 +152,35 @@ class SpeechLM(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    def train_flops(self, seq_lengths) -> float:
+        """Model FLOPs of one training step (forward + backward) over sequences of these
+        lengths (each attending only to itself, as in packed rows): 6·N·ΣL +
+        12·layers·d·ΣL² (full attention counted, as in PaLM's MFU), N = parameters without
+        the input embedding table (the LM head counts)."""
+        emb = self.backbone.get_input_embeddings().weight.numel()
+        n = self.num_parameters() - emb
+        c = self.config
+        return (6.0 * n * sum(seq_lengths)
+                + 12.0 * c.num_layers * c.hidden_size * sum(L * L for L in seq_lengths))
+
     def embed(self, input_ids: torch.Tensor, length_in: torch.Tensor) -> torch.Tensor:
-        """input_ids, length_in [B, L] -> embeddings [B, L, D]."""
+        """input_ids, length_in [B, L] -> embeddings [B, L, D] (no host synchronisation: the
+        length embedding is added everywhere, times 0 where ``length_in`` is 0)."""
         table = self.backbone.get_input_embeddings()
         x = table(input_ids)
         has = length_in > 0
-        if bool(has.any()):
-            ids = (length_in.clamp(1, self.vocab.max_group) - 1 + self.vocab.length_offset)
-            x = x + table(ids) * has.unsqueeze(-1).to(x.dtype)
-        return x
+        ids = (length_in.clamp(1, self.vocab.max_group) - 1 + self.vocab.length_offset)
+        return x + table(ids) * has.unsqueeze(-1).to(x.dtype)
 
     def forward(self, input_ids: torch.Tensor, length_in: torch.Tensor,
                 attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, cache: Any = None,
                 **_: Any) -> SpeechLMOutput:
         """input_ids, length_in, attention_mask, position_ids [B, L]; ``cache`` a
-        DynamicCache that is extended in place (``attention_mask`` then covers past + new)."""
+        DynamicCache that is extended in place (``attention_mask`` then covers past + new).
+        Packed rows (several sequences per row, ``lm.layout.collate_packed``): no
+        ``attention_mask`` and ``position_ids`` restarting at 0 for each sequence, so each
+        attends only within itself (transformers' packed-sequence masking)."""
         x = self.embed(input_ids, length_in)
         kw = {self._cache_kw: cache, "use_cache": cache is not None}
         h = self.decoder(inputs_embeds=x, attention_mask=attention_mask,
@@ -156,17 +191,17 @@ class SpeechLM(nn.Module):
 
     def loss(self, batch: dict[str, torch.Tensor], out: SpeechLMOutput | None = None,
              text_weight: float = 0.1, length_weight: float = 1.0) -> dict[str, torch.Tensor]:
-        """Losses for a collated batch (lm.layout.collate). Returns ``loss`` (weighted total)
-        and per type ``text_loss``, ``semantic_loss``, ``length_loss`` (means) plus the token
+        """Losses for a collated batch (lm.layout.collate or collate_packed). Returns ``loss``
+        (weighted total) and per type ``text_loss``, ``semantic_loss``, ``length_loss`` (means) plus the token
         counts ``n_text``, ``n_semantic``, ``n_length`` and summed ``*_sum`` values."""
         if out is None:
-            out = self(batch["input_ids"], batch["length_in"], batch["attention_mask"],
+            out = self(batch["input_ids"], batch["length_in"], batch.get("attention_mask"),
                        batch["position_ids"])
         labels = batch["labels"]
         V = out.logits.shape[-1]
         tok = F.cross_entropy(out.logits.reshape(-1, V), labels.reshape(-1),
                               ignore_index=IGNORE, reduction="none").view_as(labels)
-        types = label_types(self.vocab, labels)
+        types = label_types(self.vocab, labels, self._token_types)
         ll = batch["length_labels"]
         lenl = F.cross_entropy(out.length_logits.reshape(-1, out.length_logits.shape[-1]),
                                ll.reshape(-1), ignore_index=IGNORE,
@@ -214,7 +249,7 @@ class SpeechLM(nn.Module):
             self.backbone.save_pretrained(str(tmp / BACKBONE_DIR), max_shard_size=max_shard_size)
             save_file(heads, str(tmp / HEADS_NAME))
             if tokenizer_path is not None:
-                shutil.copyfile(tokenizer_path, tmp / TOKENIZER_NAME)
+                shutil.copyfile(tokenizer_path, tmp / tokenizer_file(self.config.text_input))
             meta = {"model_type": MODEL_TYPE, "config": config_to_dict(self.config),
                     "identity": state_dict_identity(self.state_dict()),
                     "vocab": self.vocab.to_dict(), **(extra or {})}
@@ -241,7 +276,7 @@ class SpeechLM(nn.Module):
 
         directory = Path(directory)
         meta = cls.read_config(directory)
-        config = config_from_dict(SpeechLMConfig, meta["config"])
+        config = config_from_saved(meta["config"])
         model = cls(config)
         try:
             backbone = AutoModelForCausalLM.from_pretrained(str(directory / BACKBONE_DIR),
@@ -270,20 +305,22 @@ class SpeechLM(nn.Module):
 
 def load_lm(directory: str | os.PathLike | None = None, codec: Any = None,
             map_location: str | torch.device = "cpu"):
-    """(SpeechLM, TextTokenizer) from a model directory (None: the shipped LM)."""
+    """(SpeechLM, tokenizer) from a model directory (None: the shipped LM); the tokenizer of
+    the LM's ``text_input`` (PhonemeTokenizer or TextTokenizer, lm/text_input.py)."""
     from codec.pretrained import default_checkpoint
-    from lm.text_tokenizer import TextTokenizer
 
     if directory is None:
         directory = default_checkpoint("lm", "LM")
 
     model = SpeechLM.from_pretrained(directory, codec=codec, map_location=map_location)
-    tok_path = Path(directory) / TOKENIZER_NAME
+    name = tokenizer_file(model.config.text_input)
+    tok_path = Path(directory) / name
     if not tok_path.is_file():
-        raise CheckpointError(f"{directory}: no {TOKENIZER_NAME} beside the LM")
-    tok = TextTokenizer(tok_path)
+        raise CheckpointError(f"{directory}: no {name} beside the LM (text_input "
+                              f"{model.config.text_input!r})")
+    tok = load_tokenizer(tok_path, model.config.text_input)
     if tok.vocab_size != model.config.num_text:
-        raise CheckpointError(f"{directory}: tokenizer has {tok.vocab_size} pieces, the LM "
+        raise CheckpointError(f"{directory}: {name} has {tok.vocab_size} symbols, the LM "
                               f"expects {model.config.num_text}")
     return model, tok
 

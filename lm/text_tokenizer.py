@@ -31,6 +31,8 @@ def _normalize(text: str) -> str:
 class TextTokenizer:
     """A loaded sentencepiece model. ``encode`` normalizes text first."""
 
+    text_input = "bpe"
+
     def __init__(self, path: str | os.PathLike):
         import sentencepiece as spm
 

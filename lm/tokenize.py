@@ -9,9 +9,11 @@ Output (one folder per frame rate / threshold, several side by side)::
     OUT/rate_6.25/info.json              codec identity, FSQ size, max_group, RVQ size, counts
     OUT/rate_6.25/<split>/shard_00000/   datasets.save_to_disk, written atomically
 
-Columns: id, text (normalized), speaker, duration, semantic_codes [T'] int32,
+Columns: id, text (normalized), phonemes (the LM's phoneme tokens of the text,
+``lm.phoneme_tokenizer.text_to_phonemes``), speaker, duration, semantic_codes [T'] int32,
 token_lengths [T'] int16, acoustic_codes [n_q][T'] int16, frame_rate (achieved),
-num_frames.
+num_frames. The LM config's ``text_input`` decides whether training reads ``phonemes`` or
+``text``; both are always written (espeak-ng phonemises all texts of a split in one call).
 
 One pass for all settings: the audio of each utterance is loaded once (a torch DataLoader with
 ``num_workers`` processes), the codec's frame features (acoustic encoder + frozen semantic
@@ -37,11 +39,12 @@ import torch
 from codec.pretrained import atomic_path, atomic_write_text
 from data.audio import AudioError, load_audio
 from lm.data import INFO_NAME
+from lm.phoneme_tokenizer import DEFAULT_VOICE
 
 log = logging.getLogger(__name__)
 SAMPLE_RATE = 16000
-#: version of the shard layout (2: duration-sorted shards with acoustic codes)
-TOKENIZE_FORMAT = 2
+#: version of the shard layout (2: duration-sorted shards with acoustic codes; 3: + phonemes)
+TOKENIZE_FORMAT = 3
 MIN_SAMPLES = SAMPLE_RATE // 10
 
 
@@ -76,6 +79,7 @@ def _features():
 
     return datasets.Features({
         "id": datasets.Value("string"), "text": datasets.Value("string"),
+        "phonemes": datasets.Sequence(datasets.Value("string")),
         "speaker": datasets.Value("string"), "duration": datasets.Value("float32"),
         "semantic_codes": datasets.Sequence(datasets.Value("int32")),
         "token_lengths": datasets.Sequence(datasets.Value("int16")),
@@ -197,11 +201,12 @@ def _open_setting(root: Path, info: dict) -> dict:
     if info_path.is_file():
         old = json.loads(info_path.read_text())
         for k in ("codec_identity", "semantic_vocab_size", "max_group", "rvq_codebook_size",
-                  "num_quantizers", "format", "shard_size"):
+                  "num_quantizers", "format", "shard_size", "phoneme_voice"):
             if old.get(k) != info[k]:
                 raise ValueError(f"{root} holds data written with other settings ({k}: "
                                  f"{old.get(k)} vs {info[k]}); use a new --out (or the same "
-                                 f"--shard-size / --num-quantizers / codec as before)")
+                                 f"--shard-size / --num-quantizers / --phoneme-voice / codec as "
+                                 f"before)")
         info = {**info, "splits": old.get("splits", {})}
     else:
         info = {**info, "splits": {}}  # a dict of its own for every setting
@@ -225,6 +230,7 @@ def tokenize_corpus(codec: Any, corpus: str | os.PathLike, out: str | os.PathLik
                     splits: list[str] | None = None, shard_size: int = 500,
                     batch_size: int | None = None, num_workers: int | None = None,
                     num_quantizers: int | None = None,
+                    phoneme_voice: str = DEFAULT_VOICE,
                     device: str | torch.device = "cpu") -> dict[str, dict]:
     """Tokenize ``corpus`` into ``out/rate_X`` (per frame rate) or ``out/thr_T`` (per
     threshold) in one pass over the audio. Returns {setting dir name: info dict}; each info
@@ -255,7 +261,8 @@ def tokenize_corpus(codec: Any, corpus: str | os.PathLike, out: str | os.PathLik
                  "codec_model_type": getattr(codec, "model_type", ""),
                  "semantic_vocab_size": sem_size, "max_group": max_group,
                  "rvq_codebook_size": cb_size, "num_quantizers": n_q,
-                 "format": TOKENIZE_FORMAT, "shard_size": shard_size}
+                 "format": TOKENIZE_FORMAT, "shard_size": shard_size,
+                 "phoneme_voice": phoneme_voice}
     roots = {s.name: Path(out) / s.name for s in settings}
     infos = {s.name: _open_setting(roots[s.name], {**base_info, "target_frame_rate":
                                                     s.frame_rate, "threshold": s.threshold})
@@ -279,6 +286,7 @@ def tokenize_corpus(codec: Any, corpus: str | os.PathLike, out: str | os.PathLik
         texts = [str(t or "") for t in ds["text"]]
         speakers = [str(s or "") for s in ds["speaker"]]
         durations = [float(d or 0.0) for d in ds["duration"]]
+        phonemes = _phonemes_of(texts, phoneme_voice, max(1, num_workers))
         order = sorted(range(len(ds)), key=lambda i: (-durations[i], i))
         shards = [order[lo:lo + shard_size] for lo in range(0, len(order), shard_size)]
         stats = {s.name: _new_stats() for s in settings}
@@ -301,11 +309,13 @@ def tokenize_corpus(codec: Any, corpus: str | os.PathLike, out: str | os.PathLik
             st = {s.name: _new_stats() for s in need}
             rows = []
             for i in shards[k]:
-                if texts[i].strip():
+                why = ("empty text" if not texts[i].strip()
+                       else "no phonemes" if not phonemes[i] else None)
+                if why is None:
                     rows.append(i)
                 else:
                     for s in need:
-                        _skip(st[s.name], "empty text", audio_paths[i])
+                        _skip(st[s.name], why, audio_paths[i])
             for b in range(0, len(rows), batch_size):
                 batches.append(rows[b:b + batch_size])
                 batch_shard.append(k)
@@ -345,7 +355,7 @@ def tokenize_corpus(codec: Any, corpus: str | os.PathLike, out: str | os.PathLik
                     audio_s += float(batch["lengths"].sum()) / SAMPLE_RATE
                     for s, enc in zip(p["need"], encs):
                         _collect(enc, batch["index"], p["cols"][s.name], p["stats"][s.name],
-                                 audio_paths, texts, speakers, durations,
+                                 audio_paths, texts, phonemes, speakers, durations,
                                  (sem_size, max_group, cb_size))
                 bar.update(len(batch["index"]) + len(batch["bad"]))
                 el = max(1e-9, time.time() - t0)
@@ -378,8 +388,29 @@ def tokenize_corpus(codec: Any, corpus: str | os.PathLike, out: str | os.PathLik
     return infos
 
 
-def _collect(enc, index: list[int], cols: dict, stats: dict, paths, texts, speakers,
-             durations, sizes: tuple[int, int, int]) -> None:
+def _phonemes_of(texts: list[str], voice: str, workers: int = 1) -> list[list[str]]:
+    """Phoneme tokens of every text: each distinct text phonemised once, in ``workers``
+    espeak-ng processes at a time (one call per slice of the texts)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from lm.phoneme_tokenizer import text_to_phonemes
+
+    distinct = sorted({t for t in texts if t.strip()})
+    if not distinct:
+        return [[] for _ in texts]
+    t0 = time.time()
+    n = max(1, min(workers, len(distinct)))
+    slices = [distinct[k::n] for k in range(n)]
+    with ThreadPoolExecutor(n) as pool:          # the work is in espeak-ng subprocesses
+        parts = list(pool.map(lambda sl: text_to_phonemes(sl, voice), slices))
+    by_text = {t: p for sl, ps in zip(slices, parts) for t, p in zip(sl, ps)}
+    log.info("phonemised %d distinct texts in %.1f s (espeak-ng voice %s, %d processes)",
+             len(distinct), time.time() - t0, voice, n)
+    return [by_text.get(t, []) for t in texts]
+
+
+def _collect(enc, index: list[int], cols: dict, stats: dict, paths, texts, phonemes,
+             speakers, durations, sizes: tuple[int, int, int]) -> None:
     """Append the rows of one encoded batch (codes moved to the CPU once)."""
     sem_all, len_all = enc.semantic_codes.cpu(), enc.token_lengths.cpu()
     ac_all, mask_all = enc.acoustic_codes.cpu(), enc.token_mask.cpu()
@@ -393,6 +424,7 @@ def _collect(enc, index: list[int], cols: dict, stats: dict, paths, texts, speak
             continue
         cols["id"].append(Path(paths[i]).stem)
         cols["text"].append(texts[i])
+        cols["phonemes"].append(phonemes[i])
         cols["speaker"].append(speakers[i])
         cols["duration"].append(durations[i])
         cols["semantic_codes"].append(sem.tolist())
@@ -432,6 +464,8 @@ def build_parser(prog: str = "flexicodec-lm tokenize"):
                         f"{default_num_workers()}; 0 = main process)")
     p.add_argument("--num-quantizers", type=int, default=None,
                    help="acoustic RVQ codebooks to store (default: all of the codec's)")
+    p.add_argument("--phoneme-voice", default=DEFAULT_VOICE,
+                   help="espeak-ng voice of the phonemes column (the LM's phoneme input)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     return p
 
@@ -454,7 +488,8 @@ def main(argv: list[str] | None = None, prog: str = "flexicodec-lm tokenize") ->
         infos = tokenize_corpus(codec, a.data, a.out, frame_rates=a.frame_rate,
                                 thresholds=a.threshold, splits=splits, shard_size=a.shard_size,
                                 batch_size=a.batch_size, num_workers=a.num_workers,
-                                num_quantizers=a.num_quantizers, device=a.device)
+                                num_quantizers=a.num_quantizers,
+                                phoneme_voice=a.phoneme_voice, device=a.device)
     except (ValueError, FileNotFoundError) as exc:
         p.error(str(exc))
     for name, info in infos.items():

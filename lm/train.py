@@ -3,11 +3,14 @@
 ``flexicodec-lm train --config configs/lm/small.yaml --data TOK[,TOK2] --run-dir RUN
 [--max-steps N] [--max-minutes M] [--resume] [--out-model DIR] [--tokenizer PATH]``
 
-accelerate (bf16 on GPU, gradient accumulation), length-bucketed batches, CheckpointManager
-checkpoints (``--resume`` continues from RUN/latest, same batch order), metrics.jsonl with
-per-type eval loss (text / semantic / length), tokens/s and audio-hours per GPU-minute. When
-``--max-minutes`` runs out it checkpoints and exits cleanly. At the end the model (with its
-tokenizer) is written to ``--out-model`` (default RUN/model).
+accelerate (bf16 autocast on GPU, gradient accumulation), length-bucketed batches or packed
+rows (``train.pack_length``: several utterances per row, attention kept within each),
+SDPA attention, optional ``torch.compile``, fused AdamW on CUDA and no host synchronisation
+between log steps; CheckpointManager checkpoints (``--resume`` continues from RUN/latest,
+same batch order), metrics.jsonl with per-type eval loss (text / semantic / length),
+tokens/s, audio-hours per GPU-minute, model TFLOP/s and MFU (CUDA). When ``--max-minutes``
+runs out it checkpoints and exits cleanly. At the end the model (with its tokenizer) is
+written to ``--out-model`` (default RUN/model).
 
 Distributed (docs/DISTRIBUTED.md): ``accelerate launch [--config_file
 configs/accelerate/{multi_gpu,fsdp_lm}.yaml] -m lm.cli train ...``. Each process takes an equal
@@ -35,9 +38,11 @@ from codec.distributed import (any_process, configure_process_logging, rescale_p
                                 shard_batches)
 from codec.training import (CheckpointManager, JsonlLogger, TimeBudget, lr_lambda,
                             make_accelerator, seed_everything)
-from lm.data import bucket_batches, load_tokenized, make_items, read_info, to_device
-from lm.layout import LayoutItem, collate
-from lm.model import SpeechLM, SpeechLMConfig, model_config_from_dict
+from lm.data import (bucket_batches, load_tokenized, make_items, pack_batches, read_info,
+                     to_device)
+from lm.layout import LayoutItem, collate, collate_packed
+from lm.model import (DEFAULT_PEAK_FLOPS, SpeechLM, SpeechLMConfig, config_from_saved,
+                      model_config_from_dict)
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +71,31 @@ class TrainConfig:
     # length) in RUN/best/ and export those: a small LM on hours of data overfits
     keep_best: bool = True
     seed: int = 0
-    tokenizer_vocab_size: int = 2000
+    tokenizer_vocab_size: int = 2000     # sentencepiece pieces (text_input: bpe)
     mixed_precision: str | None = None   # None: bf16 on CUDA, fp32 on CPU
+    # speed. pack_length > 0: rows of this many positions holding several utterances each
+    # (batch_tokens // pack_length rows per micro-batch, attention within each utterance);
+    # 0: one utterance per row, length-bucketed and padded
+    pack_length: int = 0
+    attention: str = "sdpa"              # the backbone's transformers attn_implementation
+    compile: bool = False                # torch.compile the model's forward
+    compile_backend: str = "inductor"    # its backend ("eager": tracing only)
+    peak_flops: float = DEFAULT_PEAK_FLOPS   # device peak (dense bf16) for the logged MFU
+
+    def __post_init__(self) -> None:
+        if self.pack_length < 0:
+            raise ValueError(f"pack_length must be >= 0, got {self.pack_length}")
+        if self.pack_length and self.pack_length < self.max_len:
+            raise ValueError(f"pack_length {self.pack_length} < max_len {self.max_len}: a "
+                             f"sequence must fit a packed row")
+        self.peak_flops = float(self.peak_flops)   # YAML reads "989e12" as a string
+        if self.peak_flops <= 0:
+            raise ValueError(f"peak_flops must be > 0, got {self.peak_flops}")
+
+    @property
+    def rows_per_batch(self) -> int:
+        """Packed rows per micro-batch."""
+        return max(1, self.batch_tokens // self.pack_length) if self.pack_length else 0
 
 
 def load_config(path: str | Path) -> tuple[dict, TrainConfig]:
@@ -85,6 +113,40 @@ def load_config(path: str | Path) -> tuple[dict, TrainConfig]:
 
 
 BEST_DIR = "best"
+
+
+def batch_plan(lengths: list[int], cfg: TrainConfig, seed: int, epoch: int) -> list[list]:
+    """One epoch's batches: packed (lists of rows of item indices) when ``cfg.pack_length``,
+    else length-bucketed lists of item indices."""
+    if cfg.pack_length:
+        return pack_batches(lengths, cfg.pack_length, cfg.rows_per_batch, seed, epoch)
+    return bucket_batches(lengths, cfg.batch_tokens, cfg.max_batch, seed, epoch)
+
+
+def batch_items(b: list, cfg: TrainConfig) -> list[int]:
+    """The item indices of one planned batch."""
+    return [i for row in b for i in row] if cfg.pack_length else list(b)
+
+
+def collate_batch(items: list[LayoutItem], b: list, cfg: TrainConfig) -> dict[str, torch.Tensor]:
+    """The tensors of one planned batch (lm.layout.collate_packed or collate)."""
+    if cfg.pack_length:
+        return collate_packed([[items[i] for i in row] for row in b], cfg.pack_length)
+    return collate([items[i] for i in b])
+
+
+def check_packing_support() -> None:
+    """Packed rows rely on transformers' packed-sequence masking (position_ids restarting
+    at 0 with no attention_mask); refuse a transformers without it instead of letting
+    utterances attend to each other."""
+    try:
+        from transformers.masking_utils import find_packed_sequence_indices  # noqa: F401
+    except ImportError as exc:
+        import transformers
+        raise RuntimeError(f"train.pack_length needs transformers' packed-sequence masking "
+                           f"(transformers.masking_utils.find_packed_sequence_indices), not in "
+                           f"transformers {transformers.__version__}: upgrade transformers or "
+                           f"set pack_length: 0") from exc
 
 
 def eval_objective(ev: dict, cfg: TrainConfig) -> float:
@@ -144,7 +206,7 @@ def evaluate(model: torch.nn.Module, items: list[LayoutItem], cfg: TrainConfig,
     keys = ("text", "semantic", "length")
     sums = torch.zeros(2 * len(keys), dtype=torch.float64, device=device)
     lengths = [len(it) for it in items]
-    batches = bucket_batches(lengths, cfg.batch_tokens, cfg.max_batch, 0, 0)
+    batches = batch_plan(lengths, cfg, 0, 0)
     rank, world = (0, 1) if accelerator is None else (accelerator.process_index,
                                                       accelerator.num_processes)
     mine = batches[rank::world]
@@ -152,15 +214,15 @@ def evaluate(model: torch.nn.Module, items: list[LayoutItem], cfg: TrainConfig,
     for n in range(n_forward):
         counted = n < len(mine)
         b = mine[n] if counted else batches[0]
-        batch = to_device(collate([items[i] for i in b]), device)
-        out = model(batch["input_ids"], batch["length_in"], batch["attention_mask"],
+        batch = to_device(collate_batch(items, b, cfg), device)
+        out = model(batch["input_ids"], batch["length_in"], batch.get("attention_mask"),
                     batch["position_ids"])
         if not counted:
             continue
         res = _core(model).loss(batch, out)
         for j, k in enumerate(keys):
-            sums[j] += float(res[f"{k}_sum"])
-            sums[len(keys) + j] += int(res[f"n_{k}"])
+            sums[j] += res[f"{k}_sum"].double()
+            sums[len(keys) + j] += res[f"n_{k}"].double()
     if accelerator is not None and accelerator.num_processes > 1:
         sums = accelerator.reduce(sums, reduction="sum")
     model.train(was)
@@ -171,6 +233,18 @@ def evaluate(model: torch.nn.Module, items: list[LayoutItem], cfg: TrainConfig,
 def _core(model):
     """The SpeechLM under DDP / peft wrappers (attribute access falls through peft)."""
     return getattr(model, "module", model)
+
+
+def set_attention(model: torch.nn.Module, name: str) -> None:
+    """Use attention implementation ``name`` ("sdpa", "eager", "flex_attention", ...) in the
+    backbone of ``model`` (a SpeechLM, possibly peft-wrapped)."""
+    backbone = _core(model).backbone
+    if hasattr(backbone, "set_attn_implementation"):
+        backbone.set_attn_implementation(name)
+    elif backbone.config._attn_implementation != name:
+        raise ValueError(f"this transformers cannot switch the attention implementation of "
+                         f"a built model to {name!r}; set train.attention: "
+                         f"{backbone.config._attn_implementation}")
 
 
 def run_training(model: torch.nn.Module, train_items: list[LayoutItem], train_durs: list[float],
@@ -199,10 +273,18 @@ def run_training(model: torch.nn.Module, train_items: list[LayoutItem], train_du
                          "(LoRA finetune) with DDP instead")
     seed_everything(cfg.seed)
     total = max_steps if max_steps is not None else cfg.max_steps
+    if cfg.pack_length:
+        check_packing_support()
+    set_attention(model, cfg.attention)
+    cuda = acc.device.type == "cuda"
+    if not fsdp:
+        model.to(acc.device)            # fused AdamW wants its parameters on the device
+    if cfg.compile:
+        _core(model).compile(backend=cfg.compile_backend)   # in place: same state-dict names
 
     def optimizer(ps):
         o = torch.optim.AdamW(ps, lr=cfg.lr, betas=tuple(cfg.betas),
-                              weight_decay=cfg.weight_decay)
+                              weight_decay=cfg.weight_decay, fused=cuda or None)
         return o, torch.optim.lr_scheduler.LambdaLR(
             o, lr_lambda(cfg.warmup_steps, total, min_ratio=0.1))
 
@@ -239,7 +321,8 @@ def run_training(model: torch.nn.Module, train_items: list[LayoutItem], train_du
         raise ValueError("no training examples")
     budget = TimeBudget(max_minutes)
     best = BestWeights(run_dir / BEST_DIR)
-    win_tokens, win_audio, win_t = 0, 0.0, time.time()
+    flops_of = _core(model).train_flops
+    win_tokens, win_audio, win_flops, win_t = 0, 0.0, 0.0, time.time()
     bar = tqdm(total=total, initial=step, disable=not acc.is_main_process, desc="lm train")
     model.train()
     stopped = "done"
@@ -249,15 +332,15 @@ def run_training(model: torch.nn.Module, train_items: list[LayoutItem], train_du
         ckpt.save(acc, step, epoch=epoch, batch_in_epoch=pos)
 
     while step < total:
-        batches = bucket_batches(lengths, cfg.batch_tokens, cfg.max_batch, cfg.seed, epoch)
+        batches = batch_plan(lengths, cfg, cfg.seed, epoch)
         mine = shard_batches(batches, acc.process_index, acc.num_processes)
         n_per_step = cfg.grad_accum
         while pos + n_per_step <= len(mine) and step < total:
             for b in mine[pos:pos + n_per_step]:
-                batch = to_device(collate([train_items[i] for i in b]), acc.device)
+                batch = to_device(collate_batch(train_items, b, cfg), acc.device)
                 with acc.accumulate(model), acc.autocast():
                     out = model(batch["input_ids"], batch["length_in"],
-                                batch["attention_mask"], batch["position_ids"])
+                                batch.get("attention_mask"), batch["position_ids"])
                     res = _core(model).loss(batch, out, cfg.text_weight, cfg.length_weight)
                     acc.backward(res["loss"])
                     if acc.sync_gradients and cfg.grad_clip > 0:
@@ -265,17 +348,23 @@ def run_training(model: torch.nn.Module, train_items: list[LayoutItem], train_du
                     opt.step()
                     sched.step()
                     opt.zero_grad(set_to_none=True)
-                win_tokens += int(batch["attention_mask"].sum())
-                win_audio += sum(train_durs[i] for i in b)
+                # counted on the host from the plan: no device synchronisation per step
+                seq = [lengths[i] for i in batch_items(b, cfg)]
+                win_tokens += sum(seq)
+                win_flops += flops_of(seq)
+                win_audio += sum(train_durs[i] for i in batch_items(b, cfg))
             pos += n_per_step
             step += 1
             bar.update(1)
-            if step % cfg.log_every == 0 or step == total:
+            log_step = step % cfg.log_every == 0 or step == total
+            if log_step:
+                if cuda:                    # the window's time includes all of its GPU work
+                    torch.cuda.synchronize(acc.device)
                 dt = max(1e-6, time.time() - win_t)
                 if acc.num_processes > 1:   # collective: all ranks log at the same steps
-                    win = acc.reduce(torch.tensor([float(win_tokens), win_audio],
+                    win = acc.reduce(torch.tensor([float(win_tokens), win_audio, win_flops],
                                                   device=acc.device), reduction="sum")
-                    win_tokens, win_audio = int(win[0]), float(win[1])
+                    win_tokens, win_audio, win_flops = int(win[0]), float(win[1]), float(win[2])
                 last = {"step": step, "epoch": epoch, "loss": float(res["loss"].detach()),
                         "text_loss": float(res["text_loss"].detach()),
                         "semantic_loss": float(res["semantic_loss"].detach()),
@@ -283,10 +372,13 @@ def run_training(model: torch.nn.Module, train_items: list[LayoutItem], train_du
                         "lr": sched.get_last_lr()[0], "tokens_per_s": win_tokens / dt,
                         "audio_hours_per_gpu_minute":
                             win_audio / 3600 / (dt / 60) / acc.num_processes,
+                        "model_tflops_per_s": win_flops / dt / 1e12,
                         "num_processes": acc.num_processes}
+                if cuda:
+                    last["mfu"] = win_flops / dt / acc.num_processes / cfg.peak_flops
                 logger.log(last)
                 bar.set_postfix(loss=f"{last['loss']:.3f}", tok_s=f"{last['tokens_per_s']:.0f}")
-                win_tokens, win_audio, win_t = 0, 0.0, time.time()
+                win_tokens, win_audio, win_flops, win_t = 0, 0.0, 0.0, time.time()
             if valid_items and (step % cfg.eval_every == 0 or step == total):
                 ev = evaluate(model, valid_items, cfg, acc.device, acc)
                 logger.log({"step": step, **ev})
@@ -297,7 +389,10 @@ def run_training(model: torch.nn.Module, train_items: list[LayoutItem], train_du
             if step % cfg.save_every == 0 or step == total:
                 save()
             budget.tick()
-            if any_process(acc, budget.should_stop()):
+            # one process: a host-side check every step; several: a collective, so only on
+            # log steps (no synchronisation between them)
+            if ((acc.num_processes == 1 or log_step)
+                    and any_process(acc, budget.should_stop())):
                 stopped = "time"
                 break
         if stopped == "time":
@@ -318,32 +413,49 @@ def run_training(model: torch.nn.Module, train_items: list[LayoutItem], train_du
 
 
 def prepare_run(config_path: str, data: str, run_dir: Path, tokenizer: str | None,
-                resume: bool, reuse_only: bool = False
+                resume: bool, reuse_only: bool = False, text_input: str | None = None
                 ) -> tuple[SpeechLMConfig, TrainConfig, Any]:
     """Fix the run's model config and tokenizer in RUN (reused on --resume).
 
+    The tokenizer follows the model config's ``text_input`` (``text_input`` here overrides
+    it): ``--tokenizer`` (a phoneme_vocab.json / sentencepiece model, or a directory holding
+    one), else built from the train split — the phoneme vocabulary of its ``phonemes``
+    column, or a sentencepiece model trained on its text.
     ``reuse_only``: read what the main process wrote (non-main processes of a distributed
     run call this after the main one, inside ``accelerator.main_process_first()``)."""
-    from lm.text_tokenizer import TOKENIZER_FILE, TextTokenizer, train_text_tokenizer
+    from lm.data import require_phonemes
+    from lm.phoneme_tokenizer import DEFAULT_VOICE, PhonemeTokenizer
+    from lm.text_input import check_text_input, load_tokenizer, tokenizer_file
+    from lm.text_tokenizer import train_text_tokenizer
 
     model_d, tcfg = load_config(config_path)
+    if text_input is not None:
+        model_d = {**model_d, "text_input": text_input}
     info = read_info(data)
-    tok_path = run_dir / "tokenizer" / TOKENIZER_FILE
     cfg_path = run_dir / "lm_config.json"
-    if reuse_only and not (cfg_path.is_file() and tok_path.is_file()):
+    if (resume or reuse_only) and cfg_path.is_file():
+        mcfg = config_from_saved(json.loads(cfg_path.read_text()))
+        tok_path = run_dir / "tokenizer" / tokenizer_file(mcfg.text_input)
+        if tok_path.is_file():
+            if mcfg.codec_identity != info["codec_identity"]:
+                raise ValueError(f"--resume: data codec {info['codec_identity']} != run's "
+                                 f"codec {mcfg.codec_identity}")
+            return mcfg, tcfg, load_tokenizer(tok_path, mcfg.text_input)
+    if reuse_only:
         raise FileNotFoundError(f"{run_dir}: the main process wrote no {cfg_path.name} / "
                                 f"tokenizer")
-    if (resume or reuse_only) and cfg_path.is_file() and tok_path.is_file():
-        mcfg = config_from_dict(SpeechLMConfig, json.loads(cfg_path.read_text()))
-        if mcfg.codec_identity != info["codec_identity"]:
-            raise ValueError(f"--resume: data codec {info['codec_identity']} != run's codec "
-                             f"{mcfg.codec_identity}")
-        return mcfg, tcfg, TextTokenizer(tok_path)
+    kind = check_text_input(model_d.get("text_input", SpeechLMConfig.text_input))
+    tok_path = run_dir / "tokenizer" / tokenizer_file(kind)
     if tokenizer:
-        tok = TextTokenizer(tokenizer)
+        tok = load_tokenizer(tokenizer, kind)
         tok_path.parent.mkdir(parents=True, exist_ok=True)
         tok_path.write_bytes(tok.path.read_bytes())
-        tok = TextTokenizer(tok_path)
+        tok = load_tokenizer(tok_path, kind)
+    elif kind == "phoneme":
+        train = require_phonemes(load_tokenized(data, "train"))
+        voice = info.get("phoneme_voice") or DEFAULT_VOICE
+        log.info("no --tokenizer: the phoneme vocabulary of the train split (voice %s)", voice)
+        tok = PhonemeTokenizer.build(train["phonemes"], tok_path, voice=voice)
     else:
         log.info("no --tokenizer: training one (%d pieces) on the train split text",
                  tcfg.tokenizer_vocab_size)
@@ -364,7 +476,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", required=True)
     p.add_argument("--data", required=True, help="tokenized dirs, comma separated")
     p.add_argument("--run-dir", required=True)
-    p.add_argument("--tokenizer", default=None, help="sentencepiece model (default: train one)")
+    p.add_argument("--tokenizer", default=None,
+                   help="phoneme_vocab.json or sentencepiece model, by the config's text_input "
+                        "(default: built from the train split)")
+    p.add_argument("--text-input", choices=["phoneme", "bpe"], default=None,
+                   help="the LM's text input (overrides the config's model.text_input; "
+                        "default there: phoneme)")
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--max-minutes", type=float, default=None)
     p.add_argument("--resume", action="store_true")
@@ -383,7 +500,8 @@ def main(argv: list[str] | None = None) -> int:
     configure_process_logging(acc)
     with acc.main_process_first():     # the main process trains/copies the tokenizer once
         mcfg, tcfg, tok = prepare_run(a.config, a.data, run_dir, a.tokenizer, a.resume,
-                                      reuse_only=not acc.is_main_process)
+                                      reuse_only=not acc.is_main_process,
+                                      text_input=a.text_input)
     vocab = mcfg.vocab()
     train_items, durs = make_items(load_tokenized(a.data, "train"), tok, vocab, tcfg.max_len)
     try:
@@ -392,8 +510,9 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("no '%s' split in %s: no eval loss", a.valid_split, a.data)
         valid_items = []
     model = SpeechLM(mcfg)
-    log.info("LM %s: %.1fM params, vocab %d, %d train / %d valid sequences", mcfg.arch,
-             model.num_parameters() / 1e6, vocab.size, len(train_items), len(valid_items))
+    log.info("LM %s (%s input): %.1fM params, vocab %d, %d train / %d valid sequences",
+             mcfg.arch, mcfg.text_input, model.num_parameters() / 1e6, vocab.size,
+             len(train_items), len(valid_items))
     res = run_training(model, train_items, durs, valid_items, tcfg, run_dir,
                        max_steps=a.max_steps, max_minutes=a.max_minutes, resume=a.resume,
                        accelerator=acc)

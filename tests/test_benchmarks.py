@@ -96,14 +96,27 @@ def test_lm_speedup_quick_cli(tmp_path, capsys):
     from benchmarks.lm_speedup import main
 
     rc = main(["--quick", "--rates", "12.5,6.25", "--num-utts", "2", "--gen-batch", "2",
-               "--out", str(tmp_path)])
+               "--train-steps", "2", "--out", str(tmp_path)])
     assert rc == 0
     out = capsys.readouterr().out.strip().splitlines()
     m = re.fullmatch(r"speedup_6\.25_vs_12\.5=([0-9.]+)", out[-1])
     assert m, out[-1]
     ratio = float(m.group(1))
     assert ratio > 0
+    t = re.fullmatch(r"trainer_audio_ratio_6\.25_vs_12\.5=([0-9.]+)", out[-2])
+    assert t, out[-2]
     data = json.loads((tmp_path / "lm_speedup.json").read_text())
+    # the trainer itself (configs/lm/tiny.yaml: phoneme input, packed rows) at both rates
+    tr = data["trainer"]
+    assert tr["config"] == "configs/lm/tiny.yaml" and tr["text_input"] == "phoneme"
+    trows = {r["rate"]: r for r in tr["rows"]}
+    assert set(trows) == {12.5, 6.25}
+    assert trows[6.25]["audio_ratio_vs_12.5"] == pytest.approx(float(t.group(1)), rel=1e-3)
+    assert trows[6.25]["mean_seq_len"] < trows[12.5]["mean_seq_len"]
+    for r in trows.values():
+        assert r["tokens_per_s"] > 0 and r["audio_hours_per_gpu_minute"] > 0
+        assert r["model_tflops_per_s"] > 0 and r["mfu"] is None     # no peak given on CPU
+        assert r["steps_measured"] == 2
     # the shipped codec when the checkout has one, else a random tiny codec (said in the JSON)
     try:
         from flexicodec_pretrained import default_dir

@@ -29,6 +29,13 @@ torch.set_num_threads(1)
     ("  lots   of\tspace ", "lots of space"),
     ("Wait; what?! (really)", "Wait, what? really"),
     ("apples, pears, etc.", "apples, pears, et cetera."),
+    ("It is 3.5km away.", "It is three point five kilometers away."),
+    ("It weighs 1 kg, not 5 kg.", "It weighs one kilogram, not five kilograms."),
+    ("It was -5°C.", "It was minus five degrees celsius."),
+    ("the U.S. army in the U.S.A.", "the U S army in the U S A."),
+    ("Meet at 10am", "Meet at ten a m"),
+    ("add 1/2 cup or 3/4", "add one half cup or three quarters"),
+    ("A1 sauce, 3x more", "A one sauce, three x more"),
 ])
 def test_normalize_cases(raw, expected):
     assert normalize_text(raw) == expected

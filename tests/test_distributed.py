@@ -228,7 +228,9 @@ def lm_data(tiny_corpus, tmp_path_factory) -> Path:
 def test_lm_trainer_and_finetune(lm_data, tmp_path):
     cfg = tmp_path / "lm.yaml"
     d = yaml.safe_load((REPO / "configs" / "lm" / "tiny.yaml").read_text())
-    d["train"].update(batch_tokens=600, max_batch=2, log_every=1, eval_every=3, save_every=3)
+    # packed rows of 256 positions, 2 per micro-batch: a few batches per rank and epoch
+    d["train"].update(batch_tokens=512, pack_length=256, max_len=256, log_every=1,
+                      eval_every=3, save_every=3)
     cfg.write_text(yaml.safe_dump(d))
     run = tmp_path / "run"
     base = ["--config", str(cfg), "--data", str(lm_data), "--run-dir", str(run)]

@@ -1,6 +1,7 @@
 """Speech LM end to end on the tiny corpus with a tiny random codec: tokenize (two rates in one
-pass, acoustic codes stored, resumable, a rate added later, bad files counted) →
-train-tokenizer → train (CLI) → generate (CLI)."""
+pass, acoustic and phoneme columns stored, resumable, a rate added later, bad files counted)
+→ train-tokenizer → train (CLI; BPE and phoneme input) → generate (CLI) → the codec's codes
+file → ``flexicodec decode``."""
 from __future__ import annotations
 
 import json
@@ -11,6 +12,8 @@ import pytest
 import soundfile as sf
 import torch
 
+from codec.cli import main as codec_main
+from codec.codes_file import load_codes
 from codec.config import FlexiCodecConfig
 from codec.model import FlexiCodec
 from codec.pretrained import CheckpointError
@@ -57,6 +60,9 @@ def test_tokenize_train_generate(tiny_corpus, codec_dir, tmp_path):
     assert ds_lo.features["acoustic_codes"].feature.feature.dtype == "int16"
     durs = list(ds_lo["duration"])
     assert durs == sorted(durs, reverse=True)  # shards are sorted by duration
+    from lm.phoneme_tokenizer import text_to_phonemes
+    assert ds_lo["phonemes"] == text_to_phonemes(ds_lo["text"])   # the LM's phoneme input
+    assert info["phoneme_voice"] == "en-us"
     for row in ds_lo:
         T = len(row["semantic_codes"])
         assert T == len(row["token_lengths"]) > 0
@@ -97,25 +103,52 @@ def test_tokenize_train_generate(tiny_corpus, codec_dir, tmp_path):
     run = tmp_path / "run"
     assert lm_main(["train", "--config", "configs/lm/tiny.yaml", "--data", str(tok),
                     "--run-dir", str(run), "--max-steps", "6", "--cpu", "--valid-split", held,
-                    "--tokenizer", str(tmp_path / "spm")]) == 0
+                    "--tokenizer", str(tmp_path / "spm"), "--text-input", "bpe"]) == 0
     logs = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
     assert any("eval_semantic_loss" in r for r in logs)
     model, tk = load_lm(run / "model", codec=codec)
     assert model.config.codec_identity == codec.identity
+    assert model.config.text_input == "bpe" and tk.text_input == "bpe"
+    assert (run / "model" / "text_tokenizer.model").is_file()
+
+    # phoneme input (the config's default): vocabulary built from the phonemes column,
+    # stored beside the model; packed rows
+    prun = tmp_path / "prun"
+    assert lm_main(["train", "--config", "configs/lm/tiny.yaml", "--data", str(tok),
+                    "--run-dir", str(prun), "--max-steps", "4", "--cpu",
+                    "--valid-split", held]) == 0
+    pmodel, ptk = load_lm(prun / "model", codec=codec)
+    assert pmodel.config.text_input == "phoneme" and ptk.text_input == "phoneme"
+    vocab = json.loads((prun / "model" / "phoneme_vocab.json").read_text())
+    seen = {p for r in load_tokenized(tok, "train") for p in r["phonemes"]}
+    assert vocab["symbols"][0] == "<unk>" and set(vocab["symbols"][1:]) == seen
+    assert pmodel.config.num_text == len(vocab["symbols"])
 
     out = tmp_path / "codes.npz"
     wav = corpus / rows[0]["audio"]
-    assert lm_main(["generate", "--model", str(run / "model"), "--codec", str(codec_dir),
-                    "--text", "Hello there, 2 cats.", "--frame-rate", "6.25", "--out", str(out),
-                    "--max-tokens", "20", "--seed", "0", "--prompt-wav", str(wav),
-                    "--prompt-text", rows[0]["text"]]) == 0
-    z = np.load(out)
-    assert z["semantic_codes"].shape == z["token_lengths"].shape
-    assert 1 <= len(z["semantic_codes"]) <= 20
-    audio = codec.decode_from_codes(torch.from_numpy(z["semantic_codes"])[None],
-                                    torch.zeros(1, 0, len(z["semantic_codes"]), dtype=torch.long),
-                                    torch.from_numpy(z["token_lengths"])[None])
-    assert audio.shape[-1] == int(z["token_lengths"].sum()) * 1280
+    for m in (run / "model", prun / "model"):
+        assert lm_main(["generate", "--model", str(m), "--codec", str(codec_dir),
+                        "--text", "Hello there, 2 cats.", "--text", "Dr. Smith's 3rd cat!",
+                        "--frame-rate", "6.25", "--out", str(out),
+                        "--max-tokens", "20", "--seed", "0", "--prompt-wav", str(wav),
+                        "--prompt-text", rows[0]["text"]]) == 0
+        # the codec's own codes file: two utterances, lengths per token, no acoustic stages
+        cf = load_codes(out)
+        cf.check_model(codec)
+        assert cf.semantic_codes.shape == cf.token_lengths.shape and cf.batch_size == 2
+        assert cf.num_quantizers == 0 and cf.acoustic_codes.shape[1] == 0
+        assert cf.target_frame_rate == 6.25
+        for b in range(2):
+            n = int((cf.token_lengths[b] > 0).sum())
+            assert 1 <= n <= 20 and (cf.token_lengths[b, n:] == 0).all()
+            assert cf.num_frames[b] == cf.token_lengths[b].sum()
+            assert cf.num_samples[b] == cf.num_frames[b] * 1280
+        # ... which `flexicodec decode` turns into audio of those frames
+        dec = tmp_path / f"dec_{m.parent.name}"
+        assert codec_main(["decode", str(out), "-o", str(dec), "--model", str(codec_dir)]) == 0
+        for b in range(2):
+            y, sr = sf.read(dec / f"codes_{b}.wav")
+            assert sr == 16000 and y.shape[0] == cf.num_samples[b]
 
     torch.manual_seed(1)
     other = FlexiCodec(FlexiCodecConfig.tiny())

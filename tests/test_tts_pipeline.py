@@ -58,7 +58,8 @@ def tts(tmp_path_factory, codec):
     lm = SpeechLM(SpeechLMConfig(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
                                  intermediate_size=128, num_text=tok.vocab_size,
                                  semantic_size=codec.semantic_vocab_size,
-                                 max_group=codec.max_group, max_positions=512)).eval()
+                                 max_group=codec.max_group, max_positions=512,
+                                 text_input="bpe")).eval()
     acoustic = AcousticModel(acoustic_config(codec)).eval()
     # the shipped-speaker prompt is real codec output (the codec's encode API)
     prompts = []
@@ -100,6 +101,12 @@ def test_stream_equals_offline_and_seed(tts):
     assert np.array_equal(a, b)
     c, _ = tts.synthesize(text, seed=4, frame_rate=12.5)
     assert not (a.size == c.size and np.array_equal(a, c))
+    # the LM on a StaticCache: the same audio, offline and streamed
+    import dataclasses
+    static = TTS(tts.codec, (tts.lm, tts.tokenizer), tts.acoustic, speakers=tts.speakers,
+                 options=dataclasses.replace(tts.options, static_cache=True))
+    assert np.array_equal(static.synthesize(text, seed=3, frame_rate=12.5)[0], a)
+    assert np.array_equal(np.concatenate(list(static.stream(text, seed=3, frame_rate=12.5))), a)
 
 
 def test_prompt_wav(tts, tmp_path):
@@ -115,6 +122,10 @@ def test_prompt_wav(tts, tmp_path):
 
 
 def test_bad_inputs(tts, tmp_path):
+    import dataclasses
+    phoneme_lm = SpeechLM(dataclasses.replace(tts.lm.config, text_input="phoneme"))
+    with pytest.raises(TTSError, match="text input"):   # a BPE tokenizer for a phoneme LM
+        TTS(tts.codec, (phoneme_lm, tts.tokenizer), tts.acoustic)
     with pytest.raises(TTSError, match="empty"):
         tts.synthesize("   ")
     with pytest.raises(TTSError, match="speakable"):
@@ -253,7 +264,8 @@ def test_acoustic_trainer_on_tokenized_real_codec(tiny_corpus, codec, tmp_path):
     lm = SpeechLM(SpeechLMConfig(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1,
                                  intermediate_size=64, num_text=tk.vocab_size,
                                  semantic_size=codec.semantic_vocab_size,
-                                 max_group=codec.max_group, max_positions=256)).eval()
+                                 max_group=codec.max_group, max_positions=256,
+                                 text_input="bpe")).eval()
     t = TTS(codec, (lm, tk), model, speakers=speakers,
             options=SynthesisOptions(max_tokens_per_sentence=8))
     audio, sr = t.synthesize("Hello there.", speaker=name, frame_rate=6.25, seed=0)

@@ -63,6 +63,9 @@ class SynthesisOptions:
     acoustic_temperature: float | None = None
     pause_ms: float = 200.0
     chunk: ChunkConfig = field(default_factory=ChunkConfig)
+    # the LM's KV cache: a StaticCache (fixed-shape steps), compiled steps (CUDA); same tokens
+    static_cache: bool = False
+    compile: bool = False
 
 
 @dataclass
@@ -124,6 +127,11 @@ class TTS:
                            f"{codec.max_group}")
         if hasattr(self.lm, "check_codec"):
             self.lm.check_codec(codec)
+        want = getattr(getattr(self.lm, "config", None), "text_input", None)
+        have = getattr(self.tokenizer, "text_input", None)
+        if want is not None and have != want:
+            raise TTSError(f"the LM reads {want!r} text input, the tokenizer gives {have!r} "
+                           f"(load both with lm.model.load_lm)")
 
     @property
     def device(self) -> torch.device:
@@ -227,7 +235,8 @@ class TTS:
 
         o = self.options
         return SamplingConfig(temperature=o.temperature, top_k=o.top_k, top_p=o.top_p,
-                              max_tokens=o.max_tokens_per_sentence, seed=seed)
+                              max_tokens=o.max_tokens_per_sentence, seed=seed,
+                              static_cache=o.static_cache, compile=o.compile)
 
     def _decode(self, sem: torch.Tensor, ac: torch.Tensor, lens: torch.Tensor) -> np.ndarray:
         """Codec decode of one token span → float32 [sum(lens) * hop]."""
