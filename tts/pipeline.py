@@ -130,6 +130,26 @@ class TTS:
         acoustic = AcousticModel.from_pretrained(dirs["acoustic"], map_location=map_location)
         return cls(codec, lm, acoustic, speakers=load_speakers(dirs["acoustic"]), **kw)
 
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write ``DIR/{codec,lm,acoustic}`` (with the text tokenizer and the shipped
+        speakers) so that ``TTS.from_pretrained(DIR)`` loads this pipeline."""
+        import tempfile
+        from dataclasses import asdict
+
+        from tts.speakers import save_speakers
+
+        directory = Path(directory)
+        self.codec.save_pretrained(directory / "codec")
+        with tempfile.TemporaryDirectory() as tmp:
+            tok = Path(tmp) / "text_tokenizer.model"
+            tok.write_bytes(self.tokenizer.sp.serialized_model_proto())
+            self.lm.save_pretrained(directory / "lm", tokenizer_path=tok)
+        self.acoustic.save_pretrained(directory / "acoustic")
+        if self.speakers:
+            save_speakers(directory / "acoustic",
+                          {n: [asdict(p) for p in ps] for n, ps in self.speakers.items()})
+        return directory
+
     def _check_compatible(self) -> None:
         ac, codec = self.acoustic.config, self.codec
         if int(codec.semantic_vocab_size) != ac.semantic_vocab_size:
