@@ -569,3 +569,44 @@ def test_web_page_in_chromium(server, tts, tmp_path):
         assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
     finally:
         driver.quit()
+
+
+# ---------------------------------------------------------------------- the load test's client
+def test_load_test_accounts_for_every_request(server, tts):
+    from benchmarks.serve_load import classify, reference_digests, run_phase
+    reqs = [{"model": "flexicodec", "input": t, "voice": "alice", "seed": i,
+             "response_format": "wav"} for i, t in enumerate(["Hello there.", "One two."])]
+    ref = reference_digests(server.url, reqs)
+    with live(tts, workers=1, queue_size=1) as srv:
+        ph = run_phase(srv.url, reqs, ref, clients=4, total=10, max_seconds=60, backoff=0.05)
+    assert ph["issued"] == 10 and ph["lost"] == 0 and ph["error"] == 0
+    assert ph["corrupted"] == 0 and ph["ok"] + ph["rejected"] == 10 and ph["ok"] >= 2
+    assert 0 < ph["ttfb_p50_s"] <= ph["ttlb_p50_s"] and ph["audio_s"] > 0
+    # a body that differs from the reference is corruption; a 503 without Retry-After or a
+    # broken stream is an error
+    assert classify({"status": 200, "sha256": "x", "index": 0}, {0: "y"}) == "corrupted"
+    assert classify({"status": 503, "index": 0}, ref) == "error"
+    assert classify({"status": 503, "retry_after": "2", "index": 0}, ref) == "rejected"
+    assert classify({"status": 200, "error": "RemoteProtocolError", "index": 0}, ref) == "error"
+
+
+def test_serve_command_with_the_shipped_models(tmp_path):
+    """What a new user runs: `flexicodec-tts serve` (here `python -m tts.cli serve`) loads
+    the shipped models once; the page is up and the openai client gets speech."""
+    from benchmarks.serve_load import free_port, start_server
+    port = free_port("127.0.0.1")
+    proc = start_server("127.0.0.1", port, None, 1, 2, str(tmp_path / "voices"),
+                        tmp_path / "server.log")
+    try:
+        url = f"http://127.0.0.1:{port}"
+        assert "Synthesize" in httpx.get(url + "/").text
+        voices = httpx.get(url + "/v1/voices").json()["data"]
+        assert len(voices) > 50 and {"name": "flite_slt", "type": "builtin"} in voices
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+        wav = client.audio.speech.create(model="tts-1", voice="flite_slt", input="Hello there.",
+                                         response_format="wav", extra_body={"seed": 0}).content
+        x = wav_samples(wav)
+        assert x.size > 0.3 * SR and np.abs(x).max() > 300     # audible, not silence
+    finally:
+        proc.terminate()
+        proc.wait(30)
