@@ -179,6 +179,13 @@ def test_openai_client(server, tts):
         assert r.headers["content-type"] == "audio/wav" and r.headers["x-seed"] == "3"
         parts = list(r.iter_bytes())
     assert np.array_equal(wav_samples(b"".join(parts)), want)
+    with client.audio.speech.with_streaming_response.create(
+            model="tts-1", voice="alice", input=TEXT, response_format="wav",
+            stream_format="sse", extra_body=extra) as r:
+        events = [json.loads(x[6:]) for x in r.iter_lines() if x.startswith("data: ")]
+    assert events[-1]["type"] == "speech.audio.done"
+    assert np.array_equal(wav_samples(b"".join(base64.b64decode(e["audio"])
+                                               for e in events[:-1])), want)
     flac = client.audio.speech.create(model="tts-1", voice="alice", input=TEXT,
                                       response_format="flac", extra_body=extra).content
     assert np.array_equal(sf.read(io.BytesIO(flac), dtype="int16")[0], want)
@@ -307,7 +314,10 @@ def test_bad_speech_requests(server):
              (httpx.post(url, content=b"{not json", timeout=10), 422, "invalid_json"),
              (httpx.post(url, content=b"{not json", headers={"Content-Type": "application/json"},
                          timeout=10), 422, "invalid_json"),
-             (httpx.post(url, json=["a list"], timeout=10), 422, "invalid_json")]
+             (httpx.post(url, json=["a list"], timeout=10), 422, "invalid_json"),
+             (post(input="x" * 70_000), 413, "body_too_large"),      # refused unread
+             (httpx.post(url, content=iter([b'{"model": "flexicodec"}']), timeout=10),
+              411, "length_required")]                                # chunked, no length
     for r, status, code in cases:
         assert r.status_code == status, (r.status_code, r.text)
         err = r.json()["error"]
@@ -334,7 +344,8 @@ def test_bad_voice_uploads(server, tts, tmp_path):
              (upload(wav_bytes(tone()), name="../escape"), 400, "invalid_voice_name"),
              (upload(wav_bytes(tone()), name=".hidden"), 400, "invalid_voice_name"),
              (upload(wav_bytes(tone()), name="a" * 65), 400, "invalid_voice_name"),
-             (upload(b"\0" * 2_100_000), 413, "upload_too_large"),
+             (upload(b"\0" * 2_030_000), 413, "upload_too_large"),
+             (upload(b"\0" * 2_100_000), 413, "body_too_large"),
              (httpx.post(url, data={"name": "v1"}, files={"wav": ("r.wav", wav_bytes(tone()))}),
               422, "missing_field")]
     for r, status, code in cases:

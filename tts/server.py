@@ -193,6 +193,23 @@ def create_app(tts, config: ServerConfig | None = None):
     async def _http_error(request, exc: HTTPException):
         return error_response(APIError(exc.status_code, str(exc.detail), None))
 
+    upload_paths = ("/v1/voices", "/v1/plot")
+
+    @app.middleware("http")
+    async def _body_limit(request: Request, call_next):
+        """POST bodies need a Content-Length within the limit (memory stays bounded)."""
+        if request.method == "POST":
+            limit = (config.max_upload_bytes if request.url.path in upload_paths
+                     else 4 * config.max_input_chars) + 64 * 1024
+            length = request.headers.get("content-length", "")
+            if not length.isdigit():
+                return error_response(APIError(411, "a request body needs a Content-Length "
+                                                    "header", "length_required"))
+            if int(length) > limit:
+                return error_response(APIError(413, f"request body is {int(length)} bytes; "
+                                                    f"the limit is {limit}", "body_too_large"))
+        return await call_next(request)
+
     @app.middleware("http")
     async def _auth(request: Request, call_next):
         if config.api_key and request.url.path.startswith("/v1/"):
@@ -240,12 +257,6 @@ def create_app(tts, config: ServerConfig | None = None):
 
     async def read_upload_form(request: Request, fields: tuple[str, ...], file_field: str):
         """Parse a bounded multipart form → (dict of text fields, (filename, bytes))."""
-        length = request.headers.get("content-length")
-        if length is None:
-            raise APIError(411, "uploads need a Content-Length header", "length_required")
-        if int(length) > config.max_upload_bytes + 64 * 1024:
-            raise APIError(413, f"upload is {int(length)} bytes; the limit is "
-                                f"{config.max_upload_bytes}", "upload_too_large")
         try:
             form = await request.form(max_files=1, max_fields=len(fields) + 1)
         except Exception as exc:
