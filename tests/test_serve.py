@@ -561,12 +561,14 @@ def test_web_page_in_chromium(server, tts, tmp_path):
         assert link.get_attribute("download") == "speech.wav"
         got = driver.execute_async_script("""
             const done = arguments[arguments.length - 1];
+            const player = document.getElementById('player');
             (async () => {
-              const buf = await (await fetch(document.getElementById('player').src)).arrayBuffer();
-              const audio = await new OfflineAudioContext(1, 16000, 16000).decodeAudioData(buf.slice(0));
+              const buf = await (await fetch(player.src)).arrayBuffer();
+              const ctx = new OfflineAudioContext(1, 16000, 16000);
+              const audio = await ctx.decodeAudioData(buf.slice(0));
               let s = ''; const b = new Uint8Array(buf);
               for (let i = 0; i < b.length; i++) s += String.fromCharCode(b[i]);
-              done({wav: btoa(s), decoded: audio.length, duration: document.getElementById('player').duration});
+              done({wav: btoa(s), decoded: audio.length, duration: player.duration});
             })().catch((e) => done({error: String(e)}));""")
         assert "error" not in got, got
         wav = base64.b64decode(got["wav"])

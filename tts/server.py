@@ -157,6 +157,7 @@ def create_app(tts, config: ServerConfig | None = None):
 
     config = config or ServerConfig()
     pool = WorkerPool(config.workers, config.queue_size, config.max_pending_chunks)
+
     @asynccontextmanager
     async def lifespan(app):
         yield
@@ -217,10 +218,9 @@ def create_app(tts, config: ServerConfig | None = None):
             scheme, _, token = given.partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(
                     token.strip().encode(), config.api_key.encode()):
-                err = APIError(401, "missing or wrong API key (Authorization: Bearer KEY)",
-                               "invalid_api_key")
-                return JSONResponse(err.body(), status_code=401,
-                                    headers={"WWW-Authenticate": "Bearer"})
+                return error_response(APIError(
+                    401, "missing or wrong API key (Authorization: Bearer KEY)",
+                    "invalid_api_key", headers={"WWW-Authenticate": "Bearer"}))
         return await call_next(request)
 
     # ------------------------------------------------------------------ helpers
@@ -261,17 +261,21 @@ def create_app(tts, config: ServerConfig | None = None):
             form = await request.form(max_files=1, max_fields=len(fields) + 1)
         except Exception as exc:
             raise APIError(422, f"not a valid multipart form ({exc})", "invalid_form") from exc
-        out = {}
-        for name in fields:
-            value = form.get(name)
-            if not isinstance(value, str):
-                raise APIError(422, f"form field {name!r} is required", "missing_field", name)
-            out[name] = value
-        upload = form.get(file_field)
-        if upload is None or isinstance(upload, str):
-            raise APIError(422, f"file field {file_field!r} is required", "missing_field",
-                           file_field)
-        data = await upload.read(config.max_upload_bytes + 1)
+        try:
+            out = {}
+            for name in fields:
+                value = form.get(name)
+                if not isinstance(value, str):
+                    raise APIError(422, f"form field {name!r} is required", "missing_field",
+                                   name)
+                out[name] = value
+            upload = form.get(file_field)
+            if upload is None or isinstance(upload, str):
+                raise APIError(422, f"file field {file_field!r} is required", "missing_field",
+                               file_field)
+            data = await upload.read(config.max_upload_bytes + 1)
+        finally:
+            await form.close()   # its spooled temporary files
         if len(data) > config.max_upload_bytes:
             raise APIError(413, f"upload is over the limit of {config.max_upload_bytes} "
                                 f"bytes", "upload_too_large", file_field)
@@ -293,7 +297,7 @@ def create_app(tts, config: ServerConfig | None = None):
         name = req.voice.id if not isinstance(req.voice, str) else req.voice
         if name not in tts.speakers:
             check_name(name)
-            if name not in tts.list_voices():
+            if tts.voices is None or not tts.voices.exists(name):
                 raise APIError(404, f"unknown voice {name!r}: GET /v1/voices lists the "
                                     f"shipped speakers and saved voices", "voice_not_found",
                                "voice")
