@@ -165,6 +165,39 @@ def test_stream_encoders_join_exactly():
         StreamEncoder("mp3")
 
 
+def test_worker_pool_window_and_stalled_reader():
+    """At most ``max_pending`` unread items per job; a reader that takes nothing for
+    ``stall_s`` loses the job, and the worker is free again."""
+    import asyncio
+
+    from tts.workers import QueueFullError, WorkerPool
+    produced = []
+
+    def gen():
+        for i in range(10):
+            produced.append(i)
+            yield i
+
+    async def scenario():
+        pool = WorkerPool(workers=1, queue_size=0, max_pending=2, stall_s=0.3)
+        try:
+            job = pool.submit(gen)
+            with pytest.raises(QueueFullError) as full:
+                pool.submit(gen)
+            assert full.value.retry_after >= 1
+            assert await job.get() == 0
+            await asyncio.sleep(1.0)                 # read nothing more
+            assert produced == [0, 1, 2, 3]          # 1 taken + 2 unread + 1 refused
+            assert job.cancelled and pool.stats()["cancelled"] == 1
+            job2 = pool.submit(lambda: iter(["x"]))  # the worker is free (any iterator)
+            assert await job2.get() == "x"
+            with pytest.raises(StopAsyncIteration):
+                await job2.get()
+        finally:
+            pool.close()
+    asyncio.run(scenario())
+
+
 # ---------------------------------------------------------------------- openai client
 def test_openai_client(server, tts):
     client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)

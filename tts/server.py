@@ -62,13 +62,16 @@ MAX_PLOT_SECONDS = 300.0
 
 @dataclass
 class ServerConfig:
-    """Limits of one server. ``max_upload_bytes`` bounds a voice prompt or plot upload."""
+    """Limits of one server. ``max_upload_bytes`` bounds a voice prompt or plot upload; a
+    client that reads nothing for ``stall_s`` seconds while ``max_pending_chunks`` chunks
+    wait for it loses its job (and frees the worker)."""
 
     workers: int = 1
     queue_size: int = 4
     max_input_chars: int = 4096
     max_upload_bytes: int = 16 * 2**20
     max_pending_chunks: int = 64
+    stall_s: float = 60.0
     api_key: str | None = None
 
 
@@ -156,7 +159,8 @@ def create_app(tts, config: ServerConfig | None = None):
     from tts.voices import add_voice, check_name
 
     config = config or ServerConfig()
-    pool = WorkerPool(config.workers, config.queue_size, config.max_pending_chunks)
+    pool = WorkerPool(config.workers, config.queue_size, config.max_pending_chunks,
+                      config.stall_s)
 
     @asynccontextmanager
     async def lifespan(app):

@@ -5,8 +5,9 @@ generator function. :meth:`WorkerPool.submit` refuses with :class:`QueueFullErro
 ``retry_after`` estimate) when ``queue_size`` jobs already wait, so memory stays bounded
 under any load: at most ``workers`` jobs run and ``queue_size`` wait. A running job hands
 its items to the event loop through a per-job window of ``max_pending`` items (the worker
-waits while a slow client has that many unread), and stops at its next item once
-:meth:`Job.cancel` was called (the client went away), which frees its worker.
+waits while a slow client has that many unread, for at most ``stall_s`` seconds), and stops
+at its next item once :meth:`Job.cancel` was called (the client went away) or the client
+stalled, which frees its worker.
 """
 from __future__ import annotations
 
@@ -33,8 +34,9 @@ class Job:
     """One submitted generator function; read its items with ``await job.get()``."""
 
     def __init__(self, fn: Callable[[], Iterator[Any]], loop: asyncio.AbstractEventLoop,
-                 max_pending: int):
+                 max_pending: int, stall_s: float = 60.0):
         self.fn = fn
+        self.stall_s = stall_s
         self._loop = loop
         self._items: asyncio.Queue = asyncio.Queue()
         self._room = threading.Semaphore(max_pending)
@@ -69,9 +71,16 @@ class Job:
             return False
 
     def _put(self, item: Any) -> bool:
-        """Hand one item over, waiting for room; False once the job is cancelled."""
+        """Hand one item over, waiting for room; False once the job is cancelled, or (and
+        then cancelled) when the reader has taken nothing for ``stall_s`` seconds."""
+        waited = 0.0
         while not self._room.acquire(timeout=0.1):
+            waited += 0.1
             if self.cancelled:
+                return False
+            if waited >= self.stall_s:
+                log.warning("a client read nothing for %.0f s: its job is stopped", waited)
+                self.cancel()
                 return False
         if self.cancelled:
             return False
@@ -81,10 +90,13 @@ class Job:
 class WorkerPool:
     """``workers`` daemon threads running submitted jobs in order, ``queue_size`` waiting."""
 
-    def __init__(self, workers: int = 1, queue_size: int = 4, max_pending: int = 64):
-        if workers < 1 or queue_size < 0 or max_pending < 1:
-            raise ValueError("workers >= 1, queue_size >= 0 and max_pending >= 1 are required")
+    def __init__(self, workers: int = 1, queue_size: int = 4, max_pending: int = 64,
+                 stall_s: float = 60.0):
+        if workers < 1 or queue_size < 0 or max_pending < 1 or stall_s <= 0:
+            raise ValueError("workers >= 1, queue_size >= 0, max_pending >= 1 and stall_s > 0 "
+                             "are required")
         self.workers, self.queue_size, self.max_pending = workers, queue_size, max_pending
+        self.stall_s = stall_s
         self._queue: queue.Queue = queue.Queue()
         self._lock = threading.Lock()
         self._waiting = 0
@@ -102,7 +114,7 @@ class WorkerPool:
         """Queue ``fn`` (a generator function run on a worker); QueueFullError when full."""
         if self._stop.is_set():
             raise RuntimeError("the worker pool is closed")
-        job = Job(fn, loop or asyncio.get_running_loop(), self.max_pending)
+        job = Job(fn, loop or asyncio.get_running_loop(), self.max_pending, self.stall_s)
         with self._lock:
             if self._busy + self._waiting >= self.workers + self.queue_size:
                 self.counts["rejected"] += 1
@@ -138,7 +150,11 @@ class WorkerPool:
                 self._waiting -= 1
                 self._busy += 1
             t0 = time.perf_counter()
-            outcome = self._run(job)
+            try:
+                outcome = self._run(job)
+            except Exception:  # the job's cleanup failed; the worker carries on
+                log.exception("job cleanup failed")
+                outcome = "failed"
             with self._lock:
                 self._busy -= 1
                 self.counts[outcome] += 1
@@ -162,5 +178,5 @@ class WorkerPool:
             job._send("error", exc)
             return "failed"
         finally:
-            if gen is not None:
-                gen.close()
+            if hasattr(gen, "close"):
+                gen.close()     # runs the generator's cleanup now, on this thread
