@@ -13,6 +13,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -101,6 +102,30 @@ class CodesFile:
     @property
     def batch_size(self) -> int:
         return int(self.semantic_codes.shape[0])
+
+
+def concat_codes(files: Sequence[CodesFile], target_frame_rate: float = math.nan
+                 ) -> CodesFile:
+    """Stack codes files of one model along the batch, padding tokens with 0 (lengths 0 mark
+    padding). ``target_frame_rate``: the stacked file's (NaN when the rows differ)."""
+    if not files:
+        raise CodesFileError("no codes to concatenate")
+    first = files[0]
+    for f in files[1:]:
+        if (f.model_identity, f.model_type, f.sample_rate, f.num_quantizers) != (
+                first.model_identity, first.model_type, first.sample_rate, first.num_quantizers):
+            raise CodesFileError("cannot concatenate codes of different models or quantizers")
+    width = max(int(f.semantic_codes.shape[1]) for f in files)
+
+    def pad(x: np.ndarray) -> np.ndarray:
+        return np.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, width - x.shape[-1])])
+    cat = lambda name: np.concatenate([getattr(f, name) for f in files])  # noqa: E731
+    return CodesFile(np.concatenate([pad(f.semantic_codes) for f in files]),
+                     np.concatenate([pad(f.acoustic_codes) for f in files]),
+                     np.concatenate([pad(f.token_lengths) for f in files]),
+                     cat("num_samples"), cat("num_frames"), cat("frame_rate"), cat("threshold"),
+                     first.sample_rate, first.num_quantizers, float(target_frame_rate),
+                     first.model_identity, first.model_type)
 
 
 def save_codes(path: str | os.PathLike, codes: CodesFile) -> Path:

@@ -1,9 +1,13 @@
 """``flexicodec-tts``: synthesize speech, plus the acoustic-stage and evaluation subcommands.
 
     flexicodec-tts "Hello there." -o out.wav [--speaker NAME | --prompt-wav REF.wav
-        --prompt-text "..."] [--frame-rate HZ | --threshold T] [--seed N] [--model-dir DIR]
+        --prompt-text "..."] [--frame-rate HZ | --threshold T] [--seed N] [--model DIR]
+        [--voices DIR]
     flexicodec-tts --input-file lines.txt -o OUT_DIR      # one wav per non-empty line
-    flexicodec-tts --list-speakers
+    flexicodec-tts --list-speakers                         # shipped speakers, saved voices
+    flexicodec-tts serve [--host 127.0.0.1] [--port 8000] [--model DIR] [--voices DIR]
+                                 # HTTP server, OpenAI-compatible; see tts.server
+    flexicodec-tts voice add NAME --wav REF.wav --text "..." | voice list | voice rm NAME
     flexicodec-tts encode-corpus --data CORPUS --out TOK --frame-rate 12.5 8.33 6.25
                                  # alias of `flexicodec-lm tokenize` (LM + acoustic data)
     flexicodec-tts train-acoustic ...                      # see tts.train_acoustic
@@ -16,7 +20,7 @@ import logging
 import sys
 from pathlib import Path
 
-SUBCOMMANDS = ("encode-corpus", "train-acoustic", "eval")
+SUBCOMMANDS = ("encode-corpus", "train-acoustic", "eval", "serve", "voice")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,14 +30,19 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("-o", "--output", help="output wav (or directory with --input-file)")
     ap.add_argument("--input-file", help="text file, one utterance per line")
     voice = ap.add_mutually_exclusive_group()
-    voice.add_argument("--speaker", help="a shipped speaker (see --list-speakers)")
+    voice.add_argument("--speaker", help="a shipped speaker or a saved voice (see "
+                                         "--list-speakers)")
     voice.add_argument("--prompt-wav", help="reference audio of the voice to use")
     ap.add_argument("--prompt-text", help="transcript of --prompt-wav")
     rate = ap.add_mutually_exclusive_group()
     rate.add_argument("--frame-rate", type=float, help="average token rate in Hz (<= 12.5)")
     rate.add_argument("--threshold", type=float, help="merging threshold (1.0 = 12.5 Hz)")
     ap.add_argument("--seed", type=int)
-    ap.add_argument("--model-dir", help="directory with codec/, lm/, acoustic/")
+    # --model-dir: the flag's earlier name, still accepted
+    ap.add_argument("--model", "--model-dir", dest="model",
+                    help="directory with codec/, lm/, acoustic/ (default: the shipped models)")
+    ap.add_argument("--voices", help="saved-voices directory (default: $FLEXICODEC_VOICES or "
+                                     "~/.local/share/flexicodec/voices)")
     ap.add_argument("--list-speakers", action="store_true")
     ap.add_argument("--stream", action="store_true",
                     help="synthesize chunk by chunk (same audio; prints first-chunk latency)")
@@ -50,6 +59,18 @@ def main(argv: list[str] | None = None) -> int:
         if cmd == "eval":
             from tts.evaluate import main as eval_main
             return eval_main(rest)
+        if cmd == "serve":
+            try:
+                from tts.server import main as serve_main
+            except ImportError as exc:
+                print(f"error: the server needs the 'serve' extra (fastapi, uvicorn, "
+                      f"python-multipart): pip install 'flexicodec[serve]' ({exc})",
+                      file=sys.stderr)
+                return 2
+            return serve_main(rest)
+        if cmd == "voice":
+            from tts.voice_cli import main as voice_main
+            return voice_main(rest)
         from lm.tokenize import main as tokenize_main  # the one corpus-encoding pass
         return tokenize_main(rest, prog="flexicodec-tts encode-corpus")
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
@@ -67,15 +88,20 @@ def main(argv: list[str] | None = None) -> int:
 
     from data.audio import AudioError, write_audio
     from tts.pipeline import TTS, TTSError
+    from tts.voices import VoiceError, VoiceStore, default_voices_dir
 
     try:
-        tts = TTS.from_pretrained(a.model_dir)
+        tts = TTS.from_pretrained(a.model, voices=VoiceStore(a.voices or default_voices_dir()))
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: cannot load the TTS models: {exc}", file=sys.stderr)
         return 2
     if a.list_speakers:
         names = tts.list_speakers()
         print("\n".join(names) if names else "(no shipped speakers)")
+        saved = tts.list_voices()
+        if saved:
+            print(f"saved voices ({tts.voices.directory}):")
+            print("\n".join(saved))
         return 0
     kw = dict(speaker=a.speaker, prompt_wav=a.prompt_wav, prompt_text=a.prompt_text,
               frame_rate=a.frame_rate, threshold=a.threshold, seed=a.seed)
@@ -114,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {a.output}: {audio.size / sr:.2f} s at {t['frame_rate']:.2f} Hz, "
               f"RTF {t['total_s'] / max(t['audio_s'], 1e-9):.3f}")
         return 0
-    except (TTSError, AudioError) as exc:
+    except (TTSError, AudioError, VoiceError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -12,9 +12,10 @@ run :func:`tts.chunking.synthesize_chunks`, so their outputs are identical for o
 Sentences are joined with ``pause_ms`` of silence; every sentence fades in and out.
 
 Voice and rate:
-- ``speaker=NAME``: a prompt shipped in ``ACOUSTIC_DIR/speakers.json`` (the stored rate
-  nearest to the requested one); ``prompt_wav`` + ``prompt_text``: your own reference
-  (any sample rate; resampled to 16 kHz); neither: the first shipped speaker, or no prompt.
+- ``speaker=NAME``: a prompt shipped in ``ACOUSTIC_DIR/speakers.json``, or a voice saved in
+  the ``voices`` store (:mod:`tts.voices`); the stored rate nearest to the requested one.
+  ``prompt_wav`` + ``prompt_text``: your own reference (any sample rate; resampled to
+  16 kHz); neither: the first shipped speaker, or no prompt.
 - ``frame_rate`` (Hz): the LM's rate token and the prompt's encoding rate.
   ``threshold``: the prompt is encoded with that merging threshold (a shipped speaker's prompt
   is decoded and re-encoded) and the LM is conditioned on the rate the prompt achieved.
@@ -51,6 +52,19 @@ class TTSError(ValueError):
     """Input the pipeline cannot synthesize (empty text, bad prompt, unknown speaker...)."""
 
 
+class UnknownSpeakerError(TTSError):
+    """A speaker name that is neither shipped nor a saved voice."""
+
+
+@dataclass
+class SentenceTokens:
+    """The merged tokens of one synthesized sentence: it starts ``start_sample`` samples
+    (16 kHz) into the output; ``token_lengths`` [T'] are 12.5 Hz frames per token."""
+
+    start_sample: int
+    token_lengths: list[int]
+
+
 @dataclass
 class SynthesisOptions:
     """Knobs of one synthesis call (besides text, voice and rate)."""
@@ -80,7 +94,7 @@ class TTS:
 
     def __init__(self, codec, lm, acoustic: AcousticModel,
                  speakers: dict[str, list[StoredPrompt]] | None = None,
-                 options: SynthesisOptions | None = None):
+                 options: SynthesisOptions | None = None, voices=None):
         if not (isinstance(lm, (tuple, list)) and len(lm) == 2):
             raise TypeError("lm must be a (SpeechLM, TextTokenizer) pair, see lm.model.load_lm")
         self.codec = codec.eval()
@@ -88,6 +102,7 @@ class TTS:
         self.lm.eval()
         self.acoustic = acoustic.eval()
         self.speakers = speakers or {}
+        self.voices = voices        # tts.voices.VoiceStore of saved voices, or None
         self.options = options or SynthesisOptions()
         self._check_compatible()
         self.hop = int(round(SAMPLE_RATE / float(codec.frame_rate_base)))
@@ -98,7 +113,8 @@ class TTS:
     def from_pretrained(cls, directory: str | os.PathLike | None = None,
                         map_location: str = "cpu", **kw) -> "TTS":
         """Load ``DIR/{codec,lm,acoustic}`` (default: the shipped ``flexicodec_pretrained``
-        folders). Raises FileNotFoundError naming what is missing."""
+        folders). Raises FileNotFoundError naming what is missing. ``voices=VoiceStore(...)``
+        (keyword) adds saved voices to the shipped speakers."""
         from codec.model import FlexiCodec
         from lm.model import load_lm
 
@@ -116,6 +132,26 @@ class TTS:
         lm = load_lm(dirs["lm"], codec=codec, map_location=map_location)
         acoustic = AcousticModel.from_pretrained(dirs["acoustic"], map_location=map_location)
         return cls(codec, lm, acoustic, speakers=load_speakers(dirs["acoustic"]), **kw)
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write ``DIR/{codec,lm,acoustic}`` (with the text tokenizer and the shipped
+        speakers) so that ``TTS.from_pretrained(DIR)`` loads this pipeline."""
+        import tempfile
+        from dataclasses import asdict
+
+        from tts.speakers import save_speakers
+
+        directory = Path(directory)
+        self.codec.save_pretrained(directory / "codec")
+        with tempfile.TemporaryDirectory() as tmp:
+            tok = Path(tmp) / "text_tokenizer.model"
+            tok.write_bytes(self.tokenizer.sp.serialized_model_proto())
+            self.lm.save_pretrained(directory / "lm", tokenizer_path=tok)
+        self.acoustic.save_pretrained(directory / "acoustic")
+        if self.speakers:
+            save_speakers(directory / "acoustic",
+                          {n: [asdict(p) for p in ps] for n, ps in self.speakers.items()})
+        return directory
 
     def _check_compatible(self) -> None:
         ac, codec = self.acoustic.config, self.codec
@@ -138,7 +174,32 @@ class TTS:
         return next(self.acoustic.parameters()).device
 
     def list_speakers(self) -> list[str]:
+        """Names of the shipped speakers (sorted)."""
         return sorted(self.speakers)
+
+    def list_voices(self) -> list[str]:
+        """Names of the saved voices (sorted; [] without a voice store)."""
+        return self.voices.names() if self.voices is not None else []
+
+    def _speaker_prompts(self, speaker: str) -> list[StoredPrompt]:
+        """The stored prompts of a shipped speaker or a saved voice."""
+        self.check_speaker(speaker)
+        if speaker in self.speakers:
+            return self.speakers[speaker]
+        return self.voices.prompts(speaker, self.codec)
+
+    def check_speaker(self, speaker: str) -> None:
+        """UnknownSpeakerError unless ``speaker`` is shipped or a saved voice."""
+        if speaker in self.speakers or (self.voices is not None
+                                        and self.voices.exists(speaker)):
+            return
+        shipped = self.list_speakers()
+        known = (f"{len(shipped)} shipped speakers, see list_speakers()"
+                 if len(shipped) > 12 else ", ".join(shipped) or "none shipped")
+        saved = self.list_voices()
+        raise UnknownSpeakerError(
+            f"unknown speaker {speaker!r} (known: {known}"
+            + (f"; saved voices: {', '.join(saved)}" if saved else "") + ")")
 
     # ------------------------------------------------------------------ text
     def sentences(self, text: str) -> list[str]:
@@ -159,12 +220,15 @@ class TTS:
         return out
 
     # ------------------------------------------------------------------ voice
-    def _encode_prompt(self, wav: np.ndarray, text: str, frame_rate: float | None,
-                       threshold: float | None) -> _Voice:
-        from lm.generate import VoicePrompt
-
-        if not text or not any(ch.isalnum() for ch in text):
-            raise TTSError("a prompt wav needs its transcript (prompt_text)")
+    def prompt_waveform(self, prompt_wav) -> np.ndarray:
+        """A voice prompt's audio as mono float32 [T] at 16 kHz, checked: at most
+        ``MAX_PROMPT_SECONDS``, not silent, at least two codec frames. ``prompt_wav``: a path
+        or an ``(array, sample_rate)`` pair. Raises TTSError or ``data.audio.AudioError``."""
+        if isinstance(prompt_wav, (tuple, list)):
+            wav, sr = prompt_wav
+            wav = prepare_waveform(np.asarray(wav), int(sr), SAMPLE_RATE, name="prompt")
+        else:
+            wav, _ = load_audio(prompt_wav, SAMPLE_RATE, max_seconds=MAX_PROMPT_SECONDS)
         if wav.size > MAX_PROMPT_SECONDS * SAMPLE_RATE:
             raise TTSError(f"prompt is {wav.size / SAMPLE_RATE:.1f} s long; use at most "
                            f"{MAX_PROMPT_SECONDS:.0f} s")
@@ -173,6 +237,20 @@ class TTS:
             raise TTSError(f"prompt audio is silent (RMS {rms:.1e})")
         if wav.size < self.hop * 2:
             raise TTSError("prompt audio is too short (need at least two codec frames)")
+        return wav
+
+    @staticmethod
+    def check_prompt_text(text: str | None) -> str:
+        """A prompt's transcript, or TTSError when it has nothing speakable."""
+        if not text or not any(ch.isalnum() for ch in text):
+            raise TTSError("a prompt wav needs its transcript (prompt_text)")
+        return text
+
+    def _encode_prompt(self, wav: np.ndarray, text: str, frame_rate: float | None,
+                       threshold: float | None) -> _Voice:
+        from lm.generate import VoicePrompt
+
+        self.check_prompt_text(text)
         x = torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32))[None].to(self.device)
         kw = {"merging_threshold": threshold} if threshold is not None else {
             "frame_rate": frame_rate}
@@ -201,27 +279,23 @@ class TTS:
             raise TTSError("give speaker or prompt_wav, not both")
         rate = float(frame_rate) if frame_rate is not None else DEFAULT_FRAME_RATE
         if prompt_wav is not None:
-            if isinstance(prompt_wav, (tuple, list)):
-                wav, sr = prompt_wav
-                wav = prepare_waveform(np.asarray(wav), int(sr), SAMPLE_RATE, name="prompt")
-            else:
-                wav, _ = load_audio(prompt_wav, SAMPLE_RATE)
-            return self._encode_prompt(wav, prompt_text or "", rate, threshold)
+            self.check_prompt_text(prompt_text)
+            return self._encode_prompt(self.prompt_waveform(prompt_wav), prompt_text, rate,
+                                       threshold)
         if speaker is None:
             if not self.speakers:
                 if threshold is not None:
                     raise TTSError("threshold needs a voice prompt (speaker or prompt_wav)")
                 return _Voice(None, None, rate)
             speaker = self.list_speakers()[0]
-        if speaker not in self.speakers:
-            known = ", ".join(self.list_speakers()) or "none shipped"
-            raise TTSError(f"unknown speaker {speaker!r} (known: {known})")
-        stored = pick_prompt(self.speakers[speaker], rate if threshold is None else None)
+        stored = pick_prompt(self._speaker_prompts(speaker),
+                             rate if threshold is None else None)
         sem, lens, ac = stored.tensors()
         if threshold is not None:  # re-encode the stored prompt at this threshold
             with torch.no_grad():
                 wav = self._decode(sem, ac, lens)
-            return self._encode_prompt(wav, stored.text, None, threshold)
+            return self._encode_prompt(self.prompt_waveform((wav, SAMPLE_RATE)), stored.text,
+                                       None, threshold)
         if ac.shape[0] < self.acoustic.config.n_q:
             raise TTSError(f"speaker {speaker!r} stores {ac.shape[0]} quantizers, the acoustic "
                            f"model needs {self.acoustic.config.n_q}")
@@ -272,8 +346,8 @@ class TTS:
                         self.options.max_tokens_per_sentence, sentence[:60])
         return list(zip(out.semantic_codes.tolist(), out.token_lengths.tolist()))
 
-    def _run(self, text: str, voice: _Voice, seed: int, streaming: bool
-             ) -> Iterator[np.ndarray]:
+    def _run(self, text: str, voice: _Voice, seed: int, streaming: bool,
+             segments: list | None = None) -> Iterator[np.ndarray]:
         sentences = self.sentences(text)
         pause = np.zeros(int(self.options.pause_ms * SAMPLE_RATE / 1000), dtype=np.float32)
         t_lm = [0.0]
@@ -290,14 +364,23 @@ class TTS:
                 t_lm[0] += time.perf_counter() - t0
                 yield x
 
+        def recorded(tokens, lengths: list[int]):
+            for code, length in tokens:
+                lengths.append(int(length))
+                yield code, length
+
+        offset = 0
         for i, sent in enumerate(sentences):
             if i:
+                offset += pause.size
                 yield pause
             t0 = time.perf_counter()
             toks = self._sentence_tokens(sent, voice, seed + i, streaming)
             t_lm[0] += time.perf_counter() - t0
             n = 0
-            for piece in synthesize_chunks(timed(toks), predict=self._predict, decode=self._decode,
+            lengths: list[int] = []
+            for piece in synthesize_chunks(recorded(timed(toks), lengths),
+                                           predict=self._predict, decode=self._decode,
                                            hop=self.hop, sample_rate=SAMPLE_RATE,
                                            prompt=voice.codes, cfg=self.options.chunk,
                                            seed=seed, sentence=i):
@@ -305,24 +388,30 @@ class TTS:
                 yield piece
             if n == 0:
                 raise TTSError(f"the LM produced no speech tokens for {sent[:60]!r}")
+            if segments is not None:
+                segments.append(SentenceTokens(offset, lengths))
+            offset += n
         self.last_timing["lm_s"] = t_lm[0]
 
     # ------------------------------------------------------------------ public API
     def synthesize(self, text: str | Sequence[str], speaker: str | None = None,
                    prompt_wav=None, prompt_text: str | None = None,
                    frame_rate: float | None = None, threshold: float | None = None,
-                   seed: int | None = None):
+                   seed: int | None = None, segments: list | None = None):
         """Synthesize ``text`` → ``(audio float32 [T], 16000)``; a list of texts gives a list
-        of such pairs. ``prompt_wav``: a path or an ``(array, sample_rate)`` pair."""
+        of such pairs. ``prompt_wav``: a path or an ``(array, sample_rate)`` pair.
+        ``segments``: a list to append one :class:`SentenceTokens` per sentence to."""
         if isinstance(text, (list, tuple)):
             if not text:
                 raise TTSError("empty list of texts")
+            if segments is not None:
+                raise TTSError("segments are recorded for one text at a time")
             return [self.synthesize(t, speaker, prompt_wav, prompt_text, frame_rate, threshold,
                                     seed) for t in text]
         t0 = time.perf_counter()
         voice = self._voice(speaker, prompt_wav, prompt_text, frame_rate, threshold)
         seed = int(seed) if seed is not None else int(torch.randint(0, 2**31 - 1, (1,)))
-        audio = np.concatenate(list(self._run(text, voice, seed, streaming=False)))
+        audio = np.concatenate(list(self._run(text, voice, seed, False, segments)))
         wall = time.perf_counter() - t0
         self.last_timing.update(total_s=wall, audio_s=audio.size / SAMPLE_RATE,
                                 frame_rate=voice.frame_rate)
@@ -330,16 +419,17 @@ class TTS:
 
     def stream(self, text: str, speaker: str | None = None, prompt_wav=None,
                prompt_text: str | None = None, frame_rate: float | None = None,
-               threshold: float | None = None, seed: int | None = None
-               ) -> Iterator[np.ndarray]:
+               threshold: float | None = None, seed: int | None = None,
+               segments: list | None = None) -> Iterator[np.ndarray]:
         """Yield float32 audio chunks (16 kHz) as the LM produces tokens. With the same seed
         ``np.concatenate(list(stream(...)))`` equals ``synthesize(...)[0]``. The time to the
-        first chunk is in ``last_timing["first_chunk_s"]`` afterwards."""
+        first chunk is in ``last_timing["first_chunk_s"]`` afterwards. ``segments``: a list
+        to append one :class:`SentenceTokens` per sentence to, as each sentence ends."""
         t0 = time.perf_counter()
         voice = self._voice(speaker, prompt_wav, prompt_text, frame_rate, threshold)
         seed = int(seed) if seed is not None else int(torch.randint(0, 2**31 - 1, (1,)))
         total = 0
-        for k, piece in enumerate(self._run(text, voice, seed, streaming=True)):
+        for k, piece in enumerate(self._run(text, voice, seed, True, segments)):
             if k == 0:
                 self.last_timing["first_chunk_s"] = time.perf_counter() - t0
             total += piece.size
