@@ -673,6 +673,7 @@ def train_codec(config_path: str, data: str, run_dir: str, asr: str | None = Non
         if ended:
             stopped_early = ended == "stopped"
             break
+        budget.skip()             # evaluation / checkpoint time is not a training step
     pbar.close()
     result = dict(last, step=step, finished=not stopped_early, generator_params=n_gen,
                   train_minutes=(prior_seconds + budget.elapsed()) / 60)

@@ -183,8 +183,10 @@ class TimeBudget:
     """``--max-minutes``: tells the loop to stop early enough to save a checkpoint.
 
     ``should_stop()`` is True once elapsed time plus a reserve (twice the slowest step seen,
-    plus ``reserve_s`` for checkpointing/final export) would pass the limit.
+    plus ``reserve_s`` for checkpointing/final export) would pass the limit. The first
+    ``warmup_ticks`` steps (compilation, allocator warm-up) do not count as the slowest.
     """
+    warmup_ticks = 3
 
     def __init__(self, max_minutes: float | None, reserve_s: float = 20.0):
         self.limit = None if max_minutes is None else max_minutes * 60.0
@@ -192,11 +194,19 @@ class TimeBudget:
         self.start = time.monotonic()
         self._last = self.start
         self.slowest = 0.0
+        self.ticks = 0
 
     def tick(self) -> None:
         now = time.monotonic()
-        self.slowest = max(self.slowest, now - self._last)
+        self.ticks += 1
+        if self.ticks > self.warmup_ticks:
+            self.slowest = max(self.slowest, now - self._last)
         self._last = now
+
+    def skip(self) -> None:
+        """Exclude the time since the last tick from the step times (evaluation and
+        checkpoint writes are not steps: counted as one, they inflate the reserve)."""
+        self._last = time.monotonic()
 
     def elapsed(self) -> float:
         return time.monotonic() - self.start

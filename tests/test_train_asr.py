@@ -64,6 +64,20 @@ def test_batch_plan_budget_and_yaml(tmp_path):
     assert b.should_stop()
     b = TimeBudget(10.0, reserve_s=30.0)
     assert not b.should_stop()
+    # compilation in the first steps and evaluation pauses are not "the slowest step"
+    b = TimeBudget(1.0, reserve_s=0.0)
+    time.sleep(0.05)
+    b.tick()                                   # a slow first (compiling) step
+    for _ in range(TimeBudget.warmup_ticks):
+        b.tick()
+    assert b.slowest < 0.05
+    time.sleep(0.05)
+    b.skip()                                   # an evaluation
+    b.tick()
+    assert b.slowest < 0.05
+    time.sleep(0.03)
+    b.tick()                                   # a real slow step counts
+    assert b.slowest >= 0.03
     model, train = load_asr_yaml(ROOT / "configs/asr/small.yaml")
     assert model["d_model"] == 256 and train.batch_size >= 32
     bad = tmp_path / "bad.yaml"

@@ -1,0 +1,37 @@
+"""scripts/codec_learning_curve.py: evaluation records in step order, last record per step,
+a table and a plot."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from codec_learning_curve import curve_rows  # noqa: E402
+
+
+def test_curve_rows_and_outputs(tmp_path):
+    log = [{"step": 100, "loss": 1.0},
+           {"step": 1000, "train_minutes": 2.0, "valid_mel_12.5Hz": 0.6,
+            "valid_stoi_12.5Hz": 0.8, "valid_pesq_12.5Hz": 1.2},
+           {"step": 2000, "train_minutes": 4.0, "valid_mel_12.5Hz": 0.5,
+            "valid_stoi_12.5Hz": 0.84, "valid_pesq_12.5Hz": 1.4},
+           {"step": 1000, "train_minutes": 2.5, "valid_mel_12.5Hz": 0.59,   # resumed run
+            "valid_stoi_12.5Hz": 0.81, "valid_pesq_12.5Hz": 1.25}]
+    rows = curve_rows(log)
+    assert [r["step"] for r in rows] == [1000, 2000] and rows[0]["train_minutes"] == 2.5
+    path = tmp_path / "m.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in log))
+    out = tmp_path / "curve"
+    subprocess.run([sys.executable, str(ROOT / "scripts/codec_learning_curve.py"), str(path),
+                    "-o", str(out)], check=True, capture_output=True)
+    md = (tmp_path / "curve.md").read_text()
+    assert "| 2000 | 4.0 | 0.500 | 0.840 | 1.400 |" in md
+    assert (tmp_path / "curve.png").stat().st_size > 1000
+    path.write_text(json.dumps({"step": 1, "loss": 1.0}) + "\n")
+    bad = subprocess.run([sys.executable, str(ROOT / "scripts/codec_learning_curve.py"),
+                          str(path), "-o", str(out)], capture_output=True, text=True)
+    assert bad.returncode == 2 and "no evaluation records" in bad.stderr
