@@ -18,7 +18,7 @@ For each: steady-state audio-seconds per second over ``--steps`` unsynchronised 
 included), a per-phase split from ``--phase-steps`` steps synchronised at every phase
 boundary (data, semantic features, generator forward, discriminator, generator backward,
 optimizer), peak device memory, and achieved TFLOP/s (FLOPs of one eager step counted with
-``torch.utils.flop_counter``; MFU against ``--peak-tflops``). Writes ``train_speed.json`` and
+``torch.utils.flop_counter``; MFU against ``--peak-flops``). Writes ``train_speed.json`` and
 ``train_speed.md`` under ``--out`` and prints the table.
 """
 from __future__ import annotations
@@ -30,8 +30,9 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import (H100_BF16_PEAK_TFLOPS, format_table, hardware_info, log,
-                               resolve_device, synchronize, write_json)
+from benchmarks.common import (format_table, hardware_info, log, resolve_device, synchronize,
+                               write_json)
+from lm.model import DEFAULT_PEAK_FLOPS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -180,7 +181,7 @@ def _how(recipe: Recipe, cfg) -> dict:
 
 def run_recipe(recipe: Recipe, data: str, asr: str | None, device, steps: int, warmup: int,
                phase_steps: int, quick: bool, cache: Path, max_utts: int,
-               peak_tflops: float) -> dict:
+               peak_flops: float) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
     from codec.train import compile_for_training, train_step
@@ -227,7 +228,7 @@ def run_recipe(recipe: Recipe, data: str, asr: str | None, device, steps: int, w
            "step_ms": 1000 * step_s, "audio_s_per_s": audio_s / step_s,
            "samples_per_s": tc.batch_size / step_s, "warmup_s": warm_s,
            "gflop_per_step": flops / 1e9, "tflops": flops / step_s / 1e12,
-           "mfu_pct": 100 * flops / step_s / 1e12 / peak_tflops,
+           "mfu_pct": 100 * flops / step_s / peak_flops,
            "phase_ms": {k: 1000 * v / max(1, phase_steps) for k, v in timer.totals.items()}}
     if device.type == "cuda":
         row["peak_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
@@ -250,8 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=8, help="untimed steps (compilation)")
     ap.add_argument("--phase-steps", type=int, default=5)
     ap.add_argument("--max-utts", type=int, default=3000, help="train utterances loaded")
-    ap.add_argument("--peak-tflops", type=float, default=H100_BF16_PEAK_TFLOPS,
-                    help="dense bf16 peak for MFU (H100/H200: 989)")
+    ap.add_argument("--peak-flops", type=float, default=DEFAULT_PEAK_FLOPS,
+                    help="device peak for MFU, dense bf16 FLOP/s (default: H100/H200 989e12)")
     ap.add_argument("--quick", action="store_true", help="tiny models (CPU check, seconds)")
     ap.add_argument("--out", default="benchmarks/results")
     a = ap.parse_args(argv)
@@ -264,13 +265,13 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"unknown recipes {unknown}; choose from {[r.name for r in chosen]}")
         chosen = [r for r in chosen if r.name in names]
     if a.quick:
-        a.steps, a.warmup, a.phase_steps = min(a.steps, 3), min(a.warmup, 1), min(a.phase_steps, 2)
+        a.steps, a.warmup, a.phase_steps = min(a.steps, 2), min(a.warmup, 1), min(a.phase_steps, 1)
     out = Path(a.out)
     rows = []
     for r in chosen:
         try:
             rows.append(run_recipe(r, a.data, a.asr, device, a.steps, a.warmup, a.phase_steps,
-                                   a.quick, out / "cache", a.max_utts, a.peak_tflops))
+                                   a.quick, out / "cache", a.max_utts, a.peak_flops))
         except Exception as exc:          # reported in the table and JSON, never dropped
             log(f"[train_speed] {r.name} FAILED: {type(exc).__name__}: {exc}")
             rows.append({"recipe": r.name, "error": f"{type(exc).__name__}: {exc}"[:500],
@@ -294,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     result = {"benchmark": "train_speed", "quick": a.quick, "hardware": hardware_info(device),
               "steps": a.steps, "warmup": a.warmup, "phase_steps": a.phase_steps,
-              "peak_tflops": a.peak_tflops, "rows": rows}
+              "peak_flops": a.peak_flops, "rows": rows}
     write_json(out / "train_speed.json", result)
     from codec.pretrained import atomic_write_text
     atomic_write_text(out / "train_speed.md",

@@ -156,3 +156,21 @@ def test_tts_speed_tiny_pipeline():
     for r in rows:
         assert r["audio_s"] > 0 and 0 < r["ar_rtf"] < r["rtf"]
         assert 0 < r["first_chunk_s"] < r["rtf"] * r["audio_s"] * 5
+
+
+def test_train_speed_quick(tiny_corpus, tmp_path):
+    """The codec-training benchmark runs the shipped and the fast engine's step (tiny models)
+    and reports throughput, the phase split and FLOPs for each."""
+    from benchmarks.train_speed import main as train_speed
+    assert train_speed(["--device", "cpu", "--quick", "--data", str(tiny_corpus),
+                        "--recipes", "shipped,fast_small", "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "train_speed.json").read_text())
+    rows = {r["recipe"]: r for r in res["rows"]}
+    assert set(rows) == {"shipped", "fast_small"} and not any(r["error"] for r in rows.values())
+    assert rows["shipped"]["vs_shipped"] == 1.0
+    for r in rows.values():
+        assert r["audio_s_per_s"] > 0 and r["gflop_per_step"] > 0
+        assert {"data", "generator_forward", "discriminator", "generator_backward",
+                "optimizer"} <= set(r["phase_ms"])
+    assert rows["fast_small"]["data_on_device"] and rows["fast_small"]["merging"] == "12.5 Hz"
+    assert "fast_small" in (tmp_path / "train_speed.md").read_text()
