@@ -533,5 +533,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {out} ({which}, stopped: {res['stopped']})")
     acc.wait_for_everyone()
     summary = {k: v for k, v in res.items() if k not in ("model", "state_dict")}
-    print(json.dumps(summary))
+    if acc.is_main_process:     # one summary line, not one per process (they would interleave)
+        print(json.dumps(summary))
     return 0

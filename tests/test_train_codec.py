@@ -285,6 +285,17 @@ def test_device_data_training_and_portable_state(tiny_corpus, asr_dir, tmp_path)
         load_portable_weights(port, other, disc)
     with pytest.raises(PortableStateError, match="not a portable training state"):
         read_portable_info(tmp_path)
+    # scripts/export_portable.py: a codec directory with the state's weights
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from export_portable import main as export_portable
+    assert export_portable([str(port), "--asr", str(asr_dir), "-o", str(tmp_path / "x")]) == 0
+    exported = FlexiCodec.from_pretrained(tmp_path / "x")
+    gen = load_file(str(port / "generator.safetensors"))
+    own = exported.state_dict()
+    assert all(torch.equal(gen[k].float(), own[k].float()) for k in gen)
+    assert export_portable([str(tmp_path), "--asr", str(asr_dir), "-o",
+                            str(tmp_path / "y")]) == 2
 
 
 def test_compiled_step_matches_eager(tiny_corpus, asr_dir, tmp_path):
