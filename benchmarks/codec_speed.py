@@ -9,8 +9,8 @@ soxr from the same speech. Timings of all codecs are interleaved round-robin, so
 on a shared machine hit all of them alike; ratios are reported as ``ours / peer`` throughput
 (> 1: ours is faster) against the first FlexiCodec entry.
 
-    python -m benchmarks.codec_speed --quick --out /tmp/bench        # CPU, batch 1, short audio
-    python -m benchmarks.codec_speed --device cuda --out $OUT/bench   # GPU b1 + b16, CPU b1
+    python -m flexicodec.benchmarks.codec_speed --quick --out /tmp/bench        # CPU, batch 1, short audio
+    python -m flexicodec.benchmarks.codec_speed --device cuda --out $OUT/bench   # GPU b1 + b16, CPU b1
 
 Outputs ``OUT/codec_speed.json`` and a printed table.
 """
@@ -25,9 +25,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from benchmarks.common import (corpus_speech, format_table, hardware_info, log,
-                               measure_peak_memory, peak_memory_in_subprocess, resolve_device,
-                               synthesize_speech, time_interleaved, write_json)
+from flexicodec.benchmarks.common import (corpus_speech, format_table, hardware_info, log,
+                                          measure_peak_memory, peak_memory_in_subprocess, resolve_device,
+                                          synthesize_speech, time_interleaved, write_json)
+from flexicodec.common.constants import SAMPLE_RATE
 
 PEERS = ("mimi", "dac", "encodec")
 
@@ -50,13 +51,13 @@ class CodecUnderTest:
 
 # ------------------------------------------------------------------------------ codecs
 def flexicodec_under_test(model, name: str, note: str,
-                          merging_threshold: float | None = None) -> CodecUnderTest:
-    """Our codec: ``encode`` at ``merging_threshold`` (None: its default),
+                          threshold: float | None = None) -> CodecUnderTest:
+    """Our codec: ``encode`` at ``threshold`` (None: its default),
     ``decode_from_codes`` with all RVQ quantizers."""
     sr = int(model.sample_rate)
 
     def enc(wav: torch.Tensor):
-        return model.encode(wav, sr, merging_threshold=merging_threshold)
+        return model.encode(wav, sr, threshold=threshold)
 
     def dec(codes) -> torch.Tensor:
         return model.decode_from_codes(codes.semantic_codes, codes.acoustic_codes,
@@ -112,13 +113,13 @@ def make_audio(wav16k: np.ndarray, seconds: float, sample_rate: int, batch: int,
                device: torch.device) -> torch.Tensor:
     """``batch`` copies of ``seconds`` of the 16 kHz speech ``wav16k`` (tiled if shorter),
     resampled to ``sample_rate`` → [B, T] on ``device``."""
-    from data.audio import resample
+    from flexicodec.data.audio import resample
 
-    n16 = int(round(seconds * 16000))
+    n16 = int(round(seconds * SAMPLE_RATE))
     if wav16k.size == 0:
         raise ValueError("empty source audio")
     x = np.tile(wav16k, int(np.ceil(n16 / wav16k.size)))[:n16]
-    x = resample(x, 16000, sample_rate)
+    x = resample(x, SAMPLE_RATE, sample_rate)
     n = int(round(seconds * sample_rate))
     x = np.pad(x, (0, max(0, n - x.size)))[:n]
     return torch.from_numpy(np.ascontiguousarray(x)).float()[None].repeat(batch, 1).to(device)
@@ -171,7 +172,7 @@ def measure_codecs(codecs: Sequence[CodecUnderTest], wav16k: np.ndarray, seconds
                 spec = (memory_specs or {}).get(c.name)
                 if device.type == "cpu" and spec is not None:
                     me, md = (peak_memory_in_subprocess(
-                        "benchmarks.codec_speed:memory_probe", spec, op, wav16k, seconds, batch)
+                        "flexicodec.benchmarks.codec_speed:memory_probe", spec, op, wav16k, seconds, batch)
                         for op in ("encode", "decode"))
                 else:
                     me = measure_peak_memory(enc_fns[c.name], device)
@@ -201,13 +202,13 @@ TABLE_COLUMNS = [
 
 
 # ------------------------------------------------------------------------------ CLI
-def codec_specs(peers: Sequence[str], codec_dir: str | None, seed: int) -> list[dict]:
+def codec_specs(peers: Sequence[str], model: str | None, seed: int) -> list[dict]:
     """What to measure: ours (``flexicodec-small`` random init, plus ``flexicodec-ckpt`` when
     a checkpoint is given or shipped) followed by the requested peers."""
     specs = [{"name": "flexicodec-small", "kind": "small", "seed": seed}]
-    ckpt = codec_dir
+    ckpt = model
     if ckpt is None:
-        from flexicodec_pretrained import default_dir
+        from flexicodec.common.models import default_dir
         try:
             ckpt = str(default_dir("codec"))
         except FileNotFoundError:
@@ -223,7 +224,7 @@ def codec_specs(peers: Sequence[str], codec_dir: str | None, seed: int) -> list[
 
 def build_one(spec: dict, device: torch.device) -> CodecUnderTest:
     """Build the codec a :func:`codec_specs` entry describes."""
-    from codec.model import FlexiCodec
+    from flexicodec.codec.model import FlexiCodec
 
     if spec["kind"] == "small":
         torch.manual_seed(spec["seed"])
@@ -231,7 +232,7 @@ def build_one(spec: dict, device: torch.device) -> CodecUnderTest:
         return flexicodec_under_test(model, spec["name"],
                                      "our small preset (ASR small inside), random init, "
                                      "threshold 1.0 = 12.5 Hz (random features merge "
-                                     "arbitrarily)", merging_threshold=1.0)
+                                     "arbitrarily)", threshold=1.0)
     if spec["kind"] == "ckpt":
         model = FlexiCodec.from_pretrained(spec["path"], map_location="cpu").to(device).eval()
         return flexicodec_under_test(model, spec["name"], f"checkpoint {spec['path']}, "
@@ -240,7 +241,7 @@ def build_one(spec: dict, device: torch.device) -> CodecUnderTest:
 
 
 def memory_probe(spec: dict, op: str, wav16k: np.ndarray, seconds: float, batch: int):
-    """For :func:`benchmarks.common.peak_memory_in_subprocess`: build codec ``spec`` on CPU
+    """For :func:`flexicodec.benchmarks.common.peak_memory_in_subprocess`: build codec ``spec`` on CPU
     and return a closure doing one ``op`` ('encode' / 'decode') on ``batch`` items."""
     dev = torch.device("cpu")
     c = build_one(spec, dev)
@@ -265,7 +266,7 @@ def small_codec_config():
     same)."""
     import yaml
 
-    from codec.config import FlexiCodecConfig
+    from flexicodec.codec.config import FlexiCodecConfig
 
     asr_yaml = Path(__file__).resolve().parent.parent / "configs" / "asr" / "small.yaml"
     asr = (yaml.safe_load(asr_yaml.read_text()) or {}).get("model")
@@ -276,7 +277,7 @@ def small_codec_config():
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.codec_speed", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m flexicodec.benchmarks.codec_speed", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="CPU, batch 1, 3 s of audio")
     p.add_argument("--device", default=None,
@@ -288,7 +289,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-sizes", default=None,
                    help="comma list for CUDA (default 1,16); CPU always runs batch 1")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats (default 5; 3 quick)")
-    p.add_argument("--codec", default=None, help="a trained FlexiCodec directory to include "
+    p.add_argument("--model", default=None, help="a trained FlexiCodec directory to include "
                    "(default: the shipped one, if present)")
     p.add_argument("--data", default=None, help="corpus directory with speech (default: "
                    "synthesize sentences with flite / espeak-ng)")
@@ -299,7 +300,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-cpu", action="store_true",
                    help="with --device cuda: skip the CPU batch-1 part of the run")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("-o", "--out", required=True, help="output directory")
     return p.parse_args(argv)
 
 
@@ -321,14 +322,14 @@ def main(argv: list[str] | None = None) -> int:
     peers = [p for p in a.peers.split(",") if p.strip()]
     t0 = time.perf_counter()
     if a.noise:
-        wav = (np.random.default_rng(a.seed).standard_normal(int(seconds * 16000)) * 0.1
+        wav = (np.random.default_rng(a.seed).standard_normal(int(seconds * SAMPLE_RATE)) * 0.1
                ).astype(np.float32)
         source = "white noise"
     else:
         utts = corpus_speech(a.data, 4, a.seed) if a.data else synthesize_speech(4, a.seed)
         wav = np.concatenate([u.wav for u in utts])
         source = sorted({u.source for u in utts})
-    specs = codec_specs(peers, a.codec, a.seed)
+    specs = codec_specs(peers, a.model, a.seed)
     rows = []
     for device in devices:
         codecs = [build_one(s, device) for s in specs]

@@ -35,7 +35,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from codec.pretrained import atomic_path, atomic_write_text
+from flexicodec.common.pretrained import atomic_path, atomic_write_text
+from flexicodec.common.constants import SAMPLE_RATE
 
 # ------------------------------------------------------------------------------ devices
 def resolve_device(name: str) -> torch.device:
@@ -385,7 +386,7 @@ class Utterance:
 
     @property
     def duration(self) -> float:
-        return float(len(self.wav)) / 16000.0
+        return float(len(self.wav)) / SAMPLE_RATE
 
 
 def pick_sentences(n: int, seed: int = 0, min_words: int = 8, max_words: int = 22) -> list[str]:
@@ -393,7 +394,7 @@ def pick_sentences(n: int, seed: int = 0, min_words: int = 8, max_words: int = 2
     sentence list, chosen reproducibly by ``seed``."""
     import random
 
-    from data.text import load_sentences, normalize_text
+    from flexicodec.data.text import load_sentences, normalize_text
 
     pool = [s for s in load_sentences() if min_words <= len(s.split()) <= max_words]
     if len(pool) < n:
@@ -405,7 +406,7 @@ def pick_sentences(n: int, seed: int = 0, min_words: int = 8, max_words: int = 2
 def synthesize_speech(n: int, seed: int = 0, speaker: str | None = None) -> list[Utterance]:
     """``n`` sentences spoken by a local synthesizer (flite slt by default, else the first
     installed voice). Raises RuntimeError naming the fix when no synthesizer is installed."""
-    from data.synth import list_speakers, synthesize
+    from flexicodec.data.synth import list_speakers, synthesize
 
     if speaker is None:
         voices = [s.id for s in list_speakers()]
@@ -430,11 +431,11 @@ def concat_utterances(utts: list[Utterance], seconds: float, gap: float = 0.2
     if seconds <= 0:
         return list(utts)
     out, wavs, texts = [], [], []
-    silence = np.zeros(int(gap * 16000), dtype=np.float32)
+    silence = np.zeros(int(gap * SAMPLE_RATE), dtype=np.float32)
     for u in utts:
         wavs += [u.wav, silence]
         texts.append(u.text)
-        if sum(len(w) for w in wavs) >= seconds * 16000:
+        if sum(len(w) for w in wavs) >= seconds * SAMPLE_RATE:
             out.append(Utterance(" ".join(texts), np.concatenate(wavs[:-1]), u.source))
             wavs, texts = [], []
     return out
@@ -443,10 +444,10 @@ def concat_utterances(utts: list[Utterance], seconds: float, gap: float = 0.2
 def corpus_speech(path: str | os.PathLike, n: int, seed: int = 0,
                   max_seconds: float = 20.0) -> list[Utterance]:
     """``n`` utterances (<= ``max_seconds``) of a corpus readable by
-    ``data.loaders.load_corpus`` (test split of our corpus when it has one)."""
+    ``flexicodec.data.loaders.load_corpus`` (test split of our corpus when it has one)."""
     import numpy as np
 
-    from data.loaders import load_corpus, detect_layout
+    from flexicodec.data.loaders import load_corpus, detect_layout
 
     path = Path(path)
     split = "test" if detect_layout(path) == "corpus" else None
@@ -455,12 +456,12 @@ def corpus_speech(path: str | os.PathLike, n: int, seed: int = 0,
     if len(ds) == 0:
         raise ValueError(f"{path}: no utterances of 0.5-{max_seconds} s")
     idx = np.random.default_rng(seed).permutation(len(ds))[:n]
-    from data.audio import load_audio
+    from flexicodec.data.audio import load_audio
 
     out = []
     for i in idx.tolist():
         row = ds[i]
-        wav, _ = load_audio(row["audio"], 16000)
+        wav, _ = load_audio(row["audio"], SAMPLE_RATE)
         out.append(Utterance(row["text"], wav, f"corpus:{path.name}"))
     return out
 
@@ -470,12 +471,12 @@ def load_flexicodec(path: str | os.PathLike | None, device: torch.device, *,
     """(FlexiCodec, description). ``path`` given: that directory; else the shipped default;
     else, only when ``allow_random_tiny``, a randomly initialised tiny codec (said so in the
     description). Otherwise raises FileNotFoundError naming the options."""
-    from codec.model import FlexiCodec
+    from flexicodec.codec.model import FlexiCodec
 
     if path is not None:
         model = FlexiCodec.from_pretrained(path, map_location="cpu")
         return model.to(device).eval(), f"checkpoint:{Path(path).resolve()}"
-    from flexicodec_pretrained import default_dir
+    from flexicodec.common.models import default_dir
     try:
         shipped = default_dir("codec")
     except FileNotFoundError as exc:
@@ -483,7 +484,7 @@ def load_flexicodec(path: str | os.PathLike | None, device: torch.device, *,
             raise FileNotFoundError(
                 f"no codec: pass --codec DIR (a trained FlexiCodec directory) or ship the "
                 f"default one ({exc})") from exc
-        from codec.config import FlexiCodecConfig
+        from flexicodec.codec.config import FlexiCodecConfig
         torch.manual_seed(seed)
         model = FlexiCodec(FlexiCodecConfig.tiny())
         return model.to(device).eval(), "random-init tiny FlexiCodec (--quick, no trained codec)"

@@ -2,20 +2,20 @@
 
 For each target frame rate the same utterances are encoded with FlexiCodec
 (``encode(frame_rate=r)``; 12.5 Hz = threshold 1.0, no merging). The real semantic codes and
-token lengths, laid out with the LM's own sequence layout (``lm.layout``) after the real text
-pieces, then drive a randomly initialised :class:`lm.model.SpeechLM` of each size:
+token lengths, laid out with the LM's own sequence layout (``flexicodec.lm.layout``) after the real text
+pieces, then drive a randomly initialised :class:`flexicodec.lm.model.SpeechLM` of each size:
 
 - training step: forward + backward + AdamW step on one batch of all utterances → tokens/s,
   audio-seconds/s, peak memory, and MFU on CUDA (FLOPs = 6·N·tokens + 12·layers·d·ΣL²,
   N = parameters without the input embedding table, over ``--peak-flops``, default 989e12:
   H100/H200 SXM dense bf16);
-- trainer throughput: the LM trainer itself (``lm.train.run_training`` with a config from
+- trainer throughput: the LM trainer itself (``flexicodec.lm.train.run_training`` with a config from
   ``configs/lm/``: packed rows, bf16 autocast, SDPA, torch.compile, fused AdamW as the config
   says; default ``configs/lm/gpu.yaml``, a 163 M LM) on the same utterances laid out with
   the config's text input, at 12.5 and 6.25 Hz side by side (``--train-rates``): tokens/s,
   audio-hours per GPU-minute, model TFLOP/s and MFU of the steady-state window (the first
   ``--train-steps`` steps warm up and compile, the next ``--train-steps`` are measured);
-- AR generation with the KV cache (``lm.generate.generate``, exactly the number of tokens the
+- AR generation with the KV cache (``flexicodec.lm.generate.generate``, exactly the number of tokens the
   codec produced for that much audio): seconds per second of audio (AR RTF), batch 1 and
   batched.
 
@@ -25,8 +25,8 @@ Speedups are relative to 12.5 Hz. Output: ``OUT/lm_speedup.json``, printed table
 over 12.5 Hz) and ``speedup_6.25_vs_12.5=<ratio>`` (single-step training audio-seconds/s at
 6.25 Hz over 12.5 Hz, for the largest LM size run).
 
-    python -m benchmarks.lm_speedup --quick --out /tmp/bench          # CPU, < 1 min
-    python -m benchmarks.lm_speedup --device cuda --out $OUT/bench     # GPU
+    python -m flexicodec.benchmarks.lm_speedup --quick --out /tmp/bench          # CPU, < 1 min
+    python -m flexicodec.benchmarks.lm_speedup --device cuda --out $OUT/bench     # GPU
 """
 from __future__ import annotations
 
@@ -41,14 +41,14 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from benchmarks.common import (Utterance, autocast, concat_utterances, corpus_speech,
-                               dtype_for, format_table, hardware_info, load_flexicodec, log,
-                               measure_peak_memory, pick_sentences, plot_lines, resolve_device,
-                               synthesize_speech, time_interleaved, write_json)
-from lm.model import DEFAULT_PEAK_FLOPS
+from flexicodec.benchmarks.common import (Utterance, autocast, concat_utterances, corpus_speech,
+                                          dtype_for, format_table, hardware_info, load_flexicodec, log,
+                                          measure_peak_memory, pick_sentences, plot_lines, resolve_device,
+                                          synthesize_speech, time_interleaved, write_json)
+from flexicodec.common.constants import BASE_FRAME_RATE, SAMPLE_RATE
+from flexicodec.lm.model import DEFAULT_PEAK_FLOPS
 
-BASE_RATE = 12.5
-DEFAULT_RATES = (12.5, 8.3, 6.25, 4.0, 3.0)
+DEFAULT_RATES = (BASE_FRAME_RATE, 8.3, 6.25, 4.0, 3.0)
 
 
 @dataclass(frozen=True)
@@ -92,17 +92,17 @@ class LMBenchConfig:
     # trainer throughput: config (configs/lm/*.yaml), rates, measured steps (after as many
     # warm-up steps); an empty train_rates skips it
     train_config: str = "configs/lm/gpu.yaml"
-    train_rates: tuple[float, ...] = (12.5, 6.25)
+    train_rates: tuple[float, ...] = (BASE_FRAME_RATE, 6.25)
     train_steps: int = 20
 
     def __post_init__(self) -> None:
         unknown = [s for s in self.sizes if s not in LM_SIZES]
         if unknown:
             raise ValueError(f"unknown LM sizes {unknown}; choose from {sorted(LM_SIZES)}")
-        if not self.rates or any(not (0 < r <= BASE_RATE) for r in self.rates):
-            raise ValueError(f"frame rates must lie in (0, {BASE_RATE}], got {self.rates}")
-        if BASE_RATE not in self.rates:
-            raise ValueError(f"rates must include the {BASE_RATE} Hz baseline")
+        if not self.rates or any(not (0 < r <= BASE_FRAME_RATE) for r in self.rates):
+            raise ValueError(f"frame rates must lie in (0, {BASE_FRAME_RATE}], got {self.rates}")
+        if BASE_FRAME_RATE not in self.rates:
+            raise ValueError(f"rates must include the {BASE_FRAME_RATE} Hz baseline")
         if self.num_utts < 1 or not 1 <= self.gen_batch <= self.num_utts:
             raise ValueError("need num_utts >= 1 and 1 <= gen_batch <= num_utts")
         missing = [r for r in self.train_rates if r not in self.rates]
@@ -134,8 +134,8 @@ def encode_at_rates(codec, utts: Sequence[Utterance], rates: Sequence[float]
     seconds = sum(u.duration for u in utts)
     out = {}
     for r in tqdm(rates, desc="encode", leave=False):
-        kw = {"merging_threshold": 1.0} if r == BASE_RATE else {"frame_rate": float(r)}
-        enc = codec.encode([u.wav for u in utts], 16000, num_quantizers=0, **kw)
+        kw = {"threshold": 1.0} if r == BASE_FRAME_RATE else {"frame_rate": float(r)}
+        enc = codec.encode([u.wav for u in utts], SAMPLE_RATE, num_quantizers=0, **kw)
         codes, lens = [], []
         for b in range(len(utts)):
             n = int(enc.token_mask[b].sum())
@@ -149,10 +149,10 @@ def encode_at_rates(codec, utts: Sequence[Utterance], rates: Sequence[float]
 def text_pieces(texts: Sequence[str], vocab_size: int, seed: int) -> tuple[list[list[int]], str]:
     """Real sentencepiece ids for ``texts``: the shipped LM's tokenizer when present, else a
     unigram tokenizer of ``vocab_size`` trained now on the shipped sentence list."""
-    from lm.text_tokenizer import TextTokenizer, train_text_tokenizer
+    from flexicodec.lm.text_tokenizer import TextTokenizer, train_text_tokenizer
 
     try:
-        from flexicodec_pretrained import default_dir
+        from flexicodec.common.models import default_dir
         tok = TextTokenizer(default_dir("lm"))
         source = f"shipped LM tokenizer ({tok.vocab_size} pieces)"
     except (FileNotFoundError, ValueError):
@@ -167,7 +167,7 @@ def text_pieces(texts: Sequence[str], vocab_size: int, seed: int) -> tuple[list[
 def build_lm(size: str, semantic_size: int, max_group: int, num_text: int,
              max_positions: int, seed: int):
     """A randomly initialised SpeechLM of benchmark size ``size``."""
-    from lm.model import SpeechLM, SpeechLMConfig
+    from flexicodec.lm.model import SpeechLM, SpeechLMConfig
 
     s = LM_SIZES[size]
     torch.manual_seed(seed)
@@ -180,8 +180,8 @@ def build_lm(size: str, semantic_size: int, max_group: int, num_text: int,
 
 
 def train_batch(vocab, pieces: Sequence[list[int]], rc: RateCodes) -> dict[str, torch.Tensor]:
-    """The LM's training batch (``lm.layout.collate``) of every utterance at one rate."""
-    from lm.layout import build_sequence, collate
+    """The LM's training batch (``flexicodec.lm.layout.collate``) of every utterance at one rate."""
+    from flexicodec.lm.layout import build_sequence, collate
 
     items = [build_sequence(vocab, p, rc.rate, c, n) for p, c, n in
              zip(pieces, rc.codes, rc.lengths)]
@@ -204,9 +204,9 @@ def train_step_fn(model, batch: dict[str, torch.Tensor], opt, device: torch.devi
 def generate_fn(model, pieces: Sequence[list[int]], n_tokens: int, rate: float,
                 device: torch.device, dtype: torch.dtype | None):
     """A closure generating exactly ``n_tokens`` speech tokens for each text with
-    ``lm.generate.generate`` (KV cache, top-k 50 sampling; ``</speech>`` banned before and
+    ``flexicodec.lm.generate.generate`` (KV cache, top-k 50 sampling; ``</speech>`` banned before and
     forced at ``n_tokens``)."""
-    from lm.generate import SamplingConfig, generate
+    from flexicodec.lm.generate import SamplingConfig, generate
 
     sampling = SamplingConfig(temperature=1.0, top_k=50, min_tokens=n_tokens,
                               max_tokens=n_tokens, seed=0)
@@ -320,9 +320,9 @@ def run_benchmark(cfg: LMBenchConfig, utts: Sequence[Utterance], codec,
 
 def trainer_items(text_ids: Sequence[list[int]], rc: RateCodes, durations: Sequence[float],
                   vocab, max_len: int, min_tokens: int) -> tuple[list, list[float]]:
-    """The utterances at one rate laid out for the trainer (``lm.layout.build_sequence``),
+    """The utterances at one rate laid out for the trainer (``flexicodec.lm.layout.build_sequence``),
     repeated until they hold at least ``min_tokens`` positions. Returns (items, durations)."""
-    from lm.layout import build_sequence
+    from flexicodec.lm.layout import build_sequence
 
     base = [(build_sequence(vocab, t, rc.rate, c, n), d)
             for t, c, n, d in zip(text_ids, rc.codes, rc.lengths, durations)]
@@ -337,16 +337,16 @@ def trainer_items(text_ids: Sequence[list[int]], rc: RateCodes, durations: Seque
 
 def trainer_throughput(cfg: LMBenchConfig, rate_codes: dict[float, RateCodes],
                        utts: Sequence[Utterance], codec, device: torch.device) -> dict:
-    """The LM trainer (``lm.train.run_training``) with ``cfg.train_config`` on the benchmark's
+    """The LM trainer (``flexicodec.lm.train.run_training``) with ``cfg.train_config`` on the benchmark's
     utterances at each of ``cfg.train_rates``: 2 × ``train_steps`` steps, the second window
     of ``train_steps`` measured (the first warms up / compiles). Returns
     ``{"config", "text_input", "params_m", "rows": [{rate, tokens_per_s,
     audio_hours_per_gpu_minute, model_tflops_per_s, mfu, ...}]}`` ({} without rates)."""
     import dataclasses
 
-    from codec.training import make_accelerator
-    from lm.model import SpeechLM, model_config_from_dict
-    from lm.train import load_config, run_training
+    from flexicodec.common.training import make_accelerator
+    from flexicodec.lm.model import SpeechLM, model_config_from_dict
+    from flexicodec.lm.train import load_config, run_training
 
     if not cfg.train_rates:
         return {}
@@ -355,7 +355,7 @@ def trainer_throughput(cfg: LMBenchConfig, rate_codes: dict[float, RateCodes],
     texts = [u.text for u in utts]
     with tempfile.TemporaryDirectory() as tmp:
         if text_input == "phoneme":
-            from lm.phoneme_tokenizer import PhonemeTokenizer, text_to_phonemes
+            from flexicodec.lm.phoneme_tokenizer import PhonemeTokenizer, text_to_phonemes
             phon = text_to_phonemes(texts)
             tok = PhonemeTokenizer.build(phon, Path(tmp) / "vocab")
             text_ids, num_text = [tok.ids(p) for p in phon], tok.vocab_size
@@ -402,7 +402,7 @@ def trainer_throughput(cfg: LMBenchConfig, rate_codes: dict[float, RateCodes],
             del model, acc
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-    base = next((r for r in rows if r["rate"] == BASE_RATE), None)
+    base = next((r for r in rows if r["rate"] == BASE_FRAME_RATE), None)
     for r in rows:
         r["audio_ratio_vs_12.5"] = (r["audio_hours_per_gpu_minute"]
                                     / base["audio_hours_per_gpu_minute"] if base else None)
@@ -418,7 +418,7 @@ def trainer_throughput(cfg: LMBenchConfig, rate_codes: dict[float, RateCodes],
 
 def _add_speedups(rows: list[dict]) -> None:
     """Speedup columns relative to the 12.5 Hz row of the same size."""
-    base = {r["size"]: r for r in rows if r["rate"] == BASE_RATE}
+    base = {r["size"]: r for r in rows if r["rate"] == BASE_FRAME_RATE}
     for r in rows:
         b = base[r["size"]]
         r["token_ratio"] = b["tokens_per_audio_s"] / r["tokens_per_audio_s"]
@@ -458,7 +458,7 @@ def write_outputs(result: dict, out: Path) -> tuple[Path, Path]:
         series[f"{size} AR b1"] = ([r["rate"] for r in rs], [r["speedup_ar_b1"] for r in rs])
     ref = sorted({(r["rate"], r["token_ratio"]) for r in rows if r["size"] == rows[0]["size"]})
     png = plot_lines(out / "lm_speedup.png", series, xlabel="average frame rate (Hz)",
-                     ylabel=f"speedup vs {BASE_RATE:g} Hz",
+                     ylabel=f"speedup vs {BASE_FRAME_RATE:g} Hz",
                      title=f"Speech-LM speedup vs frame rate ({result['hardware']['device']})",
                      reference=([x for x, _ in ref], [y for _, y in ref], "token-count ratio"),
                      invert_x=True)
@@ -468,7 +468,7 @@ def write_outputs(result: dict, out: Path) -> tuple[Path, Path]:
 def trainer_headline(result: dict) -> str | None:
     """``trainer_audio_ratio_6.25_vs_12.5=<ratio>``, or None without both rates."""
     rows = {r["rate"]: r for r in (result.get("trainer") or {}).get("rows", [])}
-    if 6.25 not in rows or BASE_RATE not in rows:
+    if 6.25 not in rows or BASE_FRAME_RATE not in rows:
         return None
     return f"trainer_audio_ratio_6.25_vs_12.5={rows[6.25]['audio_ratio_vs_12.5']:.4f}"
 
@@ -491,7 +491,7 @@ def _floats(s: str) -> tuple[float, ...]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.lm_speedup", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m flexicodec.benchmarks.lm_speedup", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
                    help="CPU smoke run: tiny LM, 4 short utterances, random tiny codec if none")
@@ -519,13 +519,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--train-config", default=None,
                    help="LM config of the trainer-throughput run (default "
                         "configs/lm/gpu.yaml; --quick: configs/lm/tiny.yaml)")
-    p.add_argument("--train-rates", type=_floats, default=(12.5, 6.25),
+    p.add_argument("--train-rates", type=_floats, default=(BASE_FRAME_RATE, 6.25),
                    help="rates of the trainer-throughput run ('' skips it)")
     p.add_argument("--train-steps", type=int, default=None,
                    help="measured trainer steps per rate, after as many warm-up steps "
                         "(default 20; --quick: 3)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("-o", "--out", required=True, help="output directory")
     return p.parse_args(argv)
 
 

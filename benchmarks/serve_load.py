@@ -1,6 +1,6 @@
 """Load test of ``flexicodec-tts serve`` on loopback: concurrent streaming clients.
 
-Starts the server (``python -m tts.cli serve``, this checkout's code) on 127.0.0.1, fetches
+Starts the server (``python -m flexicodec.tts.cli serve``, this checkout's code) on 127.0.0.1, fetches
 one reference response per distinct request one at a time, then for each ``--clients`` value
 runs that many client threads that stream ``POST /v1/audio/speech`` requests (WAV, fixed
 seeds) until ``--requests`` have been sent or ``--max-seconds`` have passed. Every request
@@ -11,7 +11,7 @@ or as an error; "lost" counts requests with no outcome. The server's RSS is samp
 0.25 s. Reports time to first byte / last byte (p50, p95 of answered requests), audio
 throughput, and RSS, as ``serve_load.json`` + ``serve_load.md`` under ``--out``.
 
-    python -m benchmarks.serve_load --out bench/ [--clients 2,8] [--requests 40]
+    python -m flexicodec.benchmarks.serve_load --out bench/ [--clients 2,8] [--requests 40]
         [--workers 2] [--queue-size 4] [--max-seconds 300] [--model DIR]
 
 Only loopback addresses are accepted as targets; the request loop is bounded in count and
@@ -34,7 +34,8 @@ from typing import Callable
 
 import numpy as np
 
-from benchmarks.common import hardware_info, log, pick_sentences, write_json
+from flexicodec.benchmarks.common import hardware_info, log, pick_sentences, write_json
+from flexicodec.common.constants import SAMPLE_RATE
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -122,7 +123,7 @@ def run_phase(url: str, requests: list[dict], reference: dict[int, str], clients
         counts[res["outcome"]] += 1
     counts["lost"] = counts["issued"] - len(results)
     ok = [r for r in results if r["outcome"] == "ok"]
-    audio_s = sum((r["bytes"] - 44) / 2 / 16000 for r in ok)
+    audio_s = sum((r["bytes"] - 44) / 2 / SAMPLE_RATE for r in ok)
     return {"clients": clients, "wall_s": wall, **counts,
             "ttfb_p50_s": percentile([r["ttfb_s"] for r in ok], 50),
             "ttfb_p95_s": percentile([r["ttfb_s"] for r in ok], 95),
@@ -183,10 +184,10 @@ def free_port(host: str) -> int:
 
 def start_server(host: str, port: int, model: str | None, workers: int, queue_size: int,
                  voices: str, log_path: Path, startup_s: float = 180.0) -> subprocess.Popen:
-    """``python -m tts.cli serve`` from this checkout; returns once /health answers."""
+    """``python -m flexicodec.tts.cli serve`` from this checkout; returns once /health answers."""
     import httpx
 
-    cmd = [sys.executable, "-m", "tts.cli", "serve", "--host", host, "--port", str(port),
+    cmd = [sys.executable, "-m", "flexicodec.tts.cli", "serve", "--host", host, "--port", str(port),
            "--workers", str(workers), "--queue-size", str(queue_size), "--voices", voices]
     if model:
         cmd += ["--model", model]
@@ -232,11 +233,11 @@ def to_markdown(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tts.server import is_loopback
+    from flexicodec.tts.server import is_loopback
 
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.serve_load", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m flexicodec.benchmarks.serve_load", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", required=True)
+    ap.add_argument("-o", "--out", required=True, help="output directory")
     ap.add_argument("--host", default="127.0.0.1", help="a loopback address")
     ap.add_argument("--model", help="model directory (default: the shipped models)")
     ap.add_argument("--clients", default="2,8",
@@ -304,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     write_json(out / "serve_load.json", result)
     md = to_markdown(result)
-    from codec.pretrained import atomic_write_text
+    from flexicodec.common.pretrained import atomic_write_text
     atomic_write_text(out / "serve_load.md", md)
     print(md)
     bad = sum(p["corrupted"] + p["error"] + p["lost"] for p in phases)

@@ -1,18 +1,24 @@
 """Codec training throughput: the shipped recipe against the fast one, in one run.
 
-    python -m benchmarks.train_speed --device cuda --data CORPUS [--asr DIR] [--out DIR]
-    python -m benchmarks.train_speed --device cpu --quick --data CORPUS    # seconds, tiny
+    python -m flexicodec.benchmarks.train_speed --device cuda --data CORPUS [--asr DIR] [--out DIR]
+    python -m flexicodec.benchmarks.train_speed --device cpu --quick --data CORPUS    # seconds, tiny
 
 Each recipe builds its model, discriminators, losses and optimizers exactly as
-``codec.train`` does and runs the trainer's own step (:func:`codec.train.train_step`):
+``flexicodec.codec.train`` does and runs the trainer's own step (:func:`flexicodec.codec.train.train_step`):
 
 - ``shipped``: ``configs/codec/small.yaml`` as the first codecs were trained — a DataLoader of
   random crops (decode, crop, collate, copy), the frozen ASR run on every batch, eager
   PyTorch, unfused AdamW, a target rate drawn per batch (dynamic merging), GAN on;
 - ``fast_small``: the same model with the fast engine — corpus and frozen features held on
-  the device (:mod:`codec.device_data`), full frame-aligned crops, ``torch.compile``, fused
+  the device (:mod:`flexicodec.codec.device_data`), full frame-aligned crops, ``torch.compile``, fused
   AdamW, batch 128, 12.5 Hz (stage-1 training), GAN on;
-- ``v2``: ``configs/codec/v2.yaml`` (the GPU-sized model) with its own settings.
+- ``v2``: ``configs/codec/v2.yaml`` (the GPU-sized model) with its own settings: the
+  discriminators frozen in the generator's pass and shown 1-s windows of the 2-s crops
+  (``train.disc_segment_seconds``);
+- ``v2_whole_crop_d``: the same with the discriminators on the whole crop (the recipe
+  before the windows), to measure what the windows save;
+- ``v2_d_every_2`` (only when named in ``--recipes``): v2 with a discriminator update every
+  second step (``train.disc_every``).
 
 For each: steady-state audio-seconds per second over ``--steps`` unsynchronised steps (data
 included), a per-phase split from ``--phase-steps`` steps synchronised at every phase
@@ -30,9 +36,10 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import (format_table, hardware_info, log, resolve_device, synchronize,
-                               write_json)
-from lm.model import DEFAULT_PEAK_FLOPS
+from flexicodec.benchmarks.common import (format_table, hardware_info, log, resolve_device, synchronize,
+                                          write_json)
+from flexicodec.common.constants import BASE_FRAME_RATE
+from flexicodec.lm.model import DEFAULT_PEAK_FLOPS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,6 +54,8 @@ class Recipe:
     fused: bool = False
     dynamic: bool = False                # a target rate per batch (else 12.5 Hz)
     model_overrides: dict = field(default_factory=dict)
+    train_overrides: dict = field(default_factory=dict)   # train: keys
+    default: bool = True                 # run without --recipes
 
 
 def recipes(quick: bool) -> list[Recipe]:
@@ -54,7 +63,11 @@ def recipes(quick: bool) -> list[Recipe]:
     out = [Recipe("shipped", small, dynamic=True),
            Recipe("fast_small", small, batch_size=128, data_on_device=True, compile=True,
                   fused=True),
-           Recipe("v2", v2, data_on_device=True, compile=True, fused=True)]
+           Recipe("v2", v2, data_on_device=True, compile=True, fused=True),
+           Recipe("v2_whole_crop_d", v2, data_on_device=True, compile=True, fused=True,
+                  train_overrides={"disc_segment_seconds": 0.0}),
+           Recipe("v2_d_every_2", v2, data_on_device=True, compile=True, fused=True,
+                  train_overrides={"disc_every": 2}, default=False)]
     if quick:    # tiny models and batches: checks the harness, not the GPU numbers
         tiny = dict(encoder_dim=4, latent_dim=32, semantic_dim=32, semantic_layers=1,
                     semantic_decoder_layers=1, n_q=2, rvq_codebook_size=64, rvq_codebook_dim=4,
@@ -84,17 +97,21 @@ class PhaseTimer:
 def _build(recipe: Recipe, data: str, asr: str | None, device, quick: bool, cache: Path,
            max_utts: int):
     """(StepParts, batch function, config) for one recipe."""
-    from codec.config import FlexiCodecConfig
-    from codec.discriminators import CodecDiscriminator
-    from codec.losses import MultiResolutionMelLoss
-    from codec.model import FlexiCodec
-    from codec.pretrained import config_from_dict, config_to_dict
-    from codec.train import (StepParts, build_codec_config, compact_buffers, load_train_section,
-                             schedule)
-    from codec.training import make_accelerator
+    from flexicodec.codec.config import FlexiCodecConfig
+    from flexicodec.codec.discriminators import CodecDiscriminator
+    from flexicodec.codec.losses import MultiResolutionMelLoss
+    from flexicodec.codec.model import FlexiCodec
+    from flexicodec.common.pretrained import config_from_dict, config_to_dict
+    from flexicodec.codec.train import (StepParts, build_codec_config, compact_buffers, load_train_section,
+                                        schedule)
+    from flexicodec.common.training import make_accelerator
 
     tc = load_train_section(recipe.config)
     tc.batch_size = recipe.batch_size or tc.batch_size
+    for key, value in recipe.train_overrides.items():
+        if not hasattr(tc, key):
+            raise ValueError(f"recipe {recipe.name}: unknown train key {key!r}")
+        setattr(tc, key, value)
     if quick:
         tc.discriminator = replace(tc.discriminator, periods=(2, 3), mpd_channels=(8, 16),
                                    mrd_resolutions=((256, 64, 256),), mrd_channels=8)
@@ -104,7 +121,7 @@ def _build(recipe: Recipe, data: str, asr: str | None, device, quick: bool, cach
         cfg = config_from_dict(FlexiCodecConfig, {**config_to_dict(cfg),
                                                   **recipe.model_overrides})
     if quick:                      # a tiny frozen ASR of the configured shape
-        from codec.asr import PhonemeASR
+        from flexicodec.codec.asr.model import PhonemeASR
         asr_cfg = PhonemeASR.read_config(cfg.semantic.asr_path)["config"]
         asr_cfg.update(d_model=32, n_layers=1, n_heads=2, ff_dim=64)
         cfg.semantic.asr_config, cfg.semantic.asr_path = asr_cfg, ""
@@ -120,10 +137,10 @@ def _build(recipe: Recipe, data: str, asr: str | None, device, quick: bool, cach
     sched_g = torch.optim.lr_scheduler.LambdaLR(opt_g, schedule(tc, 1, 10 ** 6))
     sched_d = torch.optim.lr_scheduler.LambdaLR(opt_d, schedule(tc, 1, 10 ** 6))
     parts = StepParts(acc, model, disc, mel_loss, opt_g, opt_d, sched_g, sched_d, g_params,
-                      None, tc)
+                      None, tc, torch.Generator(device=device))
     sr, hop = cfg.sample_rate, cfg.hop_size
     if recipe.data_on_device:
-        from codec.device_data import build_device_corpus
+        from flexicodec.codec.device_data import build_device_corpus
         frames = max(1, round(tc.segment_seconds * sr / hop))
         corpus = build_device_corpus(model, data, "train", device, frames, cache_dir=cache,
                                      num_workers=tc.num_workers, progress=False,
@@ -138,8 +155,8 @@ def _build(recipe: Recipe, data: str, asr: str | None, device, quick: bool, cach
                 timer.mark("semantic_features")
             return wav, None, target
     else:
-        from codec.training import make_loader, epoch_batches
-        from data.loaders import AudioDataset, load_corpus
+        from flexicodec.common.training import make_loader, epoch_batches
+        from flexicodec.data.loaders import AudioDataset, collate_audio, load_corpus
         ds = load_corpus(data, split="train", sample_rate=sr, check="header")
         ds = ds.select(range(min(len(ds), max_utts)))
         seg = int(round(tc.segment_seconds * sr))
@@ -151,7 +168,7 @@ def _build(recipe: Recipe, data: str, asr: str | None, device, quick: bool, cach
             while True:
                 if state["it"] is None:
                     plan = epoch_batches(durs, tc.batch_size, 0, state["epoch"], bucket=False)
-                    state["it"] = iter(make_loader(dataset, plan, tc.num_workers))
+                    state["it"] = iter(make_loader(dataset, plan, tc.num_workers, collate_audio))
                 try:
                     return next(state["it"])
                 except StopIteration:
@@ -176,7 +193,7 @@ def _build(recipe: Recipe, data: str, asr: str | None, device, quick: bool, cach
 
 def _how(recipe: Recipe, cfg) -> dict:
     return {"frame_rate": cfg.draw_train_rate()} if recipe.dynamic else \
-        {"merging_threshold": 1.0}
+        {"threshold": 1.0}
 
 
 def run_recipe(recipe: Recipe, data: str, asr: str | None, device, steps: int, warmup: int,
@@ -184,51 +201,69 @@ def run_recipe(recipe: Recipe, data: str, asr: str | None, device, steps: int, w
                peak_flops: float) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
-    from codec.train import compile_for_training, train_step
+    from flexicodec.codec.train import compile_for_training, train_step
 
     log(f"[train_speed] {recipe.name}: building")
     parts, batch, cfg, tc = _build(recipe, data, asr, device, quick, cache, max_utts)
     seg_s = tc.segment_seconds if not recipe.data_on_device else \
-        max(1, round(tc.segment_seconds * 12.5)) / 12.5
+        max(1, round(tc.segment_seconds * BASE_FRAME_RATE)) / BASE_FRAME_RATE
     n_gen = sum(p.numel() for p in parts.g_params)
-    # FLOPs of one eager step (compiled graphs hide their ops from the counter)
-    wav, wl, target = batch()
+    steps_done = [tc.disc_start]        # global step: GAN on, D windows and D every k vary
+    k = tc.disc_every                   # timed and phase steps: whole cycles of k steps
+    steps, phase_steps = -(-steps // k) * k, -(-phase_steps // k) * k
+
+    def align() -> None:                # the next step updates the discriminators
+        steps_done[0] += (tc.disc_start - steps_done[0]) % k
+
+    def step(wav, wl, target, mark=None):
+        train_step(parts, wav, wl, target, _how(recipe, cfg), True, mark=mark,
+                   step=steps_done[0])
+        steps_done[0] += 1
+
+    # FLOPs of one eager step (compiled graphs hide their ops from the counter); with a
+    # discriminator update every k steps, the mean over k steps
     counter = FlopCounterMode(display=False)
     with counter:
-        train_step(parts, wav, wl, target, _how(recipe, cfg), True)
-    flops = counter.get_total_flops()
+        for _ in range(tc.disc_every):
+            wav, wl, target = batch()
+            step(wav, wl, target)
+    flops = counter.get_total_flops() / tc.disc_every
     if recipe.compile:
         compile_for_training(parts.model, parts.disc, parts.mel_loss)
     t0 = time.perf_counter()
     for _ in range(warmup):
         wav, wl, target = batch()
-        train_step(parts, wav, wl, target, _how(recipe, cfg), True)
+        step(wav, wl, target)
     synchronize(device)
     warm_s = time.perf_counter() - t0
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    align()
     synchronize(device)
     t0 = time.perf_counter()
     for _ in range(steps):
         wav, wl, target = batch()
-        train_step(parts, wav, wl, target, _how(recipe, cfg), True)
+        step(wav, wl, target)
     synchronize(device)
     dt = time.perf_counter() - t0
     timer = PhaseTimer(device)
+    align()
     for _ in range(phase_steps):
         timer.start()
         wav, wl, target = batch(timer)
-        train_step(parts, wav, wl, target, _how(recipe, cfg), True, mark=timer.mark)
+        step(wav, wl, target, timer.mark)
     step_s = dt / steps
     audio_s = tc.batch_size * seg_s
     row = {"recipe": recipe.name, "generator_M": n_gen / 1e6, "batch": tc.batch_size,
            "crop_s": seg_s, "compiled": recipe.compile, "data_on_device": recipe.data_on_device,
            "fused_adam": recipe.fused and device.type == "cuda",
            "merging": "target rate ~U[3, 12.5] Hz" if recipe.dynamic else "12.5 Hz",
-           "step_ms": 1000 * step_s, "audio_s_per_s": audio_s / step_s,
+           "disc_window_s": tc.disc_segment_seconds or seg_s, "disc_every": tc.disc_every,
+           "step_ms": 1000 * step_s, "timed_steps": steps, "audio_s_per_s": audio_s / step_s,
            "samples_per_s": tc.batch_size / step_s, "warmup_s": warm_s,
            "gflop_per_step": flops / 1e9, "tflops": flops / step_s / 1e12,
            "mfu_pct": 100 * flops / step_s / peak_flops,
+           # phases per step (a phase that does not run every step is averaged over all)
            "phase_ms": {k: 1000 * v / max(1, phase_steps) for k, v in timer.totals.items()}}
     if device.type == "cuda":
         row["peak_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
@@ -241,7 +276,7 @@ def run_recipe(recipe: Recipe, data: str, asr: str | None, device, steps: int, w
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.train_speed",
+    ap = argparse.ArgumentParser(prog="python -m flexicodec.benchmarks.train_speed",
                                  description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--data", required=True, help="corpus directory (its train split is used)")
@@ -254,11 +289,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--peak-flops", type=float, default=DEFAULT_PEAK_FLOPS,
                     help="device peak for MFU, dense bf16 FLOP/s (default: H100/H200 989e12)")
     ap.add_argument("--quick", action="store_true", help="tiny models (CPU check, seconds)")
-    ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("-o", "--out", default="benchmarks/results", help="output directory")
     a = ap.parse_args(argv)
     device = resolve_device(a.device)
     chosen = recipes(a.quick)
-    if a.recipes:
+    if not a.recipes:
+        chosen = [r for r in chosen if r.default]
+    else:
         names = [n.strip() for n in a.recipes.split(",") if n.strip()]
         unknown = sorted(set(names) - {r.name for r in chosen})
         if unknown:
@@ -285,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         for k, v in r["phase_ms"].items():
             r[f"ms_{k}"] = v
     cols = [("recipe", "recipe"), ("generator_M", "gen M"), ("batch", "batch"),
+            ("disc_window_s", "D s"), ("disc_every", "D every"),
             ("audio_s_per_s", "audio-s/s"), ("vs_shipped", "x shipped"), ("step_ms", "ms/step"),
             ("ms_data", "data"), ("ms_semantic_features", "ASR"),
             ("ms_generator_forward", "G fwd"), ("ms_discriminator", "D"),
@@ -297,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
               "steps": a.steps, "warmup": a.warmup, "phase_steps": a.phase_steps,
               "peak_flops": a.peak_flops, "rows": rows}
     write_json(out / "train_speed.json", result)
-    from codec.pretrained import atomic_write_text
+    from flexicodec.common.pretrained import atomic_write_text
     atomic_write_text(out / "train_speed.md",
                       "Phase columns: ms per step, synchronised at each phase boundary.\n\n```\n"
                       + table + "\n```\n")

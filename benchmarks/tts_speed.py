@@ -4,9 +4,9 @@ For every rate, each text is synthesized offline (``TTS.synthesize``: RTF = wall
 seconds, and the AR LM share from ``last_timing["lm_s"]``) and streamed (``TTS.stream``:
 time to the first audio chunk). Medians over texts × repeats after one warm-up sentence.
 
-    python -m benchmarks.tts_speed --out DIR                 # shipped TTS (codec + LM + acoustic)
-    python -m benchmarks.tts_speed --model DIR --device cuda --out DIR
-    python -m benchmarks.tts_speed --quick --out DIR         # random tiny pipeline (smoke run)
+    python -m flexicodec.benchmarks.tts_speed --out DIR                 # shipped TTS (codec + LM + acoustic)
+    python -m flexicodec.benchmarks.tts_speed --model DIR --device cuda --out DIR
+    python -m flexicodec.benchmarks.tts_speed --quick --out DIR         # random tiny pipeline (smoke run)
 
 With random weights the LM rarely ends a sentence, so ``--quick`` caps every sentence at
 ``--max-tokens`` tokens and reports that; timings of a trained pipeline depend on the
@@ -24,21 +24,22 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from benchmarks.common import (format_table, hardware_info, log, pick_sentences, resolve_device,
-                               synchronize, write_json)
+from flexicodec.benchmarks.common import (format_table, hardware_info, log, pick_sentences, resolve_device,
+                                          synchronize, write_json)
+from flexicodec.common.constants import BASE_FRAME_RATE
 
-DEFAULT_RATES = (12.5, 8.3, 6.25, 4.0, 3.0)
+DEFAULT_RATES = (BASE_FRAME_RATE, 8.3, 6.25, 4.0, 3.0)
 
 
 def build_random_tts(device: torch.device, max_tokens: int, seed: int = 0):
     """A TTS of tiny random models: the tiny FlexiCodec, a tiny SpeechLM with a sentencepiece
     tokenizer trained now, and a tiny acoustic stage (for smoke runs and tests)."""
-    from codec.config import FlexiCodecConfig
-    from codec.model import FlexiCodec
-    from lm.model import SpeechLM, SpeechLMConfig
-    from lm.text_tokenizer import train_text_tokenizer
-    from tts.acoustic import AcousticConfig, AcousticModel
-    from tts.pipeline import TTS, SynthesisOptions
+    from flexicodec.codec.config import FlexiCodecConfig
+    from flexicodec.codec.model import FlexiCodec
+    from flexicodec.lm.model import SpeechLM, SpeechLMConfig
+    from flexicodec.lm.text_tokenizer import train_text_tokenizer
+    from flexicodec.tts.acoustic import AcousticConfig, AcousticModel
+    from flexicodec.tts.pipeline import TTS, SynthesisOptions
 
     torch.manual_seed(seed)
     codec = FlexiCodec(FlexiCodecConfig.tiny()).eval()
@@ -108,7 +109,7 @@ def _floats(s: str) -> tuple[float, ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.tts_speed", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m flexicodec.benchmarks.tts_speed", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="directory with codec/ lm/ acoustic/ "
                    "(default: the shipped models)")
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--speaker", default=None)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True)
+    p.add_argument("-o", "--out", required=True, help="output directory")
     a = p.parse_args(argv)
     if a.threads or a.quick:
         torch.set_num_threads(a.threads or 1)
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         tts = build_random_tts(device, a.max_tokens, a.seed)
         source = f"random tiny models (--quick), <= {a.max_tokens} tokens per sentence"
     else:
-        from tts.pipeline import TTS
+        from flexicodec.tts.pipeline import TTS
         tts = TTS.from_pretrained(a.model, map_location=str(device))
         source = a.model or "shipped flexicodec_pretrained"
     texts = pick_sentences(a.num_texts or (2 if a.quick else 8), a.seed + 7)

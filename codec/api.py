@@ -1,4 +1,4 @@
-"""File-level helpers on top of :class:`codec.model.FlexiCodec` (used by the CLI).
+"""File-level helpers on top of :class:`flexicodec.codec.model.FlexiCodec` (used by the CLI).
 
 - :func:`load_codec` — a codec directory (default: the shipped one) on a device.
 - :func:`collect_inputs` — files/folders → (audio path, output stem) pairs.
@@ -19,17 +19,17 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from codec.codes_file import CodesFile, load_codes, save_codes
-from codec.model import FlexiCodec
-from data.audio import find_audio_files, load_audio, write_audio
+from flexicodec.codec.codes_file import CodesFile, load_codes, save_codes
+from flexicodec.codec.model import FlexiCodec
+from flexicodec.data.audio import find_audio_files, load_audio, write_audio
 
 log = logging.getLogger("flexicodec")
 
 
 def load_codec(model_dir: str | os.PathLike | None = None, device: str = "cpu") -> FlexiCodec:
-    """Load a codec directory (``None`` = the shipped ``flexicodec_pretrained/codec``)."""
+    """Load a codec directory (``None`` = the default ``codec`` of the models directory)."""
     if model_dir is None:
-        from flexicodec_pretrained import default_dir
+        from flexicodec.common.models import default_dir
         model_dir = default_dir("codec")       # FileNotFoundError with a clear message
     model = FlexiCodec.from_pretrained(model_dir, map_location=device)
     return model.to(device).eval()
@@ -89,7 +89,7 @@ class RateSummary:
 
 def _encode_one(model: FlexiCodec, path: Path, threshold, frame_rate, num_quantizers):
     wav, sr = load_audio(path, model.sample_rate)
-    codes = model.encode(wav, sr, merging_threshold=threshold, frame_rate=frame_rate,
+    codes = model.encode(wav, sr, threshold=threshold, frame_rate=frame_rate,
                          num_quantizers=num_quantizers)
     return codes
 
@@ -150,7 +150,7 @@ def group_boundaries(model: FlexiCodec, path: str | os.PathLike, threshold=None,
                      frame_rate=None):
     """(audio [T] numpy, token_lengths [T'] numpy, codes) for plotting one file."""
     wav, sr = load_audio(path, model.sample_rate)
-    codes = model.encode(wav, sr, merging_threshold=threshold, frame_rate=frame_rate)
+    codes = model.encode(wav, sr, threshold=threshold, frame_rate=frame_rate)
     return wav, codes.token_lengths[0].cpu().numpy(), codes
 
 
@@ -160,10 +160,10 @@ def calibrate_threshold_on_corpus(model: FlexiCodec, data: str | os.PathLike,
     """The one global merging threshold whose average rate, pooled over the first
     ``max_utts`` utterances of ``split``, is nearest ``frame_rate`` (Hz) — the paper's
     inference mode, where each utterance then gets its own rate by content. Returns
-    ``{"threshold", "frame_rate" (achieved, pooled), "target_rate", "utterances"}``."""
-    from codec import merging
-    from codec.train import corpus_similarities
-    from data.loaders import AudioDataset, load_corpus
+    ``{"threshold", "frame_rate" (achieved, pooled), "target_frame_rate", "utterances"}``."""
+    from flexicodec.codec import merging
+    from flexicodec.codec.train import corpus_similarities
+    from flexicodec.data.loaders import AudioDataset, load_corpus
 
     if max_utts < 1:
         raise ValueError(f"max_utts must be >= 1, got {max_utts}")
@@ -172,6 +172,6 @@ def calibrate_threshold_on_corpus(model: FlexiCodec, data: str | os.PathLike,
     sims = corpus_similarities(model, AudioDataset(ds, sample_rate=model.sample_rate), device,
                                max_utts)
     thr = merging.calibrate_threshold(sims, frame_rate, model.max_group)
-    return {"threshold": round(thr, 6), "target_rate": frame_rate,
+    return {"threshold": round(thr, 6), "target_frame_rate": frame_rate,
             "frame_rate": merging.pooled_rate(sims, thr, model.max_group),
             "utterances": len(sims), "split": split}

@@ -16,7 +16,7 @@ import importlib
 import logging
 import sys
 
-DISPATCH = {"asr-train": "codec.train_asr", "train": "codec.train", "eval": "codec.evaluate"}
+DISPATCH = {"asr-train": "flexicodec.codec.asr.train", "train": "flexicodec.codec.train", "eval": "flexicodec.codec.eval.evaluate"}
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -71,18 +71,18 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in DISPATCH:
         module = importlib.import_module(DISPATCH[argv[0]])
         return module.main(argv[1:]) or 0
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from codec.api import decode_files, encode_files, group_boundaries, load_codec, \
+    from flexicodec.codec.api import decode_files, encode_files, group_boundaries, load_codec, \
         reconstruct_files
-    from codec.codes_file import CodesFileError
-    from codec.pretrained import CheckpointError
-    from data.audio import AudioError
+    from flexicodec.codec.codes_file import CodesFileError
+    from flexicodec.common.pretrained import CheckpointError
+    from flexicodec.data.audio import AudioError
 
     try:
         model = load_codec(args.model, args.device)
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
                                   args.frame_rate, args.num_quantizers)
             print(s)
         elif args.command == "plot":
-            from codec.plot import plot_groups
+            from flexicodec.codec.eval.plot import plot_groups
             wav, lengths, codes = group_boundaries(model, args.input, args.threshold,
                                                    args.frame_rate)
             plot_groups(wav, lengths, args.out, model.sample_rate, model.frame_rate_base)
@@ -107,13 +107,20 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "calibrate":
             import json
 
-            from codec.api import calibrate_threshold_on_corpus
+            from flexicodec.codec.api import calibrate_threshold_on_corpus
             print(json.dumps(calibrate_threshold_on_corpus(
                 model, args.data, args.split, args.frame_rate, args.max_utts, args.device)))
     except (FileNotFoundError, CheckpointError, CodesFileError, AudioError, ValueError) as exc:
         print(f"flexicodec {args.command}: error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``flexicodec``: a missing model or a broken weight file is a one-line error (exit 2)."""
+    from flexicodec.common.pretrained import run_reporting_model_errors
+
+    return run_reporting_model_errors("flexicodec", _main, argv)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from codec.pretrained import atomic_path
+from flexicodec.common.pretrained import atomic_path
 
 FORMAT_VERSION = 1
 _KEYS = ("semantic_codes", "acoustic_codes", "token_lengths", "num_samples", "num_frames",
@@ -47,7 +47,7 @@ class CodesFile:
 
     @classmethod
     def from_encoded(cls, codes, model, target_frame_rate: float | None = None) -> "CodesFile":
-        """From :class:`codec.model.EncodedCodes` made by ``model``."""
+        """From :class:`flexicodec.codec.model.EncodedCodes` made by ``model``."""
         def np_(x, dtype):
             return x.detach().cpu().numpy().astype(dtype)
         return cls(np_(codes.semantic_codes, np.int32), np_(codes.acoustic_codes, np.int32),

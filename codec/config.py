@@ -1,4 +1,4 @@
-"""Configuration of :class:`codec.model.FlexiCodec` (one dataclass, four presets).
+"""Configuration of :class:`flexicodec.codec.model.FlexiCodec` (one dataclass, four presets).
 
 The presets ``tiny`` (tests), ``small`` (the first shipped codec), ``v2`` (sized for GPU
 training) and ``base`` (closer to the paper) are the ``model:`` sections of
@@ -16,17 +16,21 @@ from pathlib import Path
 import torch
 import yaml
 
-from codec.pretrained import config_from_dict
+from flexicodec.common.pretrained import config_from_dict
+from flexicodec.common.constants import BASE_FRAME_RATE, SAMPLE_RATE
 
 
 @dataclass
 class SemanticConfig:
     """Where the frozen semantic features come from.
 
-    ``source="asr"``: our :class:`codec.asr.PhonemeASR`, held inside the codec (its weights are
-    saved in the codec directory, its config in ``asr_config``). ``asr_path`` names a trained
-    ASR directory to copy weights from when a *new* codec is built; it is consumed (cleared)
-    at construction so a saved codec never depends on it.
+    ``source="asr"``: our :class:`flexicodec.codec.asr.model.PhonemeASR`, held frozen inside
+    the codec. A saved codec refers to it by identity instead of copying it: ``asr_identity``
+    is the hash of the ASR's weights (:func:`flexicodec.common.pretrained.state_dict_identity`)
+    and ``asr_config`` its architecture; loading finds the ASR directory with those weights
+    (see :func:`flexicodec.codec.semantic.find_asr`). ``asr_path`` names a trained ASR
+    directory to load when a codec is built; it is consumed (cleared) at construction and
+    remembered in ``asr_source``, the first place looked at when the codec is loaded again.
 
     ``source="hf"``: a local transformers speech encoder (Wav2Vec2 / HuBERT / WavLM /
     Data2VecAudio / Whisper encoder) loaded from ``hf_path`` with ``local_files_only=True``
@@ -39,6 +43,8 @@ class SemanticConfig:
     source: str = "asr"
     asr_config: dict = field(default_factory=dict)
     asr_path: str = ""
+    asr_identity: str = ""
+    asr_source: str = ""
     hf_path: str = ""
     layer: int | None = None
 
@@ -53,7 +59,7 @@ class SemanticConfig:
 class FlexiCodecConfig:
     """Sizes and settings of FlexiCodec. Frame rate = sample_rate / prod(encoder_rates)."""
 
-    sample_rate: int = 16000
+    sample_rate: int = SAMPLE_RATE
     # --- acoustic encoder (DAC-style strided convs) ---
     encoder_dim: int = 16                          # channels of the first conv; doubles per stride
     encoder_rates: tuple = (4, 4, 5, 8, 2)         # product 1280 → 12.5 Hz at 16 kHz
@@ -95,7 +101,7 @@ class FlexiCodecConfig:
     # ASR adjacent-frame similarities are far lower and that range gave 12.2-12.5 Hz, i.e. the
     # codec never trained at the rates it is evaluated at. Sampling the rate is independent of
     # the semantic model. See docs/ARCHITECTURE.md.
-    train_frame_rate_range: tuple = (3.0, 12.5)
+    train_frame_rate_range: tuple = (3.0, BASE_FRAME_RATE)
     # threshold used by encode() when neither a threshold nor a rate is given; the trainer
     # calibrates it on the valid split (`default_rate`) when it exports the model
     default_threshold: float = 0.91
@@ -118,11 +124,12 @@ class FlexiCodecConfig:
         if not 1 <= self.max_group <= 64:
             raise ValueError(f"max_group must be in [1, 64], got {self.max_group}")
         lo, hi = self.train_frame_rate_range
-        if not (0.0 < lo <= hi <= 12.5):
-            raise ValueError(f"train_frame_rate_range must satisfy 0 < lo <= hi <= 12.5 Hz, got "
-                             f"{self.train_frame_rate_range}")
-        if not 0.0 < self.default_rate <= 12.5:
-            raise ValueError(f"default_rate must be in (0, 12.5] Hz, got {self.default_rate}")
+        if not (0.0 < lo <= hi <= BASE_FRAME_RATE):
+            raise ValueError(f"train_frame_rate_range must satisfy 0 < lo <= hi <= "
+                             f"{BASE_FRAME_RATE} Hz, got {self.train_frame_rate_range}")
+        if not 0.0 < self.default_rate <= BASE_FRAME_RATE:
+            raise ValueError(f"default_rate must be in (0, {BASE_FRAME_RATE}] Hz, got "
+                             f"{self.default_rate}")
         if self.fixed_group < 0 or self.fixed_group > self.max_group:
             raise ValueError(f"fixed_group must be in [0, max_group], got {self.fixed_group}")
         if any(v < 2 for v in self.fsq_levels):

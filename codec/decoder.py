@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from codec.bottleneck import ConvNeXtBlock
+from flexicodec.codec.bottleneck import ConvNeXtBlock
 
 
 class ISTFT(nn.Module):

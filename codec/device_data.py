@@ -32,6 +32,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from flexicodec.common.constants import SAMPLE_RATE
+
 CACHE_VERSION = 1
 
 
@@ -53,7 +55,7 @@ class DeviceCorpus:
 
     @property
     def hours(self) -> float:
-        return float(self.num_frames.sum()) * self.hop / 16000 / 3600
+        return float(self.num_frames.sum()) * self.hop / SAMPLE_RATE / 3600
 
     def to(self, device) -> "DeviceCorpus":
         return DeviceCorpus(self.audio.to(device), self.targets.to(device),
@@ -77,7 +79,7 @@ class CropSampler:
         starts = (corpus.num_frames - self.crop_frames + 1).clamp(min=0)      # [U] positions
         if int(starts.sum()) == 0:
             raise ValueError(f"no utterance is at least {crop_frames} frames "
-                             f"({crop_frames * corpus.hop / 16000:.2f} s) long")
+                             f"({crop_frames * corpus.hop / SAMPLE_RATE:.2f} s) long")
         self.cum = torch.cumsum(starts, 0)                                    # [U]
         self.total = int(self.cum[-1])
         dev = corpus.audio.device
@@ -112,8 +114,8 @@ def build_device_corpus(model, data: str, split: str, device, min_frames: int,
     """Load ``split`` of corpus ``data`` (utterances of at least ``min_frames`` frames, the
     first ``max_utterances`` of them if given) onto ``device`` with ``model``'s frozen
     semantic features; cached in ``cache_dir``."""
-    from codec.pretrained import atomic_torch_save, state_dict_identity
-    from data.loaders import AudioDataset, collate_audio, load_corpus
+    from flexicodec.common.pretrained import atomic_torch_save, state_dict_identity
+    from flexicodec.data.loaders import AudioDataset, collate_audio, load_corpus
 
     hop = model.config.hop_size
     sr = model.config.sample_rate

@@ -1,5 +1,5 @@
 """Codec training losses: multi-resolution mel L1, GAN losses (hinge or least squares) and
-feature matching. The mel transform is :class:`codec.mel.MelSpectrogram` (fp32 STFT).
+feature matching. The mel transform is :class:`flexicodec.codec.mel.MelSpectrogram` (fp32 STFT).
 """
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from codec.mel import MelSpectrogram
+from flexicodec.codec.mel import MelSpectrogram
+from flexicodec.common.constants import SAMPLE_RATE
 
 
 @dataclass
@@ -16,7 +17,7 @@ class MelLossConfig:
     n_ffts: tuple = (256, 512, 1024, 2048)
     hops: tuple = (64, 128, 256, 512)
     n_mels: tuple = (20, 40, 80, 160)
-    sample_rate: int = 16000
+    sample_rate: int = SAMPLE_RATE
 
 
 class MultiResolutionMelLoss(nn.Module):

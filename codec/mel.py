@@ -1,6 +1,6 @@
 """The one mel-spectrogram implementation of the project (torch STFT + mel filterbank, no
-torchaudio). Used by the ASR front end (:mod:`codec.asr`), the multi-resolution mel loss
-(:mod:`codec.losses`) and the evaluation's mel distance (:mod:`codec.evaluate`).
+torchaudio). Used by the ASR front end (:mod:`flexicodec.codec.asr.model`), the multi-resolution mel loss
+(:mod:`flexicodec.codec.losses`) and the evaluation's mel distance (:mod:`flexicodec.codec.eval.evaluate`).
 
 The STFT always runs in float32, even inside a bf16 autocast region.
 """
@@ -10,6 +10,8 @@ import math
 
 import torch
 from torch import nn
+
+from flexicodec.common.constants import SAMPLE_RATE
 
 
 def hz_to_mel(f: torch.Tensor | float) -> torch.Tensor:
@@ -73,7 +75,7 @@ class MelSpectrogram(nn.Module):
     code, never saved in checkpoints).
     """
 
-    def __init__(self, sample_rate: int = 16000, n_fft: int = 1024, hop_length: int = 256,
+    def __init__(self, sample_rate: int = SAMPLE_RATE, n_fft: int = 1024, hop_length: int = 256,
                  win_length: int | None = None, n_mels: int = 80, f_min: float = 0.0,
                  f_max: float | None = None, power: float = 1.0, center: bool = True,
                  log: bool = True, eps: float = 1e-5, pad_mode: str = "reflect"):

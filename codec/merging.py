@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-BASE_FRAME_RATE = 12.5
+from flexicodec.common.constants import BASE_FRAME_RATE
 
 
 @dataclass
@@ -60,6 +60,22 @@ class Merge:
     def frame_rate(self, base_rate: float = BASE_FRAME_RATE) -> torch.Tensor:
         """[B] achieved average token rate in Hz (tokens / seconds of frames)."""
         return self.num_tokens.float() * base_rate / self.num_frames.clamp(min=1).float()
+
+    def pad_tokens(self, num_tokens: int) -> "Merge":
+        """The same grouping with the token axis padded to ``num_tokens`` (>= T') by padding
+        tokens (length 0, masked), so a batch's token tensors have a shape that does not
+        depend on its content (e.g. ``num_tokens`` = T frames). Padding frames point at the
+        new dummy index ``num_tokens``."""
+        Tp = self.token_lengths.shape[1]
+        if num_tokens < Tp:
+            raise ValueError(f"cannot pad {Tp} tokens to {num_tokens}")
+        if num_tokens == Tp:
+            return self
+        extra = num_tokens - Tp
+        gid = torch.where(self.group_index >= Tp, torch.full_like(self.group_index, num_tokens),
+                          self.group_index)
+        lengths = nn.functional.pad(self.token_lengths, (0, extra))
+        return Merge(gid, lengths, lengths > 0, self.frame_mask, self.threshold)
 
 
 def frame_similarity(feats: torch.Tensor) -> torch.Tensor:

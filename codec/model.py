@@ -16,22 +16,28 @@ tokens repeated back to frames (``distill_loss``).
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import math
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from codec import merging
-from codec.bottleneck import ConvNeXtStack, LocalTransformer
-from codec.config import FlexiCodecConfig
-from codec.decoder import VocosDecoder
-from codec.encoder import AcousticEncoder
-from codec.pretrained import PretrainedMixin
-from codec.quantize import FSQ, ResidualVQ
-from codec.semantic import build_semantic, to_frame_grid
-from data.audio import AudioError, prepare_waveform
+from flexicodec.codec import merging
+from flexicodec.codec.bottleneck import ConvNeXtStack, LocalTransformer
+from flexicodec.codec.config import FlexiCodecConfig
+from flexicodec.codec.decoder import VocosDecoder
+from flexicodec.codec.encoder import AcousticEncoder
+from flexicodec.common.pretrained import (CheckpointError, PretrainedMixin, config_from_dict,
+                                          config_to_dict, state_dict_identity)
+from flexicodec.codec.quantize import FSQ, ResidualVQ
+from flexicodec.codec.semantic import asr_weights_identity, build_semantic, find_asr, to_frame_grid
+from flexicodec.common.constants import BASE_FRAME_RATE, SAMPLE_RATE
+from flexicodec.data.audio import AudioError, prepare_waveform
 
 
 @dataclass
@@ -104,7 +110,7 @@ def _to_numpy(x) -> np.ndarray:
     return np.asarray(x, dtype=np.float32)
 
 
-def prepare_batch(wav, sample_rate: int, target_sr: int = 16000, multichannel: bool = False
+def prepare_batch(wav, sample_rate: int, target_sr: int = SAMPLE_RATE, multichannel: bool = False
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """Any input → (wav [B, T] float32 zero-padded at ``target_sr``, lengths [B] long).
 
@@ -142,13 +148,18 @@ def prepare_batch(wav, sample_rate: int, target_sr: int = 16000, multichannel: b
     return batch, lengths
 
 
+#: where the frozen ASR's weights sit in the codec's state dict
+ASR_PREFIX = "semantic.asr."
+log = logging.getLogger(__name__)
+
+
 class FlexiCodec(nn.Module, PretrainedMixin):
     """The codec. See the module docstring; contract in docs/ARCHITECTURE.md."""
 
     config_class = FlexiCodecConfig
     model_type = "flexicodec"
     pretrained_name = "codec"
-    frame_rate_base = 12.5
+    frame_rate_base = BASE_FRAME_RATE
 
     def __init__(self, config: FlexiCodecConfig):
         super().__init__()
@@ -201,6 +212,93 @@ class FlexiCodec(nn.Module, PretrainedMixin):
         super().train(mode)
         self.semantic.train(False)  # the semantic model is always frozen
         return self
+
+    # ---- saving / loading: the frozen ASR is referred to by identity ----------------------
+    #: ``FlexiCodec.from_pretrained(DIR, asr=ASR_DIR)``: where the referenced ASR is
+    load_options = ("asr",)
+
+    def _holds_asr(self) -> bool:
+        return self.config.semantic.source == "asr"
+
+    def weights_to_save(self) -> dict[str, torch.Tensor]:
+        """The codec's own weights: the frozen ASR's (``semantic.asr.*``) are not saved,
+        only its identity (``config.semantic.asr_identity``)."""
+        state = self.state_dict()
+        if self._holds_asr():
+            state = {k: v for k, v in state.items() if not k.startswith(ASR_PREFIX)}
+        return state
+
+    def identity_of(self, state: dict[str, torch.Tensor]) -> str:
+        """Hash of the codec's own weights and, when they exclude it, the ASR identity."""
+        ident = state_dict_identity(state)
+        if self._holds_asr() and not any(k.startswith(ASR_PREFIX) for k in state):
+            asr = asr_weights_identity(self.semantic.asr)
+            ident = hashlib.sha256(f"{ident}|asr:{asr}".encode()).hexdigest()[:16]
+        return ident
+
+    def before_save(self, directory: Path) -> None:
+        """Record the ASR's identity; make sure the saved codec can find its ASR again (see
+        :func:`~flexicodec.codec.semantic.find_asr`). When no ASR directory with these
+        weights exists beside ``directory`` or in the models directory, the ASR is saved
+        once beside the codec as ``asr-<identity>/``."""
+        if not self._holds_asr():
+            return
+        sem = self.config.semantic
+        sem.asr_identity = asr_weights_identity(self.semantic.asr)
+        sem.asr_config = config_to_dict(self.semantic.asr.config)
+        try:
+            find_asr(sem.asr_identity, source=sem.asr_source, codec_dir=directory)
+        except CheckpointError:
+            target = Path(directory).resolve().parent / f"asr-{sem.asr_identity}"
+            self.semantic.asr.save_pretrained(target)
+            log.info("saved the codec's ASR (identity %s) to %s", sem.asr_identity, target)
+            sem.asr_source = str(target)
+
+    @classmethod
+    def instantiate_for_load(cls, config, state, directory: Path, meta: dict,
+                             asr: str | None = None):
+        """Build the codec for ``state``: resolve its ASR by identity and add its weights.
+
+        Legacy codecs (saved before ASRs were referred to by identity, such as the shipped
+        ``codec`` and ``codec_fixed_6.25hz``) carry a copy of the ASR in their weights: that
+        copy is used, after checking that its weights have the identity the config records
+        (``semantic.asr_identity``; a codec that records none takes the copy's)."""
+        sem = config.semantic
+        if sem.source != "asr":
+            if asr is not None:
+                raise CheckpointError(f"{directory}: --asr given, but this codec's semantic "
+                                      f"source is {sem.source!r}")
+            return cls(config), state
+        embedded = {k[len(ASR_PREFIX):]: v for k, v in state.items()
+                    if k.startswith(ASR_PREFIX)}
+        if embedded:                                    # the legacy branch
+            got = state_dict_identity(embedded)
+            if sem.asr_identity and got != sem.asr_identity:
+                raise CheckpointError(f"{directory}: the embedded ASR copy has identity {got}, "
+                                      f"the config records {sem.asr_identity}")
+            sem.asr_identity = got
+            if asr is not None:
+                find_asr(got, explicit=asr)             # an explicit ASR must be the same
+            return cls(config), state
+        if not sem.asr_identity:
+            raise CheckpointError(f"{directory}: holds no ASR weights and names no ASR "
+                                  f"(semantic.asr_identity is empty)")
+        recorded = dict(sem.asr_config)
+        sem.asr_path = str(find_asr(sem.asr_identity, explicit=asr, source=sem.asr_source,
+                                    codec_dir=directory))
+        model = cls(config)                             # loads the ASR from asr_path
+        got = asr_weights_identity(model.semantic.asr)
+        if got != sem.asr_identity:
+            raise CheckpointError(f"{directory}: ASR {sem.asr_source} has identity {got}, the "
+                                  f"codec needs {sem.asr_identity}")
+        full = config_to_dict(config_from_dict(type(model.semantic.asr.config), recorded))
+        same = json.loads(json.dumps(full)) == json.loads(json.dumps(sem.asr_config))
+        if recorded and not same:
+            raise CheckpointError(f"{directory}: ASR {sem.asr_source} has another config "
+                                  f"than the codec records")
+        state = {**state, **{ASR_PREFIX + k: v
+                             for k, v in model.semantic.asr.state_dict().items()}}
+        return model, state
 
     def num_parameters(self, include_semantic: bool = False) -> int:
         return sum(p.numel() for n, p in self.named_parameters()
@@ -325,31 +423,31 @@ class FlexiCodec(nn.Module, PretrainedMixin):
         return FrameFeatures(out[0], out[1], out[2], frame_mask, n_frames)
 
     # ---- merging -------------------------------------------------------------------------
-    def make_merge(self, ff: FrameFeatures, merging_threshold=None, frame_rate=None,
+    def make_merge(self, ff: FrameFeatures, threshold=None, frame_rate=None,
                    fixed_group: int | None = None) -> merging.Merge:
-        """Choose the groups: ``fixed_group`` > ``merging_threshold`` / ``frame_rate`` >
+        """Choose the groups: ``fixed_group`` > ``threshold`` / ``frame_rate`` >
         ``config.fixed_group`` > in training a target rate drawn uniformly from
         ``train_frame_rate_range`` (per-utterance thresholds reach it), in eval
         ``default_threshold``."""
         c = self.config
-        if merging_threshold is not None and frame_rate is not None:
-            raise ValueError("give merging_threshold or frame_rate, not both")
+        if threshold is not None and frame_rate is not None:
+            raise ValueError("give threshold or frame_rate, not both")
         if fixed_group:
             if not 1 <= fixed_group <= c.max_group:
                 raise ValueError(f"fixed_group must be in [1, {c.max_group}], got {fixed_group}")
             return merging.merge_fixed(ff.frame_mask, int(fixed_group))
-        if merging_threshold is None and frame_rate is None:
+        if threshold is None and frame_rate is None:
             if c.fixed_group:
                 return merging.merge_fixed(ff.frame_mask, c.fixed_group)
             if self.training:
                 frame_rate = c.draw_train_rate()
             else:
-                merging_threshold = c.default_threshold
+                threshold = c.default_threshold
         sim = merging.frame_similarity(ff.target)
         if frame_rate is not None:
             return merging.merge_to_rate(sim, ff.frame_mask, float(frame_rate), c.max_group,
                                          self.frame_rate_base)
-        return merging.merge_by_threshold(sim, ff.frame_mask, merging_threshold, c.max_group)
+        return merging.merge_by_threshold(sim, ff.frame_mask, threshold, c.max_group)
 
     # ---- token level ---------------------------------------------------------------------
     def quantize(self, ff: FrameFeatures, merge: merging.Merge,
@@ -421,23 +519,31 @@ class FlexiCodec(nn.Module, PretrainedMixin):
 
     # ---- training forward ----------------------------------------------------------------
     def forward(self, wav: torch.Tensor, wav_lengths: torch.Tensor | None = None,
-                merging_threshold: float | None = None, num_quantizers: int | None = None,
+                threshold: float | None = None, num_quantizers: int | None = None,
                 fixed_group: int | None = None, frame_rate: float | None = None,
-                semantic_target: torch.Tensor | None = None) -> CodecOutput:
+                semantic_target: torch.Tensor | None = None,
+                pad_tokens: bool = False) -> CodecOutput:
         """wav [B, T] (16 kHz) → :class:`CodecOutput` (audio [B, T]).
 
         ``wav_lengths=None``: every item is T samples long (the fast training path: no masks,
         and at 12.5 Hz no host synchronisation). ``semantic_target`` [B, F, Dsem]: the frozen
-        semantic features on the frame grid, precomputed (:mod:`codec.device_data`);
+        semantic features on the frame grid, precomputed (:mod:`flexicodec.codec.device_data`);
         computed from ``wav`` when None.
 
-        Groups: ``merging_threshold`` or a target ``frame_rate`` (Hz, per utterance); with
+        Groups: ``threshold`` or a target ``frame_rate`` (Hz, per utterance); with
         neither, training draws one target rate per batch from ``train_frame_rate_range`` and
         eval uses ``default_threshold`` (see :meth:`make_merge`).
-        ``num_quantizers=None`` uses all stages (with quantizer dropout in training)."""
+        ``num_quantizers=None`` uses all stages (with quantizer dropout in training).
+
+        ``pad_tokens=True``: the token axis is padded to the frame count F (masked padding
+        tokens), so the token-level modules (semantic decoder, RVQ) see [B, F, ...] whatever
+        the merging, and a compiled training step keeps one shape at dynamic rates; audio and
+        losses are those of the unpadded tokens, the codes in the output are [B, F]."""
         T = wav.shape[1]
         ff = self.frame_features(wav, wav_lengths, target=semantic_target)
-        merge = self.make_merge(ff, merging_threshold, frame_rate, fixed_group)
+        merge = self.make_merge(ff, threshold, frame_rate, fixed_group)
+        if pad_tokens:
+            merge = merge.pad_tokens(ff.latent.shape[1])
         q = self.quantize(ff, merge, num_quantizers)
         audio = self.synthesize(q["tokens"], merge)[:, :T]
         return CodecOutput(audio=audio, semantic_codes=q["semantic_codes"],
@@ -450,27 +556,27 @@ class FlexiCodec(nn.Module, PretrainedMixin):
 
     # ---- inference API -------------------------------------------------------------------
     @torch.no_grad()
-    def encode(self, wav, sample_rate: int, merging_threshold: float | None = None,
+    def encode(self, wav, sample_rate: int, threshold: float | None = None,
                frame_rate: float | None = None, num_quantizers: int | None = None, *,
                fixed_group: int | None = None, multichannel: bool = False,
                chunk_seconds: float = 30.0, context_seconds: float = 5.0) -> EncodedCodes:
         """Audio → :class:`EncodedCodes`. ``wav``: see :func:`prepare_batch` (any rate,
-        channels, a list of variable-length arrays). Choose the rate by ``merging_threshold``
+        channels, a list of variable-length arrays). Choose the rate by ``threshold``
         (1.0 = 12.5 Hz, default ``config.default_threshold``) or a target ``frame_rate`` in Hz
         (searched per utterance). Audio longer than ``chunk_seconds`` is encoded in chunks
         with ``context_seconds`` of overlap on each side."""
         n = self.config.n_q if num_quantizers is None else int(num_quantizers)
         if not 0 <= n <= self.config.n_q:
             raise ValueError(f"num_quantizers must be in [0, {self.config.n_q}], got {n}")
-        if merging_threshold is not None and not math.isfinite(float(merging_threshold)):
-            raise ValueError(f"merging_threshold must be finite, got {merging_threshold}")
+        if threshold is not None and not math.isfinite(float(threshold)):
+            raise ValueError(f"threshold must be finite, got {threshold}")
         batch, lengths = prepare_batch(wav, sample_rate, self.sample_rate, multichannel)
         batch, lengths = batch.to(self.device), lengths.to(self.device)
         was_training = self.training
         self.eval()
         try:
             ff = self.frame_features_chunked(batch, lengths, chunk_seconds, context_seconds)
-            merge = self.make_merge(ff, merging_threshold, frame_rate, fixed_group)
+            merge = self.make_merge(ff, threshold, frame_rate, fixed_group)
             q = self.quantize(ff, merge, n)
         finally:
             self.train(was_training)
@@ -484,7 +590,72 @@ class FlexiCodec(nn.Module, PretrainedMixin):
     def decode_from_codes(self, semantic_codes, acoustic_codes, token_lengths) -> torch.Tensor:
         """semantic_codes [B, T'], acoustic_codes [B, n, T'] (n may be 0: semantic-only),
         token_lengths [B, T'] (0 on trailing padding) → audio [B, F * 1280] at 16 kHz, where
-        F = max total length. Unbatched [T'] / [n, T'] inputs are accepted too."""
+        F = max total length. Unbatched [T'] / [n, T'] inputs are accepted too.
+        Same as ``decode_from_latent(latent_from_codes(...), token_lengths)``."""
+        latent, lens = self._latent_from_codes(semantic_codes, acoustic_codes, token_lengths)
+        return self._decode_latent(latent, lens)
+
+    @torch.no_grad()
+    def latent_from_codes(self, semantic_codes, acoustic_codes, token_lengths) -> torch.Tensor:
+        """The continuous per-token latent the codes stand for: the semantic decoder's output
+        plus the sum of the RVQ stages (the tokens the unmerging transformer expands), i.e.
+        the dequantized codes. Inputs as :meth:`decode_from_codes` → latent [B, T', D]
+        (0 on padding). The semantic decoder sees ``latent_context_tokens()`` tokens on each
+        side, so a window's latent equals the whole utterance's only that far from its ends."""
+        return self._latent_from_codes(semantic_codes, acoustic_codes, token_lengths)[0]
+
+    def latent_context_tokens(self) -> int:
+        """Tokens on each side that the semantic decoder's receptive field covers."""
+        return 3 * self.config.semantic_decoder_layers
+
+    @torch.no_grad()
+    def encode_latent(self, wav, sample_rate: int, **encode_kwargs
+                      ) -> tuple[EncodedCodes, torch.Tensor]:
+        """:meth:`encode` and the quantized continuous latent of its codes:
+        (codes, latent [B, T', D]); ``decode_from_latent(latent, codes.token_lengths)`` gives
+        the same audio as decoding the codes."""
+        codes = self.encode(wav, sample_rate, **encode_kwargs)
+        return codes, self.latent_from_codes(codes.semantic_codes, codes.acoustic_codes,
+                                             codes.token_lengths)
+
+    @torch.no_grad()
+    def decode_from_latent(self, latent, token_lengths) -> torch.Tensor:
+        """latent [B, T', D] (per merged token, as :meth:`latent_from_codes` gives it),
+        token_lengths [B, T'] (0 on trailing padding) → audio [B, F * 1280] at 16 kHz.
+        Unbatched [T', D] / [T'] inputs are accepted too."""
+        dev = self.device
+        lat = torch.as_tensor(np.asarray(latent) if not isinstance(latent, torch.Tensor)
+                              else latent).to(dev)
+        lens = torch.as_tensor(np.asarray(token_lengths) if not isinstance(
+            token_lengths, torch.Tensor) else token_lengths).long().to(dev)
+        if lat.dim() == 2:
+            lat, lens = lat[None], lens[None] if lens.dim() == 1 else lens
+        D = self.config.latent_dim
+        if lat.dim() != 3 or lat.shape[-1] != D or lens.shape != lat.shape[:2]:
+            raise ValueError(f"latent {tuple(lat.shape)} and lengths {tuple(lens.shape)} do "
+                             f"not match: expected [B, T', {D}] and [B, T']")
+        if not lat.is_floating_point() or not bool(torch.isfinite(lat).all()):
+            raise ValueError("latent must be finite floating point values")
+        mask = self._check_lengths(lens)
+        lat = lat.to(self.semantic_decoder.proj_out.weight.dtype) * mask[..., None]
+        return self._decode_latent(lat, lens)
+
+    def _check_lengths(self, lens: torch.Tensor) -> torch.Tensor:
+        """token_lengths [B, T'] checked → valid-token mask [B, T']."""
+        if lens.shape[1] == 0:
+            raise ValueError("no tokens to decode")
+        mask = lens > 0
+        if (lens < 0).any() or (lens > self.max_group).any():
+            raise ValueError(f"token lengths must lie in [1, {self.max_group}] (0 = padding)")
+        if (mask[:, 1:] & ~mask[:, :-1]).any():
+            raise ValueError("token lengths: padding (0) must only appear at the end")
+        if not mask[:, 0].all():
+            raise ValueError("every utterance needs at least one token")
+        return mask
+
+    def _latent_from_codes(self, semantic_codes, acoustic_codes, token_lengths
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Checked codes → (latent [B, T', D], token_lengths [B, T'])."""
         dev = self.device
         sem = torch.as_tensor(np.asarray(semantic_codes) if not isinstance(
             semantic_codes, torch.Tensor) else semantic_codes).long().to(dev)
@@ -500,25 +671,26 @@ class FlexiCodec(nn.Module, PretrainedMixin):
             raise ValueError(f"codes shapes do not match: semantic {tuple(sem.shape)}, "
                              f"acoustic {tuple(ac.shape)}, lengths {tuple(lens.shape)}; expected "
                              f"[B, T'], [B, n, T'], [B, T']")
-        if sem.shape[1] == 0:
-            raise ValueError("no tokens to decode")
-        mask = lens > 0
-        if (lens < 0).any() or (lens > self.max_group).any():
-            raise ValueError(f"token lengths must lie in [1, {self.max_group}] (0 = padding)")
-        if (mask[:, 1:] & ~mask[:, :-1]).any():
-            raise ValueError("token lengths: padding (0) must only appear at the end")
-        if not mask[:, 0].all():
-            raise ValueError("every utterance needs at least one token")
+        mask = self._check_lengths(lens)
         sem = sem.masked_fill(~mask, 0)
         ac = ac.masked_fill(~mask[:, None, :], 0)
-        merge = merging.merge_from_lengths(lens)
         was_training = self.training
         self.eval()
         try:
             sem_q = self.fsq.decode(sem) * mask[..., None]
             sem_lat = self.semantic_decoder(sem_q, mask)
-            tokens = sem_lat + self.rvq.decode(ac).to(sem_lat.dtype) * mask[..., None]
-            return self.synthesize(tokens, merge)
+            latent = sem_lat + self.rvq.decode(ac).to(sem_lat.dtype) * mask[..., None]
+        finally:
+            self.train(was_training)
+        return latent, lens
+
+    def _decode_latent(self, latent: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
+        """latent [B, T', D], checked lengths [B, T'] → audio (eval mode)."""
+        merge = merging.merge_from_lengths(lens)
+        was_training = self.training
+        self.eval()
+        try:
+            return self.synthesize(latent, merge)
         finally:
             self.train(was_training)
 

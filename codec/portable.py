@@ -40,7 +40,7 @@ def _half(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def save_portable_state(directory: str | os.PathLike, codec, discriminator, info: dict) -> Path:
     """Write ``codec`` (its weights except ``semantic.*``), ``discriminator`` and ``info``
     (JSON-able: step, train_seconds, ...) to ``directory`` atomically; returns it."""
-    from codec.pretrained import config_to_dict, state_dict_identity
+    from flexicodec.common.pretrained import config_to_dict, state_dict_identity
 
     out = Path(directory)
     tmp = out.with_name(f".{out.name}.tmp")
@@ -78,7 +78,7 @@ def read_portable_info(directory: str | os.PathLike) -> dict:
 def load_portable_weights(directory: str | os.PathLike, codec, discriminator) -> dict:
     """Load a portable state's weights into ``codec`` (whose frozen ASR must be the one the
     state was trained with) and ``discriminator``; returns its info."""
-    from codec.pretrained import state_dict_identity
+    from flexicodec.common.pretrained import state_dict_identity
 
     d = Path(directory)
     info = read_portable_info(d)

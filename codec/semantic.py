@@ -2,9 +2,10 @@
 
 Every source exposes ``hidden_states(wav [B, T], wav_lengths [B], layer=None) ->
 (feats [B, T_f, D], feat_lengths [B])``, ``feature_rate`` (Hz) and ``feature_dim``, exactly
-like :class:`codec.asr.PhonemeASR`. Two sources:
+like :class:`flexicodec.codec.asr.model.PhonemeASR`. Two sources:
 
-- :class:`ASRSemantic` — our PhonemeASR held as a submodule (weights saved in the codec).
+- :class:`ASRSemantic` — our PhonemeASR held as a submodule; a saved codec refers to it by
+  the identity of its weights, and :func:`find_asr` finds it again when the codec is loaded.
 - :class:`HFSemantic` — a local transformers speech encoder (Wav2Vec2, HuBERT, WavLM,
   Data2VecAudio, or a Whisper encoder) loaded with ``local_files_only=True`` from a path
   stored in the codec config; its weights are kept *out* of the codec's state dict. Its
@@ -19,12 +20,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from codec.config import SemanticConfig
+from flexicodec.codec.config import SemanticConfig
+from flexicodec.common.constants import BASE_FRAME_RATE, SAMPLE_RATE
 
 
 def _freeze(module: nn.Module) -> None:
@@ -35,16 +38,17 @@ def _freeze(module: nn.Module) -> None:
 
 class ASRSemantic(nn.Module):
     """Our PhonemeASR as the semantic source. ``cfg.asr_path`` (if set) is loaded and then
-    cleared, its config copied into ``cfg.asr_config``."""
+    cleared (remembered in ``cfg.asr_source``), its config copied into ``cfg.asr_config``."""
 
     def __init__(self, cfg: SemanticConfig):
         super().__init__()
-        from codec.asr import PhonemeASR, PhonemeASRConfig
-        from codec.pretrained import config_from_dict
+        from flexicodec.codec.asr.model import PhonemeASR, PhonemeASRConfig
+        from flexicodec.common.pretrained import config_from_dict
 
         if cfg.asr_path:
             self.asr = PhonemeASR.from_pretrained(cfg.asr_path)
             cfg.asr_config = dataclasses.asdict(self.asr.config)
+            cfg.asr_source = str(Path(cfg.asr_path).resolve())
             cfg.asr_path = ""
         else:
             self.asr = PhonemeASR(config_from_dict(PhonemeASRConfig, cfg.asr_config))
@@ -65,6 +69,78 @@ class ASRSemantic(nn.Module):
 
     def hidden_states(self, wav, wav_lengths=None, layer=None):
         return self.asr.hidden_states(wav, wav_lengths, self.layer if layer is None else layer)
+
+
+def asr_weights_identity(asr: nn.Module) -> str:
+    """The identity a codec records for its ASR: the hash of the ASR's weights."""
+    from flexicodec.common.pretrained import state_dict_identity
+
+    return state_dict_identity(asr.state_dict())
+
+
+def find_asr(identity: str, explicit: str | os.PathLike | None = None, source: str = "",
+             codec_dir: str | os.PathLike | None = None) -> Path:
+    """The ASR directory whose weights have ``identity``.
+
+    Looked up, in order: ``explicit`` (``--asr DIR``; it must match), ``source`` (where the
+    codec's ASR was loaded from when it was built), the ASR folders beside the codec
+    directory (``codec_dir``'s parent, e.g. ``flexicodec_pretrained/asr`` beside
+    ``flexicodec_pretrained/codec``), then the models directory (``$FLEXICODEC_MODELS``, else
+    the checkout's ``flexicodec_pretrained/``). Raises CheckpointError (one line) when none
+    has those weights.
+    """
+    from flexicodec.common.models import MODELS_ENV, ModelsDirError, models_dir
+    from flexicodec.common.pretrained import CheckpointError
+
+    if explicit is not None:
+        got = _asr_dir_identity(Path(explicit))
+        if got != identity:
+            raise CheckpointError(f"ASR {explicit}: " + (
+                "not an ASR model directory" if got is None else
+                f"its weights have identity {got}, the codec needs {identity}"))
+        return Path(explicit)
+    places: list[Path] = []
+    if source:
+        places.append(Path(source))
+    parent = Path(codec_dir).resolve().parent if codec_dir is not None else None
+    if parent is not None and parent.is_dir():
+        places += sorted(p for p in parent.iterdir() if p.is_dir())
+    try:
+        root = models_dir()
+        places += sorted(p for p in root.iterdir() if p.is_dir())
+        where = f"the models directory {root}"
+    except ModelsDirError:
+        where = f"no models directory ({MODELS_ENV} unset or missing)"
+    seen: set[Path] = set()
+    for place in places:
+        key = place.resolve()
+        if key in seen:
+            continue
+        seen.add(key)
+        if _asr_dir_identity(place) == identity:
+            return place
+    beside = f"the folders beside {codec_dir}, " if codec_dir is not None else ""
+    raise CheckpointError(f"the codec needs the ASR with identity {identity}: not found in "
+                          f"{beside}{where}; set {MODELS_ENV} to a folder holding it or pass "
+                          f"--asr DIR")
+
+
+def _asr_dir_identity(path: Path) -> str | None:
+    """Identity of the weights of the ASR model directory ``path`` (None: not an ASR dir)."""
+    import json
+
+    from flexicodec.codec.asr.model import PhonemeASR
+    from flexicodec.common.pretrained import CONFIG_NAME, _load_sharded, state_dict_identity
+
+    cfg = path / CONFIG_NAME
+    if not cfg.is_file():
+        return None
+    try:
+        if json.loads(cfg.read_text()).get("model_type") != PhonemeASR.model_type:
+            return None
+    except ValueError:
+        return None
+    return state_dict_identity(_load_sharded(path, "cpu"))
 
 
 _W2V_TYPES = ("wav2vec2", "hubert", "wavlm", "data2vec-audio", "wav2vec2-conformer", "unispeech",
@@ -95,7 +171,7 @@ class HFSemantic(nn.Module):
                 f"semantic model {path}: no feature extractor config "
                 f"(preprocessor_config.json) to take its input normalisation from ({exc})"
             ) from exc
-        if getattr(fe, "sampling_rate", 16000) != 16000:
+        if getattr(fe, "sampling_rate", SAMPLE_RATE) != SAMPLE_RATE:
             raise ValueError(f"semantic model {path} expects {fe.sampling_rate} Hz, not 16 kHz")
         model = AutoModel.from_pretrained(str(path), local_files_only=True)
         if self.kind == "whisper":
@@ -109,7 +185,7 @@ class HFSemantic(nn.Module):
             self.register_buffer("window", torch.hann_window(self.n_fft), persistent=False)
         else:
             self.feature_dim = int(hf_cfg.hidden_size)
-            self.feature_rate = 16000.0 / math.prod(hf_cfg.conv_stride)
+            self.feature_rate = SAMPLE_RATE / math.prod(hf_cfg.conv_stride)
             self.do_normalize = bool(getattr(fe, "do_normalize", True))
         n_layers = int(getattr(hf_cfg, "num_hidden_layers", 0) or hf_cfg.encoder_layers)
         self.layer = n_layers if cfg.layer is None or cfg.layer == -1 else int(cfg.layer)
@@ -183,7 +259,7 @@ def build_semantic(cfg: SemanticConfig) -> nn.Module:
 
 
 def to_frame_grid(feats: torch.Tensor, feat_lengths: torch.Tensor, feature_rate: float,
-                  num_frames: torch.Tensor, frame_rate: float = 12.5,
+                  num_frames: torch.Tensor, frame_rate: float = BASE_FRAME_RATE,
                   total_frames: int | None = None) -> torch.Tensor:
     """Linear interpolation over time: feats [B, T_f, D] at ``feature_rate`` Hz →
     [B, F, D] at ``frame_rate`` Hz, exactly ``num_frames[b]`` valid frames (zero after)."""

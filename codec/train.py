@@ -2,8 +2,12 @@
 
     flexicodec train --config configs/codec/small.yaml --data CORPUS --run-dir RUN \
         --asr DIR [--max-steps N] [--max-minutes M] [--stop-after N] [--resume] \
-        [--out-model DIR] [--fixed-group K]
-    accelerate launch -m codec.train ...            # several GPUs
+        [--out-model DIR] [--fixed-group K] [--init-from CODEC_OR_PORTABLE_DIR]
+    accelerate launch -m flexicodec.codec.train ...            # several GPUs
+
+The exported model (EMA weights when ``train.ema_decay`` > 0; a dynamic-rate model with its
+default threshold calibrated on the valid split) goes to ``--out-model``, default
+``RUN/model``.
 
 The model is built from the YAML ``model:`` section with the trained ASR (``--asr``) copied in
 as its frozen semantic model; the ``train:`` section (:class:`CodecTrainConfig`) holds batch,
@@ -38,14 +42,17 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from codec.discriminators import CodecDiscriminator, DiscriminatorConfig
-from codec.losses import (MelLossConfig, MultiResolutionMelLoss, discriminator_loss,
-                          feature_matching_loss, generator_adv_loss, match_length)
-from codec.portable import load_portable_weights, read_portable_info, save_portable_state
-from codec.pretrained import atomic_write_text, config_from_dict, config_to_dict
-from codec.training import (STATE_NAME, CheckpointManager, EpochPlan, JsonlLogger, TimeBudget,
-                            cuda_memory_gb, dataclass_from_section, end_of_step, load_yaml,
-                            lr_lambda, make_accelerator, seed_everything)
+from flexicodec.codec.discriminators import CodecDiscriminator, DiscriminatorConfig
+from flexicodec.codec.losses import (MelLossConfig, MultiResolutionMelLoss, discriminator_loss,
+                                     feature_matching_loss, generator_adv_loss, match_length)
+from flexicodec.codec.portable import (STATE as PORTABLE_STATE, load_portable_weights, read_portable_info,
+                                       save_portable_state)
+from flexicodec.common.pretrained import atomic_write_text, config_from_dict, config_to_dict
+from flexicodec.common.training import (STATE_NAME, CheckpointManager, EpochPlan, JsonlLogger, TimeBudget,
+                                        cuda_memory_gb, dataclass_from_section, end_of_step, load_yaml,
+                                        lr_lambda, make_accelerator, seed_everything)
+from flexicodec.common.constants import BASE_FRAME_RATE
+from flexicodec.common.run_flags import add_run_flags, out_model_dir
 
 
 @dataclass
@@ -92,6 +99,12 @@ class CodecTrainConfig:
     lr_schedule: str = "cosine"         # 'cosine' (to max_steps) or 'constant' after warm-up
     rewarm_steps: int = 200             # LR ramp after continuing from a portable state
     eval_quality: bool = False          # STOI / PESQ-WB of valid reconstructions at each eval
+    # the discriminators (their update and the generator's adversarial / feature-matching
+    # losses) see one random window of this many seconds per item, cut at the same offset
+    # from the real and the reconstructed crop (0: the whole crop); the mel and the other
+    # losses always use the whole crop
+    disc_segment_seconds: float = 0.0
+    disc_every: int = 1                 # discriminator update every k generator steps
 
     def __post_init__(self) -> None:
         for name in ("loss_weights", "mel_loss", "discriminator"):
@@ -111,6 +124,11 @@ class CodecTrainConfig:
                              f"{self.lr_schedule!r}")
         if self.rewarm_steps < 0:
             raise ValueError(f"train.rewarm_steps must be >= 0, got {self.rewarm_steps}")
+        if not 0.0 <= self.disc_segment_seconds <= self.segment_seconds:
+            raise ValueError(f"train.disc_segment_seconds must be in [0, segment_seconds="
+                             f"{self.segment_seconds}], got {self.disc_segment_seconds}")
+        if self.disc_every < 1:
+            raise ValueError(f"train.disc_every must be >= 1, got {self.disc_every}")
 
 
 def load_train_section(path: str | Path) -> CodecTrainConfig:
@@ -156,7 +174,7 @@ class EMA:
 
 def build_codec_config(config_path: str, asr: str | None, fixed_group: int | None):
     """FlexiCodecConfig from the YAML ``model:`` section, with ``--asr`` / ``--fixed-group``."""
-    from codec.config import FlexiCodecConfig
+    from flexicodec.codec.config import FlexiCodecConfig
 
     cfg = FlexiCodecConfig.from_yaml(config_path)
     if fixed_group is not None:
@@ -181,8 +199,8 @@ def build_codec_config(config_path: str, asr: str | None, fixed_group: int | Non
 def init_codec_config(init_from: str, fixed_group: int | None):
     """The model config of the trained codec in ``init_from`` (``--init-from``); a
     ``--fixed-group`` that differs from it is refused (the weights were trained for it)."""
-    from codec.config import FlexiCodecConfig
-    from codec.model import FlexiCodec
+    from flexicodec.codec.config import FlexiCodecConfig
+    from flexicodec.codec.model import FlexiCodec
 
     meta = FlexiCodec.read_config(init_from)           # CheckpointError if not a codec
     cfg = config_from_dict(FlexiCodecConfig, meta["config"])
@@ -199,7 +217,7 @@ def sample_merging(step: int, tc: CodecTrainConfig, model_cfg) -> dict:
     if model_cfg.fixed_group:
         return {}
     if step < tc.warmup_fixed_steps:
-        return {"merging_threshold": 1.0}
+        return {"threshold": 1.0}
     return {"frame_rate": model_cfg.draw_train_rate()}
 
 
@@ -231,19 +249,22 @@ def compile_for_training(model, disc, mel_loss) -> None:
     """``torch.compile`` (in place: parameter names unchanged) the parts of a training step
     whose shapes are fixed by the crop length: acoustic encoder, transformers, ConvNeXt
     stacks, RVQ, decoder, discriminators and the mel loss. The merging itself (data-dependent
-    grouping) stays eager."""
+    grouping) stays eager; the token-level parts see the token axis padded to the frame
+    count (``pad_tokens``), so every shape is fixed. ``dynamic=False``: each distinct shape
+    gets its own static graph (the discriminators see [2B, ...] in their update and [B, ...]
+    in the generator's pass) instead of one with a symbolic batch size."""
     for part in (model.encoder, model.merge_transformer, model.semantic_encoder,
                  model.semantic_decoder, model.distill_head, model.rvq,
                  model.unmerge_transformer, model.decoder, disc, mel_loss):
-        part.compile()
+        part.compile(dynamic=False)
 
 
 @torch.no_grad()
 def valid_quality(model, dataset, device, max_utts: int, rate: float | None) -> dict:
     """Mean STOI and PESQ-WB of the first ``max_utts`` valid utterances reconstructed at
     ``rate`` Hz (None: the model's fixed groups). Needs the judges (``pip install .[eval]``)."""
-    from codec.metrics import pesq_wb, stoi
-    from data.loaders import collate_audio
+    from flexicodec.codec.eval.metrics import pesq_wb, stoi
+    from flexicodec.data.loaders import collate_audio
 
     was = model.training
     model.eval()
@@ -287,7 +308,7 @@ def valid_mel_loss(model, dataset, mel_loss: MultiResolutionMelLoss, device, max
                    rates: tuple) -> dict:
     """Mean mel L1 on the first ``max_utts`` valid utterances at each target rate (Hz; None:
     the model's own fixed groups)."""
-    from data.loaders import collate_audio
+    from flexicodec.data.loaders import collate_audio
 
     was = model.training
     model.eval()
@@ -312,7 +333,7 @@ def valid_mel_loss(model, dataset, mel_loss: MultiResolutionMelLoss, device, max
 def calibrate_default_threshold(model, dataset, device, max_utts: int = 200) -> float:
     """The global threshold whose pooled average rate on ``dataset`` (first ``max_utts``
     utterances) is nearest ``model.config.default_rate``."""
-    from codec import merging
+    from flexicodec.codec import merging
 
     sims = corpus_similarities(model, dataset, device, max_utts)
     return merging.calibrate_threshold(sims, model.config.default_rate, model.config.max_group)
@@ -321,9 +342,9 @@ def calibrate_default_threshold(model, dataset, device, max_utts: int = 200) -> 
 @torch.no_grad()
 def corpus_similarities(model, dataset, device, max_utts: int = 200) -> list[torch.Tensor]:
     """Adjacent-frame cosine similarities [F_i] of the frozen semantic features for the first
-    ``max_utts`` items of an :class:`data.loaders.AudioDataset` (no encoder pass needed)."""
-    from codec import merging
-    from data.loaders import collate_audio
+    ``max_utts`` items of an :class:`flexicodec.data.loaders.AudioDataset` (no encoder pass needed)."""
+    from flexicodec.codec import merging
+    from flexicodec.data.loaders import collate_audio
 
     was = model.training
     model.eval()
@@ -358,12 +379,77 @@ class StepParts:
     g_params: list
     ema: "EMA | None"
     tc: CodecTrainConfig
+    #: draws the discriminator windows' offsets (on the training device; seeded per step)
+    window_gen: torch.Generator | None = None
+
+
+def disc_window_samples(tc: CodecTrainConfig, sample_rate: int, crop_samples: int) -> int:
+    """Samples of the discriminators' window (``train.disc_segment_seconds``); 0 when they
+    see the whole crop (the key is 0 or the window would cover the crop)."""
+    n = int(round(tc.disc_segment_seconds * sample_rate))
+    return n if 0 < n < crop_samples else 0
+
+
+def disc_windows(real: torch.Tensor, fake: torch.Tensor, window: int,
+                 gen: torch.Generator | None, lengths: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One random window of ``window`` samples per item, at the same offset in ``real`` and
+    ``fake`` (both [B, T]) → ([B, window], [B, window]); ``window`` 0 (or >= T) returns the
+    inputs themselves. Offsets are uniform over the positions where the window lies inside
+    the item (``lengths`` [B]: valid samples, None = all T; an item shorter than the window
+    starts at 0). Drawn on the device from ``gen``: fixed shapes, no host synchronisation."""
+    B, T = real.shape
+    if fake.shape != real.shape:
+        raise ValueError(f"real {tuple(real.shape)} and fake {tuple(fake.shape)} differ")
+    if window <= 0 or window >= T:
+        return real, fake
+    span = (T - window + 1 if lengths is None
+            else (lengths.to(real.device).long() - window).clamp(min=0) + 1)    # [B] or int
+    u = torch.rand(B, generator=gen, device=real.device)
+    offset = torch.minimum((u * span).long(), torch.as_tensor(span, device=real.device) - 1)
+    idx = offset[:, None] + torch.arange(window, device=real.device)[None, :]
+    return real.gather(1, idx), fake.gather(1, idx)
+
+
+@contextlib.contextmanager
+def frozen(module: torch.nn.Module):
+    """Parameters of ``module`` do not require gradients inside the block (restored after):
+    a forward through it builds no graph for its weights, so a later backward computes only
+    the gradients of the inputs."""
+    params = [q for q in module.parameters() if q.requires_grad]
+    for q in params:
+        q.requires_grad_(False)
+    try:
+        yield module
+    finally:
+        for q in params:
+            q.requires_grad_(True)
+
+
+def generator_gan_losses(disc: torch.nn.Module, real: torch.Tensor, fake: torch.Tensor,
+                         kind: str, autocast) -> tuple[torch.Tensor, torch.Tensor]:
+    """(adversarial loss, feature-matching loss) of the generator: ``fake`` [B, T] (with its
+    graph) and ``real`` [B, T] through ``disc`` with the discriminators' weights frozen (no
+    gradient reaches them) and the real half under ``no_grad`` (its features are targets).
+    ``disc`` is the unwrapped module (no DDP: nothing of it is reduced in this pass)."""
+    with frozen(disc), autocast():
+        with torch.no_grad():
+            _, real_fmaps = disc(real)
+        fake_logits, fake_fmaps = disc(fake)
+    return (generator_adv_loss(fake_logits, kind),
+            feature_matching_loss(real_fmaps, fake_fmaps))
 
 
 def train_step(p: StepParts, wav: torch.Tensor, wl: torch.Tensor | None,
-               target: torch.Tensor | None, how: dict, use_gan: bool, mark=None):
+               target: torch.Tensor | None, how: dict, use_gan: bool, mark=None,
+               step: int = 0):
     """One generator (+ discriminator) update on wav [B, T] (``wl`` [B] lengths or None for
     full crops; ``target`` [B, F, Dsem] precomputed semantic features or None).
+
+    With ``use_gan`` the discriminators update (every ``train.disc_every`` steps counted from
+    ``disc_start``; ``step`` is the global step) and the generator gets the adversarial and
+    feature-matching losses, both on windows of ``train.disc_segment_seconds``
+    (:func:`disc_windows`, offsets seeded by the step); the mel loss covers the whole crop.
 
     Returns (model output, mel loss, generator loss, generator grad norm, logs) with every
     value still on the device (reading them synchronises). ``mark(name)``, when given, is
@@ -372,7 +458,7 @@ def train_step(p: StepParts, wav: torch.Tensor, wl: torch.Tensor | None,
     acc, tc, w = p.accelerator, p.tc, p.tc.loss_weights
     mark = mark or (lambda name: None)
     with acc.autocast():
-        out = p.model(wav, wl, semantic_target=target, **how)
+        out = p.model(wav, wl, semantic_target=target, pad_tokens=True, **how)
     y_hat = match_length(out.audio.float(), wav.shape[-1])
     if wl is not None:
         y_hat = _mask_audio(y_hat, wl)
@@ -380,18 +466,29 @@ def train_step(p: StepParts, wav: torch.Tensor, wl: torch.Tensor | None,
     mark("generator_forward")
 
     logs = {}
-    if use_gan:                                    # discriminator step
+    if use_gan:
+        window = disc_window_samples(tc, acc.unwrap_model(p.model).config.sample_rate,
+                                     wav.shape[-1])
+        if window:
+            if p.window_gen is None:
+                raise ValueError("train.disc_segment_seconds needs StepParts.window_gen")
+            p.window_gen.manual_seed((tc.seed + 1) * 2654435761 + step * acc.num_processes
+                                     + acc.process_index)
+        real_w, fake_w = disc_windows(wav, y_hat, window, p.window_gen, wl)
+    if use_gan and (step - tc.disc_start) % tc.disc_every == 0:    # discriminator step
         with acc.autocast():   # one pass over [real; fake] (DDP-safe)
-            logits, _ = p.disc(torch.cat([wav, y_hat.detach()]))
-        real_logits, fake_logits = _split(logits, wav.shape[0])
+            logits, _ = p.disc(torch.cat([real_w, fake_w.detach()]))
+        real_logits, fake_logits = _split(logits, real_w.shape[0])
         d_loss = discriminator_loss(real_logits, fake_logits, tc.gan_kind)
         p.opt_d.zero_grad(set_to_none=True)
         acc.backward(d_loss)
         logs["d_grad_norm"] = acc.clip_grad_norm_(p.disc.parameters(), tc.grad_clip_d)
         p.opt_d.step()
-        p.sched_d.step()
+        p.opt_d.zero_grad(set_to_none=True)         # free the D gradients before the G pass
         logs["d_loss"] = d_loss.detach()
         mark("discriminator")
+    if use_gan:                  # the D schedule follows the global step (also when k > 1)
+        p.sched_d.step()
 
     g_loss = w.mel * l_mel
     for name, weight in (("commit", w.commit), ("codebook", w.codebook),
@@ -401,12 +498,8 @@ def train_step(p: StepParts, wav: torch.Tensor, wl: torch.Tensor | None,
             g_loss = g_loss + weight * value.float()
             logs[f"{name}_loss"] = value.detach()
     if use_gan:
-        with acc.autocast():
-            logits, fmaps = p.disc(torch.cat([wav, y_hat]))
-        _, fake_logits = _split(logits, wav.shape[0])
-        real_fmaps, fake_fmaps = zip(*(_split(f, wav.shape[0]) for f in fmaps))
-        l_adv = generator_adv_loss(fake_logits, tc.gan_kind)
-        l_fm = feature_matching_loss(real_fmaps, fake_fmaps)
+        l_adv, l_fm = generator_gan_losses(acc.unwrap_model(p.disc), real_w, fake_w,
+                                           tc.gan_kind, acc.autocast)
         g_loss = g_loss + w.adv * l_adv + w.feature_matching * l_fm
         logs.update(adv_loss=l_adv.detach(), fm_loss=l_fm.detach())
     p.opt_g.zero_grad(set_to_none=True)
@@ -415,7 +508,6 @@ def train_step(p: StepParts, wav: torch.Tensor, wl: torch.Tensor | None,
     gnorm = acc.clip_grad_norm_(p.g_params, tc.grad_clip_g)
     p.opt_g.step()
     p.sched_g.step()
-    p.opt_d.zero_grad(set_to_none=True)             # drop D grads from the G pass
     if p.ema is not None:
         p.ema.update(acc.unwrap_model(p.model))
     mark("optimizer")
@@ -430,20 +522,28 @@ def train_codec(config_path: str, data: str, run_dir: str, asr: str | None = Non
                 init_from: str | None = None, portable_state: str | None = None) -> dict:
     """Run (or resume) codec training; returns the last logged metrics.
 
-    ``init_from``: start a new run from a trained codec directory — its model config and
-    weights (frozen ASR included); discriminators, optimizers and the step count start
-    fresh. The YAML's ``model:`` section and ``asr`` are then not used.
+    ``init_from``: start a new run (step 0, fresh optimizers, the YAML's schedule from its
+    start) from
 
-    ``portable_state``: a :mod:`codec.portable` directory. A new run (no checkpoint in
+    - a trained codec directory — its model config and weights (frozen ASR included);
+      the discriminators start fresh; the YAML's ``model:`` section and ``asr`` are not
+      used; or
+    - a portable state (:mod:`flexicodec.codec.portable`, e.g. stage 1's ``checkpoints/codec_v2``) —
+      its generator and discriminator weights, loaded into the model of the YAML's
+      ``model:`` section (with ``fixed_group``; the frozen ASR from ``asr`` must be the
+      state's); the stage-2 fine-tunes start this way. Unlike continuing the state
+      (``portable_state``), the step count, schedule and training time restart.
+
+    ``portable_state``: a :mod:`flexicodec.codec.portable` directory. A new run (no checkpoint in
     ``run_dir``) continues from it when it exists — model config, generator and
     discriminator weights, step and training time — with fresh optimizer moments (learning
     rates re-warmed over ``rewarm_steps``); the run rewrites it when it ends (also when it
     stops early on ``max_minutes``)."""
     from accelerate.utils import DistributedDataParallelKwargs
 
-    from codec.config import FlexiCodecConfig
-    from codec.model import FlexiCodec
-    from data.loaders import AudioDataset, load_corpus
+    from flexicodec.codec.config import FlexiCodecConfig
+    from flexicodec.codec.model import FlexiCodec
+    from flexicodec.data.loaders import AudioDataset, collate_audio, load_corpus
 
     tc = load_train_section(config_path)
     if max_steps is not None:
@@ -463,6 +563,18 @@ def train_codec(config_path: str, data: str, run_dir: str, asr: str | None = Non
         if init_from:
             raise ValueError("give --init-from or an existing --portable-state, not both")
         portable_info = read_portable_info(portable_state)
+    init_info = None            # --init-from a portable state (else a codec directory)
+    if init_from and not resuming and (Path(init_from) / PORTABLE_STATE).is_file():
+        init_info = read_portable_info(init_from)
+    # where the run's weights came from, kept in its checkpoints and portable state
+    lineage = None
+    if init_from and not resuming:
+        lineage = {"path": str(init_from),
+                   **({"step": int(init_info["step"]),
+                       "train_seconds": float(init_info.get("train_seconds", 0.0))}
+                      if init_info is not None else {})}
+    elif portable_info is not None:
+        lineage = portable_info.get("init_from")
     if resuming:
         if not cfg_file.is_file():
             raise FileNotFoundError(f"{cfg_file}: missing; cannot resume this run")
@@ -482,10 +594,11 @@ def train_codec(config_path: str, data: str, run_dir: str, asr: str | None = Non
             model_cfg.semantic.asr_path = build_codec_config(config_path, asr,
                                                              None).semantic.asr_path
         else:
-            model_cfg = (init_codec_config(init_from, fixed_group) if init_from
+            model_cfg = (init_codec_config(init_from, fixed_group)
+                         if init_from and init_info is None
                          else build_codec_config(config_path, asr, fixed_group))
     model = FlexiCodec(model_cfg)           # consumes semantic.asr_path (weights copied in)
-    if init_from and not resuming:
+    if init_from and not resuming and init_info is None:
         model.load_state_dict(FlexiCodec.from_pretrained(init_from).state_dict())
         if main:
             print(f"[train] initialised from {init_from} (discriminators and optimizers "
@@ -497,6 +610,14 @@ def train_codec(config_path: str, data: str, run_dir: str, asr: str | None = Non
     disc = CodecDiscriminator(tc.discriminator)
     mel_loss = MultiResolutionMelLoss(tc.mel_loss)
     start_step, prior_seconds = 0, 0.0
+    if init_info is not None:
+        if config_to_dict(disc.config) != init_info["discriminator_config"]:
+            raise ValueError(f"{init_from}: its discriminators differ from {config_path}'s "
+                             f"train.discriminator")
+        load_portable_weights(init_from, model, disc)
+        if main:
+            print(f"[train] new run from the generator and discriminators of {init_from} "
+                  f"(its step {init_info['step']}); step 0, fresh optimizers and schedule")
     if portable_info is not None:
         if config_to_dict(disc.config) != portable_info["discriminator_config"]:
             raise ValueError(f"{portable_state}: its discriminators differ from "
@@ -526,7 +647,8 @@ def train_codec(config_path: str, data: str, run_dir: str, asr: str | None = Non
                               weight_decay=tc.weight_decay, **fused)
     rewarm_from = start_step if portable_info is not None else None
     if resuming:          # a run that began from a portable state keeps its re-warm
-        rewarm_from = json.loads((ckpt.latest() / STATE_NAME).read_text()).get("rewarm_from")
+        saved = json.loads((ckpt.latest() / STATE_NAME).read_text())
+        rewarm_from, lineage = saved.get("rewarm_from"), saved.get("init_from")
     rewarm = (rewarm_from, tc.rewarm_steps) if rewarm_from is not None else None
     sched_g = torch.optim.lr_scheduler.LambdaLR(
         opt_g, schedule(tc, tc.warmup_steps, tc.max_steps, 0, rewarm))
@@ -549,7 +671,7 @@ def train_codec(config_path: str, data: str, run_dir: str, asr: str | None = Non
         accelerator.register_for_checkpointing(ema)
 
     parts = StepParts(accelerator, model, disc, mel_loss, opt_g, opt_d, sched_g, sched_d,
-                      g_params, ema, tc)
+                      g_params, ema, tc, torch.Generator(device=accelerator.device))
     state = ckpt.load(accelerator) if resuming else None
     step = int(state["step"]) if state else start_step
     if state:
@@ -561,7 +683,7 @@ def train_codec(config_path: str, data: str, run_dir: str, asr: str | None = Non
     seg = seg_frames * hop if seg_frames else int(round(tc.segment_seconds * sr))
     world = accelerator.num_processes
     if tc.data_on_device:
-        from codec.device_data import build_device_corpus
+        from flexicodec.codec.device_data import build_device_corpus
 
         corpus = build_device_corpus(raw, data, "train", accelerator.device, seg_frames,
                                      cache_dir=tc.cache_dir or (run / "cache"),
@@ -613,7 +735,7 @@ def train_codec(config_path: str, data: str, run_dir: str, asr: str | None = Non
                 wav, target = sampler.sample(tc.batch_size, gen)
                 yield step * tc.batch_size * world // crops_per_epoch, wav, None, target
         while True:
-            epoch, loader = plan.loader(train_set, step, tc.num_workers)
+            epoch, loader = plan.loader(train_set, step, tc.num_workers, collate_audio)
             for batch in loader:
                 yield (epoch, batch["wav"].to(accelerator.device),
                        batch["wav_lengths"].to(accelerator.device), None)
@@ -629,7 +751,7 @@ def train_codec(config_path: str, data: str, run_dir: str, asr: str | None = Non
             break
         how = sample_merging(step, tc, model_cfg)
         out, l_mel, g_loss, gnorm, logs = train_step(parts, wav, wl, target, how,
-                                                     step >= tc.disc_start)
+                                                     step >= tc.disc_start, step=step)
         step += 1
         budget.tick()
         samples += wav.shape[0] * world
@@ -641,7 +763,7 @@ def train_codec(config_path: str, data: str, run_dir: str, asr: str | None = Non
             last = {"step": step, "epoch": epoch, "loss": g_loss.item(),
                     "mel_loss": l_mel.item(), **{k: float(v) for k, v in logs.items()},
                     "grad_norm": float(gnorm),
-                    "target_rate": how.get("frame_rate"),
+                    "target_frame_rate": how.get("frame_rate"),
                     "threshold": (float(out.threshold.float().mean())
                                   if bool(torch.isfinite(out.threshold).all()) else None),
                     "frame_rate": float(out.frame_rate),
@@ -656,7 +778,7 @@ def train_codec(config_path: str, data: str, run_dir: str, asr: str | None = Non
             pbar.set_postfix(mel=f"{last['mel_loss']:.3f}", rate=f"{last['frame_rate']:.1f}")
             t_log, samples = time.monotonic(), 0
         if valid_set is not None and step % tc.eval_every == 0 and main:
-            rates = (None,) if model_cfg.fixed_group else (12.5, 6.25)
+            rates = (None,) if model_cfg.fixed_group else (BASE_FRAME_RATE, 6.25)
             with eager():            # whole utterances: no graphs compiled for their shapes
                 ev = valid_mel_loss(raw, valid_set, mel_loss, accelerator.device,
                                     tc.max_eval_utts, rates)
@@ -669,7 +791,7 @@ def train_codec(config_path: str, data: str, run_dir: str, asr: str | None = Non
                                                             for k, v in ev.items()))
         ended = end_of_step(accelerator, ckpt, budget, step, tc.max_steps, tc.save_every,
                             stop_after, name="train", epoch=epoch, rewarm_from=rewarm_from,
-                            train_seconds=prior_seconds + budget.elapsed())
+                            train_seconds=prior_seconds + budget.elapsed(), init_from=lineage)
         if ended:
             stopped_early = ended == "stopped"
             break
@@ -680,7 +802,7 @@ def train_codec(config_path: str, data: str, run_dir: str, asr: str | None = Non
     if main and portable_state:
         save_portable_state(portable_state, raw, accelerator.unwrap_model(disc),
                             {"step": step, "train_seconds": prior_seconds + budget.elapsed(),
-                             "config": str(config_path)})
+                             "config": str(config_path), "init_from": lineage})
         print(f"[train] portable state (step {step}) written to {portable_state}")
     if main and out_model:
         export = FlexiCodec(copy.deepcopy(raw.config)).to(accelerator.device)
@@ -699,36 +821,32 @@ def train_codec(config_path: str, data: str, run_dir: str, asr: str | None = Non
 
 
 def main(argv: list[str] | None = None) -> int:
+    p = build_parser()
+    a = p.parse_args(argv)
+    res = train_codec(a.config, a.data, a.run_dir, a.asr, a.max_steps, a.max_minutes,
+                      a.resume, str(out_model_dir(a)), a.fixed_group, a.stop_after, a.cpu,
+                      a.mixed_precision, a.init_from, a.portable_state)
+    print(json.dumps(res, indent=1))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="flexicodec train", description=__doc__.split("\n")[0])
-    p.add_argument("--config", required=True, help="configs/codec/*.yaml (model: + train:)")
+    add_run_flags(p, stop_after=True, mixed_precision=True)
     p.add_argument("--data", required=True, help="corpus directory (train/valid splits)")
-    p.add_argument("--run-dir", required=True)
     p.add_argument("--asr", default=None, help="trained PhonemeASR directory (semantic model)")
     p.add_argument("--fixed-group", type=int, default=None,
                    help="train the fixed-rate baseline: merge every K frames (2 → 6.25 Hz)")
     p.add_argument("--init-from", default=None,
-                   help="start from a trained codec directory (its config and weights; fresh "
-                        "discriminators/optimizers), e.g. flexicodec_pretrained/codec")
-    p.add_argument("--max-steps", type=int, default=None, help="total steps (LR schedule)")
-    p.add_argument("--stop-after", type=int, default=None,
-                   help="checkpoint and exit after this global step (schedule unchanged)")
-    p.add_argument("--max-minutes", type=float, default=None,
-                   help="checkpoint and exit cleanly before this wall-time limit")
-    p.add_argument("--resume", action="store_true", help="continue from RUN/latest")
+                   help="start a new run (step 0, fresh optimizers and schedule) from a "
+                        "trained codec directory (its config and weights; fresh "
+                        "discriminators) or a portable state (its generator and "
+                        "discriminators in the YAML's model), e.g. checkpoints/codec_v2")
     p.add_argument("--portable-state", default=None,
                    help="continue from this portable state when RUN has no checkpoint, and "
                         "rewrite it at the end (fp16 generator + discriminators, step; small "
                         "enough to keep in the repository)")
-    p.add_argument("--out-model", default=None, help="save_pretrained directory at the end")
-    p.add_argument("--cpu", action="store_true", help="force CPU")
-    p.add_argument("--mixed-precision", default=None, choices=["no", "bf16", "fp16"],
-                   help="default: bf16 on CUDA, no elsewhere")
-    a = p.parse_args(argv)
-    res = train_codec(a.config, a.data, a.run_dir, a.asr, a.max_steps, a.max_minutes,
-                      a.resume, a.out_model, a.fixed_group, a.stop_after, a.cpu,
-                      a.mixed_precision, a.init_from, a.portable_state)
-    print(json.dumps(res, indent=1))
-    return 0
+    return p
 
 
 if __name__ == "__main__":

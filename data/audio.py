@@ -13,6 +13,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from flexicodec.common.constants import SAMPLE_RATE
+
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff", ".aif")
 
 #: files longer than this are refused by default (seconds); callers may raise it
@@ -58,7 +60,7 @@ def check_audio(x: np.ndarray, sample_rate: int, *, name: str = "audio",
                          f"{max_seconds:.0f} s limit")
 
 
-def load_audio(path: str | os.PathLike, target_sr: int | None = 16000, *,
+def load_audio(path: str | os.PathLike, target_sr: int | None = SAMPLE_RATE, *,
                max_seconds: float | None = DEFAULT_MAX_SECONDS,
                min_samples: int = 1) -> tuple[np.ndarray, int]:
     """Read an audio file as mono float32 [T] in [-1, 1], resampled to ``target_sr``.
@@ -89,7 +91,7 @@ def load_audio(path: str | os.PathLike, target_sr: int | None = 16000, *,
     return x, sr
 
 
-def prepare_waveform(x: np.ndarray, sample_rate: int, target_sr: int = 16000, *,
+def prepare_waveform(x: np.ndarray, sample_rate: int, target_sr: int = SAMPLE_RATE, *,
                      name: str = "audio", max_seconds: float | None = None) -> np.ndarray:
     """Bring in-memory audio to mono float32 [T] at ``target_sr``.
 

@@ -11,9 +11,9 @@ committed. Sources (Debian packages, fetched with ``apt-get download`` and unpac
 
 Usage::
 
-    python -m data.build_sentences --work /tmp/sentsrc [--out data/resources/sentences.txt.gz]
+    python -m flexicodec.data.build_sentences --work /tmp/sentsrc [--out data/resources/sentences.txt.gz]
 
-Filters: 3–25 words after :func:`data.text.normalize_text`, plain ASCII letters and basic
+Filters: 3–25 words after :func:`flexicodec.data.text.normalize_text`, plain ASCII letters and basic
 punctuation only, no all-caps shouting, no URLs/code, deduplicated on the normalised
 lower-cased text; the output order is a seeded shuffle.
 """
@@ -28,7 +28,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from data.text import SENTENCES_PATH, normalize_text, split_sentences
+from flexicodec.data.text import SENTENCES_PATH, normalize_text, split_sentences
 
 log = logging.getLogger(__name__)
 PACKAGES = ("wordnet-base", "fortunes", "fortunes-min")
@@ -130,8 +130,8 @@ def main(argv: list[str] | None = None) -> None:
     header = ("# FlexiCodec sentence list: WordNet 3.0 usage examples (c) 2006 Princeton "
               "University, WordNet 3.0 license; fortune-mod cookie files (fortunes, "
               "fortunes-min). See data/resources/README.md. Built by "
-              "`python -m data.build_sentences`.\n")
-    from codec.pretrained import atomic_path
+              "`python -m flexicodec.data.build_sentences`.\n")
+    from flexicodec.common.pretrained import atomic_path
     with atomic_path(args.out) as tmp:
         with gzip.GzipFile(tmp, "wb", mtime=0) as f:
             f.write((header + "\n".join(sents) + "\n").encode("utf-8"))

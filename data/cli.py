@@ -7,6 +7,7 @@ Subcommands::
                                  [--unseen flite_rms,espeak_en-gb-scotland+f3]
                                  [--pace 0.75,1.35] [--sentences-per-item 1,3]
                                  [--pause 0.2,1.2] [--level-db=-33,-17] [--max-silence 0.8]
+                                 [--voice-variants 6]
     flexicodec-data join SRC --out DIR [--per-utt 2,3] [--pause 0.3,1.2] [--splits test,...]
                                         # consecutive same-speaker utterances + pauses
     flexicodec-data show DIR            # hours per split/engine/speaker + example rows
@@ -40,7 +41,7 @@ def _pair(s: str, flag: str, cast=float) -> tuple:
 
 
 def _build(args) -> None:
-    from data.corpus import DEFAULT_UNSEEN, CorpusConfig, build_corpus
+    from flexicodec.data.corpus import DEFAULT_UNSEEN, CorpusConfig, build_corpus
     cfg = CorpusConfig(hours=args.hours, seed=args.seed,
                        engines=_csv(args.engines) or ("flite", "festival", "espeak"),
                        speakers=_csv(args.speakers),
@@ -51,13 +52,13 @@ def _build(args) -> None:
                                                 "--sentences-per-item", int),
                        pause_range=_pair(args.pause, "--pause"),
                        level_db_range=_pair(args.level_db, "--level-db"),
-                       max_silence_s=args.max_silence)
+                       max_silence_s=args.max_silence, voice_variants=args.voice_variants)
     summary = build_corpus(args.out, cfg, workers=args.workers, progress=not args.no_progress)
     print(json.dumps(summary, indent=2))
 
 
 def _join(args) -> None:
-    from data.join import join_corpus
+    from flexicodec.data.join import join_corpus
     per = _pair(args.per_utt, "--per-utt", int)
     pause = _pair(args.pause, "--pause")
     summary = join_corpus(args.src, args.out, per, pause, _csv(args.splits), args.seed,
@@ -66,7 +67,7 @@ def _join(args) -> None:
 
 
 def _show(args) -> None:
-    from data.corpus import read_metadata, summarize
+    from flexicodec.data.corpus import read_metadata, summarize
     s = summarize(args.dir)
     print(f"{args.dir}: {s['utterances']} utterances, {s['hours']:.3f} h, "
           f"{s['speakers']} speakers, {s['sentences']} sentences; duration "
@@ -87,11 +88,11 @@ def _show(args) -> None:
 
 def _stats(args) -> None:
     if args.dir:
-        from data.corpus import summarize
+        from flexicodec.data.corpus import summarize
         print(json.dumps(summarize(args.dir), indent=2))
         return
-    from data.synth import list_speakers
-    from data.text import load_sentences
+    from flexicodec.data.synth import list_speakers
+    from flexicodec.data.text import load_sentences
     sents = load_sentences()
     words = [len(s.split()) for s in sents]
     spk = list_speakers()
@@ -103,13 +104,13 @@ def _stats(args) -> None:
 
 
 def _speakers(args) -> None:
-    from data.synth import list_speakers
+    from flexicodec.data.synth import list_speakers
     for s in list_speakers(_csv(args.engines)):
         print(s.id)
 
 
 def _normalize(args) -> None:
-    from data.text import normalize_text, phonemize
+    from flexicodec.data.text import normalize_text, phonemize
     norm = normalize_text(args.text)
     print(norm)
     print(phonemize([norm])[0])
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     sub = ap.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build-corpus", help="synthesize a corpus (resumable)")
     b.add_argument("--hours", type=float, required=True)
-    b.add_argument("--out", type=Path, required=True)
+    b.add_argument("-o", "--out", type=Path, required=True, help="corpus directory to write")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--workers", type=int, default=None, help="default: all cores")
     b.add_argument("--engines", default=None, help="comma list of flite,festival,espeak")
@@ -140,13 +141,17 @@ def main(argv: list[str] | None = None) -> None:
     b.add_argument("--max-silence", type=float, default=0.8,
                    help="internal silences (punctuation pauses) longer than this many "
                         "seconds are shortened to it. --pace 1,1 --sentences-per-item 1,1 "
-                        "--level-db=-23,-23 --max-silence 0.3 builds (and resumes) the "
+                        "--level-db=-23,-23 --max-silence 0.3 --voice-variants 0 builds "
+                        "(and resumes) the "
                         "corpus of the earlier builder: one sentence per file at the "
                         "engine's rate and a fixed level")
+    b.add_argument("--voice-variants", type=int, default=6,
+                   help="derived (pitch- and formant-shifted) speakers per flite/festival "
+                        "voice, each a speaker of its own; 0: none")
     b.add_argument("--no-progress", action="store_true")
     j = sub.add_parser("join", help="join consecutive utterances of each speaker with pauses")
     j.add_argument("src", type=Path, help="a built corpus")
-    j.add_argument("--out", type=Path, required=True)
+    j.add_argument("-o", "--out", type=Path, required=True, help="joined corpus directory")
     j.add_argument("--per-utt", default="2,3", help="utterances per joined item: LO,HI")
     j.add_argument("--pause", default="0.3,1.2", help="pause seconds between them: LO,HI")
     j.add_argument("--splits", default=None, help="comma list (default: all splits)")

@@ -22,7 +22,14 @@ at one speaking rate drawn from ``pace_range`` and normalised to one RMS level d
 ``level_db_range``; internal silences (punctuation pauses) are kept up to ``max_silence_s``.
 These draws come from (seed, item id) alone, so a resumed build makes the same items.
 ``pace_range=(1, 1)``, ``sentences_per_item=(1, 1)``, ``level_db_range=(-23, -23)``,
-``max_silence_s=0.3`` (``LEGACY``) reproduce the corpus of the first builder.
+``max_silence_s=0.3``, ``voice_variants=0`` (``LEGACY``) reproduce the corpus of the first
+builder.
+
+Derived speakers: each recorded voice (flite, festival) also speaks as ``voice_variants``
+pitch- and formant-shifted speakers ``<voice>~v1..vN`` (:mod:`flexicodec.data.variants`), each one a
+speaker of its own in the plan and the metadata (``speaker``; ``base_speaker`` names the
+voice, ``variant`` its parameters). A variant is held out exactly when its voice is, so no
+held-out voice reaches train, valid or test in any form.
 """
 from __future__ import annotations
 
@@ -42,9 +49,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 
-from data.audio import concat_with_pauses, write_audio
-from data.synth import PACE_LIMITS, PostprocessConfig, Speaker, list_speakers, synthesize
-from data.text import load_sentences, normalize_text, phonemize
+from flexicodec.common.constants import SAMPLE_RATE
+from flexicodec.data.audio import concat_with_pauses, write_audio
+from flexicodec.data.synth import (PACE_LIMITS, RECORDED_ENGINES, PostprocessConfig, Speaker,
+                                   derive_speakers, list_speakers, synthesize)
+from flexicodec.data.text import load_sentences, normalize_text, phonemize
+from flexicodec.data.variants import DESIGN as VARIANT_DESIGN, parse_variant_id
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "valid", "test", "test_unseen")
@@ -55,9 +65,9 @@ DEFAULT_UNSEEN = ("flite_rms", "espeak_en-gb-scotland+f3")
 SECONDS_PER_CHAR = 0.065  # rough speaking rate of our voices at pace 1, for planning only
 #: values of the item-style settings for corpora built before they existed (their corpus.json
 #: lacks these keys): one sentence per item at the engines' rate, -23 dB, 0.3 s silence cap
-#: (pause_range: the default, unused with one sentence per item)
+#: (pause_range: the default, unused with one sentence per item), no derived speakers
 LEGACY = {"pace_range": [1.0, 1.0], "sentences_per_item": [1, 1], "pause_range": [0.2, 1.2],
-          "level_db_range": [-23.0, -23.0], "max_silence_s": 0.3}
+          "level_db_range": [-23.0, -23.0], "max_silence_s": 0.3, "voice_variants": 0}
 
 
 @dataclass
@@ -80,6 +90,7 @@ class CorpusConfig:
     pause_range: tuple[float, float] = (0.2, 1.2)      # silence between them, seconds
     level_db_range: tuple[float, float] = (-33.0, -17.0)  # speech RMS per item, dBFS
     max_silence_s: float = 0.8                         # longer internal silences are cut to it
+    voice_variants: int = 6                  # derived speakers per flite/festival voice
 
     def __post_init__(self) -> None:
         self.pace_range = _range("pace_range", self.pace_range, *PACE_LIMITS)
@@ -92,6 +103,15 @@ class CorpusConfig:
         self.sentences_per_item = (int(lo), int(hi))
         if not 0.0 < self.max_silence_s <= 10.0:
             raise ValueError(f"max_silence_s must lie in (0, 10], got {self.max_silence_s}")
+        if self.voice_variants != int(self.voice_variants) or not 0 <= self.voice_variants <= 50:
+            raise ValueError(f"voice_variants must be a whole number in [0, 50], got "
+                             f"{self.voice_variants}")
+        self.voice_variants = int(self.voice_variants)
+        for name in ("speakers", "unseen_speakers"):
+            derived = [s for s in getattr(self, name) or () if parse_variant_id(s)]
+            if derived:
+                raise ValueError(f"{name}: name engine voices, not derived speakers "
+                                 f"{derived} (they follow their voice; see voice_variants)")
 
 
 def _range(name: str, value, lo: float, hi: float) -> tuple[float, float]:
@@ -139,8 +159,10 @@ class Task:
 
 
 def resolve_speakers(cfg: CorpusConfig) -> tuple[list[Speaker], set[str]]:
-    """Available speakers for ``cfg`` and the held-out subset (those of ``unseen_speakers``
-    that are available). Raises ValueError if nothing usable is found."""
+    """Available speakers for ``cfg`` (each voice followed by its ``cfg.voice_variants``
+    derived speakers when it is a recorded one) and the held-out subset: the voices of
+    ``unseen_speakers`` that are available and all their derived speakers. Raises
+    ValueError if nothing usable is found."""
     speakers = list_speakers(cfg.engines)
     if cfg.speakers:
         known = {s.id for s in speakers}
@@ -151,7 +173,11 @@ def resolve_speakers(cfg: CorpusConfig) -> tuple[list[Speaker], set[str]]:
     if not speakers:
         raise ValueError(f"no synthesizer voices found for engines {list(cfg.engines)} "
                          f"(install them with scripts/setup.sh or set FLEXICODEC_SYNTH_PREFIX)")
-    unseen = {s.id for s in speakers if s.id in set(cfg.unseen_speakers)}
+    if cfg.voice_variants:
+        speakers = [d for s in speakers for d in
+                    ([s] + (derive_speakers(s, cfg.voice_variants)
+                            if s.engine in RECORDED_ENGINES else []))]
+    unseen = {s.id for s in speakers if s.base_id in set(cfg.unseen_speakers)}
     if len(unseen) == len(speakers):
         raise ValueError("every speaker is held out; nothing left for train")
     return speakers, unseen
@@ -259,7 +285,9 @@ def _row(item: Item, speaker: Speaker, rel: Path, phonemes: list[str],
             "speaker": speaker.id, "engine": speaker.engine, "duration": round(seconds, 4),
             "split": item.split, "n_sentences": len(item.sentences),
             "sentences": [norm for _, norm in item.sentences], "pace": item.pace,
-            "pauses": item.pauses, "level_db": item.level_db}
+            "pauses": item.pauses, "level_db": item.level_db,
+            "base_speaker": speaker.base_id,
+            "variant": speaker.variant.as_dict() if speaker.variant else None}
 
 
 def run_task(task: Task, out_dir: str, phoneme_voice: str,
@@ -304,23 +332,25 @@ def read_metadata(out_dir: str | os.PathLike, repair: bool = False) -> list[dict
             raise ValueError(f"{path}: corrupt metadata row {i + 1}") from None
     if repair and (torn or (raw and not raw.endswith("\n"))):
         log.warning("%s: repairing an interrupted last row", path)
-        from codec.pretrained import atomic_write_text  # lazy: keeps torch out of workers
+        from flexicodec.common.pretrained import atomic_write_text  # lazy: keeps torch out of workers
         atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     return rows
 
 
 def _check_settings(out: Path, cfg: CorpusConfig, speakers: list[Speaker],
                     unseen: set[str]) -> None:
-    settings = {"seed": cfg.seed, "speakers": [s.id for s in speakers],
-                "unseen_speakers": sorted(unseen), "split_fractions": cfg.split_fractions,
+    settings = {"seed": cfg.seed, "speakers": [s.id for s in speakers if s.variant is None],
+                "unseen_speakers": sorted(u for u in unseen if not parse_variant_id(u)),
+                "split_fractions": cfg.split_fractions,
                 "engine_weights": cfg.engine_weights, "batch_size": cfg.batch_size,
-                "phoneme_voice": cfg.phoneme_voice, "sample_rate": 16000,
+                "phoneme_voice": cfg.phoneme_voice, "sample_rate": SAMPLE_RATE,
                 "min_words": cfg.min_words, "max_words": cfg.max_words,
                 "pace_range": list(cfg.pace_range),
                 "sentences_per_item": list(cfg.sentences_per_item),
                 "pause_range": list(cfg.pause_range), "level_db_range": list(cfg.level_db_range),
-                "max_silence_s": cfg.max_silence_s}
-    from codec.pretrained import atomic_write_text  # lazy: keeps torch out of workers
+                "max_silence_s": cfg.max_silence_s, "voice_variants": cfg.voice_variants,
+                "variant_design": VARIANT_DESIGN if cfg.voice_variants else None}
+    from flexicodec.common.pretrained import atomic_write_text  # lazy: keeps torch out of workers
     path = out / SETTINGS
     if path.is_file():
         old = json.loads(path.read_text())

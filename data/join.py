@@ -3,9 +3,9 @@ density (``flexicodec-data join``).
 
 A corpus built with the first builder's settings (``build-corpus --pace 1,1
 --sentences-per-item 1,1 --level-db=-23,-23 --max-silence 0.3``: single sentences at a
-constant rate, silences trimmed by :func:`data.synth.postprocess`) has almost no pauses:
+constant rate, silences trimmed by :func:`flexicodec.data.synth.postprocess`) has almost no pauses:
 about 12-13 phonemes per second throughout (the default builder already joins sentences
-with pauses, :func:`data.audio.concat_with_pauses` in both). Real read or spontaneous speech has pauses between phrases
+with pauses, :func:`flexicodec.data.audio.concat_with_pauses` in both). Real read or spontaneous speech has pauses between phrases
 and sentences, which is what content-adaptive merging exploits (DESIGN.md: "steady regions
 (silence, long vowels) cost one token"). This module makes such material from a built
 corpus, deterministically: within each (split, speaker), consecutive utterances are joined in
@@ -14,7 +14,8 @@ groups of ``per_utt`` (drawn uniformly from a range) with silent pauses drawn un
 
 Output: the corpus layout of docs/ARCHITECTURE.md (``metadata.jsonl`` + ``wavs/``), rows with
 the joined ``text`` / ``normalized_text`` / ``phonemes`` and two extra fields,
-``joined_from`` (source ids) and ``pauses`` (seconds). Every wav is written atomically and
+``joined_from`` (source ids) and ``pauses`` (seconds); a derived speaker's ``base_speaker`` and
+``variant`` are kept. Every wav is written atomically and
 ``metadata.jsonl`` last, so an interrupted run leaves no half-listed corpus; running again
 writes the same files.
 """
@@ -27,10 +28,9 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from data.audio import concat_with_pauses, load_audio, write_audio
-from data.corpus import METADATA, read_metadata
-
-SAMPLE_RATE = 16000
+from flexicodec.common.constants import SAMPLE_RATE
+from flexicodec.data.audio import concat_with_pauses, load_audio, write_audio
+from flexicodec.data.corpus import METADATA, read_metadata
 
 
 def plan_groups(rows: list[dict], per_utt: tuple[int, int], seed: int) -> list[list[dict]]:
@@ -88,9 +88,10 @@ def join_corpus(src: str | os.PathLike, out: str | os.PathLike,
             "normalized_text": " ".join(r["normalized_text"] for r in g),
             "phonemes": " ".join(r.get("phonemes") or "" for r in g).strip(),
             "speaker": g[0]["speaker"], "engine": g[0].get("engine", ""),
+            **{k: g[0][k] for k in ("base_speaker", "variant") if k in g[0]},
             "duration": round(len(wav) / SAMPLE_RATE, 3), "split": g[0]["split"],
             "joined_from": [r["id"] for r in g], "pauses": [round(p, 3) for p in pauses]})
-    from codec.pretrained import atomic_write_text
+    from flexicodec.common.pretrained import atomic_write_text
     atomic_write_text(out / METADATA,
                       "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in new_rows))
     src_s = sum(float(r["duration"]) for r in rows)

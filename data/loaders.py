@@ -32,9 +32,10 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from data.audio import (AUDIO_EXTENSIONS, DEFAULT_MAX_SECONDS, AudioError, find_audio_files,
-                        load_audio)
-from data.text import normalize_text
+from flexicodec.common.constants import SAMPLE_RATE
+from flexicodec.data.audio import (AUDIO_EXTENSIONS, DEFAULT_MAX_SECONDS, AudioError, find_audio_files,
+                                   load_audio)
+from flexicodec.data.text import normalize_text
 
 log = logging.getLogger(__name__)
 COLUMNS = ("audio", "text", "phonemes", "speaker", "duration")
@@ -78,7 +79,7 @@ def detect_layout(root: Path) -> str:
 
 
 def _rows_corpus(root: Path) -> list[_Row]:
-    from data.corpus import read_metadata
+    from flexicodec.data.corpus import read_metadata
     return [_Row(root / r["audio"], r["normalized_text"], r.get("phonemes", ""),
                  r.get("speaker", ""), r.get("split")) for r in read_metadata(root)]
 
@@ -198,7 +199,8 @@ def _features(decode: bool):
 
 
 # --------------------------------------------------------------------------- public API
-def load_corpus(path: str | os.PathLike, split: str | None = None, sample_rate: int = 16000,
+def load_corpus(path: str | os.PathLike, split: str | None = None,
+                sample_rate: int = SAMPLE_RATE,
                 decode: bool = False, streaming: bool = False, *,
                 max_seconds: float = 60.0, check: str = "full", progress: bool = True):
     """Load a corpus directory as a ``datasets.Dataset`` (or ``IterableDataset``).
@@ -265,7 +267,7 @@ class AudioDataset(torch.utils.data.Dataset):
     ``random_crop``, else the start), otherwise the whole utterance.
     """
 
-    def __init__(self, ds, sample_rate: int = 16000, segment_samples: int | None = None,
+    def __init__(self, ds, sample_rate: int = SAMPLE_RATE, segment_samples: int | None = None,
                  random_crop: bool = True, max_seconds: float | None = DEFAULT_MAX_SECONDS):
         if segment_samples is not None and segment_samples <= 0:
             raise ValueError("segment_samples must be positive")
@@ -283,7 +285,7 @@ class AudioDataset(torch.utils.data.Dataset):
         if isinstance(audio, str):
             x, _ = load_audio(audio, self.sample_rate, max_seconds=self.max_seconds)
             return x
-        from data.audio import prepare_waveform
+        from flexicodec.data.audio import prepare_waveform
         return prepare_waveform(np.asarray(audio["array"], dtype=np.float32),
                                 int(audio["sampling_rate"]), self.sample_rate,
                                 name=str(audio.get("path", "audio")))

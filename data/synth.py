@@ -24,10 +24,15 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from data.audio import AudioError, resample, to_mono
+from flexicodec.common.constants import SAMPLE_RATE
+from flexicodec.data.audio import AudioError, resample, to_mono
+from flexicodec.data.variants import VoiceVariant, apply_variant, draw_variant, parse_variant_id, variant_id
 
 PREFIX_ENV = "FLEXICODEC_SYNTH_PREFIX"
 ENGINES = ("flite", "festival", "espeak")
+#: engines whose voices are recordings of real speakers (espeak-ng's are formant-synthesized
+#: variants already): the corpus builder derives pitch- and formant-shifted speakers from them
+RECORDED_ENGINES = ("flite", "festival")
 FLITE_VOICES = ("kal", "kal16", "awb", "rms", "slt")
 FESTIVAL_VOICES = ("kal_diphone", "ked_diphone", "cmu_us_slt_arctic_hts")
 ESPEAK_ACCENTS = ("en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-029",
@@ -47,10 +52,18 @@ class SynthError(RuntimeError):
 
 @dataclass(frozen=True)
 class Speaker:
-    """One synthetic voice: ``id`` (e.g. ``espeak_en-us+m3``), ``engine`` and engine ``voice``."""
+    """One synthetic voice: ``id`` (e.g. ``espeak_en-us+m3``), ``engine`` and engine ``voice``;
+    a derived speaker (``flite_slt~v2``, :func:`derive_speakers`) also has the ``variant``
+    applied to the voice's output."""
     id: str
     engine: str
     voice: str
+    variant: VoiceVariant | None = None
+
+    @property
+    def base_id(self) -> str:
+        """Id of the engine voice (the id itself unless this is a derived speaker)."""
+        return f"{self.engine}_{self.voice}"
 
     @property
     def slug(self) -> str:
@@ -61,7 +74,7 @@ class Speaker:
 @dataclass
 class PostprocessConfig:
     """Output conditioning of every synthesized utterance."""
-    sample_rate: int = 16000
+    sample_rate: int = SAMPLE_RATE
     target_rms_db: float = -23.0      # RMS of the non-silent frames after normalisation
     peak: float = 0.95                # never exceed this absolute peak
     silence_db: float = -40.0         # frames this far below the loudest frame are silence
@@ -193,8 +206,21 @@ def list_speakers(engines: tuple[str, ...] | list[str] | None = None) -> list[Sp
     return out
 
 
+def derive_speakers(base: Speaker, n: int) -> list[Speaker]:
+    """The ``n`` derived speakers of recorded voice ``base`` (ids ``<base>~v1..vn``; see
+    :mod:`flexicodec.data.variants`). ValueError for an espeak-ng voice or a derived ``base``."""
+    if base.variant is not None or base.engine not in RECORDED_ENGINES:
+        raise ValueError(f"{base.id}: only voices of {RECORDED_ENGINES} have derived speakers")
+    return [Speaker(variant_id(base.id, k), base.engine, base.voice, draw_variant(base.id, k))
+            for k in range(1, n + 1)]
+
+
 def get_speaker(speaker_id: str) -> Speaker:
-    """Speaker by id (``flite_slt``, ``espeak_en-us+m3``, ...), checked to be available."""
+    """Speaker by id (``flite_slt``, ``espeak_en-us+m3``, derived ``flite_slt~v2``, ...),
+    checked to be available."""
+    parsed = parse_variant_id(speaker_id)
+    if parsed is not None:
+        return derive_speakers(get_speaker(parsed[0]), parsed[1])[-1]
     engine = speaker_id.split("_", 1)[0]
     if engine not in ENGINES:
         raise ValueError(f"{speaker_id!r}: unknown engine prefix (expected one of {ENGINES})")
@@ -232,16 +258,22 @@ def _festival_rate(pace: float) -> str:
 
 def _synth_files(texts: list[str], speaker: Speaker, tmp: Path,
                  paces: list[float]) -> list[Path]:
+    """Engine wavs of ``texts`` in ``tmp``. No text is ever parsed as a command-line option
+    (a sentence starting with "-"): espeak-ng reads each text from a file (``-f``, the same
+    audio as the text argument), flite's ``-t`` takes the next argument as the text verbatim
+    (``-f`` would split it into utterances differently), festival reads a Scheme string."""
     outs = [tmp / f"{i:05d}.wav" for i in range(len(texts))]
     if speaker.engine == "flite":
         exe = find_tool("flite")
         for t, o, pace in zip(texts, outs, paces):
-            _run([exe, "-voice", speaker.voice, *_flite_rate(speaker.voice, pace), "-t", t,
-                  "-o", str(o)])
+            _run([exe, "-voice", speaker.voice, *_flite_rate(speaker.voice, pace),
+                  "-o", str(o), "-t", t])
     elif speaker.engine == "espeak":
         exe = find_tool("espeak-ng")
-        for t, o, pace in zip(texts, outs, paces):
-            _run([exe, "-v", speaker.voice, *_espeak_rate(pace), "-w", str(o), t])
+        for i, (t, o, pace) in enumerate(zip(texts, outs, paces)):
+            (tmp / f"{i:05d}.txt").write_text(t + "\n", encoding="utf-8")
+            _run([exe, "-v", speaker.voice, *_espeak_rate(pace), "-w", str(o),
+                  "-f", str(tmp / f"{i:05d}.txt")])
             # (-q would suppress the -w output)
     elif speaker.engine == "festival":
         # one festival process for the whole batch: voice loading dominates per-call cost
@@ -285,6 +317,9 @@ def synthesize(texts: list[str], speaker: Speaker | str,
     ``paces`` (optional, one per text) is the speaking rate relative to the engine's
     default (1.0; 1.35 = 35 % faster, 0.75 = slower; valid range ``PACE_LIMITS``);
     ``levels_db`` (optional, one per text) overrides ``config.target_rms_db``.
+    A derived speaker (``speaker.variant``) renders each text at ``pace x variant.tempo``
+    and applies :func:`flexicodec.data.variants.apply_variant` (pitch and formant shift) to the
+    engine's output, before the same :func:`postprocess` as every voice.
 
     Raises SynthError if an engine fails or produces no speech for a text.
     """
@@ -302,6 +337,12 @@ def synthesize(texts: list[str], speaker: Speaker | str,
         raise ValueError(f"paces must lie in {PACE_LIMITS}, got {paces}")
     if not texts:
         return []
+    variant = speaker.variant
+    if variant is not None:
+        paces = [p * variant.tempo for p in paces]
+        if not all(PACE_LIMITS[0] <= p <= PACE_LIMITS[1] for p in paces):
+            raise ValueError(f"paces x {speaker.id}'s tempo {variant.tempo} must lie in "
+                             f"{PACE_LIMITS}, got {paces}")
     with tempfile.TemporaryDirectory(prefix="flexicodec-synth-") as d:
         files = _synth_files([re.sub(r"\s+", " ", t).strip() for t in texts], speaker, Path(d),
                              paces)
@@ -311,7 +352,12 @@ def synthesize(texts: list[str], speaker: Speaker | str,
                 raise SynthError(f"{speaker.id} produced no audio for {t[:60]!r}")
             x, sr = sf.read(str(f), dtype="float32", always_2d=False)
             try:
-                out.append(postprocess(to_mono(x), sr, replace(config, target_rms_db=level)))
+                x = to_mono(x)
+                if variant is not None:
+                    x = apply_variant(resample(x, sr, config.sample_rate), config.sample_rate,
+                                      variant)
+                    sr = config.sample_rate
+                out.append(postprocess(x, sr, replace(config, target_rms_db=level)))
             except AudioError as exc:
                 raise SynthError(f"{speaker.id} on {t[:60]!r}: {exc}") from exc
     return out
@@ -372,5 +418,6 @@ def postprocess(x: np.ndarray, sr: int, config: PostprocessConfig | None = None)
 
 
 __all__ = ["Speaker", "PostprocessConfig", "SynthError", "list_speakers", "get_speaker",
+           "derive_speakers", "RECORDED_ENGINES",
            "synthesize", "postprocess", "synth_env", "synth_prefix", "find_tool",
            "festival_libdir", "ENGINES", "PREFIX_ENV", "PACE_LIMITS"]

@@ -263,7 +263,7 @@ def _load_sentences_cached(path: str) -> tuple[str, ...]:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"{p}: sentence list missing (build it with "
-                                f"`python -m data.build_sentences`)")
+                                f"`python -m flexicodec.data.build_sentences`)")
     with gzip.open(p, "rt", encoding="utf-8") as f:
         lines = [ln.rstrip("\n") for ln in f]
     sents = tuple(ln for ln in lines if ln and not ln.startswith("#"))
@@ -281,7 +281,7 @@ def load_sentences(path: str | os.PathLike | None = None) -> list[str]:
 # --------------------------------------------------------------------------- phonemes
 def espeak_binary() -> str:
     """Path of espeak-ng, honouring a private prefix (``FLEXICODEC_SYNTH_PREFIX``)."""
-    from data.synth import find_tool  # local import: synth imports this module
+    from flexicodec.data.synth import find_tool  # local import: synth imports this module
     return find_tool("espeak-ng")
 
 
@@ -301,7 +301,7 @@ def phonemize(texts: list[str], voice: str = "en-us", separator: str | None = No
     out = [""] * len(texts)
     if not idx:
         return out
-    from data.synth import synth_env
+    from flexicodec.data.synth import synth_env
     # espeak-ng joins consecutive lines into one clause stream but starts a new output line
     # at a blank line (paragraph) and at clause punctuation; so clause punctuation is
     # dropped and texts are separated by blank lines: one output line per text.

@@ -3,7 +3,7 @@
 ``flexicodec-lm generate --model LM_DIR --codec CODEC_DIR --text "..." [--text "..."]
 --frame-rate 6.25 --out codes.npz [--adapter DIR] [--prompt-wav W --prompt-text T]
 [--greedy] [--temperature 0.8 --top-k 50 --top-p 0.95 --repetition-penalty 1.1]
-[--max-tokens N]`` writes the codec's codes file (``codec.codes_file``: semantic codes and
+[--max-tokens N]`` writes the codec's codes file (``flexicodec.codec.codes_file``: semantic codes and
 token lengths of each text, no acoustic stages) atomically; ``flexicodec decode codes.npz
 -o out/ --model CODEC_DIR`` turns it into audio (semantic-only; the full TTS with acoustic
 codes is ``flexicodec-tts``).
@@ -17,21 +17,22 @@ import sys
 import torch
 
 SUBCOMMANDS = {
-    "train-tokenizer": "lm.text_tokenizer",
-    "tokenize": "lm.tokenize",
-    "train": "lm.train",
-    "finetune": "lm.finetune",
-    "generate": "lm.cli",
+    "train-tokenizer": "flexicodec.lm.text_tokenizer",
+    "tokenize": "flexicodec.lm.tokenize",
+    "train": "flexicodec.lm.train",
+    "finetune": "flexicodec.lm.finetune",
+    "generate": "flexicodec.lm.cli",
 }
 
 
 def generate_main(argv: list[str] | None = None) -> int:
     import argparse
 
-    from codec.codes_file import CodesFile, save_codes
-    from data.audio import load_audio
-    from lm.generate import SamplingConfig, VoicePrompt, generate
-    from lm.model import load_lm
+    from flexicodec.codec.codes_file import CodesFile, save_codes
+    from flexicodec.common.constants import SAMPLE_RATE
+    from flexicodec.data.audio import load_audio
+    from flexicodec.lm.generate import SamplingConfig, VoicePrompt, generate
+    from flexicodec.lm.model import load_lm
 
     p = argparse.ArgumentParser(prog="flexicodec-lm generate",
                                 description="Text → the codec's codes file (semantic codes + "
@@ -40,7 +41,7 @@ def generate_main(argv: list[str] | None = None) -> int:
     p.add_argument("--text", required=True, action="append",
                    help="text to speak (repeat for a batch: one utterance each)")
     p.add_argument("--frame-rate", type=float, required=True, help="rate bucket (Hz)")
-    p.add_argument("--out", required=True, help="output .npz")
+    p.add_argument("-o", "--out", required=True, help="output .npz")
     p.add_argument("--codec", default=None, help="the LM's codec directory (checked; its "
                                                   "codes file is written; default with the "
                                                   "shipped LM: the shipped codec)")
@@ -63,14 +64,14 @@ def generate_main(argv: list[str] | None = None) -> int:
     if (a.prompt_wav is None) != (a.prompt_text is None):
         p.error("--prompt-wav and --prompt-text go together")
     if a.model is None:                      # the shipped LM goes with the shipped codec
-        from codec.pretrained import default_checkpoint
+        from flexicodec.common.pretrained import default_checkpoint
         a.model = str(default_checkpoint("lm", "LM"))
         a.codec = a.codec or str(default_checkpoint("codec", "codec"))
     if not a.codec:
         p.error("--codec is needed: the output is that codec's codes file")
-    from codec.pretrained import CheckpointError
-    from lm.text_tokenizer import TokenizerError
-    from lm.tokenize import load_codec
+    from flexicodec.common.pretrained import CheckpointError
+    from flexicodec.lm.text_tokenizer import TokenizerError
+    from flexicodec.lm.tokenize import load_codec
 
     try:
         codec = load_codec(a.codec, a.device)
@@ -78,12 +79,12 @@ def generate_main(argv: list[str] | None = None) -> int:
     except CheckpointError as exc:
         p.error(str(exc))
     if a.adapter:
-        from lm.finetune import base_identity, load_adapter
+        from flexicodec.lm.finetune import base_identity, load_adapter
         model = load_adapter(model, a.adapter, merge=True, base_id=base_identity(a.model))
     prompt = None
     if a.prompt_wav:
-        wav, _ = load_audio(a.prompt_wav, 16000)
-        enc = codec.encode([wav], 16000, frame_rate=a.frame_rate, num_quantizers=0)
+        wav, _ = load_audio(a.prompt_wav, SAMPLE_RATE)
+        enc = codec.encode([wav], SAMPLE_RATE, frame_rate=a.frame_rate, num_quantizers=0)
         m = enc.token_mask[0].bool()
     try:
         pieces = [tok.encode(t) for t in a.text]
@@ -107,7 +108,7 @@ def generate_main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str] | None = None) -> int:
     import importlib
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -122,6 +123,13 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
         return generate_main(rest)
     return importlib.import_module(SUBCOMMANDS[cmd]).main(rest) or 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``flexicodec-lm``: a missing model or a broken weight file is a one-line error (exit 2)."""
+    from flexicodec.common.pretrained import run_reporting_model_errors
+
+    return run_reporting_model_errors("flexicodec-lm", _main, argv)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
-"""Tokenized-corpus access for LM training: load ``lm.tokenize`` output, lay out examples,
+"""Tokenized-corpus access for LM training: load ``flexicodec.lm.tokenize`` output, lay out examples,
 length-bucketed batches (one utterance per row) and packed batches (several per row).
 
-A tokenized directory (one frame rate; written by ``lm.tokenize``, also the training data of
+A tokenized directory (one frame rate; written by ``flexicodec.lm.tokenize``, also the training data of
 the TTS acoustic stage)::
 
     TOK/rate_6.25/info.json            codec identity, FSQ size, max_group, RVQ size, counts
@@ -22,8 +22,8 @@ from typing import Sequence
 
 import torch
 
-from lm.layout import LayoutItem, build_sequence
-from lm.vocab import LMVocab
+from flexicodec.lm.layout import LayoutItem, build_sequence
+from flexicodec.lm.vocab import LMVocab
 
 INFO_NAME = "info.json"
 

@@ -1,7 +1,11 @@
 """LoRA speaker adaptation of a trained speech LM (peft).
 
-``flexicodec-lm finetune --model LM_DIR --data TOK --out ADAPTER_DIR [--steps N] [--rank R]
-[--lr LR] [--max-minutes M] [--resume] [--run-dir RUN]``
+``flexicodec-lm finetune --model LM_DIR --data TOK --run-dir RUN [--out-model ADAPTER_DIR]
+[--max-steps N] [--rank R] [--lr LR] [--max-minutes M] [--resume] [--out-merged LM_DIR]``
+
+Without ``--config`` (whose ``train:`` section is used otherwise) the run is
+``FINETUNE_STEPS`` steps long unless ``--max-steps`` says otherwise; the adapters go to
+``--out-model`` (default ``RUN/model``).
 
 LoRA adapters go on the backbone's attention and MLP projections; everything else is frozen.
 The adapter directory holds peft's ``adapter_config.json`` + ``adapter_model.safetensors`` and
@@ -17,12 +21,14 @@ import os
 from pathlib import Path
 
 
-from codec.pretrained import CheckpointError, atomic_path
-from lm.model import SpeechLM
+from flexicodec.common.pretrained import CheckpointError, atomic_path
+from flexicodec.lm.model import SpeechLM
 
 log = logging.getLogger(__name__)
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 ADAPTER_META = "lm_adapter.json"
+#: run length without --config or --max-steps
+FINETUNE_STEPS = 300
 
 
 def apply_lora(model: SpeechLM, rank: int = 16, alpha: float = 32.0, dropout: float = 0.05,
@@ -74,38 +80,45 @@ def lora_parameter_names(peft_model) -> list[str]:
     return [n for n, p in peft_model.named_parameters() if p.requires_grad]
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser():
+    """The ``flexicodec-lm finetune`` argument parser."""
     import argparse
 
-    from codec.distributed import configure_process_logging
-    from codec.training import make_accelerator
-    from lm.data import load_tokenized, make_items, read_info
-    from lm.model import load_lm
-    from lm.train import TrainConfig, load_config, run_training
+    from flexicodec.common.run_flags import add_run_flags
 
     p = argparse.ArgumentParser(prog="flexicodec-lm finetune", description=__doc__.split("\n")[0])
+    add_run_flags(p, config_required=False)
     p.add_argument("--model", required=True, help="base LM directory")
     p.add_argument("--data", required=True, help="tokenized data of the new speaker")
-    p.add_argument("--out", required=True, help="adapter output directory")
-    p.add_argument("--config", default=None, help="YAML with a train: section (optional)")
-    p.add_argument("--run-dir", default=None, help="checkpoints (default OUT.run)")
-    p.add_argument("--steps", type=int, default=300)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--rank", type=int, default=16)
     p.add_argument("--alpha", type=float, default=32.0)
     p.add_argument("--dropout", type=float, default=0.05)
-    p.add_argument("--max-minutes", type=float, default=None)
-    p.add_argument("--resume", action="store_true")
-    p.add_argument("--merge-out", default=None, help="also write a merged full LM here")
+    p.add_argument("--out-merged", default=None, metavar="DIR",
+                   help="also write the LM with the adapters merged in here")
     p.add_argument("--valid-split", default="valid")
-    p.add_argument("--cpu", action="store_true")
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from flexicodec.common.distributed import configure_process_logging
+    from flexicodec.common.training import make_accelerator
+    from flexicodec.common.run_flags import out_model_dir
+    from flexicodec.lm.data import load_tokenized, make_items, read_info
+    from flexicodec.lm.model import load_lm
+    from flexicodec.lm.train import TrainConfig, load_config, run_training
+
+    a = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     tcfg = load_config(a.config)[1] if a.config else TrainConfig()
-    tcfg.lr, tcfg.max_steps = a.lr, a.steps
-    tcfg.warmup_steps = min(tcfg.warmup_steps, max(1, a.steps // 10))
-    tcfg.save_every = min(tcfg.save_every, a.steps)
-    tcfg.eval_every = min(tcfg.eval_every, a.steps)
+    if a.max_steps is not None:
+        tcfg.max_steps = a.max_steps
+    elif not a.config:
+        tcfg.max_steps = FINETUNE_STEPS
+    tcfg.lr, steps = a.lr, tcfg.max_steps
+    tcfg.warmup_steps = min(tcfg.warmup_steps, max(1, steps // 10))
+    tcfg.save_every = min(tcfg.save_every, steps)
+    tcfg.eval_every = min(tcfg.eval_every, steps)
     model, tok = load_lm(a.model)
     info = read_info(a.data)
     if model.config.codec_identity and info["codec_identity"] != model.config.codec_identity:
@@ -124,17 +137,17 @@ def main(argv: list[str] | None = None) -> int:
     acc = make_accelerator(tcfg.mixed_precision, tcfg.grad_accum, cpu=a.cpu)
     configure_process_logging(acc)
     tcfg.keep_best = False        # adapters are exported from the last step
-    run_dir = Path(a.run_dir) if a.run_dir else Path(str(a.out).rstrip("/") + ".run")
-    res = run_training(pm, train_items, durs, valid_items, tcfg, run_dir, resume=a.resume,
+    res = run_training(pm, train_items, durs, valid_items, tcfg, Path(a.run_dir), resume=a.resume,
                        max_minutes=a.max_minutes, accelerator=acc)
     if acc.is_main_process:
         trained = res["model"]
-        save_adapter(trained, a.out, base_identity(a.model))
-        print(f"wrote adapters {a.out} (step {res['step']}, stopped: {res['stopped']})")
-        if a.merge_out:
+        out = out_model_dir(a)
+        save_adapter(trained, out, base_identity(a.model))
+        print(f"wrote adapters {out} (step {res['step']}, stopped: {res['stopped']})")
+        if a.out_merged:
             merged = trained.merge_and_unload()
-            merged.save_pretrained(a.merge_out, tokenizer_path=tok.path)
-            print(f"wrote merged LM {a.merge_out}")
+            merged.save_pretrained(a.out_merged, tokenizer_path=tok.path)
+            print(f"wrote merged LM {a.out_merged}")
     acc.wait_for_everyone()
     print(json.dumps({k: v for k, v in res.items() if k not in ("model", "state_dict")}))
     return 0

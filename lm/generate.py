@@ -23,9 +23,9 @@ from typing import Iterator, Sequence
 
 import torch
 
-from lm.layout import LayoutItem, build_sequence, collate
-from lm.model import SpeechLM, make_cache
-from lm.vocab import PAD, SPEECH_END
+from flexicodec.lm.layout import LayoutItem, build_sequence, collate
+from flexicodec.lm.model import SpeechLM, make_cache
+from flexicodec.lm.vocab import PAD, SPEECH_END
 
 
 @dataclass

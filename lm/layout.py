@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
-from lm.vocab import (BOS, PAD, SPEECH_END, SPEECH_START, TEXT_START, TYPE_SEMANTIC, TYPE_TEXT,
-                      LMVocab, VocabError)
+from flexicodec.lm.vocab import (BOS, PAD, SPEECH_END, SPEECH_START, TEXT_START, TYPE_SEMANTIC, TYPE_TEXT,
+                                 LMVocab, VocabError)
 
 IGNORE = -100
 #: index of the first speech-related token in the prefix: <bos> <rate> <text>

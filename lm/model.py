@@ -31,13 +31,14 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from codec.pretrained import (CheckpointError, atomic_path, config_from_dict, config_to_dict,
-                              state_dict_identity)
-from lm.layout import IGNORE, label_types
-from lm.text_input import LEGACY_TEXT_INPUT, check_text_input, load_tokenizer, tokenizer_file
-from lm.vocab import DEFAULT_FRAME_RATES, PAD, TYPE_SEMANTIC, TYPE_TEXT, LMVocab
+from flexicodec.common.pretrained import (CheckpointError, atomic_path, check_weight_file,
+                                          config_from_dict, config_to_dict, load_weight_file,
+                                          state_dict_identity)
+from flexicodec.lm.layout import IGNORE, label_types
+from flexicodec.lm.text_input import LEGACY_TEXT_INPUT, check_text_input, load_tokenizer, tokenizer_file
+from flexicodec.lm.vocab import DEFAULT_FRAME_RATES, PAD, TYPE_SEMANTIC, TYPE_TEXT, LMVocab
 
 MODEL_TYPE = "flexicodec-lm"
 #: dense bf16 peak of one H100 / H200 SXM (FLOP/s): the default denominator of MFU
@@ -178,7 +179,7 @@ class SpeechLM(nn.Module):
                 **_: Any) -> SpeechLMOutput:
         """input_ids, length_in, attention_mask, position_ids [B, L]; ``cache`` a
         DynamicCache that is extended in place (``attention_mask`` then covers past + new).
-        Packed rows (several sequences per row, ``lm.layout.collate_packed``): no
+        Packed rows (several sequences per row, ``flexicodec.lm.layout.collate_packed``): no
         ``attention_mask`` and ``position_ids`` restarting at 0 for each sequence, so each
         attends only within itself (transformers' packed-sequence masking)."""
         x = self.embed(input_ids, length_in)
@@ -278,6 +279,8 @@ class SpeechLM(nn.Module):
         meta = cls.read_config(directory)
         config = config_from_saved(meta["config"])
         model = cls(config)
+        for shard in sorted((directory / BACKBONE_DIR).glob("*.safetensors")):
+            check_weight_file(shard)        # a cut shard: one line naming it
         try:
             backbone = AutoModelForCausalLM.from_pretrained(str(directory / BACKBONE_DIR),
                                                             local_files_only=True,
@@ -292,7 +295,7 @@ class SpeechLM(nn.Module):
         heads_path = directory / HEADS_NAME
         if not heads_path.is_file():
             raise CheckpointError(f"{directory}: missing {HEADS_NAME}")
-        heads = load_file(str(heads_path))
+        heads = load_weight_file(heads_path)
         try:
             model.length_head.load_state_dict(heads)
         except RuntimeError as exc:
@@ -307,7 +310,7 @@ def load_lm(directory: str | os.PathLike | None = None, codec: Any = None,
             map_location: str | torch.device = "cpu"):
     """(SpeechLM, tokenizer) from a model directory (None: the shipped LM); the tokenizer of
     the LM's ``text_input`` (PhonemeTokenizer or TextTokenizer, lm/text_input.py)."""
-    from codec.pretrained import default_checkpoint
+    from flexicodec.common.pretrained import default_checkpoint
 
     if directory is None:
         directory = default_checkpoint("lm", "LM")

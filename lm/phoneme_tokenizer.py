@@ -1,6 +1,6 @@
 """Phoneme input of the speech LM: text → ``normalize_text`` → espeak-ng phoneme tokens → ids.
 
-The tokens are :func:`data.text.phoneme_tokens`' (phonemes, stress marks, the word boundary
+The tokens are :func:`flexicodec.data.text.phoneme_tokens`' (phonemes, stress marks, the word boundary
 ``" "``, the punctuation ``. , ? !``), so the corpus builder, the tokenizer of a corpus
 (``flexicodec-lm tokenize`` stores them as the ``phonemes`` column) and inference all go
 through one normaliser and one espeak-ng call.
@@ -19,8 +19,8 @@ import os
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from codec.pretrained import atomic_write_text
-from lm.text_tokenizer import TokenizerError
+from flexicodec.common.pretrained import atomic_write_text
+from flexicodec.lm.text_tokenizer import TokenizerError
 
 log = logging.getLogger(__name__)
 VOCAB_FILE = "phoneme_vocab.json"
@@ -33,7 +33,7 @@ def text_to_phonemes(texts: Sequence[str], voice: str = DEFAULT_VOICE,
                      normalize: bool = True) -> list[list[str]]:
     """Phoneme tokens of each text (``normalize_text`` first unless ``normalize=False``);
     one espeak-ng call for all. ``[]`` for a text without speakable characters."""
-    from data.text import normalize_text, phoneme_tokens
+    from flexicodec.data.text import normalize_text, phoneme_tokens
 
     if isinstance(texts, str):
         raise TypeError("text_to_phonemes expects a list of strings")

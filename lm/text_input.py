@@ -1,8 +1,8 @@
 """The speech LM's text input, chosen by ``SpeechLMConfig.text_input``:
 
 - ``"phoneme"`` (default): espeak-ng phoneme tokens with word boundaries, stress and
-  punctuation (:mod:`lm.phoneme_tokenizer`), vocabulary in ``phoneme_vocab.json``;
-- ``"bpe"``: sentencepiece pieces of the normalised text (:mod:`lm.text_tokenizer`), model
+  punctuation (:mod:`flexicodec.lm.phoneme_tokenizer`), vocabulary in ``phoneme_vocab.json``;
+- ``"bpe"``: sentencepiece pieces of the normalised text (:mod:`flexicodec.lm.text_tokenizer`), model
   in ``text_tokenizer.model``. LMs saved before ``text_input`` existed are ``bpe``.
 
 Both tokenizers have ``encode(text) -> ids``, ``vocab_size``, ``path`` and ``text_input``;
@@ -13,8 +13,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from lm.phoneme_tokenizer import VOCAB_FILE, PhonemeTokenizer
-from lm.text_tokenizer import TOKENIZER_FILE, TextTokenizer
+from flexicodec.lm.phoneme_tokenizer import VOCAB_FILE, PhonemeTokenizer
+from flexicodec.lm.text_tokenizer import TOKENIZER_FILE, TextTokenizer
 
 TEXT_INPUTS = ("phoneme", "bpe")
 #: the value of LMs saved before the field existed

@@ -1,6 +1,6 @@
 """Sentencepiece text tokenizer of the speech LM, trained on normalized corpus text.
 
-All text goes through :func:`data.text.normalize_text` first (the same normaliser the corpus
+All text goes through :func:`flexicodec.data.text.normalize_text` first (the same normaliser the corpus
 builder and TTS use), then sentencepiece. The model file is saved beside the LM as
 ``text_tokenizer.model``.
 """
@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Iterable
 
-from codec.pretrained import atomic_path
+from flexicodec.common.pretrained import atomic_path
 
 log = logging.getLogger(__name__)
 TOKENIZER_FILE = "text_tokenizer.model"
@@ -23,7 +23,7 @@ class TokenizerError(ValueError):
 
 
 def _normalize(text: str) -> str:
-    from data.text import normalize_text
+    from flexicodec.data.text import normalize_text
 
     return normalize_text(text)
 
@@ -113,13 +113,13 @@ def main(argv: list[str] | None = None) -> int:
                                 description="Train the LM's sentencepiece text tokenizer on "
                                             "the normalized text of a corpus (train split).")
     p.add_argument("--data", required=True, help="corpus directory (any data.loaders layout)")
-    p.add_argument("--out", required=True, help="output directory (or .model path)")
+    p.add_argument("-o", "--out", required=True, help="output directory (or .model path)")
     p.add_argument("--vocab-size", type=int, default=2000)
     p.add_argument("--model-type", choices=["unigram", "bpe"], default="unigram")
     p.add_argument("--split", default="train", help="corpus split ('all' for every split)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    from data.loaders import load_corpus
+    from flexicodec.data.loaders import load_corpus
 
     ds = load_corpus(a.data, split=None if a.split == "all" else a.split)
     tok = train_text_tokenizer(ds["text"], a.out, a.vocab_size, a.model_type,

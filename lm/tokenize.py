@@ -10,7 +10,7 @@ Output (one folder per frame rate / threshold, several side by side)::
     OUT/rate_6.25/<split>/shard_00000/   datasets.save_to_disk, written atomically
 
 Columns: id, text (normalized), phonemes (the LM's phoneme tokens of the text,
-``lm.phoneme_tokenizer.text_to_phonemes``), speaker, duration, semantic_codes [T'] int32,
+``flexicodec.lm.phoneme_tokenizer.text_to_phonemes``), speaker, duration, semantic_codes [T'] int32,
 token_lengths [T'] int16, acoustic_codes [n_q][T'] int16, frame_rate (achieved),
 num_frames. The LM config's ``text_input`` decides whether training reads ``phonemes`` or
 ``text``; both are always written (espeak-ng phonemises all texts of a split in one call).
@@ -36,13 +36,13 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from codec.pretrained import atomic_path, atomic_write_text
-from data.audio import AudioError, load_audio
-from lm.data import INFO_NAME
-from lm.phoneme_tokenizer import DEFAULT_VOICE
+from flexicodec.common.pretrained import atomic_path, atomic_write_text
+from flexicodec.common.constants import BASE_FRAME_RATE, SAMPLE_RATE
+from flexicodec.data.audio import AudioError, load_audio
+from flexicodec.lm.data import INFO_NAME
+from flexicodec.lm.phoneme_tokenizer import DEFAULT_VOICE
 
 log = logging.getLogger(__name__)
-SAMPLE_RATE = 16000
 #: version of the shard layout (2: duration-sorted shards with acoustic codes; 3: + phonemes)
 TOKENIZE_FORMAT = 3
 MIN_SAMPLES = SAMPLE_RATE // 10
@@ -58,8 +58,9 @@ class Setting:
     def __post_init__(self):
         if (self.frame_rate is None) == (self.threshold is None):
             raise ValueError("give exactly one of frame_rate or threshold")
-        if self.frame_rate is not None and not 0 < self.frame_rate <= 12.5:
-            raise ValueError(f"frame_rate must be in (0, 12.5] Hz, got {self.frame_rate}")
+        if self.frame_rate is not None and not 0 < self.frame_rate <= BASE_FRAME_RATE:
+            raise ValueError(f"frame_rate must be in (0, {BASE_FRAME_RATE}] Hz, got "
+                             f"{self.frame_rate}")
         if self.threshold is not None and not 0 < self.threshold <= 1.0:
             raise ValueError(f"threshold must be in (0, 1], got {self.threshold}")
 
@@ -93,13 +94,13 @@ def encode_settings(codec: Any, wav: torch.Tensor, lengths: torch.Tensor,
                     settings: Sequence[Setting], num_quantizers: int | None = None) -> list:
     """Encode one padded batch at several settings, sharing the frame features.
 
-    wav [B, T] float32 16 kHz zero-padded, lengths [B] → one ``codec.model.EncodedCodes``
+    wav [B, T] float32 16 kHz zero-padded, lengths [B] → one ``flexicodec.codec.model.EncodedCodes``
     per setting (semantic_codes [B, T'], acoustic_codes [B, n_q, T'], token_lengths [B, T'],
-    ...), identical to ``codec.encode(..., frame_rate=/merging_threshold=)`` per setting.
+    ...), identical to ``codec.encode(..., frame_rate=/threshold=)`` per setting.
     Uses FlexiCodec's public stages ``frame_features_chunked`` → ``make_merge`` →
     ``quantize`` so the encoder and the semantic model run once for all settings.
     """
-    from codec.model import EncodedCodes
+    from flexicodec.codec.model import EncodedCodes
 
     n = codec.config.n_q if num_quantizers is None else int(num_quantizers)
     if not 0 <= n <= codec.config.n_q:
@@ -135,7 +136,7 @@ def _check_codes(sem: torch.Tensor, lens: torch.Tensor, ac: torch.Tensor, semant
 # ---------------------------------------------------------------- audio loading
 class AudioFiles(torch.utils.data.Dataset):
     """Item i: ``(i, wav float32 [T] tensor | None, error message | None)`` — 16 kHz mono via
-    ``data.audio.load_audio``; unreadable / too short / too long files give an error string."""
+    ``flexicodec.data.audio.load_audio``; unreadable / too short / too long files give an error string."""
 
     def __init__(self, paths: Sequence[str], min_samples: int = MIN_SAMPLES):
         self.paths = list(paths)
@@ -237,7 +238,7 @@ def tokenize_corpus(codec: Any, corpus: str | os.PathLike, out: str | os.PathLik
     has per-split stats incl. ``audio_seconds_per_s`` (throughput of this run)."""
     from tqdm.auto import tqdm
 
-    from data.loaders import detect_layout, load_corpus
+    from flexicodec.data.loaders import detect_layout, load_corpus
 
     settings = ([Setting(frame_rate=float(r)) for r in frame_rates or []]
                 + [Setting(threshold=float(t)) for t in thresholds or []])
@@ -393,7 +394,7 @@ def _phonemes_of(texts: list[str], voice: str, workers: int = 1) -> list[list[st
     espeak-ng processes at a time (one call per slice of the texts)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from lm.phoneme_tokenizer import text_to_phonemes
+    from flexicodec.lm.phoneme_tokenizer import text_to_phonemes
 
     distinct = sorted({t for t in texts if t.strip()})
     if not distinct:
@@ -438,7 +439,7 @@ def _collect(enc, index: list[int], cols: dict, stats: dict, paths, texts, phone
 
 
 def load_codec(path: str | os.PathLike, device: str = "cpu"):
-    from codec.model import FlexiCodec
+    from flexicodec.codec.model import FlexiCodec
 
     return FlexiCodec.from_pretrained(path, map_location=device)
 
@@ -455,7 +456,8 @@ def build_parser(prog: str = "flexicodec-lm tokenize"):
     g.add_argument("--frame-rate", type=float, nargs="+", help="target rate(s) in Hz")
     g.add_argument("--threshold", type=float, nargs="+", help="merging threshold(s)")
     p.add_argument("--split", default=None, help="comma-separated splits (default: all)")
-    p.add_argument("--out", required=True)
+    p.add_argument("-o", "--out", required=True, help="output directory (one rate_* folder per "
+                   "setting)")
     p.add_argument("--shard-size", type=int, default=500)
     p.add_argument("--batch-size", type=int, default=None,
                    help="utterances per batch (default 64 on CUDA, 16 on CPU)")
@@ -475,9 +477,9 @@ def main(argv: list[str] | None = None, prog: str = "flexicodec-lm tokenize") ->
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if a.codec is None:
-        from flexicodec_pretrained import default_dir
+        from flexicodec.common.models import default_dir
         a.codec = default_dir("codec")
-    from codec.pretrained import CheckpointError
+    from flexicodec.common.pretrained import CheckpointError
 
     try:
         codec = load_codec(a.codec, a.device)

@@ -13,10 +13,10 @@ runs out it checkpoints and exits cleanly. At the end the model (with its tokeni
 written to ``--out-model`` (default RUN/model).
 
 Distributed (docs/DISTRIBUTED.md): ``accelerate launch [--config_file
-configs/accelerate/{multi_gpu,fsdp_lm}.yaml] -m lm.cli train ...``. Each process takes an equal
-share of every epoch's batch plan (:func:`codec.distributed.shard_batches`); eval batches are
+configs/accelerate/{multi_gpu,fsdp_lm}.yaml] -m flexicodec.lm.cli train ...``. Each process takes an equal
+share of every epoch's batch plan (:func:`flexicodec.common.distributed.shard_batches`); eval batches are
 split over the processes and their sums reduced; a resume on a different process count maps
-the position in the epoch (:func:`codec.distributed.rescale_position`). Under FSDP the final
+the position in the epoch (:func:`flexicodec.common.distributed.rescale_position`). Under FSDP the final
 weights are gathered with ``accelerator.get_state_dict``.
 """
 from __future__ import annotations
@@ -33,16 +33,16 @@ from typing import Any
 import torch
 import yaml
 
-from codec.pretrained import atomic_write_text, config_from_dict, config_to_dict
-from codec.distributed import (any_process, configure_process_logging, rescale_position,
-                                shard_batches)
-from codec.training import (CheckpointManager, JsonlLogger, TimeBudget, lr_lambda,
-                            make_accelerator, seed_everything)
-from lm.data import (bucket_batches, load_tokenized, make_items, pack_batches, read_info,
-                     to_device)
-from lm.layout import LayoutItem, collate, collate_packed
-from lm.model import (DEFAULT_PEAK_FLOPS, SpeechLM, SpeechLMConfig, config_from_saved,
-                      model_config_from_dict)
+from flexicodec.common.pretrained import atomic_write_text, config_from_dict, config_to_dict
+from flexicodec.common.distributed import (any_process, configure_process_logging, rescale_position,
+                                           shard_batches)
+from flexicodec.common.training import (CheckpointManager, JsonlLogger, TimeBudget, lr_lambda,
+                                        make_accelerator, seed_everything)
+from flexicodec.lm.data import (bucket_batches, load_tokenized, make_items, pack_batches, read_info,
+                                to_device)
+from flexicodec.lm.layout import LayoutItem, collate, collate_packed
+from flexicodec.lm.model import (DEFAULT_PEAK_FLOPS, SpeechLM, SpeechLMConfig, config_from_saved,
+                                 model_config_from_dict)
 
 log = logging.getLogger(__name__)
 
@@ -423,10 +423,10 @@ def prepare_run(config_path: str, data: str, run_dir: Path, tokenizer: str | Non
     column, or a sentencepiece model trained on its text.
     ``reuse_only``: read what the main process wrote (non-main processes of a distributed
     run call this after the main one, inside ``accelerator.main_process_first()``)."""
-    from lm.data import require_phonemes
-    from lm.phoneme_tokenizer import DEFAULT_VOICE, PhonemeTokenizer
-    from lm.text_input import check_text_input, load_tokenizer, tokenizer_file
-    from lm.text_tokenizer import train_text_tokenizer
+    from flexicodec.lm.data import require_phonemes
+    from flexicodec.lm.phoneme_tokenizer import DEFAULT_VOICE, PhonemeTokenizer
+    from flexicodec.lm.text_input import check_text_input, load_tokenizer, tokenizer_file
+    from flexicodec.lm.text_tokenizer import train_text_tokenizer
 
     model_d, tcfg = load_config(config_path)
     if text_input is not None:
@@ -469,29 +469,32 @@ def prepare_run(config_path: str, data: str, run_dir: Path, tokenizer: str | Non
     return mcfg, tcfg, tok
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser():
+    """The ``flexicodec-lm train`` argument parser."""
     import argparse
 
+    from flexicodec.common.run_flags import add_run_flags
+
     p = argparse.ArgumentParser(prog="flexicodec-lm train", description=__doc__.split("\n")[0])
-    p.add_argument("--config", required=True)
+    add_run_flags(p)
     p.add_argument("--data", required=True, help="tokenized dirs, comma separated")
-    p.add_argument("--run-dir", required=True)
     p.add_argument("--tokenizer", default=None,
                    help="phoneme_vocab.json or sentencepiece model, by the config's text_input "
                         "(default: built from the train split)")
     p.add_argument("--text-input", choices=["phoneme", "bpe"], default=None,
                    help="the LM's text input (overrides the config's model.text_input; "
                         "default there: phoneme)")
-    p.add_argument("--max-steps", type=int, default=None)
-    p.add_argument("--max-minutes", type=float, default=None)
-    p.add_argument("--resume", action="store_true")
-    p.add_argument("--out-model", default=None, help="default RUN/model")
     p.add_argument("--valid-split", default="valid", help="eval split of the data")
     p.add_argument("--export", choices=["best", "last"], default="best",
                    help="weights written to --out-model: the lowest eval loss (train.keep_best)"
                         " or the last step")
-    p.add_argument("--cpu", action="store_true", help="force CPU")
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from flexicodec.common.run_flags import out_model_dir
+
+    a = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     run_dir = Path(a.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -517,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
                        max_steps=a.max_steps, max_minutes=a.max_minutes, resume=a.resume,
                        accelerator=acc)
     if acc.is_main_process:
-        out = Path(a.out_model) if a.out_model else run_dir / "model"
+        out = out_model_dir(a)
         final = res["model"]
         if res["state_dict"] is not None:           # FSDP: gathered full weights
             final = SpeechLM(mcfg)

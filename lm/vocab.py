@@ -17,12 +17,14 @@ from dataclasses import dataclass, field
 
 import torch
 
+from flexicodec.common.constants import BASE_FRAME_RATE
+
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<text>", "<speech>", "</speech>", "<unused0>",
             "<unused1>")
 PAD, BOS, EOS, TEXT_START, SPEECH_START, SPEECH_END = range(6)
 
 #: default rate buckets (Hz): 12.5 Hz base rate and the merged rates the paper reports
-DEFAULT_FRAME_RATES = (12.5, 8.33, 6.25, 5.0, 4.0, 3.0)
+DEFAULT_FRAME_RATES = (BASE_FRAME_RATE, 8.33, 6.25, 5.0, 4.0, 3.0)
 
 # token types (values of LMVocab.token_types())
 TYPE_SPECIAL, TYPE_TEXT, TYPE_SEMANTIC, TYPE_LENGTH, TYPE_RATE = range(5)

@@ -18,8 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from codec.pretrained import atomic_write_text  # noqa: E402
-from codec.training import read_jsonl  # noqa: E402
+from flexicodec.common.pretrained import atomic_write_text  # noqa: E402
+from flexicodec.common.training import read_jsonl  # noqa: E402
 
 
 def curve_rows(log: list[dict]) -> list[dict]:

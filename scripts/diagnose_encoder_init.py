@@ -28,8 +28,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from codec.config import PRESETS, FlexiCodecConfig  # noqa: E402
-from codec.encoder import AcousticEncoder  # noqa: E402
+from flexicodec.codec.config import PRESETS, FlexiCodecConfig  # noqa: E402
+from flexicodec.codec.encoder import AcousticEncoder  # noqa: E402
 
 
 def torch_default_init(encoder: nn.Module) -> None:
@@ -59,10 +59,10 @@ def train_acoustic_path(config: FlexiCodecConfig, default_init: bool, data: str,
     """Mel loss every 50 steps of the unquantized acoustic path (batch 8 × 1 s crops)."""
     from tqdm import tqdm
 
-    from codec import merging
-    from codec.losses import MultiResolutionMelLoss
-    from codec.model import FlexiCodec
-    from data.loaders import AudioDataset, load_corpus
+    from flexicodec.codec import merging
+    from flexicodec.codec.losses import MultiResolutionMelLoss
+    from flexicodec.codec.model import FlexiCodec
+    from flexicodec.data.loaders import AudioDataset, load_corpus
 
     torch.manual_seed(seed)
     rng = random.Random(seed)

@@ -9,7 +9,7 @@ utterances of a corpus split this decodes each one three ways at the same token 
 - ``baseline`` (with ``--baseline``): the fixed-rate codec;
 and bins every 12.5 Hz frame by the length of its own group: the share of frames, the
 acoustic bits each frame gets, each decode's log-mel error on those frames
-(codec/group_error.py), and own − pairs / own − baseline on the same frames with 95 %
+(codec/eval/group_error.py), and own − pairs / own − baseline on the same frames with 95 %
 bootstrap intervals over utterances. If long groups lose detail, own − pairs grows with L.
 
     python scripts/diagnose_group_error.py --model flexicodec_pretrained/codec \
@@ -32,17 +32,18 @@ from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from codec.evaluate import load_utterances, reconstruct  # noqa: E402
-from codec.group_error import error_by_length, frame_group_lengths, frame_mel_errors  # noqa: E402
-from codec.model import FlexiCodec  # noqa: E402
-from codec.pretrained import write_report_files  # noqa: E402
+from flexicodec.codec.eval.evaluate import load_utterances, reconstruct  # noqa: E402
+from flexicodec.codec.eval.group_error import error_by_length, frame_group_lengths, frame_mel_errors  # noqa: E402
+from flexicodec.codec.model import FlexiCodec  # noqa: E402
+from flexicodec.common.pretrained import write_report_files  # noqa: E402
+from flexicodec.common.constants import BASE_FRAME_RATE  # noqa: E402
 
 
 def diagnose(model, baseline, utts: list[dict], group: int = 2) -> dict:
     """Per-frame errors of the decodes (own groups at the token rate of ``group``-frame
     groups, 12.5 / group Hz; the same weights with fixed groups; the baseline), binned by
     the own groups' lengths."""
-    rate = 12.5 / group
+    rate = BASE_FRAME_RATE / group
     names = ["own", "pairs"] + (["baseline"] if baseline is not None else [])
     errors = {n: [] for n in names}
     lengths, tokens, frames = [], 0, 0
@@ -67,7 +68,7 @@ def diagnose(model, baseline, utts: list[dict], group: int = 2) -> dict:
     for r in rows:
         r["acoustic_bits_per_frame"] = ac_bits / r["length"]
     overall = {f"error_{n}": float(np.concatenate(errors[n]).mean()) for n in names}
-    return {"rows": rows, "overall": overall, "rate_hz": tokens / frames * 12.5,
+    return {"rows": rows, "overall": overall, "rate_hz": tokens / frames * BASE_FRAME_RATE,
             "utterances": len(utts), "frames": frames,
             "pairs_acoustic_bits_per_frame": ac_bits / group}
 

@@ -2,7 +2,7 @@
 
 For utterances of a corpus split, the frozen ASR's greedy CTC path on the original audio
 gives each phoneme's onset frame (12.5 Hz grid); every grouping is then scored by how many
-onsets land in each token (codec/allocation.py): empty tokens, phonemes in crowded tokens
+onsets land in each token (codec/eval/allocation.py): empty tokens, phonemes in crowded tokens
 (>= 3 onsets), the spread of the per-token load. Groupings compared at each target rate:
 - ``layer k``: the codec's merging rule (per-utterance threshold search to the rate,
   ``merging.merge_to_rate``) with ASR layer k's features as the similarity source
@@ -34,21 +34,20 @@ from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from codec import merging  # noqa: E402
-from codec.allocation import (allocation_stats, ctc_onsets, onsets_to_frames,  # noqa: E402
-                              token_loads)
-from codec.asr import WORD_SEP, PhonemeASR  # noqa: E402
-from codec.evaluate import load_utterances, parse_rates  # noqa: E402
-from codec.pretrained import write_report_files  # noqa: E402
-from codec.semantic import to_frame_grid  # noqa: E402
-
-HOP = 1280
-BASE = merging.BASE_FRAME_RATE
+from flexicodec.codec import merging  # noqa: E402
+from flexicodec.codec.eval.allocation import (allocation_stats, ctc_onsets, onsets_to_frames,  # noqa: E402
+                                              token_loads)
+from flexicodec.codec.asr.model import WORD_SEP, PhonemeASR  # noqa: E402
+from flexicodec.codec.eval.evaluate import load_utterances, parse_rates  # noqa: E402
+from flexicodec.common.pretrained import write_report_files  # noqa: E402
+from flexicodec.codec.semantic import to_frame_grid  # noqa: E402
+from flexicodec.common.constants import BASE_FRAME_RATE, HOP_SIZE, SAMPLE_RATE  # noqa: E402
 
 
 def _grid(asr: PhonemeASR, feats: torch.Tensor, flen: torch.Tensor, frames: int
           ) -> torch.Tensor:
-    return to_frame_grid(feats, flen, asr.feature_rate, torch.tensor([frames]), BASE, frames)
+    return to_frame_grid(feats, flen, asr.feature_rate, torch.tensor([frames]), BASE_FRAME_RATE,
+                         frames)
 
 
 @torch.no_grad()
@@ -58,15 +57,16 @@ def utterance_sources(asr: PhonemeASR, audio: np.ndarray
     for one 16 kHz utterance, padded to whole 12.5 Hz frames exactly as the codec feeds its
     semantic model (one ASR pass gives every layer and the CTC logits)."""
     n = audio.shape[0]
-    frames = -(-n // HOP)
-    wav = torch.zeros(1, frames * HOP)
+    frames = -(-n // HOP_SIZE)
+    wav = torch.zeros(1, frames * HOP_SIZE)
     wav[0, :n] = torch.from_numpy(audio)
-    lens = torch.tensor([frames * HOP])
+    lens = torch.tensor([frames * HOP_SIZE])
     layers, flen = asr.all_hidden_states(wav, lens)          # one encoder pass
     logits = asr.head(layers[-1])
     best = logits[0, : int(flen[0])].argmax(-1).tolist()
     skip = tuple(i for i, s in enumerate(asr.vocab) if s == WORD_SEP)
-    onsets = onsets_to_frames(ctc_onsets(best, blank=0, skip=skip), asr.feature_rate, BASE)
+    onsets = onsets_to_frames(ctc_onsets(best, blank=0, skip=skip), asr.feature_rate,
+                              BASE_FRAME_RATE)
     sims, last = {}, None
     for k, feats in enumerate(layers):
         last = _grid(asr, feats, flen, frames)
@@ -105,7 +105,7 @@ def group_mean_to_rate(feats: torch.Tensor, rate: float, max_group: int) -> merg
     """The group-mean rule at the threshold (bisection) whose rate is nearest ``rate``."""
     F_ = feats.shape[0]
     mask = torch.ones(1, F_, dtype=torch.bool)
-    target = F_ * rate / BASE
+    target = F_ * rate / BASE_FRAME_RATE
     best = None
     lo, hi = -1.0, 1.0
     for _ in range(20):
@@ -130,12 +130,12 @@ def diagnose(asr: PhonemeASR, audios: list[np.ndarray], rates: list[float], max_
         n_frames += frames
         mask = torch.ones(1, frames, dtype=torch.bool)
         for r in rates:
-            groupings = {name: merging.merge_to_rate(sim, mask, r, max_group, BASE)
+            groupings = {name: merging.merge_to_rate(sim, mask, r, max_group, BASE_FRAME_RATE)
                          for name, sim in sims.items()}
-            k = max(1, round(BASE / r))
+            k = max(1, round(BASE_FRAME_RATE / r))
             groupings[f"fixed {k}"] = merging.merge_fixed(mask, k)
             groupings[f"{last}, max group 4"] = merging.merge_to_rate(
-                sims[last], mask, r, 4, BASE)
+                sims[last], mask, r, 4, BASE_FRAME_RATE)
             groupings[f"{last}, vs group mean"] = group_mean_to_rate(feats_last, r, max_group)
             for name, m in groupings.items():
                 nt = int(m.num_tokens[0])
@@ -145,7 +145,7 @@ def diagnose(asr: PhonemeASR, audios: list[np.ndarray], rates: list[float], max_
     out: dict = {}
     for (r, name), v in loads.items():
         st = allocation_stats(v)
-        st["frame_rate"] = n_tok[(r, name)] * BASE / max(1, n_frames)
+        st["frame_rate"] = n_tok[(r, name)] * BASE_FRAME_RATE / max(1, n_frames)
         out.setdefault(f"{r:g}", {})[name] = st
     return out
 
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     utts = load_utterances(a.data, a.split, a.max_utts)
     audios = [u["audio"] for u in utts]
     rates = parse_rates(a.rates)
-    seconds = sum(x.shape[0] for x in audios) / 16000
+    seconds = sum(x.shape[0] for x in audios) / SAMPLE_RATE
     res = diagnose(asr, audios, rates)
     any_rate = next(iter(res.values()))
     result = {"data": a.data, "split": a.split, "utterances": len(audios),

@@ -19,11 +19,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    from codec.config import FlexiCodecConfig
-    from codec.discriminators import CodecDiscriminator, DiscriminatorConfig
-    from codec.model import FlexiCodec
-    from codec.portable import PortableStateError, load_portable_weights, read_portable_info
-    from codec.pretrained import config_from_dict
+    from flexicodec.codec.config import FlexiCodecConfig
+    from flexicodec.codec.discriminators import CodecDiscriminator, DiscriminatorConfig
+    from flexicodec.codec.model import FlexiCodec
+    from flexicodec.codec.portable import PortableStateError, load_portable_weights, read_portable_info
+    from flexicodec.common.pretrained import config_from_dict
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("state", help="portable state directory (codec.portable)")

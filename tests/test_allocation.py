@@ -1,4 +1,4 @@
-"""Token allocation analysis (codec/allocation.py) and the merging diagnostic script."""
+"""Token allocation analysis (codec/eval/allocation.py) and the merging diagnostic script."""
 from __future__ import annotations
 
 import importlib.util
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from codec import merging
-from codec.allocation import allocation_stats, ctc_onsets, onsets_to_frames, token_loads
+from flexicodec.codec import merging
+from flexicodec.codec.eval.allocation import allocation_stats, ctc_onsets, onsets_to_frames, token_loads
 
 torch.set_num_threads(1)
 
@@ -65,8 +65,8 @@ def _script():
 def test_diagnose_merging_invariants(tiny_corpus):
     """Every grouping of an utterance sees the same phoneme onsets; rate control lands on
     the target; fixed pairs give 6.25 Hz; the Markdown table lists every grouping."""
-    from codec.asr import PhonemeASR, PhonemeASRConfig
-    from codec.evaluate import load_utterances
+    from flexicodec.codec.asr.model import PhonemeASR, PhonemeASRConfig
+    from flexicodec.codec.eval.evaluate import load_utterances
     mod = _script()
     torch.manual_seed(0)
     asr = PhonemeASR(PhonemeASRConfig.tiny()).eval()

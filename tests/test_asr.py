@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from codec.asr import (PhonemeASR, PhonemeASRConfig, build_vocab, phoneme_error_counts,
-                       normalize_phonemes)
-from codec.mel import MelSpectrogram, mel_filterbank
-from codec.pretrained import CheckpointError
-from data.audio import load_audio
+from flexicodec.codec.asr.model import (PhonemeASR, PhonemeASRConfig, build_vocab, phoneme_error_counts,
+                                        normalize_phonemes)
+from flexicodec.codec.mel import MelSpectrogram, mel_filterbank
+from flexicodec.common.pretrained import CheckpointError
+from flexicodec.data.audio import load_audio
 
 torch.set_num_threads(1)
 

@@ -11,7 +11,7 @@ import torch
 
 torch.set_num_threads(1)
 
-from benchmarks import common  # noqa: E402
+from flexicodec.benchmarks import common  # noqa: E402
 
 
 def test_time_interleaved_and_timing():
@@ -64,13 +64,13 @@ def test_resolve_device_errors():
 
 def test_codec_measuring_function_tiny():
     """measure_codecs on a tiny FlexiCodec: finite positive throughput, consistent numbers."""
-    from benchmarks.codec_speed import add_ratios, flexicodec_under_test, measure_codecs
-    from codec.config import FlexiCodecConfig
-    from codec.model import FlexiCodec
+    from flexicodec.benchmarks.codec_speed import add_ratios, flexicodec_under_test, measure_codecs
+    from flexicodec.codec.config import FlexiCodecConfig
+    from flexicodec.codec.model import FlexiCodec
 
     torch.manual_seed(0)
     model = FlexiCodec(FlexiCodecConfig.tiny()).eval()
-    c = flexicodec_under_test(model, "tiny", "test", merging_threshold=1.0)
+    c = flexicodec_under_test(model, "tiny", "test", threshold=1.0)
     t = np.arange(16000 * 2) / 16000
     wav = (0.3 * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(2 * np.pi * 3 * t))).astype(
         np.float32)
@@ -90,10 +90,10 @@ def test_codec_measuring_function_tiny():
 def test_lm_speedup_quick_cli(tmp_path, capsys):
     """The quick CLI (tiny random codec, tiny LM, two rates, 2 utterances) prints the table
     and ends with the speedup line; the JSON is valid and consistent with it."""
-    from data.synth import list_speakers
+    from flexicodec.data.synth import list_speakers
     if not list_speakers():
         pytest.fail("no synthesizer installed (flite / espeak-ng are required here)")
-    from benchmarks.lm_speedup import main
+    from flexicodec.benchmarks.lm_speedup import main
 
     rc = main(["--quick", "--rates", "12.5,6.25", "--num-utts", "2", "--gen-batch", "2",
                "--train-steps", "2", "--out", str(tmp_path)])
@@ -119,7 +119,7 @@ def test_lm_speedup_quick_cli(tmp_path, capsys):
         assert r["steps_measured"] == 2
     # the shipped codec when the checkout has one, else a random tiny codec (said in the JSON)
     try:
-        from flexicodec_pretrained import default_dir
+        from flexicodec.common.models import default_dir
         expected = f"shipped:{default_dir('codec')}"
     except FileNotFoundError:
         expected = "random-init tiny"
@@ -137,7 +137,7 @@ def test_lm_speedup_quick_cli(tmp_path, capsys):
 
 
 def test_lm_speedup_rejects_bad_config():
-    from benchmarks.lm_speedup import LMBenchConfig
+    from flexicodec.benchmarks.lm_speedup import LMBenchConfig
 
     with pytest.raises(ValueError, match="unknown LM sizes"):
         LMBenchConfig(sizes=("huge",))
@@ -147,7 +147,7 @@ def test_lm_speedup_rejects_bad_config():
 
 def test_tts_speed_tiny_pipeline():
     """measure_tts on the random tiny pipeline: positive RTF, latency below the total time."""
-    from benchmarks.tts_speed import build_random_tts, measure_tts
+    from flexicodec.benchmarks.tts_speed import build_random_tts, measure_tts
 
     tts = build_random_tts(torch.device("cpu"), max_tokens=12)
     rows = measure_tts(tts, ["hello there, how are you today"], (12.5, 6.25),
@@ -161,12 +161,21 @@ def test_tts_speed_tiny_pipeline():
 def test_train_speed_quick(tiny_corpus, tmp_path):
     """The codec-training benchmark runs the shipped and the fast engine's step (tiny models)
     and reports throughput, the phase split and FLOPs for each."""
-    from benchmarks.train_speed import main as train_speed
+    from flexicodec.benchmarks.train_speed import main as train_speed
     assert train_speed(["--device", "cpu", "--quick", "--data", str(tiny_corpus),
-                        "--recipes", "shipped,fast_small", "--out", str(tmp_path)]) == 0
+                        "--recipes", "shipped,fast_small,v2,v2_d_every_2",
+                        "--out", str(tmp_path)]) == 0
     res = json.loads((tmp_path / "train_speed.json").read_text())
     rows = {r["recipe"]: r for r in res["rows"]}
-    assert set(rows) == {"shipped", "fast_small"} and not any(r["error"] for r in rows.values())
+    assert set(rows) == {"shipped", "fast_small", "v2", "v2_d_every_2"}
+    assert not any(r["error"] for r in rows.values())
+    # v2 runs its recipe's discriminator windows (1 s of 2-s crops); the others the whole crop
+    assert rows["v2"]["disc_window_s"] == 1.0 and rows["v2"]["crop_s"] == 2.0
+    assert rows["fast_small"]["disc_window_s"] == rows["fast_small"]["crop_s"]
+    assert (rows["v2"]["disc_every"], rows["v2_d_every_2"]["disc_every"]) == (1, 2)
+    with pytest.raises(SystemExit):
+        train_speed(["--device", "cpu", "--quick", "--data", str(tiny_corpus),
+                     "--recipes", "v3", "--out", str(tmp_path)])
     assert rows["shipped"]["vs_shipped"] == 1.0
     for r in rows.values():
         assert r["audio_s_per_s"] > 0 and r["gflop_per_step"] > 0

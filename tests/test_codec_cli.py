@@ -6,10 +6,10 @@ import pytest
 import soundfile as sf
 import torch
 
-from codec.cli import main
-from codec.codes_file import load_codes
-from codec.config import FlexiCodecConfig
-from codec.model import FlexiCodec
+from flexicodec.codec.cli import main
+from flexicodec.codec.codes_file import load_codes
+from flexicodec.codec.config import FlexiCodecConfig
+from flexicodec.codec.model import FlexiCodec
 
 torch.set_num_threads(1)
 
@@ -94,19 +94,19 @@ def test_calibrate_reaches_target_rate_and_encode_uses_it(setup, tiny_corpus, ca
     target; encoding the same utterances with it lands on that pooled rate."""
     import json
 
-    from codec.api import calibrate_threshold_on_corpus
-    from data.loaders import load_corpus
+    from flexicodec.codec.api import calibrate_threshold_on_corpus
+    from flexicodec.data.loaders import load_corpus
     root, _, model_dir, _ = setup
     assert main(["calibrate", "--data", str(tiny_corpus), "--split", "train",
                  "--frame-rate", "6.25", "--model", str(model_dir)]) == 0
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert res["target_rate"] == 6.25 and res["utterances"] > 0
+    assert res["target_frame_rate"] == 6.25 and res["utterances"] > 0
     assert abs(res["frame_rate"] - 6.25) < 1.0
     model = FlexiCodec.from_pretrained(model_dir)
     ds = load_corpus(tiny_corpus, split="train", check="header", progress=False)
-    from data.audio import load_audio
+    from flexicodec.data.audio import load_audio
     wavs = [load_audio(a, 16000)[0] for a in ds["audio"][: res["utterances"]]]
-    codes = [model.encode(w, 16000, merging_threshold=res["threshold"]) for w in wavs]
+    codes = [model.encode(w, 16000, threshold=res["threshold"]) for w in wavs]
     tokens = sum(int(c.token_mask.sum()) for c in codes)
     frames = sum(int(c.num_frames.sum()) for c in codes)
     assert tokens * 12.5 / frames == pytest.approx(res["frame_rate"], abs=1e-6)

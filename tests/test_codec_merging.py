@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from codec import merging
+from flexicodec.codec import merging
 
 torch.set_num_threads(1)
 

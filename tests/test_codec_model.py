@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from codec.codes_file import CodesFile, CodesFileError, load_codes, save_codes
-from codec.config import PRESETS, FlexiCodecConfig, SemanticConfig
-from codec.model import FlexiCodec
-from codec.pretrained import CheckpointError
-from data.audio import AudioError, load_audio
+from flexicodec.codec.codes_file import CodesFile, CodesFileError, load_codes, save_codes
+from flexicodec.codec.config import PRESETS, FlexiCodecConfig, SemanticConfig
+from flexicodec.codec.model import FlexiCodec
+from flexicodec.common.pretrained import CheckpointError
+from flexicodec.data.audio import AudioError, load_audio
 
 torch.set_num_threads(1)
 
@@ -38,7 +38,7 @@ def test_training_forward_shapes_and_gradients(model, speech):
     model.train()
     try:
         wav = torch.from_numpy(np.stack([speech[:40000], speech[20000:60000]]))
-        out = model(wav, torch.tensor([40000, 30000]), merging_threshold=None)
+        out = model(wav, torch.tensor([40000, 30000]), threshold=None)
         F = math.ceil(40000 / 1280)
         assert out.audio.shape == (2, 40000)
         Tp = out.semantic_codes.shape[1]
@@ -55,7 +55,7 @@ def test_training_forward_shapes_and_gradients(model, speech):
         assert all(p.grad is None for p in model.semantic.parameters())  # frozen
         assert not model.semantic.asr.training
         # fixed 12.5 Hz training mode
-        out = model(wav, None, merging_threshold=1.0, num_quantizers=1)
+        out = model(wav, None, threshold=1.0, num_quantizers=1)
         assert out.frame_rate == 12.5 and out.acoustic_codes.shape[1] == 1
     finally:
         model.zero_grad(set_to_none=True)
@@ -65,7 +65,7 @@ def test_training_forward_shapes_and_gradients(model, speech):
 def test_threshold_rates_monotone_and_unmerged(model, speech):
     rates = []
     for thr in (1.0, 0.99, 0.95, 0.91, 0.85, 0.8, 0.5):
-        c = model.encode(speech, 16000, merging_threshold=thr)
+        c = model.encode(speech, 16000, threshold=thr)
         assert int(c.token_lengths.sum()) == int(c.num_frames[0]) == math.ceil(len(speech) / 1280)
         assert (c.token_lengths[c.token_mask] >= 1).all()
         assert (c.token_lengths <= model.max_group).all()
@@ -79,7 +79,7 @@ def test_threshold_rates_monotone_and_unmerged(model, speech):
 def test_target_frame_rate_within_5_percent(model, speech, target):
     c = model.encode(speech, 16000, frame_rate=target)
     assert abs(float(c.frame_rate[0]) - target) <= 0.05 * target, c.frame_rate
-    again = model.encode(speech, 16000, merging_threshold=float(c.threshold[0]))
+    again = model.encode(speech, 16000, threshold=float(c.threshold[0]))
     assert torch.equal(again.token_lengths, c.token_lengths)
 
 
@@ -156,7 +156,7 @@ def test_bad_and_odd_inputs(model, speech):
     with pytest.raises(AudioError):
         model.encode(speech, 0)
     with pytest.raises(ValueError, match="not both"):
-        model.encode(speech, 16000, merging_threshold=0.9, frame_rate=6.25)
+        model.encode(speech, 16000, threshold=0.9, frame_rate=6.25)
     silent = model.encode(np.zeros(32000, np.float32), 16000)      # handled: merges fully
     assert int(silent.token_lengths.sum()) == 25
     one = model.encode(np.array([0.1], np.float32), 16000)          # one sample → one frame
@@ -193,7 +193,7 @@ def test_long_audio_chunked_matches_unchunked(model, speech):
     assert torch.allclose(whole.latent, chunked.latent, atol=1e-4)
     assert torch.allclose(whole.target, chunked.target, atol=1e-5)
     assert torch.allclose(whole.semantic, chunked.semantic, atol=1e-4)
-    kw = dict(merging_threshold=1.0, num_quantizers=2)
+    kw = dict(threshold=1.0, num_quantizers=2)
     c = model.encode(long, 16000, chunk_seconds=6.0, context_seconds=3.0, **kw)
     u = model.encode(long, 16000, chunk_seconds=1000.0, **kw)
     assert int(c.token_lengths.sum()) == math.ceil(len(long) / 1280)
@@ -255,7 +255,7 @@ def test_fresh_encoder_latent_depends_on_its_input():
     latents (with PyTorch's default conv init they differed by ~5.5 %: the latent was a
     near-constant bias vector, the acoustic path never started learning and the RVQ
     collapsed; He init gives ~60-70 %)."""
-    from codec.encoder import AcousticEncoder
+    from flexicodec.codec.encoder import AcousticEncoder
 
     torch.manual_seed(0)
     enc = AcousticEncoder(8, (4, 4, 5, 8, 2), 256, "elu")
@@ -264,3 +264,119 @@ def test_fresh_encoder_latent_depends_on_its_input():
     with torch.no_grad():
         e1, e2 = enc(x1, nf), enc(x2, nf)
     assert float((e1 - e2).norm() / e1.norm()) > 0.3
+
+
+def _decode_from_codes_before_latent_api(model, sem, ac, lens):
+    """``FlexiCodec.decode_from_codes`` as it was before the latent API (the reference for
+    bit-exactness): dequantize and synthesize in one body."""
+    from flexicodec.codec import merging
+    mask = lens > 0
+    sem = sem.masked_fill(~mask, 0)
+    ac = ac.masked_fill(~mask[:, None, :], 0)
+    merge = merging.merge_from_lengths(lens)
+    with torch.no_grad():
+        sem_q = model.fsq.decode(sem) * mask[..., None]
+        sem_lat = model.semantic_decoder(sem_q, mask)
+        tokens = sem_lat + model.rvq.decode(ac).to(sem_lat.dtype) * mask[..., None]
+        return model.synthesize(tokens, merge)
+
+
+def test_latent_api_shares_the_codes_path_bit_for_bit(model, speech):
+    """decode_from_codes == the pre-latent implementation == decode_from_latent(latent of
+    the codes), exactly, for a padded batch; encode_latent's latent decodes to the codes'
+    audio; a window's latent matches the whole utterance's away from the window's ends."""
+    codes = model.encode([speech[:30000], speech[10000:52000]], 16000, frame_rate=8.33)
+    sem, ac, lens = codes.semantic_codes, codes.acoustic_codes, codes.token_lengths
+    assert not bool(codes.token_mask.all())          # really padded
+    ref = _decode_from_codes_before_latent_api(model, sem, ac, lens)
+    out = model.decode_from_codes(sem, ac, lens)
+    assert torch.equal(out, ref)
+    latent = model.latent_from_codes(sem, ac, lens)
+    assert latent.shape == (*sem.shape, model.config.latent_dim)
+    assert torch.equal(latent[~codes.token_mask], torch.zeros_like(latent[~codes.token_mask]))
+    assert torch.equal(model.decode_from_latent(latent, lens), ref)
+    # the latent is continuous: a perturbation changes the audio, and more quantizers move it
+    assert not torch.equal(model.decode_from_latent(latent + 0.1, lens), ref)
+    lat1 = model.latent_from_codes(sem, ac[:, :1], lens)
+    assert not torch.allclose(lat1, latent)
+    # encode_latent: codes + their latent
+    codes2, lat2 = model.encode_latent(speech[:30000], 16000, frame_rate=8.33)
+    n = int(codes.token_mask[0].sum())
+    assert torch.equal(codes2.semantic_codes[0], sem[0, :n])
+    assert torch.allclose(lat2[0], latent[0, :n], atol=1e-5)
+    assert torch.equal(model.decode_from_latent(lat2[0], codes2.token_lengths[0])[0],
+                       model.decode_from_codes(codes2.semantic_codes[0], codes2.acoustic_codes[0],
+                                               codes2.token_lengths[0])[0])
+    # windows: exact beyond the semantic decoder's receptive field
+    ctx = model.latent_context_tokens()
+    a, b = 2, n - 1
+    win = model.latent_from_codes(sem[:1, a:b], ac[:1, :, a:b], lens[:1, a:b])
+    assert torch.allclose(win[0, ctx:-ctx], latent[0, a + ctx:b - ctx], atol=1e-5)
+    assert not torch.allclose(win[0, :ctx], latent[0, a:a + ctx], atol=1e-5)
+    with pytest.raises(ValueError, match="expected"):
+        model.decode_from_latent(latent[..., :5], lens)
+    with pytest.raises(ValueError, match="padding"):
+        model.decode_from_latent(latent[:1, :4], torch.tensor([[1, 0, 2, 1]]))
+    with pytest.raises(ValueError, match="finite"):
+        model.decode_from_latent(torch.full_like(latent, float("nan")), lens)
+@pytest.mark.parametrize("how", [{"frame_rate": 4.0}, {"frame_rate": 9.0}, {"fixed_group": 3},
+                                 {"threshold": 1.0}],
+                         ids=["4Hz", "9Hz", "fixed3", "12.5Hz"])
+@pytest.mark.parametrize("lengths", [False, True], ids=["full", "lengths"])
+def test_padded_token_axis_matches_unpadded(speech, how, lengths):
+    """pad_tokens=True (the trainer's compiled path): the token-level modules see [B, F]
+    whatever the merging, and audio, losses, codes and gradients are those of the unpadded
+    tokens."""
+    torch.manual_seed(0)
+    model = FlexiCodec(FlexiCodecConfig.tiny()).train()
+    F_ = 16
+    wav = torch.from_numpy(np.stack([speech[i * 8000:i * 8000 + F_ * 1280] for i in range(3)]))
+    wl = torch.tensor([F_ * 1280, 11 * 1280 - 300, 7 * 1280]) if lengths else None
+    seen = []
+    hooks = [m.register_forward_pre_hook(lambda m, a: seen.append(tuple(a[0].shape[:2])))
+             for m in (model.semantic_decoder, model.rvq)]
+    outs, grads = [], []
+    for pad in (False, True):
+        seen.clear()
+        torch.manual_seed(1)                 # quantizer dropout draws the same
+        model.zero_grad(set_to_none=True)
+        out = model(wav, wl, pad_tokens=pad, **how)
+        loss = out.audio.pow(2).mean() + out.commit_loss + out.codebook_loss + out.distill_loss
+        loss.backward()
+        outs.append((out, loss.detach(), list(seen)))
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()
+                      if p.grad is not None})
+    for h in hooks:
+        h.remove()
+    (a, la, seen_a), (b, lb, seen_b) = outs
+    tp = a.token_lengths.shape[1]
+    assert seen_b == [(3, F_), (3, F_)] and seen_a == [(3, tp), (3, tp)]
+    if "frame_rate" in how and how["frame_rate"] < 10:
+        assert tp < F_                       # the unpadded axis depends on the content
+    assert b.token_lengths.shape == (3, F_) and b.semantic_codes.shape == (3, F_)
+    assert b.acoustic_codes.shape == (3, 2, F_)
+    assert torch.equal(b.token_lengths[:, :tp], a.token_lengths)
+    assert not b.token_lengths[:, tp:].any() and not b.token_mask[:, tp:].any()
+    assert torch.equal(b.semantic_codes[:, :tp], a.semantic_codes)
+    assert torch.equal(b.acoustic_codes[:, :, :tp], a.acoustic_codes)
+    assert torch.allclose(b.audio, a.audio, atol=1e-5)
+    for name in ("commit_loss", "codebook_loss", "distill_loss"):
+        assert torch.allclose(getattr(b, name), getattr(a, name), rtol=1e-5, atol=1e-7), name
+    assert torch.allclose(lb, la, rtol=1e-5) and float(b.frame_rate) == float(a.frame_rate)
+    ga, gb = grads
+    assert ga.keys() == gb.keys()
+    for n in ga:
+        assert torch.allclose(gb[n], ga[n], rtol=1e-4,
+                              atol=1e-6 * (ga[n].abs().max().item() + 1e-8)), n
+
+
+def test_merge_pad_tokens():
+    from flexicodec.codec import merging
+    mask = torch.tensor([[True] * 6, [True] * 4 + [False] * 2])
+    m = merging.merge_fixed(mask, 2)
+    p = m.pad_tokens(6)
+    assert p.token_lengths.tolist() == [[2, 2, 2, 0, 0, 0], [2, 2, 0, 0, 0, 0]]
+    assert p.group_index.tolist() == [[0, 0, 1, 1, 2, 2], [0, 0, 1, 1, 6, 6]]
+    assert torch.equal(p.frame_rate(), m.frame_rate()) and m.pad_tokens(3) is m
+    with pytest.raises(ValueError, match="cannot pad"):
+        m.pad_tokens(2)

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from data.audio import concat_with_pauses
-from data.cli import main as data_main
-from data.join import join_corpus, plan_groups
-from data.loaders import load_corpus
+from flexicodec.data.audio import concat_with_pauses
+from flexicodec.data.cli import main as data_main
+from flexicodec.data.join import join_corpus, plan_groups
+from flexicodec.data.loaders import load_corpus
 
 
 def _corpus(root, n_per=5):

@@ -8,7 +8,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from data.loaders import AudioDataset, collate_audio, detect_layout, load_corpus
+from flexicodec.data.loaders import AudioDataset, collate_audio, detect_layout, load_corpus
 
 torch.set_num_threads(1)
 COLS = ["audio", "text", "phonemes", "speaker", "duration"]

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from data.audio import AudioError
-from data.synth import (PREFIX_ENV, PostprocessConfig, SynthError, list_speakers, postprocess,
-                        synth_env, synthesize)
+from flexicodec.data.audio import AudioError
+from flexicodec.data.synth import (PREFIX_ENV, PostprocessConfig, SynthError, list_speakers, postprocess,
+                                   synth_env, synthesize)
 
 torch.set_num_threads(1)
 SPEAKERS = {s.id: s for s in list_speakers()}
@@ -45,6 +45,21 @@ def test_pace_changes_duration(sid):
     slow, plain, fast = synthesize([text] * 3, SPEAKERS[sid], paces=[0.75, 1.0, 1.35])
     assert len(slow) / len(plain) == pytest.approx(1 / 0.75, abs=0.1)
     assert len(fast) / len(plain) == pytest.approx(1 / 1.35, abs=0.07)
+
+
+@pytest.mark.parametrize("sid", ONE_PER_ENGINE)
+def test_text_starting_with_dash(sid):
+    """A sentence starting with "-" (or looking like an engine option) is spoken, never
+    parsed as a command-line option; the phonemizer reads it too."""
+    if sid not in SPEAKERS:
+        pytest.skip(f"{sid} not installed")
+    texts = ["- and, - are emoticons.", "-w is not a file name here.", "--help me now."]
+    wavs = synthesize(texts, SPEAKERS[sid])
+    plain = synthesize(["and, are emoticons."], SPEAKERS[sid])[0]
+    assert len(wavs) == 3 and all(len(x) > 0.4 * 16000 for x in wavs)
+    assert len(wavs[0]) > 0.6 * len(plain)
+    from flexicodec.data.text import phonemize
+    assert all(phonemize(texts))
 
 
 def test_synthesize_levels_and_pace_checks():

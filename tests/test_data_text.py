@@ -5,8 +5,8 @@ import re
 import pytest
 import torch
 
-from data.text import (load_sentences, normalize_text, number_to_words, ordinal_to_words,
-                       phonemize, split_sentences, year_to_words)
+from flexicodec.data.text import (load_sentences, normalize_text, number_to_words, ordinal_to_words,
+                                  phonemize, split_sentences, year_to_words)
 
 torch.set_num_threads(1)
 

@@ -1,6 +1,6 @@
 """Distributed training on 2 CPU processes (gloo) for every trainer: ASR, codec, LM (+ LoRA
 finetune), acoustic stage. Each run is launched with ``accelerate launch --config_file
-configs/accelerate/cpu_2proc.yaml`` through the ``codec.distributed`` digest hook, so every rank
+configs/accelerate/cpu_2proc.yaml`` through the ``flexicodec.common.distributed`` digest hook, so every rank
 writes a SHA-256 of its weights after each checkpoint save; both ranks must agree. The
 2-process checkpoint is then resumed on 1 process: the loaded weights must equal the saved
 ones, the step counter must advance and the loss stay finite."""
@@ -19,10 +19,10 @@ import pytest
 import torch
 import yaml
 
-from codec.distributed import (ReplicaMismatchError, compare_replica_digests,
-                               read_replica_digests, rescale_position, shard_batches,
-                               shard_dataset)
-from codec.training import read_jsonl
+from flexicodec.common.distributed import (ReplicaMismatchError, compare_replica_digests,
+                                           read_replica_digests, rescale_position, shard_batches,
+                                           shard_dataset)
+from flexicodec.common.training import read_jsonl
 
 torch.set_num_threads(1)
 
@@ -39,7 +39,7 @@ def _free_port() -> int:
 
 def launch(nproc: int, trainer: str, args: list[str], digests: Path) -> str:
     """Run ``trainer`` on ``nproc`` CPU processes with the digest hook; returns its output."""
-    hook = ["-m", "codec.distributed", "run", "--replica-digests", str(digests), trainer]
+    hook = ["-m", "flexicodec.common.distributed", "run", "--replica-digests", str(digests), trainer]
     if nproc == 1:
         cmd = [sys.executable, *hook]
     else:
@@ -124,8 +124,8 @@ def test_digest_comparison_detects_mismatch(tmp_path):
 
 RESUME_SCRIPT = """
 import json, sys, torch
-from codec.distributed import load_state_any_world
-from codec.training import make_accelerator
+from flexicodec.common.distributed import load_state_any_world
+from flexicodec.common.training import make_accelerator
 acc = make_accelerator(cpu=True)
 torch.manual_seed(123)
 model = acc.prepare(torch.nn.Linear(3, 2))
@@ -142,7 +142,7 @@ def test_load_state_on_more_processes(tmp_path):
     """A 1-process checkpoint loads on 2 processes: same weights; rank 0 continues the saved
     RNG stream, rank 1 (no saved RNG file; plain accelerate would leave its RNG untouched)
     is re-seeded to its own deterministic stream."""
-    from codec.training import make_accelerator
+    from flexicodec.common.training import make_accelerator
     acc = make_accelerator(cpu=True)
     torch.manual_seed(0)
     model = acc.prepare(torch.nn.Linear(3, 2))
@@ -175,7 +175,7 @@ def test_load_state_on_more_processes(tmp_path):
 # ------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def asr_dir(tmp_path_factory) -> Path:
-    from codec.asr import PhonemeASR, PhonemeASRConfig
+    from flexicodec.codec.asr.model import PhonemeASR, PhonemeASRConfig
     torch.manual_seed(0)
     d = tmp_path_factory.mktemp("asr") / "asr"
     PhonemeASR(PhonemeASRConfig.tiny()).save_pretrained(d)
@@ -186,13 +186,13 @@ def test_asr_trainer(tiny_corpus, tmp_path):
     run = tmp_path / "run"
     base = ["--config", "configs/asr/tiny.yaml", "--data", str(tiny_corpus), "--run-dir",
             str(run), "--max-steps", "4"]
-    launch(2, "asr-train", base + ["--stop-after", "2"], tmp_path / "d2")
-    launch(1, "asr-train", base + ["--resume"], tmp_path / "d1")
+    launch(2, "flexicodec.codec.asr.train", base + ["--stop-after", "2"], tmp_path / "d2")
+    launch(1, "flexicodec.codec.asr.train", base + ["--resume"], tmp_path / "d1")
     check_two_then_one(run, tmp_path / "d2", tmp_path / "d1", 2, 4)
 
 
 def test_codec_trainer(tiny_corpus, asr_dir, tmp_path):
-    from codec.config import PRESETS
+    from flexicodec.codec.config import PRESETS
     model = {k: list(v) if isinstance(v, tuple) else v for k, v in PRESETS["tiny"].items()}
     train = dict(batch_size=2, segment_seconds=1.0, warmup_steps=2, max_steps=4, disc_start=2,
                  warmup_fixed_steps=1, log_every=1, eval_every=1000, save_every=1000,
@@ -205,17 +205,17 @@ def test_codec_trainer(tiny_corpus, asr_dir, tmp_path):
     run = tmp_path / "run"
     base = ["--config", str(cfg), "--data", str(tiny_corpus), "--run-dir", str(run),
             "--asr", str(asr_dir), "--max-steps", "4"]
-    launch(2, "codec-train", base + ["--stop-after", "3"], tmp_path / "d2")  # GAN from step 2
-    launch(1, "codec-train", base + ["--resume"], tmp_path / "d1")
+    launch(2, "flexicodec.codec.train", base + ["--stop-after", "3"], tmp_path / "d2")  # GAN from step 2
+    launch(1, "flexicodec.codec.train", base + ["--resume"], tmp_path / "d1")
     check_two_then_one(run, tmp_path / "d2", tmp_path / "d1", 3, 4)
 
 
 @pytest.fixture(scope="module")
 def lm_data(tiny_corpus, tmp_path_factory) -> Path:
     """The tiny corpus tokenized at 12.5 Hz by a tiny random codec."""
-    from codec.config import FlexiCodecConfig
-    from codec.model import FlexiCodec
-    from lm.cli import main as lm_main
+    from flexicodec.codec.config import FlexiCodecConfig
+    from flexicodec.codec.model import FlexiCodec
+    from flexicodec.lm.cli import main as lm_main
     root = tmp_path_factory.mktemp("lmdata")
     torch.manual_seed(0)
     FlexiCodec(FlexiCodecConfig.tiny()).save_pretrained(root / "codec")
@@ -234,21 +234,22 @@ def test_lm_trainer_and_finetune(lm_data, tmp_path):
     cfg.write_text(yaml.safe_dump(d))
     run = tmp_path / "run"
     base = ["--config", str(cfg), "--data", str(lm_data), "--run-dir", str(run)]
-    out = launch(2, "lm-train", base + ["--max-steps", "3"], tmp_path / "d2")
+    out = launch(2, "flexicodec.lm.train", base + ["--max-steps", "3"], tmp_path / "d2")
     summary = json.loads(next(l for l in reversed(out.splitlines()) if l.startswith("{")))
     assert summary["step"] == 3 and math.isfinite(summary["eval_semantic_loss"])
     rows = [r for r in read_jsonl(run / "metrics.jsonl") if "tokens_per_s" in r]
     assert rows and all(r["num_processes"] == 2 for r in rows)
-    launch(1, "lm-train", base + ["--max-steps", "5", "--resume"], tmp_path / "d1")
+    launch(1, "flexicodec.lm.train", base + ["--max-steps", "5", "--resume"], tmp_path / "d1")
     check_two_then_one(run, tmp_path / "d2", tmp_path / "d1", 3, 5)
     # ... and back on 2 processes (more than the checkpoint's 1): both load step 5's weights
-    launch(2, "lm-train", base + ["--max-steps", "6", "--resume"], tmp_path / "d3")
+    launch(2, "flexicodec.lm.train", base + ["--max-steps", "6", "--resume"], tmp_path / "d3")
     step5 = compare_replica_digests(tmp_path / "d1")[5]
     assert compare_replica_digests(tmp_path / "d3", event="load") == {5: step5}
     assert 6 in compare_replica_digests(tmp_path / "d3")
     # LoRA finetune of the result on 2 processes: adapters identical on both ranks
-    launch(2, "lm-finetune", ["--model", str(run / "model"), "--data", str(lm_data), "--out",
-                              str(tmp_path / "adapter"), "--steps", "2", "--rank", "2",
+    launch(2, "flexicodec.lm.finetune", ["--model", str(run / "model"), "--data", str(lm_data),
+                              "--run-dir", str(tmp_path / "adapter.run"), "--out-model",
+                              str(tmp_path / "adapter"), "--max-steps", "2", "--rank", "2",
                               "--config", str(cfg)],
            tmp_path / "df")
     assert 2 in compare_replica_digests(tmp_path / "df")
@@ -292,6 +293,6 @@ def test_acoustic_trainer(codes_dir, tmp_path):
     cfg.write_text(yaml.safe_dump(d))
     run = tmp_path / "run"
     base = ["--config", str(cfg), "--data", str(codes_dir), "--run-dir", str(run)]
-    launch(2, "train-acoustic", base + ["--max-steps", "3"], tmp_path / "d2")
-    launch(1, "train-acoustic", base + ["--max-steps", "5", "--resume"], tmp_path / "d1")
+    launch(2, "flexicodec.tts.train_acoustic", base + ["--max-steps", "3"], tmp_path / "d2")
+    launch(1, "flexicodec.tts.train_acoustic", base + ["--max-steps", "5", "--resume"], tmp_path / "d1")
     check_two_then_one(run, tmp_path / "d2", tmp_path / "d1", 3, 5)

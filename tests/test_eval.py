@@ -7,16 +7,16 @@ import numpy as np
 import pytest
 import torch
 
-from codec.evaluate import evaluate_codec, parse_rates, write_report
-from codec.metrics import (aggregate_errors, error_counts, normalize_words, quality_pair,
-                           transcribe_pocketsphinx)
+from flexicodec.codec.eval.evaluate import evaluate_codec, parse_rates, write_report
+from flexicodec.codec.eval.metrics import (aggregate_errors, error_counts, normalize_words, quality_pair,
+                                           transcribe_pocketsphinx)
 
 torch.set_num_threads(1)
 
 
 def _utt(corpus, split="valid"):
-    from data.audio import load_audio
-    from data.loaders import load_corpus
+    from flexicodec.data.audio import load_audio
+    from flexicodec.data.loaders import load_corpus
     row = load_corpus(corpus, split=split)[0]
     return load_audio(row["audio"], 16000)[0], row["text"]
 
@@ -44,9 +44,9 @@ def test_metric_helpers(tiny_corpus):
 
 
 def test_evaluate_tiny_codec(tiny_corpus, tmp_path):
-    from codec.asr import PhonemeASR, PhonemeASRConfig
-    from codec.config import FlexiCodecConfig
-    from codec.model import FlexiCodec
+    from flexicodec.codec.asr.model import PhonemeASR, PhonemeASRConfig
+    from flexicodec.codec.config import FlexiCodecConfig
+    from flexicodec.codec.model import FlexiCodec
     torch.manual_seed(0)
     asr_dir = PhonemeASR(PhonemeASRConfig.tiny()).save_pretrained(tmp_path / "asr")
     cfg = FlexiCodecConfig.tiny()
@@ -136,7 +136,7 @@ def test_evaluate_tiny_codec(tiny_corpus, tmp_path):
 
 
 def test_paired_bootstrap_on_known_differences():
-    from codec.evaluate import paired_bootstrap
+    from flexicodec.codec.eval.evaluate import paired_bootstrap
     texts = ["the cat sat on the mat", "a dog ran far away", "it is cold today",
              "we like green tea", "they went home early"]
     utts = []
@@ -169,7 +169,7 @@ def test_paired_bootstrap_on_known_differences():
 
 
 def test_codebook_usage_perplexity():
-    from codec.evaluate import codebook_usage
+    from flexicodec.codec.eval.evaluate import codebook_usage
     uniform = np.arange(64).reshape(1, 64).repeat(2, 0)
     uniform[1] = 5                                           # stage 2: one code only
     u = codebook_usage([uniform[:, :32], uniform[:, 32:]], 64)
@@ -181,9 +181,9 @@ def test_codebook_usage_perplexity():
 def test_model_fixed_groups_condition(tiny_corpus, tmp_path):
     """--model-fixed-groups: the dynamic model merged every k frames, no length bits in its
     bitrate, compared utterance by utterance with its own groups at 12.5 / k Hz."""
-    from codec.asr import PhonemeASR, PhonemeASRConfig
-    from codec.config import FlexiCodecConfig
-    from codec.model import FlexiCodec
+    from flexicodec.codec.asr.model import PhonemeASR, PhonemeASRConfig
+    from flexicodec.codec.config import FlexiCodecConfig
+    from flexicodec.codec.model import FlexiCodec
     torch.manual_seed(0)
     asr_dir = PhonemeASR(PhonemeASRConfig.tiny()).save_pretrained(tmp_path / "asr")
     cfg = FlexiCodecConfig.tiny()
@@ -205,3 +205,53 @@ def test_model_fixed_groups_condition(tiny_corpus, tmp_path):
         evaluate_codec(model, str(tiny_corpus), "train", [6.25], max_utts=1, workers=1,
                        device="cpu", progress=False, model_fixed_groups=[99],
                        speaker_sim=False, dnsmos=False)
+
+
+def test_num_quantizers_rows(tiny_corpus, tmp_path):
+    """--num-quantizers K: every condition is also decoded from the first K acoustic RVQ
+    stages (fewer bits, another reconstruction), next to all stages; comparisons stay on the
+    all-stage rows."""
+    from flexicodec.codec.asr.model import PhonemeASR, PhonemeASRConfig
+    from flexicodec.codec.config import FlexiCodecConfig
+    from flexicodec.codec.eval.evaluate import main as eval_main, reconstruct
+    from flexicodec.codec.model import FlexiCodec
+    torch.manual_seed(0)
+    asr_dir = PhonemeASR(PhonemeASRConfig.tiny()).save_pretrained(tmp_path / "asr")
+    cfg = FlexiCodecConfig.tiny()
+    cfg.semantic.asr_path = str(asr_dir)
+    FlexiCodec(cfg).save_pretrained(tmp_path / "codec")
+    model = FlexiCodec.from_pretrained(tmp_path / "codec").eval()
+    wav, _ = _utt(tiny_corpus, "train")
+    every, first = reconstruct(model, wav, 12.5), reconstruct(model, wav, 12.5, num_quantizers=1)
+    assert every["n_q"] == 2 and first["n_q"] == 1
+    assert np.array_equal(every["acoustic_codes"][:1], first["acoustic_codes"])
+    assert np.abs(every["full"] - first["full"]).max() > 1e-4       # stage 2 is heard
+    assert np.array_equal(every["rvq1"], first["rvq1"])
+
+    assert eval_main(["--model", str(tmp_path / "codec"), "--data", str(tiny_corpus), "--split",
+                      "train", "--rates", "6.25", "--model-fixed-groups", "2",
+                      "--num-quantizers", "1", "--max-utts", "1", "--workers", "1",
+                      "--device", "cpu", "--per-asr", "none", "--no-speaker-sim",
+                      "--no-dnsmos", "-o", str(tmp_path / "out")]) == 0
+    data = json.loads((tmp_path / "out.json").read_text())
+    rows = {c["condition"]: c for c in data["conditions"]}
+    assert list(rows) == ["flexicodec@6.25Hz", "flexicodec, groups of 2",
+                          "flexicodec@6.25Hz, 1 RVQ", "flexicodec, groups of 2, 1 RVQ"]
+    full, k1 = rows["flexicodec@6.25Hz"], rows["flexicodec@6.25Hz, 1 RVQ"]
+    assert (full["n_q"], k1["n_q"], k1["num_quantizers"]) == (2, 1, 1)
+    assert full["num_quantizers"] is None and k1["frame_rate"] == full["frame_rate"]
+    # 6 FSQ + n x 6 RVQ + 3 length bits per token
+    assert full["bitrate_bps"] == pytest.approx(full["frame_rate"] * 21)
+    assert k1["bitrate_bps"] == pytest.approx(full["frame_rate"] * 15)
+    assert k1["mel_distance"] != full["mel_distance"]
+    assert k1["rvq1_mel_distance"] == pytest.approx(full["rvq1_mel_distance"])
+    assert rows["flexicodec, groups of 2, 1 RVQ"]["fixed_group"] == 2
+    (cmp,) = data["comparisons"]              # the K-stage rows are reported, not compared
+    assert (cmp["a"], cmp["b"]) == ("flexicodec@6.25Hz", "flexicodec, groups of 2")
+    table = (tmp_path / "out.md").read_text()
+    assert "| flexicodec@6.25Hz |" in table and "| flexicodec@6.25Hz, 1 RVQ |" in table
+    for bad in (0, 2):
+        with pytest.raises(ValueError, match="num-quantizers"):
+            evaluate_codec(model, str(tiny_corpus), "train", [12.5], max_utts=1, workers=1,
+                           device="cpu", progress=False, num_quantizers=bad,
+                           speaker_sim=False, dnsmos=False)

@@ -1,11 +1,12 @@
-"""Per-frame error by merge-group length (codec/group_error.py, scripts/diagnose_group_error.py)."""
+"""Per-frame error by merge-group length (codec/eval/group_error.py, scripts/diagnose_group_error.py)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
-from codec.group_error import HOP, error_by_length, frame_group_lengths, frame_mel_errors
+from flexicodec.codec.eval.group_error import error_by_length, frame_group_lengths, frame_mel_errors
+from flexicodec.common.constants import HOP_SIZE
 
 torch.set_num_threads(1)
 
@@ -19,11 +20,11 @@ def test_frame_group_lengths_cover_every_frame():
 def test_frame_mel_errors_locate_the_damage():
     rng = np.random.default_rng(0)
     frames = 10
-    ref = (0.1 * rng.standard_normal(frames * HOP)).astype(np.float32)
+    ref = (0.1 * rng.standard_normal(frames * HOP_SIZE)).astype(np.float32)
     assert np.allclose(frame_mel_errors(ref, ref, frames), 0.0)
     deg = ref.copy()
-    deg[4 * HOP:5 * HOP] = 0.0                        # silence frame 4 only
-    err = frame_mel_errors(ref, deg[: -HOP // 2], frames)   # shorter output is padded
+    deg[4 * HOP_SIZE:5 * HOP_SIZE] = 0.0                   # silence frame 4 only
+    err = frame_mel_errors(ref, deg[: -HOP_SIZE // 2], frames)  # shorter output is padded
     assert err.shape == (frames,)
     assert int(np.argmax(err)) == 4
     assert err[4] > 5 * np.median(err)
@@ -61,15 +62,15 @@ def test_diagnose_on_a_tiny_codec(tiny_corpus):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
     from diagnose_group_error import diagnose, markdown
 
-    from codec.config import FlexiCodecConfig
-    from codec.evaluate import load_utterances
-    from codec.model import FlexiCodec
+    from flexicodec.codec.config import FlexiCodecConfig
+    from flexicodec.codec.eval.evaluate import load_utterances
+    from flexicodec.codec.model import FlexiCodec
     torch.manual_seed(0)
     model = FlexiCodec(FlexiCodecConfig.tiny()).eval()
     base = FlexiCodec(FlexiCodecConfig.tiny(fixed_group=2)).eval()
     utts = load_utterances(str(tiny_corpus), "test_unseen", 3)
     res = diagnose(model, base, utts)
-    from codec.evaluate import reconstruct
+    from flexicodec.codec.eval.evaluate import reconstruct
     both = reconstruct(model, utts[0]["audio"], 6.25)
     full_only = reconstruct(model, utts[0]["audio"], 6.25, rvq1=False)
     assert full_only["rvq1"] is None and both["rvq1"] is not None

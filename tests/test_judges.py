@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from codec import metrics
+from flexicodec.codec.eval import metrics
 
 torch.set_num_threads(1)
 
@@ -23,7 +23,7 @@ DNSMOS_CLIP_S = 4.8
 @pytest.fixture(scope="module")
 def voices() -> dict[str, np.ndarray]:
     """16 kHz clips: two sentences by flite slt, sentence A by flite rms and espeak-ng."""
-    from data.synth import list_speakers, synthesize
+    from flexicodec.data.synth import list_speakers, synthesize
     have = {s.id for s in list_speakers()}
     need = ("flite_slt", "flite_rms", "espeak_en-us+m1")
     if not all(v in have for v in need):
@@ -77,7 +77,7 @@ def test_dnsmos_clean_beats_noisy(voices):
 
 
 def test_missing_judge_package_is_a_clear_error(monkeypatch, tmp_path):
-    from codec.evaluate import evaluate_codec
+    from flexicodec.codec.eval.evaluate import evaluate_codec
     monkeypatch.setitem(sys.modules, "speechmos.dnsmos", None)   # import now fails
     with pytest.raises(ModuleNotFoundError, match=r"speechmos.*pip install -e '\.\[eval\]'"):
         metrics.check_judges(dnsmos=True)
@@ -88,7 +88,7 @@ def test_missing_judge_package_is_a_clear_error(monkeypatch, tmp_path):
 
 
 def test_paired_bootstrap_compares_sim_and_dnsmos():
-    from codec.evaluate import paired_bootstrap
+    from flexicodec.codec.eval.evaluate import paired_bootstrap
     utts = []
     for i in range(6):
         t = "one two three"
@@ -112,10 +112,10 @@ def test_paired_bootstrap_compares_sim_and_dnsmos():
 def test_codec_eval_reports_dnsmos(tiny_corpus, tmp_path):
     """flexicodec eval with DNSMOS on (speaker similarity off): originals and reconstructions
     scored, in the JSON and the table; one utterance, in-process, to stay fast."""
-    from codec.asr import PhonemeASR, PhonemeASRConfig
-    from codec.config import FlexiCodecConfig
-    from codec.evaluate import evaluate_codec, write_report
-    from codec.model import FlexiCodec
+    from flexicodec.codec.asr.model import PhonemeASR, PhonemeASRConfig
+    from flexicodec.codec.config import FlexiCodecConfig
+    from flexicodec.codec.eval.evaluate import evaluate_codec, write_report
+    from flexicodec.codec.model import FlexiCodec
     torch.manual_seed(0)
     cfg = FlexiCodecConfig.tiny()
     cfg.semantic.asr_path = str(PhonemeASR(PhonemeASRConfig.tiny()).save_pretrained(

@@ -6,12 +6,12 @@ import json
 import pytest
 import torch
 
-from codec.pretrained import CheckpointError
-from lm.generate import SamplingConfig, VoicePrompt, generate, stream_tokens
-from lm.layout import IGNORE, build_sequence, collate, parse_sequence
-from lm.model import SpeechLM, SpeechLMConfig
-from lm.train import TrainConfig, run_training
-from lm.vocab import SPEECH_END, LMVocab, VocabError
+from flexicodec.common.pretrained import CheckpointError
+from flexicodec.lm.generate import SamplingConfig, VoicePrompt, generate, stream_tokens
+from flexicodec.lm.layout import IGNORE, build_sequence, collate, parse_sequence
+from flexicodec.lm.model import SpeechLM, SpeechLMConfig
+from flexicodec.lm.train import TrainConfig, run_training
+from flexicodec.lm.vocab import SPEECH_END, LMVocab, VocabError
 
 torch.set_num_threads(1)
 
@@ -189,7 +189,7 @@ def test_resume_continues_to_same_weights(tmp_path):
 
 
 def test_best_eval_weights_are_kept_and_reload(tmp_path):
-    from lm.train import BEST_DIR, BestWeights, eval_objective, evaluate
+    from flexicodec.lm.train import BEST_DIR, BestWeights, eval_objective, evaluate
     train = synthetic_utts(4, seed=7)
     held = synthetic_utts(4, seed=99)          # unrelated: the eval loss turns up as it overfits
     m = tiny_lm(seed=0)

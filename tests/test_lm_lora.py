@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import torch
 
-from codec.pretrained import CheckpointError
-from lm.finetune import apply_lora, load_adapter, save_adapter
-from lm.layout import build_sequence, collate
-from lm.model import SpeechLM, SpeechLMConfig
-from lm.train import TrainConfig, run_training
+from flexicodec.common.pretrained import CheckpointError
+from flexicodec.lm.finetune import apply_lora, load_adapter, save_adapter
+from flexicodec.lm.layout import build_sequence, collate
+from flexicodec.lm.model import SpeechLM, SpeechLMConfig
+from flexicodec.lm.train import TrainConfig, run_training
 
 torch.set_num_threads(1)
 TINY = dict(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128,

@@ -8,9 +8,9 @@ import json
 import pytest
 import torch
 
-from lm.data import pack_batches
-from lm.layout import IGNORE, build_sequence, collate, collate_packed
-from lm.train import TrainConfig, run_training
+from flexicodec.lm.data import pack_batches
+from flexicodec.lm.layout import IGNORE, build_sequence, collate, collate_packed
+from flexicodec.lm.train import TrainConfig, run_training
 from tests.test_lm_core import synthetic_utts, tiny_lm
 
 torch.set_num_threads(1)
@@ -120,8 +120,8 @@ def test_pack_length_must_hold_max_len():
 def test_gpu_preset_is_a_100m_packed_lm():
     """configs/lm/gpu.yaml: >= 100 M parameters (without the input embedding), phoneme
     input, packed rows that hold its longest sequence, compile and SDPA."""
-    from lm.model import SpeechLM, model_config_from_dict
-    from lm.train import load_config
+    from flexicodec.lm.model import SpeechLM, model_config_from_dict
+    from flexicodec.lm.train import load_config
 
     model_d, tcfg = load_config("configs/lm/gpu.yaml")
     mcfg = model_config_from_dict(model_d, num_text=80, semantic_size=4096, max_group=8)

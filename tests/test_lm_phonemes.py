@@ -9,10 +9,10 @@ import logging
 import pytest
 import torch
 
-from data.text import PUNCTUATION, STRESS_MARKS, WORD_BOUNDARY, phoneme_tokens, phonemize
-from lm.model import SpeechLM, SpeechLMConfig, load_lm
-from lm.phoneme_tokenizer import UNK, PhonemeTokenizer, text_to_phonemes
-from lm.text_tokenizer import TokenizerError
+from flexicodec.data.text import PUNCTUATION, STRESS_MARKS, WORD_BOUNDARY, phoneme_tokens, phonemize
+from flexicodec.lm.model import SpeechLM, SpeechLMConfig, load_lm
+from flexicodec.lm.phoneme_tokenizer import UNK, PhonemeTokenizer, text_to_phonemes
+from flexicodec.lm.text_tokenizer import TokenizerError
 
 torch.set_num_threads(1)
 
@@ -45,7 +45,7 @@ def test_text_to_phonemes_normalises_numbers_and_symbols():
     texts = ["One.", "'", "Two, three!", "", "A1 sauce", "Zürich café", "One.", "four"]
     one_by_one = [text_to_phonemes([t])[0] for t in texts]
     assert text_to_phonemes(texts) == one_by_one
-    from lm.tokenize import _phonemes_of
+    from flexicodec.lm.tokenize import _phonemes_of
     assert _phonemes_of(texts, "en-us", workers=3) == one_by_one
 
 
@@ -94,13 +94,13 @@ def test_phoneme_lm_saves_vocab_and_reloads(tmp_path):
 def test_shipped_lm_is_bpe_and_unchanged():
     """The shipped LM's config.json predates text_input: it loads as BPE, with its
     sentencepiece tokenizer, and a saved config written now says so explicitly."""
-    from codec.pretrained import default_checkpoint
+    from flexicodec.common.pretrained import default_checkpoint
     d = default_checkpoint("lm", "LM")
     assert "text_input" not in json.loads((d / "config.json").read_text())["config"]
     model, tok = load_lm(d)
     assert model.config.text_input == "bpe" and tok.text_input == "bpe"
     assert tok.vocab_size == model.config.num_text
     ids = tok.encode("Hello there.")
-    from lm.generate import SamplingConfig, generate
+    from flexicodec.lm.generate import SamplingConfig, generate
     r = generate(model, [ids], 6.25, SamplingConfig(greedy=True, max_tokens=5))[0]
     assert 1 <= r.semantic_codes.numel() <= 5

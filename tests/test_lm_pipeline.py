@@ -12,15 +12,15 @@ import pytest
 import soundfile as sf
 import torch
 
-from codec.cli import main as codec_main
-from codec.codes_file import load_codes
-from codec.config import FlexiCodecConfig
-from codec.model import FlexiCodec
-from codec.pretrained import CheckpointError
-from lm.cli import main as lm_main
-from lm.data import load_tokenized, read_info
-from lm.model import SpeechLM, load_lm
-from lm.tokenize import Setting, collate_audio_files, encode_settings
+from flexicodec.codec.cli import main as codec_main
+from flexicodec.codec.codes_file import load_codes
+from flexicodec.codec.config import FlexiCodecConfig
+from flexicodec.codec.model import FlexiCodec
+from flexicodec.common.pretrained import CheckpointError
+from flexicodec.lm.cli import main as lm_main
+from flexicodec.lm.data import load_tokenized, read_info
+from flexicodec.lm.model import SpeechLM, load_lm
+from flexicodec.lm.tokenize import Setting, collate_audio_files, encode_settings
 
 torch.set_num_threads(1)
 
@@ -60,7 +60,7 @@ def test_tokenize_train_generate(tiny_corpus, codec_dir, tmp_path):
     assert ds_lo.features["acoustic_codes"].feature.feature.dtype == "int16"
     durs = list(ds_lo["duration"])
     assert durs == sorted(durs, reverse=True)  # shards are sorted by duration
-    from lm.phoneme_tokenizer import text_to_phonemes
+    from flexicodec.lm.phoneme_tokenizer import text_to_phonemes
     assert ds_lo["phonemes"] == text_to_phonemes(ds_lo["text"])   # the LM's phoneme input
     assert info["phoneme_voice"] == "en-us"
     for row in ds_lo:
@@ -167,7 +167,7 @@ def test_encode_settings_equals_encode_per_rate(codec_dir):
     settings = [Setting(frame_rate=12.5), Setting(frame_rate=6.25), Setting(threshold=0.9)]
     encs = encode_settings(codec, b["wav"], b["lengths"], settings)
     for s, e in zip(settings, encs):
-        ref = codec.encode(wavs, 16000, merging_threshold=s.threshold, frame_rate=s.frame_rate)
+        ref = codec.encode(wavs, 16000, threshold=s.threshold, frame_rate=s.frame_rate)
         for f in ("semantic_codes", "acoustic_codes", "token_lengths", "token_mask",
                   "frame_rate", "num_frames", "num_samples"):
             assert torch.equal(getattr(ref, f), getattr(e, f)), (s, f)

@@ -1,4 +1,4 @@
-"""The shipped checkpoints (flexicodec_pretrained/): present, small enough, consistent, and
+"""The default models (the models directory, flexicodec_pretrained/ in a checkout): present, small enough, consistent, and
 loadable with no arguments."""
 from __future__ import annotations
 
@@ -8,15 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from codec.asr import PhonemeASR
-from codec.model import FlexiCodec
-from codec.pretrained import CheckpointError, PretrainedMixin
-from flexicodec_pretrained import ROOT, default_dir
+from flexicodec.codec.asr.model import PhonemeASR
+from flexicodec.codec.model import FlexiCodec
+from flexicodec.common.pretrained import CheckpointError, PretrainedMixin
+from flexicodec.common.models import default_dir, models_dir
 
 torch.set_num_threads(1)
 
-SHIPPED = ("asr", "codec", "codec_fixed_6.25hz", "lm", "acoustic", "codec_joined",
-           "codec_joined_fixed_6.25hz", "codec_rate_6.25hz", "codec_joined_rate_6.25hz")
+SHIPPED = ("asr", "codec", "codec_fixed_6.25hz", "lm", "acoustic")
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -39,61 +38,19 @@ def test_no_argument_loads_the_shipped_models_and_they_agree():
     # the LM and the acoustic stage were trained on this codec's tokens
     lm_meta = json.loads((default_dir("lm") / "config.json").read_text())
     assert lm_meta["config"]["codec_identity"] == codec.identity
-    from tts.acoustic import AcousticModel
+    from flexicodec.tts.acoustic import AcousticModel
     ac = AcousticModel.from_pretrained()
     assert ac.config.semantic_vocab_size == codec.semantic_vocab_size
 
 
-def test_pause_trained_pair_is_a_matched_experiment():
-    """codec_joined / codec_joined_fixed_6.25hz (trained on the joined corpus, README): the
-    same architecture and frozen ASR as the default codec; one dynamic, one fixed pairs."""
-    dyn = FlexiCodec.from_pretrained(default_dir("codec_joined"))
-    fix = FlexiCodec.from_pretrained(default_dir("codec_joined_fixed_6.25hz"))
-    base = FlexiCodec.from_pretrained().config.to_dict()
-    differ = ("fixed_group", "default_threshold")
-    for m in (dyn, fix):
-        cfg = m.config.to_dict()
-        assert {k: v for k, v in cfg.items() if k not in differ} == \
-            {k: v for k, v in base.items() if k not in differ}
-    assert dyn.config.fixed_group == 0 and fix.config.fixed_group == 2
-    asr = PhonemeASR.from_pretrained().state_dict()
-    for m in (dyn, fix):
-        own = m.state_dict()
-        assert all(torch.equal(own["semantic.asr." + k].float(), v.float())
-                   for k, v in asr.items())
-
-
-def test_rate_focused_ablation_codecs_are_matched():
-    """codec_rate_6.25hz / codec_joined_rate_6.25hz (configs/codec/small_rate_6.25hz.yaml on
-    the plain / joined corpus, README): the default architecture and frozen ASR, dynamic
-    merging, trained only at a 6.25 Hz target; distinct weights from the codecs they ablate."""
-    base = FlexiCodec.from_pretrained().config.to_dict()
-    asr = PhonemeASR.from_pretrained().state_dict()
-    ids = {FlexiCodec.from_pretrained().identity,
-           FlexiCodec.from_pretrained(default_dir("codec_joined")).identity}
-    for name in ("codec_rate_6.25hz", "codec_joined_rate_6.25hz"):
-        m = FlexiCodec.from_pretrained(default_dir(name))
-        cfg = m.config.to_dict()
-        assert cfg.pop("train_frame_rate_range") == (6.25, 6.25)
-        differ = ("train_frame_rate_range", "default_threshold")
-        assert cfg.pop("fixed_group") == 0
-        assert {k: v for k, v in cfg.items() if k not in differ} == \
-            {k: v for k, v in base.items() if k not in differ + ("fixed_group",)}
-        own = m.state_dict()
-        assert all(torch.equal(own["semantic.asr." + k].float(), v.float())
-                   for k, v in asr.items())
-        assert m.identity not in ids
-        ids.add(m.identity)
-
-
 def test_shipped_codec_meets_a_target_rate():
-    from data.synth import list_speakers, synthesize
+    from flexicodec.data.synth import list_speakers, synthesize
     if not any(s.id == "flite_slt" for s in list_speakers()):
         pytest.fail("flite (voice slt) is required: run scripts/setup.sh")
     wav = synthesize(["The birch canoe slid on the smooth planks, and the sheet was glued "
                       "to the dark blue background."], "flite_slt")[0]
     codec = FlexiCodec.from_pretrained()
-    full = codec.encode(wav, 16000, merging_threshold=1.0)
+    full = codec.encode(wav, 16000, threshold=1.0)
     half = codec.encode(wav, 16000, frame_rate=6.25)
     assert float(full.frame_rate[0]) == pytest.approx(12.5)
     assert float(half.frame_rate[0]) == pytest.approx(6.25, rel=0.05)
@@ -110,4 +67,4 @@ def test_class_without_shipped_checkpoint_says_so():
 
     with pytest.raises(CheckpointError, match="no shipped"):
         Unshipped.from_pretrained()
-    assert ROOT.is_dir()
+    assert models_dir().is_dir()

@@ -18,10 +18,10 @@ import soundfile as sf
 import torch
 import uvicorn
 
-from benchmarks.tts_speed import build_random_tts
-from tts.audio_stream import PCM_SAMPLE_RATE, StreamEncoder, fix_wav_sizes, to_int16
-from tts.server import ServerConfig, create_app, is_loopback
-from tts.voices import VoiceStore
+from flexicodec.benchmarks.tts_speed import build_random_tts
+from flexicodec.tts.audio_stream import PCM_SAMPLE_RATE, StreamEncoder, fix_wav_sizes, to_int16
+from flexicodec.tts.server import ServerConfig, create_app, is_loopback
+from flexicodec.tts.voices import VoiceStore
 
 torch.set_num_threads(1)
 SR = 16000
@@ -49,7 +49,7 @@ def tts(tmp_path_factory):
     prompts = []
     for rate in (12.5, 6.25):
         enc = t.codec.encode(tone(), SR, frame_rate=rate).item(0)
-        from tts.speakers import VoicePrompt
+        from flexicodec.tts.speakers import VoicePrompt
         prompts.append(VoicePrompt("hello there", float(enc.frame_rate[0]),
                                    enc.semantic_codes[0].tolist(),
                                    enc.token_lengths[0].tolist(),
@@ -170,7 +170,7 @@ def test_worker_pool_window_and_stalled_reader():
     ``stall_s`` loses the job, and the worker is free again."""
     import asyncio
 
-    from tts.workers import QueueFullError, WorkerPool
+    from flexicodec.tts.workers import QueueFullError, WorkerPool
     produced = []
 
     def gen():
@@ -393,7 +393,7 @@ def test_bad_voice_uploads(server, tts, tmp_path):
 
 # ---------------------------------------------------------------------- saved voices
 def test_saved_voices_over_http(server, tts):
-    from codec.codes_file import load_codes
+    from flexicodec.codec.codes_file import load_codes
     url = server.url + "/v1/voices"
     files = {"wav": ("ref.wav", wav_bytes(tone(2.0, f0=180.0, sr=24000), 24000), "audio/wav")}
     r = httpx.post(url, data={"name": "bob", "text": "this is bob"}, files=files, timeout=60)
@@ -429,7 +429,7 @@ def test_saved_voices_over_http(server, tts):
 
 
 def test_voice_cli(tts, tmp_path, capsys):
-    from tts.cli import main
+    from flexicodec.tts.cli import main
     model = tts.save_pretrained(tmp_path / "model")
     voices = tmp_path / "voices"
     ref = tmp_path / "ref.wav"
@@ -454,7 +454,7 @@ def test_voice_cli(tts, tmp_path, capsys):
     assert capsys.readouterr().out.split() == ["alice", "saved", "voices", f"({voices}):",
                                                "carol"]
     # the saved voice speaks through the pipeline loaded from that directory
-    from tts.pipeline import TTS
+    from flexicodec.tts.pipeline import TTS
     loaded = TTS.from_pretrained(model, voices=VoiceStore(voices))
     loaded.options.max_tokens_per_sentence = 8
     audio, _ = loaded.synthesize("Hello.", speaker="carol", seed=0)
@@ -515,7 +515,7 @@ def test_api_key(tts, monkeypatch, capsys):
         ok = openai.OpenAI(base_url=srv.url + "/v1", api_key="s3cret", max_retries=0)
         assert ok.audio.speech.create(model="tts-1", voice="alice", input="Hi.",
                                       response_format="wav").content[:4] == b"RIFF"
-    from tts.cli import main
+    from flexicodec.tts.cli import main
     monkeypatch.delenv("FLEXICODEC_API_KEY", raising=False)
     assert main(["serve", "--host", "0.0.0.0", "--port", "1"]) == 2   # refused before loading
     assert "needs an API key" in capsys.readouterr().err
@@ -619,7 +619,7 @@ def test_web_page_in_chromium(server, tts, tmp_path):
 
 # ---------------------------------------------------------------------- the load test's client
 def test_load_test_accounts_for_every_request(server, tts):
-    from benchmarks.serve_load import classify, reference_digests, run_phase
+    from flexicodec.benchmarks.serve_load import classify, reference_digests, run_phase
     reqs = [{"model": "flexicodec", "input": t, "voice": "alice", "seed": i,
              "response_format": "wav"} for i, t in enumerate(["Hello there.", "One two."])]
     ref = reference_digests(server.url, reqs)
@@ -637,9 +637,9 @@ def test_load_test_accounts_for_every_request(server, tts):
 
 
 def test_serve_command_with_the_shipped_models(tmp_path):
-    """What a new user runs: `flexicodec-tts serve` (here `python -m tts.cli serve`) loads
+    """What a new user runs: `flexicodec-tts serve` (here `python -m flexicodec.tts.cli serve`) loads
     the shipped models once; the page is up and the openai client gets speech."""
-    from benchmarks.serve_load import free_port, start_server
+    from flexicodec.benchmarks.serve_load import free_port, start_server
     port = free_port("127.0.0.1")
     proc = start_server("127.0.0.1", port, None, 1, 2, str(tmp_path / "voices"),
                         tmp_path / "server.log")

@@ -11,9 +11,9 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from codec.asr import PhonemeASR
-from codec.train_asr import load_asr_yaml, main, train_asr
-from codec.training import TimeBudget, epoch_batches, read_jsonl
+from flexicodec.codec.asr.model import PhonemeASR
+from flexicodec.codec.asr.train import load_asr_yaml, main, train_asr
+from flexicodec.common.training import TimeBudget, epoch_batches, read_jsonl
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,6 +46,9 @@ def test_resume_is_exact(tiny_corpus, tmp_path):
     wa = load_file(str(tmp_path / "a/checkpoints/step_00000008/model.safetensors"))
     wb = load_file(str(tmp_path / "b/checkpoints/step_00000008/model.safetensors"))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    # without --out-model the CLI writes the final model to RUN/model
+    final = PhonemeASR.from_pretrained(tmp_path / "b" / "model")
+    assert all(torch.equal(final.state_dict()[k].float(), wb[k].float()) for k in wb)
 
 
 def test_batch_plan_budget_and_yaml(tmp_path):
@@ -90,7 +93,7 @@ def test_batch_plan_budget_and_yaml(tmp_path):
 
 
 def test_spec_augment_masks_within_bounds():
-    from codec.train_asr import SpecAugmentConfig, spec_augment
+    from flexicodec.codec.asr.train import SpecAugmentConfig, spec_augment
     torch.manual_seed(0)
     f = spec_augment(SpecAugmentConfig(freq_masks=2, freq_width=10, time_masks=2,
                                        time_width=0.1))

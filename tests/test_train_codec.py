@@ -11,11 +11,11 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from codec.asr import PhonemeASR, PhonemeASRConfig
-from codec.config import PRESETS
-from codec.losses import MultiResolutionMelLoss
-from codec.train import build_codec_config, load_train_section, train_codec
-from codec.training import read_jsonl, seed_everything
+from flexicodec.codec.asr.model import PhonemeASR, PhonemeASRConfig
+from flexicodec.codec.config import PRESETS
+from flexicodec.codec.losses import MultiResolutionMelLoss
+from flexicodec.codec.train import build_codec_config, load_train_section, train_codec
+from flexicodec.common.training import read_jsonl, seed_everything
 
 torch.set_num_threads(1)
 
@@ -42,8 +42,8 @@ def asr_dir(tmp_path_factory) -> Path:
 
 
 def _real_utterance(corpus: Path) -> torch.Tensor:
-    from data.loaders import load_corpus
-    from data.audio import load_audio
+    from flexicodec.data.loaders import load_corpus
+    from flexicodec.data.audio import load_audio
     ds = load_corpus(corpus, split="valid")
     wav, _ = load_audio(ds[0]["audio"], 16000)
     return torch.from_numpy(wav[: 3 * 16000])[None]
@@ -53,12 +53,12 @@ def _mel_of(model, wav) -> float:
     loss = MultiResolutionMelLoss()
     model.eval()
     with torch.no_grad():
-        out = model(wav, None, merging_threshold=1.0)
+        out = model(wav, None, threshold=1.0)
     return loss(out.audio, wav).item()
 
 
 def test_tiny_codec_learns(tiny_corpus, asr_dir, tmp_path):
-    from codec.model import FlexiCodec
+    from flexicodec.codec.model import FlexiCodec
     cfg_path = _yaml(tmp_path / "c.yaml")
     seed_everything(0)                       # same initial weights as the trainer's
     initial = FlexiCodec(build_codec_config(str(cfg_path), str(asr_dir), None))
@@ -70,10 +70,10 @@ def test_tiny_codec_learns(tiny_corpus, asr_dir, tmp_path):
     assert all(r["threshold"] == 1.0 and r["frame_rate"] == 12.5 for r in rows[:10])
     # after the warm-up each batch draws a target rate and each utterance is merged to it
     # (1 s crops = 13 frames: a token is 0.96 Hz, so the batch mean is within one token)
-    assert all(3.0 <= r["target_rate"] <= 12.5 for r in rows[10:])
-    assert all(abs(r["frame_rate"] - r["target_rate"]) <= 12.5 / 13 + 1e-6 for r in rows[10:])
+    assert all(3.0 <= r["target_frame_rate"] <= 12.5 for r in rows[10:])
+    assert all(abs(r["frame_rate"] - r["target_frame_rate"]) <= 12.5 / 13 + 1e-6 for r in rows[10:])
     assert min(r["frame_rate"] for r in rows[10:]) < 9.0     # it really merges
-    assert not any(r.get("target_rate") for r in rows[:10])
+    assert not any(r.get("target_frame_rate") for r in rows[:10])
     assert all("d_loss" in r and "fm_loss" in r for r in rows[10:])
     assert not any("d_loss" in r for r in rows[:10])
     wav = _real_utterance(tiny_corpus)
@@ -91,7 +91,7 @@ def test_tiny_codec_learns(tiny_corpus, asr_dir, tmp_path):
 
 def test_resume_is_exact(tiny_corpus, asr_dir, tmp_path):
     cfg = str(_yaml(tmp_path / "c.yaml", max_steps=6, disc_start=2, warmup_fixed_steps=2,
-                    save_every=3, ema_decay=0.9))
+                    save_every=3, ema_decay=0.9, disc_segment_seconds=0.5))
     full = train_codec(cfg, str(tiny_corpus), str(tmp_path / "a"), asr=str(asr_dir), cpu=True)
     part = train_codec(cfg, str(tiny_corpus), str(tmp_path / "b"), asr=str(asr_dir), cpu=True,
                        stop_after=3)
@@ -142,8 +142,8 @@ def test_shipped_codec_train_sections_parse(name):
 def test_rate_focused_ablation_config_is_small_yaml_at_6_25hz():
     """configs/codec/small_rate_6.25hz.yaml is the shipped recipe with exactly two keys
     changed, and its schedule is the baseline's: a 6.25 Hz target from step 0."""
-    from codec.config import FlexiCodecConfig
-    from codec.train import sample_merging
+    from flexicodec.codec.config import FlexiCodecConfig
+    from flexicodec.codec.train import sample_merging
     cdir = Path(__file__).resolve().parents[1] / "configs" / "codec"
     base = yaml.safe_load((cdir / "small.yaml").read_text())
     abl = yaml.safe_load((cdir / "small_rate_6.25hz.yaml").read_text())
@@ -156,7 +156,7 @@ def test_rate_focused_ablation_config_is_small_yaml_at_6_25hz():
     assert [sample_merging(s, tc, cfg) for s in (0, 1, 2000)] == [{"frame_rate": 6.25}] * 3
     shipped = FlexiCodecConfig.from_yaml(cdir / "small.yaml")
     assert sample_merging(0, load_train_section(cdir / "small.yaml"), shipped) == \
-        {"merging_threshold": 1.0}
+        {"threshold": 1.0}
 
 
 def test_bf16_autocast_steps(tiny_corpus, asr_dir, tmp_path):
@@ -177,7 +177,7 @@ def test_bf16_autocast_steps(tiny_corpus, asr_dir, tmp_path):
 def test_init_from_continues_from_a_trained_codec(tiny_corpus, asr_dir, tmp_path):
     """--init-from starts a new run from a codec directory: step 0 carries its weights
     (ASR included, whatever --asr says), and a mismatched --fixed-group is refused."""
-    from codec.model import FlexiCodec
+    from flexicodec.codec.model import FlexiCodec
 
     cfg = str(_yaml(tmp_path / "c.yaml", max_steps=2, disc_start=1, warmup_fixed_steps=0))
     train_codec(cfg, str(tiny_corpus), str(tmp_path / "first"), asr=str(asr_dir), cpu=True,
@@ -205,11 +205,11 @@ def test_init_from_continues_from_a_trained_codec(tiny_corpus, asr_dir, tmp_path
 def test_device_data_crops_match_the_corpus(tiny_corpus, asr_dir):
     """Crops drawn on the device are the corpus' own audio on the frame grid, with the same
     frozen features that encoding computes for the whole utterance."""
-    from codec.config import FlexiCodecConfig
-    from codec.device_data import build_device_corpus
-    from codec.model import FlexiCodec
-    from data.audio import load_audio
-    from data.loaders import load_corpus
+    from flexicodec.codec.config import FlexiCodecConfig
+    from flexicodec.codec.device_data import build_device_corpus
+    from flexicodec.codec.model import FlexiCodec
+    from flexicodec.data.audio import load_audio
+    from flexicodec.data.loaders import load_corpus
 
     cfg = FlexiCodecConfig.tiny()
     cfg.semantic.asr_path = str(asr_dir)
@@ -251,7 +251,7 @@ def test_device_data_crops_match_the_corpus(tiny_corpus, asr_dir):
 def test_device_data_training_and_portable_state(tiny_corpus, asr_dir, tmp_path):
     """The device-data path trains, its cache is reused, and a run continued from a portable
     state starts from those weights and step (with a re-warmed learning rate)."""
-    from codec.portable import PortableStateError, load_portable_weights, read_portable_info
+    from flexicodec.codec.portable import PortableStateError, load_portable_weights, read_portable_info
 
     cfg = str(_yaml(tmp_path / "c.yaml", max_steps=6, disc_start=2, warmup_fixed_steps=100,
                     data_on_device=True, lr_schedule="constant", rewarm_steps=4,
@@ -276,9 +276,9 @@ def test_device_data_training_and_portable_state(tiny_corpus, asr_dir, tmp_path)
     assert read_portable_info(port)["step"] == 6
     assert second["train_minutes"] > first["train_minutes"]
     # a portable state only loads into a codec with the same frozen ASR
-    from codec.config import FlexiCodecConfig
-    from codec.discriminators import CodecDiscriminator, DiscriminatorConfig
-    from codec.model import FlexiCodec
+    from flexicodec.codec.config import FlexiCodecConfig
+    from flexicodec.codec.discriminators import CodecDiscriminator, DiscriminatorConfig
+    from flexicodec.codec.model import FlexiCodec
     other = FlexiCodec(FlexiCodecConfig.tiny())
     disc = CodecDiscriminator(DiscriminatorConfig(**TRAIN["discriminator"]))
     with pytest.raises(PortableStateError, match="semantic model"):
@@ -300,11 +300,14 @@ def test_device_data_training_and_portable_state(tiny_corpus, asr_dir, tmp_path)
 
 def test_compiled_step_matches_eager(tiny_corpus, asr_dir, tmp_path):
     """train.compile changes speed, not the computation: the losses of a step agree (after
-    an update, Adam amplifies rounding differences of near-zero gradients)."""
+    an update, Adam amplifies rounding differences of near-zero gradients); the
+    discriminators on 0.5-s windows, frozen in the generator's pass."""
     cfg_e = str(_yaml(tmp_path / "e.yaml", max_steps=1, disc_start=0, warmup_fixed_steps=100,
-                      data_on_device=True, cache_dir=str(tmp_path / "cache")))
+                      data_on_device=True, cache_dir=str(tmp_path / "cache"),
+                      disc_segment_seconds=0.5))
     cfg_c = str(_yaml(tmp_path / "c.yaml", max_steps=1, disc_start=0, warmup_fixed_steps=100,
-                      data_on_device=True, cache_dir=str(tmp_path / "cache"), compile=True))
+                      data_on_device=True, cache_dir=str(tmp_path / "cache"), compile=True,
+                      disc_segment_seconds=0.5))
     e = train_codec(cfg_e, str(tiny_corpus), str(tmp_path / "e"), asr=str(asr_dir), cpu=True)
     c = train_codec(cfg_c, str(tiny_corpus), str(tmp_path / "c"), asr=str(asr_dir), cpu=True)
     le = [r for r in read_jsonl(tmp_path / "e" / "metrics.jsonl") if "loss" in r]
@@ -312,3 +315,80 @@ def test_compiled_step_matches_eager(tiny_corpus, asr_dir, tmp_path):
     for a, b in zip(le, lc, strict=True):
         assert a["mel_loss"] == pytest.approx(b["mel_loss"], rel=5e-3)
         assert a["d_loss"] == pytest.approx(b["d_loss"], rel=5e-3)
+
+
+def test_init_from_portable_state_starts_a_new_run(tiny_corpus, asr_dir, tmp_path):
+    """--init-from PORTABLE: a new run (step 0, fresh optimizers, the schedule from its start)
+    with the state's generator and discriminators; --fixed-group 2 from the same state gives
+    the fixed 6.25 Hz baseline; the run's portable state records where it came from."""
+    from flexicodec.codec.train import schedule
+    from flexicodec.codec.portable import read_portable_info
+
+    cfg1 = str(_yaml(tmp_path / "s1.yaml", max_steps=6, disc_start=1, warmup_fixed_steps=100))
+    p1, p2 = tmp_path / "p1", tmp_path / "p2"
+    train_codec(cfg1, str(tiny_corpus), str(tmp_path / "s1"), asr=str(asr_dir), cpu=True,
+                stop_after=2, portable_state=str(p1))
+    assert read_portable_info(p1)["step"] == 2
+    # learning rates 0: the weights after one step are the state's own
+    cfg0 = str(_yaml(tmp_path / "s0.yaml", lr_g=0.0, lr_d=0.0, max_steps=4, disc_start=0,
+                     warmup_fixed_steps=0))
+    res = train_codec(cfg0, str(tiny_corpus), str(tmp_path / "s0"), asr=str(asr_dir), cpu=True,
+                      stop_after=1, init_from=str(p1), portable_state=str(p2))
+    assert res["step"] == 1
+    info = read_portable_info(p2)
+    assert info["step"] == 1 and info["train_seconds"] < read_portable_info(p1)["train_seconds"] \
+        + 60
+    assert info["init_from"] == {"path": str(p1), "step": 2,
+                                 "train_seconds": read_portable_info(p1)["train_seconds"]}
+    for name in ("generator.safetensors", "discriminator.safetensors"):
+        a, b = load_file(str(p1 / name)), load_file(str(p2 / name))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    # the stage-2 budget: a fresh schedule from step 0, here for the fixed 6.25 Hz baseline
+    cfg2 = str(_yaml(tmp_path / "s2.yaml", max_steps=3, disc_start=0, warmup_fixed_steps=0,
+                     warmup_steps=2))
+    res = train_codec(cfg2, str(tiny_corpus), str(tmp_path / "fx"), asr=str(asr_dir), cpu=True,
+                      stop_after=1, init_from=str(p1), fixed_group=2)
+    rows = [r for r in read_jsonl(tmp_path / "fx" / "metrics.jsonl") if "loss" in r]
+    assert [r["step"] for r in rows] == [1] and "d_loss" in rows[0]
+    assert 6.25 <= rows[0]["frame_rate"] <= 6.8 and rows[0]["threshold"] is None
+    tc = load_train_section(cfg2)
+    assert rows[0]["lr_g"] == pytest.approx(TRAIN["lr_g"] * schedule(tc, 2, 3)(1))
+    assert json.loads((tmp_path / "fx" / "codec_config.json").read_text())["fixed_group"] == 2
+    # --resume continues that run (--init-from no longer applies)
+    res = train_codec(cfg2, str(tiny_corpus), str(tmp_path / "fx"), cpu=True, resume=True,
+                      init_from=str(p1), fixed_group=2)
+    assert res["step"] == 3 and res["finished"]
+    # an existing portable state is continued, not mixed with --init-from
+    with pytest.raises(ValueError, match="not both"):
+        train_codec(cfg0, str(tiny_corpus), str(tmp_path / "x"), asr=str(asr_dir), cpu=True,
+                    init_from=str(p1), portable_state=str(p2))
+    other = dict(TRAIN["discriminator"], mpd_channels=[8, 8])
+    cfg_bad = str(_yaml(tmp_path / "bad.yaml", discriminator=other))
+    with pytest.raises(ValueError, match="discriminators differ"):
+        train_codec(cfg_bad, str(tiny_corpus), str(tmp_path / "y"), asr=str(asr_dir), cpu=True,
+                    init_from=str(p1))
+
+
+def test_v2_stage2_config():
+    """configs/codec/v2_stage2.yaml: the v2 model and recipe; only the schedule differs
+    (dynamic merging and discriminators from step 0, half the learning rates, cosine to
+    10,000 steps) - the dynamic codec and the --fixed-group 2 baseline share it."""
+    from flexicodec.codec.config import FlexiCodecConfig
+    from flexicodec.codec.train import sample_merging
+    cdir = Path(__file__).resolve().parents[1] / "configs" / "codec"
+    v2 = yaml.safe_load((cdir / "v2.yaml").read_text())
+    s2 = yaml.safe_load((cdir / "v2_stage2.yaml").read_text())
+    assert s2["model"] == v2["model"]
+    changed = {k: (v2["train"][k], s2["train"][k]) for k in v2["train"]
+               if v2["train"][k] != s2["train"].get(k)}
+    assert changed == {"lr_g": (6e-4, 3e-4), "lr_d": (3e-4, 1.5e-4),
+                       "lr_schedule": ("constant", "cosine"), "max_steps": (1000000, 10000),
+                       "warmup_fixed_steps": (1000000, 0), "disc_start": (2000, 0),
+                       "warmup_steps": (500, 300)}
+    assert s2["train"].keys() == v2["train"].keys()
+    assert v2["train"]["disc_segment_seconds"] == 1.0
+    tc = load_train_section(cdir / "v2_stage2.yaml")
+    cfg = FlexiCodecConfig.from_yaml(cdir / "v2_stage2.yaml")
+    assert "frame_rate" in sample_merging(0, tc, cfg)
+    fixed = FlexiCodecConfig.from_yaml(cdir / "v2_stage2.yaml", fixed_group=2)
+    assert sample_merging(0, tc, fixed) == {}

@@ -5,13 +5,14 @@ import json
 
 import pytest
 import torch
+from conftest import synth_code_rows
 
-from codec.pretrained import CheckpointError
-from codec.training import read_jsonl
-from tts.acoustic import AcousticConfig, AcousticModel, build_batch, predict_acoustic
-from tts.codes_data import CodesDataError, load_codes_dataset
-from tts.speakers import load_speakers, pick_prompt
-from tts.train_acoustic import TrainConfig, load_config, train
+from flexicodec.common.pretrained import CheckpointError
+from flexicodec.common.training import read_jsonl
+from flexicodec.tts.acoustic import AcousticConfig, AcousticModel, build_batch, predict_acoustic
+from flexicodec.tts.codes_data import CodesDataError, load_codes_dataset
+from flexicodec.tts.speakers import load_speakers, pick_prompt
+from flexicodec.tts.train_acoustic import TrainConfig, load_config, train
 
 torch.set_num_threads(1)
 
@@ -20,25 +21,9 @@ CFG = AcousticConfig.tiny()
 
 def synth_rows(n: int, seed: int = 0, rates=(12.5, 6.25)):
     """Codes where acoustic = f(semantic, length, speaker): learnable, speaker-dependent."""
-    g = torch.Generator().manual_seed(seed)
-    rows = {k: [] for k in ("id", "speaker", "text", "frame_rate", "semantic_codes",
-                            "token_lengths", "acoustic_codes")}
-    for i in range(n):
-        spk = i % 2
-        for rate in rates:
-            T = int(torch.randint(20, 40, (1,), generator=g))
-            sem = torch.randint(0, CFG.semantic_vocab_size, (T,), generator=g)
-            ln = torch.randint(1, CFG.max_group + 1, (T,), generator=g)
-            q = torch.arange(CFG.n_q)[:, None]
-            ac = (sem[None] * (q + 1) + (ln[None] > 4).long() + 7 * spk * (q + 1)) % CFG.codebook_size
-            rows["id"].append(f"u{i}")
-            rows["speaker"].append(f"spk{spk}")
-            rows["text"].append(f"utterance {i}")
-            rows["frame_rate"].append(rate)
-            rows["semantic_codes"].append(sem.tolist())
-            rows["token_lengths"].append(ln.tolist())
-            rows["acoustic_codes"].append(ac.tolist())
-    return rows
+    return synth_code_rows(n, semantic_vocab_size=CFG.semantic_vocab_size,
+                           max_group=CFG.max_group, n_q=CFG.n_q,
+                           codebook_size=CFG.codebook_size, seed=seed, rates=rates)
 
 
 @pytest.fixture(scope="module")
@@ -66,9 +51,9 @@ def test_training_loss_falls_and_saves(trained):
     assert logs[0]["step"] == 1 and logs[-1]["step"] == 400
     assert logs[-1]["loss"] < 0.6 * logs[0]["loss"]
     assert summary["val_accuracy"] > 0.3
-    model = AcousticModel.from_pretrained(run / "final")
+    model = AcousticModel.from_pretrained(run / "model")
     assert model.config.n_q == CFG.n_q
-    spk = load_speakers(run / "final")
+    spk = load_speakers(run / "model")
     assert set(spk) == {"spk0", "spk1"}
     p = pick_prompt(spk["spk1"], 6.0)
     assert p.frame_rate == 6.25
@@ -88,7 +73,7 @@ def test_resume_continues(trained, codes_dir):
 
 def test_masked_decoding_fills_valid_codes(trained):
     run, _, _ = trained
-    model = AcousticModel.from_pretrained(run / "final")
+    model = AcousticModel.from_pretrained(run / "model")
     rows = synth_rows(3, seed=5)
     items = []
     for k in range(3):

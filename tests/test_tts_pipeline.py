@@ -11,14 +11,14 @@ import pytest
 import soundfile as sf
 import torch
 
-from codec.config import FlexiCodecConfig
-from codec.model import FlexiCodec
-from data.audio import AudioError
-from lm.model import SpeechLM, SpeechLMConfig
-from lm.text_tokenizer import train_text_tokenizer
-from tts.acoustic import AcousticConfig, AcousticModel
-from tts.pipeline import TTS, SynthesisOptions, TTSError
-from tts.speakers import load_speakers, save_speakers
+from flexicodec.codec.config import FlexiCodecConfig
+from flexicodec.codec.model import FlexiCodec
+from flexicodec.data.audio import AudioError
+from flexicodec.lm.model import SpeechLM, SpeechLMConfig
+from flexicodec.lm.text_tokenizer import train_text_tokenizer
+from flexicodec.tts.acoustic import AcousticConfig, AcousticModel
+from flexicodec.tts.pipeline import TTS, SynthesisOptions, TTSError
+from flexicodec.tts.speakers import load_speakers, save_speakers
 
 torch.set_num_threads(1)
 HOP = 1280
@@ -75,6 +75,73 @@ def tts(tmp_path_factory, codec):
     opts = SynthesisOptions(max_tokens_per_sentence=40)
     return TTS(codec, (lm, tok), AcousticModel.from_pretrained(adir),
                speakers=load_speakers(adir), options=opts)
+
+
+@pytest.fixture(scope="module")
+def tts_flow(tts, codec):
+    """The same pipeline with a (tiny, random) flow-matching acoustic stage."""
+    from flexicodec.tts.acoustic_flow import FlowAcousticModel, FlowConfig, latent_stats
+    torch.manual_seed(0)
+    flow = FlowAcousticModel(FlowConfig.tiny(
+        semantic_vocab_size=codec.semantic_vocab_size, latent_dim=codec.config.latent_dim,
+        n_q=codec.config.n_q, max_group=codec.max_group))
+    s, ln, ac = tts.speakers["alice"][0].tensors()
+    flow.set_latent_stats(*latent_stats(codec.latent_from_codes(s, ac, ln),
+                                        torch.ones(1, s.numel(), dtype=torch.bool)))
+    return TTS(codec, (tts.lm, tts.tokenizer), flow.eval(), speakers=tts.speakers,
+               options=SynthesisOptions(max_tokens_per_sentence=40))
+
+
+def test_flow_stage_stream_equals_offline_and_loads_by_kind(tts_flow, tts, tmp_path):
+    """The flow stage in the pipeline: streaming == offline for one seed, seeds matter, the
+    stage reaches the audio, and TTS.from_pretrained picks the stage from acoustic/config.json."""
+    from flexicodec.tts.acoustic_flow import FlowAcousticModel
+    text = "Speech synthesis with a dynamic frame rate. One two three."
+    a, _ = tts_flow.synthesize(text, seed=3, frame_rate=12.5)
+    assert np.all(np.isfinite(a)) and np.abs(a).max() > 1e-3
+    chunks = list(tts_flow.stream(text, seed=3, frame_rate=12.5))
+    assert len(chunks) > 2
+    assert np.array_equal(np.concatenate(chunks), a)
+    assert np.array_equal(tts_flow.synthesize(text, seed=3, frame_rate=12.5)[0], a)
+    c, _ = tts_flow.synthesize(text, seed=4, frame_rate=12.5)
+    assert not (a.size == c.size and np.array_equal(a, c))
+    # same LM tokens (same seed), other acoustic stage → other audio of the same length
+    m, _ = tts.synthesize(text, seed=3, frame_rate=12.5)
+    assert m.size == a.size and not np.allclose(m, a)
+    # flow options reach the sampler
+    import dataclasses
+    euler = TTS(tts_flow.codec, (tts_flow.lm, tts_flow.tokenizer), tts_flow.acoustic,
+                speakers=tts_flow.speakers,
+                options=dataclasses.replace(tts_flow.options, flow_sampler="euler",
+                                            flow_steps=2, guidance_scale=0.0))
+    e, _ = euler.synthesize(text, seed=3, frame_rate=12.5)
+    assert e.size == a.size and not np.array_equal(e, a)
+    # prompts from audio and re-encoded at a threshold give the flow stage its latent prompt
+    audio2, _ = tts_flow.synthesize("Hello there.", speaker="alice", threshold=0.9, seed=0)
+    assert audio2.size > 0 and np.all(np.isfinite(audio2))
+    d = tts_flow.save_pretrained(tmp_path / "models")
+    assert json.loads((d / "acoustic" / "config.json").read_text())["config"]["kind"] == "flow"
+    loaded = TTS.from_pretrained(d, options=tts_flow.options)
+    assert isinstance(loaded.acoustic, FlowAcousticModel)
+    assert np.array_equal(loaded.synthesize(text, seed=3, frame_rate=12.5)[0], a)
+    # a flow stage sized for another codec is refused
+    bad = FlowAcousticModel(dataclasses.replace(tts_flow.acoustic.config, latent_dim=16))
+    with pytest.raises(TTSError, match="latent_dim"):
+        TTS(tts_flow.codec, (tts_flow.lm, tts_flow.tokenizer), bad)
+
+
+def test_render_tokens_both_stages(tts, tts_flow, codec):
+    """The acoustic stage + codec on given tokens (the LM bypassed): length, seeds, prompt."""
+    enc = codec.encode(voice_wav(2.0, 180.0), 16000, frame_rate=8.33).item(0)
+    sem, ln = enc.semantic_codes[0], enc.token_lengths[0]
+    prompt = tts.speakers["alice"][0].tensors()
+    for t in (tts, tts_flow):
+        x = t.render_tokens(sem, ln, prompt=prompt, seed=1)
+        assert x.dtype == np.float32 and x.size == int(ln.sum()) * HOP
+        assert np.array_equal(t.render_tokens(sem, ln, prompt=prompt, seed=1), x)
+        assert not np.array_equal(t.render_tokens(sem, ln, seed=1), x)
+    with pytest.raises(TTSError, match="matching"):
+        tts.render_tokens(sem, ln[:-1])
 
 
 def test_end_to_end_audio(tts):
@@ -151,7 +218,7 @@ def test_bad_inputs(tts, tmp_path):
 
 
 def test_evaluate_reports_every_rate(tts, tmp_path):
-    from tts.evaluate import evaluate, to_markdown
+    from flexicodec.tts.evaluate import evaluate, to_markdown
     old = tts.options.max_tokens_per_sentence
     tts.options.max_tokens_per_sentence = 6  # short random audio keeps pocketsphinx fast
     try:
@@ -179,7 +246,7 @@ def test_evaluate_reports_every_rate(tts, tmp_path):
 def test_evaluate_judges(tts):
     """The TTS eval's SIM reference is the decoded voice prompt; DNSMOS of the synthesized
     audio and of the prompt; without a shipped speaker SIM is reported as not computed."""
-    from tts.evaluate import evaluate, prompt_audio, to_markdown
+    from flexicodec.tts.evaluate import evaluate, prompt_audio, to_markdown
     ref = prompt_audio(tts, "alice", 12.5)
     assert ref.dtype == np.float32 and ref.size >= 0.5 * voice_wav().size
     old = tts.options.max_tokens_per_sentence
@@ -206,7 +273,7 @@ def test_evaluate_judges(tts):
 
 
 def test_cli_argument_errors(capsys):
-    from tts.cli import main
+    from flexicodec.tts.cli import main
     with pytest.raises(SystemExit):
         main(["hello"])  # no -o
     with pytest.raises(SystemExit):
@@ -218,10 +285,10 @@ def test_cli_argument_errors(capsys):
 def test_acoustic_trainer_on_tokenized_real_codec(tiny_corpus, codec, tmp_path):
     """encode-corpus (= lm tokenize) with the real codec at two rates → train-acoustic reads
     TOK/rate_*/<split>/shard_N directly → model + speaker prompts → the TTS speaks with them."""
-    from codec.training import read_jsonl
-    from tts.cli import main as tts_main
-    from tts.codes_data import CodesDataError, load_codes_dataset
-    from tts.train_acoustic import TrainConfig, train
+    from flexicodec.common.training import read_jsonl
+    from flexicodec.tts.cli import main as tts_main
+    from flexicodec.tts.codes_data import CodesDataError, load_codes_dataset
+    from flexicodec.tts.train_acoustic import TrainConfig, train
 
     codec_dir = tmp_path / "codec"
     codec.save_pretrained(codec_dir)
@@ -246,8 +313,8 @@ def test_acoustic_trainer_on_tokenized_real_codec(tiny_corpus, codec, tmp_path):
     assert summary["step"] == 6 and np.isfinite(summary["val_loss"])
     logs = [r for r in read_jsonl(run / "metrics.jsonl") if "loss" in r]
     assert [r["step"] for r in logs] == [1, 2, 3, 4, 5, 6]
-    model = AcousticModel.from_pretrained(run / "final")
-    speakers = load_speakers(run / "final")
+    model = AcousticModel.from_pretrained(run / "model")
+    speakers = load_speakers(run / "model")
     corpus_speakers = {json.loads(l)["speaker"] for l in
                        (tiny_corpus / "metadata.jsonl").read_text().splitlines()
                        if json.loads(l)["split"] == "train"}

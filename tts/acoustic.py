@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from codec.pretrained import PretrainedMixin
+from flexicodec.common.pretrained import PretrainedMixin
 
 
 @dataclass
@@ -38,6 +38,8 @@ class AcousticConfig:
     """Sizes of the acoustic stage. ``semantic_vocab_size``, ``codebook_size``, ``n_q`` and
     ``max_group`` must match the codec whose codes the model predicts."""
 
+    #: which acoustic stage a model directory holds (``flexicodec.tts.stages``): always "masked" here
+    kind: str = "masked"
     semantic_vocab_size: int = 32768
     codebook_size: int = 1024
     n_q: int = 8
@@ -62,6 +64,8 @@ class AcousticConfig:
         return cls(**base)
 
     def __post_init__(self):
+        if self.kind != "masked":
+            raise ValueError(f"AcousticConfig is the masked stage's config, got kind={self.kind!r}")
         if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
             raise ValueError("d_model must split into n_heads heads of even size")
         if self.n_q < 1:
@@ -78,19 +82,34 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
     return out.flatten(-2)
 
 
-class _Block(nn.Module):
-    def __init__(self, cfg: AcousticConfig):
+def rope_angles(inv_freq: torch.Tensor, T: int, dtype: torch.dtype
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cos, sin) [T, Dh/2] of positions 0..T-1 for :class:`TransformerBlock`."""
+    pos = torch.arange(T, device=inv_freq.device, dtype=torch.float32)
+    ang = pos[:, None] * inv_freq[None, :]
+    return ang.cos().to(dtype), ang.sin().to(dtype)
+
+
+def rope_inv_freq(head_dim: int) -> torch.Tensor:
+    return 1.0 / (10000 ** (torch.arange(0, head_dim, 2).float() / head_dim))
+
+
+class TransformerBlock(nn.Module):
+    """Bidirectional pre-norm block with rotary positions: x [B, T, d], cos/sin [T, d/h/2],
+    attn_mask [B, 1, 1, T] bool (valid keys) → [B, T, d]."""
+
+    def __init__(self, d_model: int, n_heads: int, ff_mult: int, dropout: float):
         super().__init__()
-        d = cfg.d_model
-        self.n_heads = cfg.n_heads
+        d = d_model
+        self.n_heads = n_heads
         self.norm1 = nn.LayerNorm(d)
         self.qkv = nn.Linear(d, 3 * d)
         self.proj = nn.Linear(d, d)
         self.norm2 = nn.LayerNorm(d)
-        self.ff = nn.Sequential(nn.Linear(d, cfg.ff_mult * d), nn.GELU(),
-                                nn.Linear(cfg.ff_mult * d, d))
-        self.drop = nn.Dropout(cfg.dropout)
-        self.p_attn = cfg.dropout
+        self.ff = nn.Sequential(nn.Linear(d, ff_mult * d), nn.GELU(),
+                                nn.Linear(ff_mult * d, d))
+        self.drop = nn.Dropout(dropout)
+        self.p_attn = dropout
 
     def forward(self, x, cos, sin, attn_mask):
         B, T, D = x.shape
@@ -118,13 +137,13 @@ class AcousticModel(nn.Module, PretrainedMixin):
         self.ac_emb = nn.Embedding(c.n_q * (c.codebook_size + 1), c.d_model)
         self.seg_emb = nn.Embedding(2, c.d_model)  # 0 prompt, 1 target
         self.level_emb = nn.Embedding(c.n_q, c.d_model)
-        self.blocks = nn.ModuleList(_Block(c) for _ in range(c.n_layers))
+        self.blocks = nn.ModuleList(TransformerBlock(c.d_model, c.n_heads, c.ff_mult, c.dropout)
+                                    for _ in range(c.n_layers))
         self.norm = nn.LayerNorm(c.d_model)
         self.head_w = nn.Parameter(torch.randn(c.n_q, c.codebook_size, c.d_model) * 0.02)
         self.head_b = nn.Parameter(torch.zeros(c.n_q, c.codebook_size))
         dh = c.d_model // c.n_heads
-        self.register_buffer("inv_freq", 1.0 / (10000 ** (torch.arange(0, dh, 2).float() / dh)),
-                             persistent=False)
+        self.register_buffer("inv_freq", rope_inv_freq(dh), persistent=False)
         self.register_buffer("ac_offset", torch.arange(c.n_q) * (c.codebook_size + 1),
                              persistent=False)
 
@@ -142,9 +161,7 @@ class AcousticModel(nn.Module, PretrainedMixin):
         x = self.sem_emb(semantic) + self.len_emb(lengths) + self.seg_emb(segment)
         x = x + self.ac_emb(acoustic + self.ac_offset.view(1, -1, 1)).sum(1)
         x = x + self.level_emb(level).unsqueeze(1)
-        pos = torch.arange(T, device=x.device, dtype=torch.float32)
-        ang = pos[:, None] * self.inv_freq[None, :]
-        cos, sin = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
+        cos, sin = rope_angles(self.inv_freq, T, x.dtype)
         valid = lengths > 0
         attn_mask = valid[:, None, None, :]  # [B, 1, 1, T] keys
         for blk in self.blocks:
@@ -281,11 +298,13 @@ class AcousticModel(nn.Module, PretrainedMixin):
         return codes.masked_fill(~valid[:, None, :], 0)
 
 
-def build_batch(items: list[dict], device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+def build_batch(items: list[dict], device: torch.device | str = "cpu",
+                acoustic_dtype: torch.dtype = torch.long) -> dict[str, torch.Tensor]:
     """Pad prompt + target items into one batch for :meth:`AcousticModel.generate`.
 
     Each item: ``semantic`` [T], ``lengths`` [T] (target tokens), and optionally
-    ``prompt_semantic`` [P], ``prompt_lengths`` [P], ``prompt_acoustic`` [n_q, P].
+    ``prompt_semantic`` [P], ``prompt_lengths`` [P], ``prompt_acoustic`` [n_q, P] (codes; the
+    flow stage passes its latent [D, P] with ``acoustic_dtype=torch.float32``).
     Returns semantic/lengths [B, P+T max], prompt_acoustic [B, n_q, P max], prompt_len [B],
     target_len [B].
     """
@@ -305,8 +324,8 @@ def build_batch(items: list[dict], device: torch.device | str = "cpu") -> dict[s
         ps = torch.as_tensor(it.get("prompt_semantic", []), dtype=torch.long).reshape(-1)
         pl = torch.as_tensor(it.get("prompt_lengths", []), dtype=torch.long).reshape(-1)
         pa = it.get("prompt_acoustic")
-        pa = (torch.zeros(0, 0, dtype=torch.long) if pa is None
-              else torch.as_tensor(pa, dtype=torch.long))
+        pa = (torch.zeros(0, 0, dtype=acoustic_dtype) if pa is None
+              else torch.as_tensor(pa, dtype=acoustic_dtype))
         if ps.numel():
             if pa.dim() != 2 or pa.shape[1] != ps.numel() or pl.shape != ps.shape:
                 raise ValueError("prompt semantic [P], lengths [P], acoustic [n_q, P] disagree")
@@ -318,7 +337,7 @@ def build_batch(items: list[dict], device: torch.device | str = "cpu") -> dict[s
     P = max(r[0].numel() for r in rows)
     sem = torch.zeros(B, L, dtype=torch.long)
     lens = torch.zeros(B, L, dtype=torch.long)
-    pac = torch.zeros(B, max(n_q, 1), P, dtype=torch.long)
+    pac = torch.zeros(B, max(n_q, 1), P, dtype=acoustic_dtype)
     plen = torch.zeros(B, dtype=torch.long)
     tlen = torch.zeros(B, dtype=torch.long)
     for b, (ps, pl, pa, s, ln) in enumerate(rows):

@@ -20,6 +20,8 @@ import struct
 
 import numpy as np
 
+from flexicodec.common.constants import SAMPLE_RATE
+
 PCM_SAMPLE_RATE = 24000
 MEDIA_TYPES = {"wav": "audio/wav", "pcm": "audio/pcm", "flac": "audio/flac"}
 STREAMED = {"wav": True, "pcm": True, "flac": False}
@@ -52,7 +54,7 @@ def fix_wav_sizes(body: bytes) -> bytes:
 class StreamEncoder:
     """``encode(chunk float32 [T]) -> bytes`` per chunk, then ``finish() -> bytes`` once."""
 
-    def __init__(self, response_format: str, sample_rate: int = 16000):
+    def __init__(self, response_format: str, sample_rate: int = SAMPLE_RATE):
         if response_format not in MEDIA_TYPES:
             raise ValueError(f"unsupported response_format {response_format!r}; use one of "
                              f"{', '.join(MEDIA_TYPES)}")

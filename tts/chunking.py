@@ -42,7 +42,8 @@ class ChunkConfig:
 
 @dataclass
 class VoiceCodes:
-    """Prompt codes for the acoustic stage: semantic [P], lengths [P], acoustic [n_q, P]."""
+    """Prompt of the acoustic stage: semantic [P], lengths [P], acoustic [C, P]: the RVQ codes
+    [n_q, P] (masked stage) or the codec latent [D, P] (flow stage), channels first."""
 
     semantic: torch.Tensor
     lengths: torch.Tensor
@@ -60,13 +61,15 @@ def synthesize_chunks(tokens: Iterable[tuple[int, int]], *,
                       cfg: ChunkConfig, seed: int, sentence: int) -> Iterator[np.ndarray]:
     """Yield float32 audio pieces of one sentence as ``tokens`` (code, length) arrive.
 
-    ``predict(item, seed) -> acoustic [n_q, T]`` runs the acoustic stage on one
-    :func:`tts.acoustic.build_batch` item; ``decode(semantic [T], acoustic [n_q, T],
-    lengths [T]) -> audio [sum(lengths) * hop]``.
+    ``predict(item, seed) -> acoustic [C, T]`` runs the acoustic stage on one
+    :func:`flexicodec.tts.acoustic.build_batch` item; ``decode(semantic [T], acoustic [C, T],
+    lengths [T]) -> audio [sum(lengths) * hop]``. ``acoustic`` is whatever the stage makes,
+    channels first: RVQ codes [n_q, T] or the codec latent [D, T]; earlier chunks' output is
+    the known context of later ones either way.
     """
     sem: list[int] = []
     lens: list[int] = []
-    acoustic: list[torch.Tensor] = []   # [n_q, chunk] per finished chunk
+    acoustic: list[torch.Tensor] = []   # [C, chunk] per finished chunk
     X = int(round(cfg.crossfade_ms * sample_rate / 1000)) // 2 * 2
     F = int(round(cfg.fade_ms * sample_rate / 1000))
     pending: np.ndarray | None = None   # tail held back for the crossfade

@@ -8,10 +8,11 @@
     flexicodec-tts serve [--host 127.0.0.1] [--port 8000] [--model DIR] [--voices DIR]
                                  # HTTP server, OpenAI-compatible; see tts.server
     flexicodec-tts voice add NAME --wav REF.wav --text "..." | voice list | voice rm NAME
-    flexicodec-tts encode-corpus --data CORPUS --out TOK --frame-rate 12.5 8.33 6.25
+    flexicodec-tts encode-corpus --data CORPUS -o TOK --frame-rate 12.5 8.33 6.25
                                  # alias of `flexicodec-lm tokenize` (LM + acoustic data)
     flexicodec-tts train-acoustic ...                      # see tts.train_acoustic
     flexicodec-tts eval ...                                # see tts.evaluate
+    flexicodec-tts compare-acoustic ...     # masked vs flow stage; see tts.compare_acoustic
 """
 from __future__ import annotations
 
@@ -20,14 +21,14 @@ import logging
 import sys
 from pathlib import Path
 
-SUBCOMMANDS = ("encode-corpus", "train-acoustic", "eval", "serve", "voice")
+SUBCOMMANDS = ("encode-corpus", "train-acoustic", "eval", "compare-acoustic", "serve", "voice")
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="flexicodec-tts", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("text", nargs="?", help="text to speak")
-    ap.add_argument("-o", "--output", help="output wav (or directory with --input-file)")
+    ap.add_argument("-o", "--out", help="output wav (or directory with --input-file)")
     ap.add_argument("--input-file", help="text file, one utterance per line")
     voice = ap.add_mutually_exclusive_group()
     voice.add_argument("--speaker", help="a shipped speaker or a saved voice (see "
@@ -38,8 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     rate.add_argument("--frame-rate", type=float, help="average token rate in Hz (<= 12.5)")
     rate.add_argument("--threshold", type=float, help="merging threshold (1.0 = 12.5 Hz)")
     ap.add_argument("--seed", type=int)
-    # --model-dir: the flag's earlier name, still accepted
-    ap.add_argument("--model", "--model-dir", dest="model",
+    ap.add_argument("--model",
                     help="directory with codec/, lm/, acoustic/ (default: the shipped models)")
     ap.add_argument("--voices", help="saved-voices directory (default: $FLEXICODEC_VOICES or "
                                      "~/.local/share/flexicodec/voices)")
@@ -49,19 +49,22 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in SUBCOMMANDS:
         cmd, rest = argv[0], argv[1:]
         if cmd == "train-acoustic":
-            from tts.train_acoustic import main as train_main
+            from flexicodec.tts.train_acoustic import main as train_main
             return train_main(rest)
         if cmd == "eval":
-            from tts.evaluate import main as eval_main
+            from flexicodec.tts.evaluate import main as eval_main
             return eval_main(rest)
+        if cmd == "compare-acoustic":
+            from flexicodec.tts.compare_acoustic import main as compare_main
+            return compare_main(rest)
         if cmd == "serve":
             try:
-                from tts.server import main as serve_main
+                from flexicodec.tts.server import main as serve_main
             except ImportError as exc:
                 print(f"error: the server needs the 'serve' extra (fastapi, uvicorn, "
                       f"python-multipart): pip install 'flexicodec[serve]' ({exc})",
@@ -69,9 +72,9 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
             return serve_main(rest)
         if cmd == "voice":
-            from tts.voice_cli import main as voice_main
+            from flexicodec.tts.voice_cli import main as voice_main
             return voice_main(rest)
-        from lm.tokenize import main as tokenize_main  # the one corpus-encoding pass
+        from flexicodec.lm.tokenize import main as tokenize_main  # the one corpus-encoding pass
         return tokenize_main(rest, prog="flexicodec-tts encode-corpus")
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     ap = build_parser()
@@ -79,16 +82,17 @@ def main(argv: list[str] | None = None) -> int:
     if not a.list_speakers:
         if bool(a.text) == bool(a.input_file):
             ap.error("give the text to speak or --input-file (one of them)")
-        if not a.output:
-            ap.error("-o/--output is required")
+        if not a.out:
+            ap.error("-o/--out is required")
         if a.prompt_wav and not a.prompt_text:
             ap.error("--prompt-wav needs --prompt-text (its transcript)")
     import numpy as np
     from tqdm import tqdm
 
-    from data.audio import AudioError, write_audio
-    from tts.pipeline import TTS, TTSError
-    from tts.voices import VoiceError, VoiceStore, default_voices_dir
+    from flexicodec.common.constants import SAMPLE_RATE
+    from flexicodec.data.audio import AudioError, write_audio
+    from flexicodec.tts.pipeline import TTS, TTSError
+    from flexicodec.tts.voices import VoiceError, VoiceStore, default_voices_dir
 
     try:
         tts = TTS.from_pretrained(a.model, voices=VoiceStore(a.voices or default_voices_dir()))
@@ -115,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             if not lines:
                 print(f"error: {path} has no text lines", file=sys.stderr)
                 return 2
-            out_dir = Path(a.output)
+            out_dir = Path(a.out)
             failed = 0
             for i, line in enumerate(tqdm(lines, desc="synthesize", unit="utt")):
                 try:
@@ -130,19 +134,26 @@ def main(argv: list[str] | None = None) -> int:
             return 1 if failed == len(lines) else 0
         if a.stream:
             chunks = list(tts.stream(a.text, **kw))
-            audio, sr = np.concatenate(chunks), 16000
+            audio, sr = np.concatenate(chunks), SAMPLE_RATE
             print(f"first chunk after {tts.last_timing['first_chunk_s'] * 1000:.0f} ms, "
                   f"{len(chunks)} chunks")
         else:
             audio, sr = tts.synthesize(a.text, **kw)
-        write_audio(a.output, audio, sr)
+        write_audio(a.out, audio, sr)
         t = tts.last_timing
-        print(f"wrote {a.output}: {audio.size / sr:.2f} s at {t['frame_rate']:.2f} Hz, "
+        print(f"wrote {a.out}: {audio.size / sr:.2f} s at {t['frame_rate']:.2f} Hz, "
               f"RTF {t['total_s'] / max(t['audio_s'], 1e-9):.3f}")
         return 0
     except (TTSError, AudioError, VoiceError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``flexicodec-tts``: a missing model or a broken weight file is a one-line error (exit 2)."""
+    from flexicodec.common.pretrained import run_reporting_model_errors
+
+    return run_reporting_model_errors("flexicodec-tts", _main, argv)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,13 @@
 """Evaluate the TTS pipeline on held-out sentences at several frame rates.
 
-    flexicodec-tts eval --sentences held_out.txt --out results/tts [--model-dir DIR]
-        [--frame-rates 12.5 8.33 6.25] [--speaker NAME] [--limit 20] [--stream-every 5]
+    flexicodec-tts eval --sentences held_out.txt -o results/tts [--model DIR]
+        [--rates 12.5,8.33,6.25] [--speaker NAME] [--limit 20] [--stream-every 5]
         [--workers W] [--no-speaker-sim] [--no-dnsmos]
 
 Per rate: pocketsphinx WER (jiwer; a fresh pocketsphinx ``Decoder`` per utterance) of the
 synthesized speech against the normalized text, RTF of the whole pipeline and of the AR (LM)
 stage (wall seconds / audio seconds), first-chunk latency of :meth:`TTS.stream` on every
-``stream-every``-th sentence, and two model judges (``codec.metrics``, run in a process pool
+``stream-every``-th sentence, and two model judges (``flexicodec.codec.eval.metrics``, run in a process pool
 after synthesis):
 - speaker similarity (SIM): cosine of resemblyzer utterance embeddings between each
   synthesized utterance and the voice prompt the synthesis was conditioned on. The eval has
@@ -34,19 +34,20 @@ from pathlib import Path
 
 import numpy as np
 
-from codec.metrics import (audio_judges, check_judges, cosine_similarity, dnsmos_means,
-                           parallel_map, scored_mean)
-from codec.pretrained import atomic_write_text
+from flexicodec.codec.eval.metrics import (audio_judges, check_judges, cosine_similarity, dnsmos_means,
+                                           parallel_map, scored_mean)
+from flexicodec.common.pretrained import atomic_write_text
+from flexicodec.common.constants import BASE_FRAME_RATE, SAMPLE_RATE
 
 
-def pocketsphinx_transcribe(audio: np.ndarray, sample_rate: int = 16000) -> str:
+def pocketsphinx_transcribe(audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> str:
     """Lower-case words recognized by pocketsphinx's bundled en-US model (fresh decoder)."""
     from pocketsphinx import Decoder
 
-    if sample_rate != 16000:
+    if sample_rate != SAMPLE_RATE:
         raise ValueError("pocketsphinx expects 16 kHz audio")
     pcm = (np.clip(audio, -1, 1) * 32767).astype(np.int16).tobytes()
-    dec = Decoder(samprate=16000, loglevel="FATAL")
+    dec = Decoder(samprate=SAMPLE_RATE, loglevel="FATAL")
     dec.start_utt()
     dec.process_raw(pcm, full_utt=True)
     dec.end_utt()
@@ -74,7 +75,7 @@ def prompt_audio(tts, speaker: str | None, frame_rate: float) -> np.ndarray | No
     return tts._decode(c.semantic, c.acoustic, c.lengths)
 
 
-def evaluate(tts, sentences: list[str], frame_rates=(12.5, 8.33, 6.25), speaker=None,
+def evaluate(tts, sentences: list[str], frame_rates=(BASE_FRAME_RATE, 8.33, 6.25), speaker=None,
              seed: int = 0, stream_every: int = 5, out_dir: str | Path | None = None,
              speaker_sim: bool = True, dnsmos: bool = True, workers: int | None = None
              ) -> dict:
@@ -84,8 +85,8 @@ def evaluate(tts, sentences: list[str], frame_rates=(12.5, 8.33, 6.25), speaker=
     ModuleNotFoundError); ``workers``: their process pool (None: all cores)."""
     from tqdm import tqdm
 
-    from data.audio import write_audio
-    from data.text import normalize_text
+    from flexicodec.data.audio import write_audio
+    from flexicodec.data.text import normalize_text
 
     if not sentences:
         raise ValueError("no sentences to evaluate")
@@ -192,15 +193,18 @@ def to_markdown(res: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tts.pipeline import TTS
+    from flexicodec.codec.eval.evaluate import parse_rates
+    from flexicodec.tts.pipeline import TTS
 
     ap = argparse.ArgumentParser(prog="flexicodec-tts eval", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sentences", required=True,
                     help="text file of held-out sentences (one per line)")
-    ap.add_argument("--out", required=True, help="output directory")
-    ap.add_argument("--model-dir")
-    ap.add_argument("--frame-rates", type=float, nargs="+", default=[12.5, 8.33, 6.25])
+    ap.add_argument("-o", "--out", required=True, help="output directory")
+    ap.add_argument("--model", help="directory with codec/, lm/, acoustic/ (default: the "
+                                    "shipped models)")
+    ap.add_argument("--rates", default=f"{BASE_FRAME_RATE:g},8.33,6.25",
+                    help="frame rates in Hz, comma-separated")
     ap.add_argument("--speaker")
     ap.add_argument("--limit", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
@@ -213,13 +217,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-dnsmos", action="store_true",
                     help="do not score DNSMOS (speechmos; the slowest judge)")
     a = ap.parse_args(argv)
+    try:
+        rates = parse_rates(a.rates)
+    except ValueError as exc:
+        ap.error(str(exc))
     path = Path(a.sentences)
     if not path.is_file():
         ap.error(f"{path}: no such file")
     sents = [s.strip() for s in path.read_text().splitlines() if s.strip()][:a.limit]
-    tts = TTS.from_pretrained(a.model_dir)
+    tts = TTS.from_pretrained(a.model)
     out = Path(a.out)
-    res = evaluate(tts, sents, tuple(a.frame_rates), a.speaker, a.seed, a.stream_every,
+    res = evaluate(tts, sents, tuple(rates), a.speaker, a.seed, a.stream_every,
                    out if a.save_wavs else None, speaker_sim=not a.no_speaker_sim,
                    dnsmos=not a.no_dnsmos, workers=a.workers)
     atomic_write_text(out / "tts_eval.json", json.dumps(res, indent=1))

@@ -4,16 +4,19 @@
     audio, sr = tts.synthesize("Hello there.", speaker="slt", seed=0)
     for chunk in tts.stream("Hello there.", seed=0): ...
 
-Per sentence (``data.text.normalize_text`` + ``split_sentences``): the LM writes semantic
+Per sentence (``flexicodec.data.text.normalize_text`` + ``split_sentences``): the LM writes semantic
 tokens and their lengths, conditioned on the frame-rate token and a voice prompt (transcript +
-codes) prefix; the acoustic stage fills the RVQ acoustic codes per token, prompted with the
-voice prompt's codes; the codec decodes. Both :meth:`TTS.synthesize` and :meth:`TTS.stream`
-run :func:`tts.chunking.synthesize_chunks`, so their outputs are identical for one seed.
+codes) prefix; the acoustic stage, prompted with the voice prompt, fills in the acoustics per
+token; the codec decodes. The acoustic stage is either kind (:mod:`flexicodec.tts.stages`, chosen by the
+``acoustic/config.json``): ``masked`` predicts the RVQ codes (prompt: its codes; decoded with
+``decode_from_codes``), ``flow`` generates the codec's continuous latent (prompt: the latent
+of its codes, ``latent_from_codes``; decoded with ``decode_from_latent``). Both :meth:`TTS.synthesize` and :meth:`TTS.stream`
+run :func:`flexicodec.tts.chunking.synthesize_chunks`, so their outputs are identical for one seed.
 Sentences are joined with ``pause_ms`` of silence; every sentence fades in and out.
 
 Voice and rate:
 - ``speaker=NAME``: a prompt shipped in ``ACOUSTIC_DIR/speakers.json``, or a voice saved in
-  the ``voices`` store (:mod:`tts.voices`); the stored rate nearest to the requested one.
+  the ``voices`` store (:mod:`flexicodec.tts.voices`); the stored rate nearest to the requested one.
   ``prompt_wav`` + ``prompt_text``: your own reference (any sample rate; resampled to
   16 kHz); neither: the first shipped speaker, or no prompt.
 - ``frame_rate`` (Hz): the LM's rate token and the prompt's encoding rate.
@@ -33,15 +36,16 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from data.audio import load_audio, prepare_waveform
-from tts.acoustic import AcousticModel, predict_acoustic
-from tts.chunking import ChunkConfig, VoiceCodes, synthesize_chunks
-from tts.speakers import VoicePrompt as StoredPrompt
-from tts.speakers import load_speakers, pick_prompt
+from flexicodec.common.constants import BASE_FRAME_RATE, SAMPLE_RATE
+from flexicodec.data.audio import load_audio, prepare_waveform
+from flexicodec.tts.acoustic import AcousticModel, predict_acoustic
+from flexicodec.tts.acoustic_flow import FlowAcousticModel, predict_latent
+from flexicodec.tts.chunking import ChunkConfig, VoiceCodes, synthesize_chunks
+from flexicodec.tts.speakers import VoicePrompt as StoredPrompt
+from flexicodec.tts.speakers import load_speakers, pick_prompt
 
 log = logging.getLogger("flexicodec.tts")
 
-SAMPLE_RATE = 16000
 DEFAULT_FRAME_RATE = 8.33
 #: prompts quieter than this RMS are refused as silent
 SILENCE_RMS = 1e-4
@@ -73,8 +77,13 @@ class SynthesisOptions:
     top_k: int = 50
     top_p: float = 1.0
     max_tokens_per_sentence: int = 400
+    # masked stage: unmasking steps per RVQ level, level-0 temperature (None: the model's)
     acoustic_steps: tuple | None = None
     acoustic_temperature: float | None = None
+    # flow stage: ODE steps, sampler ("euler" | "midpoint"), guidance scale (None: the model's)
+    flow_steps: int | None = None
+    flow_sampler: str | None = None
+    guidance_scale: float | None = None
     pause_ms: float = 200.0
     chunk: ChunkConfig = field(default_factory=ChunkConfig)
     # the LM's KV cache: a StaticCache (fixed-shape steps), compiled steps (CUDA); same tokens
@@ -90,9 +99,11 @@ class _Voice:
 
 
 class TTS:
-    """The full pipeline. ``lm`` is a ``(SpeechLM, TextTokenizer)`` pair (``lm.model.load_lm``)."""
+    """The full pipeline. ``lm`` is a ``(SpeechLM, TextTokenizer)`` pair (``flexicodec.lm.model.load_lm``);
+    ``acoustic`` a masked (:class:`AcousticModel`) or flow (:class:`FlowAcousticModel`)
+    stage."""
 
-    def __init__(self, codec, lm, acoustic: AcousticModel,
+    def __init__(self, codec, lm, acoustic: AcousticModel | FlowAcousticModel,
                  speakers: dict[str, list[StoredPrompt]] | None = None,
                  options: SynthesisOptions | None = None, voices=None):
         if not (isinstance(lm, (tuple, list)) and len(lm) == 2):
@@ -100,6 +111,9 @@ class TTS:
         self.codec = codec.eval()
         self.lm, self.tokenizer = lm
         self.lm.eval()
+        if not isinstance(acoustic, (AcousticModel, FlowAcousticModel)):
+            raise TypeError(f"acoustic must be an AcousticModel or a FlowAcousticModel, got "
+                            f"{type(acoustic).__name__}")
         self.acoustic = acoustic.eval()
         self.speakers = speakers or {}
         self.voices = voices        # tts.voices.VoiceStore of saved voices, or None
@@ -115,11 +129,11 @@ class TTS:
         """Load ``DIR/{codec,lm,acoustic}`` (default: the shipped ``flexicodec_pretrained``
         folders). Raises FileNotFoundError naming what is missing. ``voices=VoiceStore(...)``
         (keyword) adds saved voices to the shipped speakers."""
-        from codec.model import FlexiCodec
-        from lm.model import load_lm
+        from flexicodec.codec.model import FlexiCodec
+        from flexicodec.lm.model import load_lm
 
         if directory is None:
-            from flexicodec_pretrained import default_dir
+            from flexicodec.common.models import default_dir
             dirs = {n: default_dir(n) for n in ("codec", "lm", "acoustic")}
         else:
             directory = Path(directory)
@@ -130,7 +144,9 @@ class TTS:
                                         f"(needs codec/, lm/ and acoustic/ checkpoints)")
         codec = FlexiCodec.from_pretrained(dirs["codec"], map_location=map_location)
         lm = load_lm(dirs["lm"], codec=codec, map_location=map_location)
-        acoustic = AcousticModel.from_pretrained(dirs["acoustic"], map_location=map_location)
+        from flexicodec.tts.stages import load_acoustic
+
+        acoustic = load_acoustic(dirs["acoustic"], map_location=map_location)
         return cls(codec, lm, acoustic, speakers=load_speakers(dirs["acoustic"]), **kw)
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
@@ -139,7 +155,7 @@ class TTS:
         import tempfile
         from dataclasses import asdict
 
-        from tts.speakers import save_speakers
+        from flexicodec.tts.speakers import save_speakers
 
         directory = Path(directory)
         self.codec.save_pretrained(directory / "codec")
@@ -161,6 +177,15 @@ class TTS:
         if int(codec.max_group) != ac.max_group:
             raise TTSError(f"acoustic model max_group {ac.max_group} != codec "
                            f"{codec.max_group}")
+        if ac.kind == "flow":
+            if ac.latent_dim != codec.config.latent_dim or ac.n_q > codec.config.n_q:
+                raise TTSError(f"flow acoustic model (latent_dim {ac.latent_dim}, n_q {ac.n_q}) "
+                               f"does not fit the codec (latent_dim {codec.config.latent_dim}, "
+                               f"n_q {codec.config.n_q})")
+        elif ac.codebook_size != codec.config.rvq_codebook_size or ac.n_q > codec.config.n_q:
+            raise TTSError(f"acoustic model (codebook {ac.codebook_size}, n_q {ac.n_q}) does "
+                           f"not fit the codec (codebook {codec.config.rvq_codebook_size}, "
+                           f"n_q {codec.config.n_q})")
         if hasattr(self.lm, "check_codec"):
             self.lm.check_codec(codec)
         want = getattr(getattr(self.lm, "config", None), "text_input", None)
@@ -204,7 +229,7 @@ class TTS:
     # ------------------------------------------------------------------ text
     def sentences(self, text: str) -> list[str]:
         """Normalized sentences of ``text``; TTSError when nothing is speakable."""
-        from data.text import normalize_text, split_sentences
+        from flexicodec.data.text import normalize_text, split_sentences
 
         if not isinstance(text, str):
             raise TTSError(f"text must be a string, got {type(text).__name__}")
@@ -223,7 +248,7 @@ class TTS:
     def prompt_waveform(self, prompt_wav) -> np.ndarray:
         """A voice prompt's audio as mono float32 [T] at 16 kHz, checked: at most
         ``MAX_PROMPT_SECONDS``, not silent, at least two codec frames. ``prompt_wav``: a path
-        or an ``(array, sample_rate)`` pair. Raises TTSError or ``data.audio.AudioError``."""
+        or an ``(array, sample_rate)`` pair. Raises TTSError or ``flexicodec.data.audio.AudioError``."""
         if isinstance(prompt_wav, (tuple, list)):
             wav, sr = prompt_wav
             wav = prepare_waveform(np.asarray(wav), int(sr), SAMPLE_RATE, name="prompt")
@@ -248,11 +273,11 @@ class TTS:
 
     def _encode_prompt(self, wav: np.ndarray, text: str, frame_rate: float | None,
                        threshold: float | None) -> _Voice:
-        from lm.generate import VoicePrompt
+        from flexicodec.lm.generate import VoicePrompt
 
         self.check_prompt_text(text)
         x = torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32))[None].to(self.device)
-        kw = {"merging_threshold": threshold} if threshold is not None else {
+        kw = {"threshold": threshold} if threshold is not None else {
             "frame_rate": frame_rate}
         with torch.no_grad():
             enc = self.codec.encode(x, SAMPLE_RATE, num_quantizers=self.acoustic.config.n_q,
@@ -262,17 +287,30 @@ class TTS:
         lens = enc.token_lengths[0].cpu()[m].long()
         ac = enc.acoustic_codes[0].cpu()[:, m].long()
         rate = float(enc.frame_rate[0]) if threshold is not None else float(frame_rate)
-        from data.text import normalize_text
+        from flexicodec.data.text import normalize_text
         pieces = self.tokenizer.encode(normalize_text(text))
-        return _Voice(VoicePrompt(pieces, sem, lens), VoiceCodes(sem, lens, ac), rate)
+        return _Voice(VoicePrompt(pieces, sem, lens), self._voice_codes(sem, lens, ac), rate)
+
+    def _voice_codes(self, sem: torch.Tensor, lens: torch.Tensor, ac: torch.Tensor
+                     ) -> VoiceCodes:
+        """The acoustic stage's prompt from codes sem [P], lens [P], ac [>= n_q, P]: the codes
+        [n_q, P] (masked) or the codec latent of the codes [D, P] (flow)."""
+        ac = ac[:self.acoustic.config.n_q]
+        if self.acoustic.config.kind == "masked":
+            return VoiceCodes(sem, lens, ac)
+        dev = self.device
+        with torch.no_grad():
+            lat = self.codec.latent_from_codes(sem[None].to(dev), ac[None].to(dev),
+                                               lens[None].to(dev))
+        return VoiceCodes(sem, lens, lat[0].float().cpu().transpose(0, 1).contiguous())
 
     def _voice(self, speaker, prompt_wav, prompt_text, frame_rate, threshold) -> _Voice:
-        from lm.generate import VoicePrompt
+        from flexicodec.lm.generate import VoicePrompt
 
         if frame_rate is not None and threshold is not None:
             raise TTSError("give frame_rate or threshold, not both")
-        if frame_rate is not None and not 0 < float(frame_rate) <= 12.5:
-            raise TTSError(f"frame_rate must be in (0, 12.5] Hz, got {frame_rate}")
+        if frame_rate is not None and not 0 < float(frame_rate) <= BASE_FRAME_RATE:
+            raise TTSError(f"frame_rate must be in (0, {BASE_FRAME_RATE}] Hz, got {frame_rate}")
         if threshold is not None and not 0 < float(threshold) <= 1.0:
             raise TTSError(f"threshold must be in (0, 1], got {threshold}")
         if speaker is not None and prompt_wav is not None:
@@ -293,31 +331,46 @@ class TTS:
         sem, lens, ac = stored.tensors()
         if threshold is not None:  # re-encode the stored prompt at this threshold
             with torch.no_grad():
-                wav = self._decode(sem, ac, lens)
+                wav = self._decode_codes(sem, ac, lens)
             return self._encode_prompt(self.prompt_waveform((wav, SAMPLE_RATE)), stored.text,
                                        None, threshold)
         if ac.shape[0] < self.acoustic.config.n_q:
             raise TTSError(f"speaker {speaker!r} stores {ac.shape[0]} quantizers, the acoustic "
                            f"model needs {self.acoustic.config.n_q}")
-        ac = ac[:self.acoustic.config.n_q]
         pieces = self.tokenizer.encode(stored.text)
-        return _Voice(VoicePrompt(pieces, sem, lens), VoiceCodes(sem, lens, ac), rate)
+        return _Voice(VoicePrompt(pieces, sem, lens), self._voice_codes(sem, lens, ac), rate)
 
     # ------------------------------------------------------------------ stages
     def _sampling(self, seed: int | None):
-        from lm.generate import SamplingConfig
+        from flexicodec.lm.generate import SamplingConfig
 
         o = self.options
         return SamplingConfig(temperature=o.temperature, top_k=o.top_k, top_p=o.top_p,
                               max_tokens=o.max_tokens_per_sentence, seed=seed,
                               static_cache=o.static_cache, compile=o.compile)
 
-    def _decode(self, sem: torch.Tensor, ac: torch.Tensor, lens: torch.Tensor) -> np.ndarray:
-        """Codec decode of one token span → float32 [sum(lens) * hop]."""
+    def _decode(self, sem: torch.Tensor, acoustic: torch.Tensor, lens: torch.Tensor
+                ) -> np.ndarray:
+        """Codec decode of one token span from the acoustic stage's output → float32
+        [sum(lens) * hop]: ``acoustic`` is codes [n_q, T] (masked) or latent [D, T] (flow)."""
+        if self.acoustic.config.kind == "masked":
+            return self._decode_codes(sem, acoustic, lens)
+        with torch.no_grad():
+            audio = self.codec.decode_from_latent(acoustic.transpose(0, 1)[None].to(self.device),
+                                                  lens[None].to(self.device))
+        return self._trim(audio, lens)
+
+    def _decode_codes(self, sem: torch.Tensor, ac: torch.Tensor, lens: torch.Tensor
+                      ) -> np.ndarray:
+        """Codec decode of codes sem [T], ac [n, T], lens [T] → float32 [sum(lens) * hop]."""
         dev = self.device
         with torch.no_grad():
             audio = self.codec.decode_from_codes(sem[None].to(dev), ac[None].to(dev),
                                                  lens[None].to(dev))
+        return self._trim(audio, lens)
+
+    def _trim(self, audio: torch.Tensor, lens: torch.Tensor) -> np.ndarray:
+        """Decoded audio [1, ~sum(lens) * hop] → float32 [sum(lens) * hop]."""
         audio = audio[0].float().cpu().numpy().reshape(-1)
         want = int(lens.sum()) * self.hop
         if abs(audio.size - want) >= self.hop:
@@ -328,13 +381,19 @@ class TTS:
         return audio[:want]
 
     def _predict(self, item: dict, seed: int) -> torch.Tensor:
+        """The acoustic stage on one chunk item: codes [n_q, T] or latent [D, T]."""
         g = torch.Generator().manual_seed(seed)
+        o = self.options
+        if self.acoustic.config.kind == "flow":
+            return predict_latent(self.acoustic, [item], steps=o.flow_steps,
+                                  sampler=o.flow_sampler, guidance_scale=o.guidance_scale,
+                                  generator=g)[0]
         return predict_acoustic(self.acoustic, [item], steps_per_level=self.options.acoustic_steps,
                                 temperature=self.options.acoustic_temperature, generator=g)[0]
 
     def _sentence_tokens(self, sentence: str, voice: _Voice, seed: int, streaming: bool):
         """(code, length) pairs of one sentence from the LM (both modes: the same sampler)."""
-        from lm.generate import generate, stream_tokens
+        from flexicodec.lm.generate import generate, stream_tokens
 
         pieces = self.tokenizer.encode(sentence)
         sampling = self._sampling(seed)
@@ -394,6 +453,30 @@ class TTS:
         self.last_timing["lm_s"] = t_lm[0]
 
     # ------------------------------------------------------------------ public API
+    def render_tokens(self, semantic, lengths, prompt=None, seed: int = 0) -> np.ndarray:
+        """The acoustic stage + codec on given merged tokens (the LM bypassed, e.g. the
+        semantic codes and lengths of a real recording): semantic [T], lengths [T];
+        ``prompt``: ``(semantic [P], lengths [P], acoustic codes [>= n_q, P])`` of a voice
+        prompt, or None. The same chunked path as :meth:`synthesize` (one sentence, no
+        pause) → float32 audio [sum(lengths) * hop]."""
+        sem = torch.as_tensor(semantic, dtype=torch.long).reshape(-1)
+        lens = torch.as_tensor(lengths, dtype=torch.long).reshape(-1)
+        if sem.numel() == 0 or sem.shape != lens.shape:
+            raise TTSError(f"render_tokens needs matching non-empty semantic codes and lengths, "
+                           f"got {tuple(sem.shape)} and {tuple(lens.shape)}")
+        voice = None
+        if prompt is not None:
+            ps, pl, pa = (torch.as_tensor(x, dtype=torch.long) for x in prompt)
+            if pa.shape[0] < self.acoustic.config.n_q:
+                raise TTSError(f"the prompt has {pa.shape[0]} quantizers, the acoustic stage "
+                               f"needs {self.acoustic.config.n_q}")
+            voice = self._voice_codes(ps.reshape(-1), pl.reshape(-1), pa)
+        pieces = synthesize_chunks(zip(sem.tolist(), lens.tolist()), predict=self._predict,
+                                   decode=self._decode, hop=self.hop, sample_rate=SAMPLE_RATE,
+                                   prompt=voice, cfg=self.options.chunk, seed=int(seed),
+                                   sentence=0)
+        return np.concatenate(list(pieces)).astype(np.float32, copy=False)
+
     def synthesize(self, text: str | Sequence[str], speaker: str | None = None,
                    prompt_wav=None, prompt_text: str | None = None,
                    frame_rate: float | None = None, threshold: float | None = None,

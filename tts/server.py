@@ -13,11 +13,11 @@ Endpoints (JSON errors have OpenAI's shape ``{"error": {"message", "type", "para
   ``speech.audio.delta`` events (base64 audio) and a final ``speech.audio.done`` with the
   usage and, per sentence, the merged tokens' lengths (``segments``).
 - ``GET /v1/voices``, ``POST /v1/voices`` (multipart ``name``, ``text``, ``wav``),
-  ``DELETE /v1/voices/{name}``: shipped speakers and saved voices (:mod:`tts.voices`).
+  ``DELETE /v1/voices/{name}``: shipped speakers and saved voices (:mod:`flexicodec.tts.voices`).
 - ``POST /v1/plot`` (multipart ``wav``, ``segments``): the merged-token picture (PNG).
 - ``GET /v1/models``, ``GET /health``, ``GET /`` (the web page).
 
-Work runs on a fixed pool of worker threads behind a bounded queue (:mod:`tts.workers`):
+Work runs on a fixed pool of worker threads behind a bounded queue (:mod:`flexicodec.tts.workers`):
 a full queue answers 503 with ``Retry-After``. A client that disconnects stops its job.
 With an API key every ``/v1/`` request needs ``Authorization: Bearer KEY``.
 """
@@ -47,8 +47,9 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException
 
-from tts.audio_stream import MEDIA_TYPES, StreamEncoder
-from tts.workers import QueueFullError, WorkerPool
+from flexicodec.common.constants import BASE_FRAME_RATE, SAMPLE_RATE
+from flexicodec.tts.audio_stream import MEDIA_TYPES, StreamEncoder
+from flexicodec.tts.workers import QueueFullError, WorkerPool
 
 log = logging.getLogger("flexicodec.serve")
 
@@ -115,9 +116,9 @@ class APIError(Exception):
 
 def api_error(exc: BaseException) -> APIError:
     """The response for an exception raised by the pipeline, the voice store or the pool."""
-    from data.audio import AudioError
-    from tts.pipeline import TTSError, UnknownSpeakerError
-    from tts.voices import VoiceError, VoiceExistsError, VoiceNameError, VoiceNotFoundError
+    from flexicodec.data.audio import AudioError
+    from flexicodec.tts.pipeline import TTSError, UnknownSpeakerError
+    from flexicodec.tts.voices import VoiceError, VoiceExistsError, VoiceNameError, VoiceNotFoundError
 
     if isinstance(exc, APIError):
         return exc
@@ -150,13 +151,13 @@ def is_loopback(host: str) -> bool:
 
 
 def page_html() -> str:
-    return resources.files("tts").joinpath("web/index.html").read_text(encoding="utf-8")
+    return resources.files("flexicodec.tts").joinpath("web/index.html").read_text(encoding="utf-8")
 
 
 def create_app(tts, config: ServerConfig | None = None):
-    """The FastAPI app serving ``tts`` (a :class:`tts.pipeline.TTS`, loaded once; its
+    """The FastAPI app serving ``tts`` (a :class:`flexicodec.tts.pipeline.TTS`, loaded once; its
     ``voices`` store, if any, holds the saved voices)."""
-    from tts.voices import add_voice, check_name
+    from flexicodec.tts.voices import add_voice, check_name
 
     config = config or ServerConfig()
     pool = WorkerPool(config.workers, config.queue_size, config.max_pending_chunks,
@@ -288,12 +289,12 @@ def create_app(tts, config: ServerConfig | None = None):
         return out, (upload.filename or "", data)
 
     def read_wav_bytes(data: bytes, max_seconds: float):
-        from data.audio import AudioError, load_audio
+        from flexicodec.data.audio import AudioError, load_audio
         with tempfile.NamedTemporaryFile(suffix=".audio") as f:
             f.write(data)
             f.flush()
             try:
-                return load_audio(f.name, 16000, max_seconds=max_seconds)[0]
+                return load_audio(f.name, SAMPLE_RATE, max_seconds=max_seconds)[0]
             except AudioError as exc:  # the temporary name means nothing to the client
                 raise AudioError(str(exc).replace(f.name, "upload")) from exc
 
@@ -314,7 +315,7 @@ def create_app(tts, config: ServerConfig | None = None):
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": MODEL_ID, "sample_rate": 16000,
+        return {"status": "ok", "model": MODEL_ID, "sample_rate": SAMPLE_RATE,
                 "auth": bool(config.api_key), **pool.stats()}
 
     @app.get("/v1/models")
@@ -381,7 +382,7 @@ def create_app(tts, config: ServerConfig | None = None):
                              "usage": {"input_tokens": n_in, "output_tokens": n_out,
                                        "total_tokens": n_in + n_out},
                              "sample_rate": encoder.output_sample_rate, "seed": seed,
-                             "segments": [{"start_s": s.start_sample / 16000,
+                             "segments": [{"start_s": s.start_sample / SAMPLE_RATE,
                                            "token_lengths": s.token_lengths}
                                           for s in segments]})
 
@@ -423,7 +424,7 @@ def create_app(tts, config: ServerConfig | None = None):
 
     @app.post("/v1/voices", status_code=201)
     async def create_voice(request: Request):
-        from tts.pipeline import MAX_PROMPT_SECONDS
+        from flexicodec.tts.pipeline import MAX_PROMPT_SECONDS
         if tts.voices is None:
             raise APIError(409, "this server has no voice store", "no_voice_store")
         fields, (filename, data) = await read_upload_form(request, ("name", "text"), "wav")
@@ -436,8 +437,8 @@ def create_app(tts, config: ServerConfig | None = None):
         def work():
             wav = read_wav_bytes(data, MAX_PROMPT_SECONDS)
             source = {"filename": Path(filename).name[:200], "bytes": len(data),
-                      "seconds": round(wav.size / 16000, 3)}
-            yield add_voice(tts, name, (wav, 16000), text, source)
+                      "seconds": round(wav.size / SAMPLE_RATE, 3)}
+            yield add_voice(tts, name, (wav, SAMPLE_RATE), text, source)
 
         info = await run_job(work, request)
         return {"name": name, "type": "saved", "text": info["text"],
@@ -459,7 +460,7 @@ def create_app(tts, config: ServerConfig | None = None):
 
     @app.post("/v1/plot")
     async def plot(request: Request):
-        from codec.plot import render_groups_png
+        from flexicodec.codec.eval.plot import render_groups_png
         fields, (_, data) = await read_upload_form(request, ("segments",), "wav")
         try:
             raw = json.loads(fields["segments"])
@@ -477,12 +478,12 @@ def create_app(tts, config: ServerConfig | None = None):
 
         def work():
             wav = read_wav_bytes(data, MAX_PLOT_SECONDS)
-            end = max((s + sum(ls) / 12.5 for s, ls in segments), default=0.0)
-            if end > wav.size / 16000 + 0.2:
+            end = max((s + sum(ls) / BASE_FRAME_RATE for s, ls in segments), default=0.0)
+            if end > wav.size / SAMPLE_RATE + 0.2:
                 raise APIError(422, f"segments end at {end:.2f} s, after the audio "
-                                    f"({wav.size / 16000:.2f} s)", "invalid_segments",
+                                    f"({wav.size / SAMPLE_RATE:.2f} s)", "invalid_segments",
                                "segments")
-            yield render_groups_png(wav, segments, 16000, float(tts.codec.frame_rate_base))
+            yield render_groups_png(wav, segments, SAMPLE_RATE, float(tts.codec.frame_rate_base))
 
         png = await run_job(work, request)
         return Response(png, media_type="image/png")
@@ -526,8 +527,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import uvicorn
 
-    from tts.pipeline import TTS
-    from tts.voices import VoiceStore, default_voices_dir
+    from flexicodec.tts.pipeline import TTS
+    from flexicodec.tts.voices import VoiceStore, default_voices_dir
 
     threads = max(1, (os.cpu_count() or 1) // a.workers)
     torch.set_num_threads(threads)

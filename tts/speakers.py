@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from codec.pretrained import atomic_write_text
+from flexicodec.common.pretrained import atomic_write_text
+from flexicodec.common.constants import BASE_FRAME_RATE
 
 SPEAKERS_NAME = "speakers.json"
 
@@ -41,7 +42,7 @@ class VoicePrompt:
 
     @property
     def seconds(self) -> float:
-        return sum(self.token_lengths) / 12.5
+        return sum(self.token_lengths) / BASE_FRAME_RATE
 
 
 def build_speaker_table(ds, per_speaker: int = 3, min_seconds: float = 2.0,
@@ -57,7 +58,7 @@ def build_speaker_table(ds, per_speaker: int = 3, min_seconds: float = 2.0,
         utts = by_spk[spk]
 
         def score(uid):
-            sec = sum(ds[utts[uid][0]]["token_lengths"]) / 12.5
+            sec = sum(ds[utts[uid][0]]["token_lengths"]) / BASE_FRAME_RATE
             inside = min_seconds <= sec <= max_seconds
             return (not inside, abs(sec - (min_seconds + max_seconds) / 2), uid)
 

@@ -1,4 +1,4 @@
-"""``flexicodec-tts voice``: manage saved voices (see :mod:`tts.voices`).
+"""``flexicodec-tts voice``: manage saved voices (see :mod:`flexicodec.tts.voices`).
 
     flexicodec-tts voice add NAME --wav REF.wav --text "..." [--voices DIR] [--model DIR]
     flexicodec-tts voice list [--voices DIR] [--model DIR]   # saved voices, then shipped
@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
-    from tts.voices import VoiceError, VoiceStore, default_voices_dir
+    from flexicodec.tts.voices import VoiceError, VoiceStore, default_voices_dir
 
     store = VoiceStore(a.voices or default_voices_dir())
     try:
@@ -54,13 +54,13 @@ def main(argv: list[str] | None = None) -> int:
 def _list(store, model: str | None) -> int:
     from pathlib import Path
 
-    from tts.speakers import load_speakers
+    from flexicodec.tts.speakers import load_speakers
 
     for name in store.names():
         info = store.info(name)
         print(f"{name}\tsaved\t{info.get('created', '')}\t{info.get('text', '')}")
     if model is None:
-        from flexicodec_pretrained import default_dir
+        from flexicodec.common.models import default_dir
         acoustic = default_dir("acoustic")
     else:
         acoustic = Path(model) / "acoustic"
@@ -70,9 +70,9 @@ def _list(store, model: str | None) -> int:
 
 
 def _add(store, a) -> int:
-    from data.audio import AudioError
-    from tts.pipeline import TTS, TTSError
-    from tts.voices import add_voice, check_name
+    from flexicodec.data.audio import AudioError
+    from flexicodec.tts.pipeline import TTS, TTSError
+    from flexicodec.tts.voices import add_voice, check_name
 
     check_name(a.name)  # before loading the models
     if store.exists(a.name):

@@ -28,13 +28,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from codec.codes_file import CodesFile, CodesFileError, concat_codes, load_codes, save_codes
-from codec.pretrained import atomic_write_text
-from tts.speakers import VoicePrompt
+from flexicodec.codec.codes_file import CodesFile, CodesFileError, concat_codes, load_codes, save_codes
+from flexicodec.common.pretrained import atomic_write_text
+from flexicodec.common.constants import BASE_FRAME_RATE, SAMPLE_RATE
+from flexicodec.tts.speakers import VoicePrompt
 
 FORMAT_VERSION = 1
 #: rates a saved voice is encoded at (the pipeline picks the one nearest the request)
-VOICE_FRAME_RATES = (12.5, 8.33, 6.25)
+VOICE_FRAME_RATES = (BASE_FRAME_RATE, 8.33, 6.25)
 CODES_NAME = "codes.npz"
 INFO_NAME = "voice.json"
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
@@ -78,16 +79,16 @@ def check_name(name: str) -> str:
 def encode_voice(tts, prompt_wav, text: str,
                  frame_rates: tuple[float, ...] = VOICE_FRAME_RATES) -> CodesFile:
     """Encode a voice prompt with ``tts``'s codec at each of ``frame_rates`` → a codes file of
-    ``len(frame_rates)`` rows (``tts.acoustic``'s number of quantizers). ``prompt_wav``: a
+    ``len(frame_rates)`` rows (``flexicodec.tts.acoustic``'s number of quantizers). ``prompt_wav``: a
     path or an ``(array, sample_rate)`` pair; checked like any prompt (length, silence,
-    transcript): raises ``TTSError`` or ``data.audio.AudioError``."""
+    transcript): raises ``TTSError`` or ``flexicodec.data.audio.AudioError``."""
     tts.check_prompt_text(text)
     wav = tts.prompt_waveform(prompt_wav)
     x = torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32))[None].to(tts.device)
     rows = []
     with torch.no_grad():
         for rate in frame_rates:
-            enc = tts.codec.encode(x, 16000, frame_rate=float(rate),
+            enc = tts.codec.encode(x, SAMPLE_RATE, frame_rate=float(rate),
                                    num_quantizers=tts.acoustic.config.n_q)
             rows.append(CodesFile.from_encoded(enc.item(0), tts.codec, float(rate)))
     return concat_codes(rows)
@@ -184,7 +185,7 @@ class VoiceStore:
 
 
 def add_voice(tts, name: str, prompt_wav, text: str, source: dict | None = None) -> dict:
-    """Encode ``prompt_wav`` + ``text`` with ``tts`` and save it in ``tts.voices`` as ``name``
+    """Encode ``prompt_wav`` + ``text`` with ``tts`` and save it in ``flexicodec.tts.voices`` as ``name``
     (refused when ``name`` is a shipped speaker's: one name, one voice). Returns its info."""
     if tts.voices is None:
         raise VoiceError("this pipeline has no voice store (TTS(..., voices=VoiceStore(DIR)))")

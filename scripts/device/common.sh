@@ -12,10 +12,13 @@ export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 HF_DATAS
 if [ -d .whl ] && command -v nvidia-smi >/dev/null; then   # wheels only on the GPU machine
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl >/dev/null 2>&1 || { echo "wheel install failed"; exit 1; }
-  export PYTHONPATH=$PWD:/tmp/site
+  SITE=:/tmp/site
 else
-  export PYTHONPATH=$PWD
+  SITE=
 fi
+# the flexicodec package from this checkout, without installing it
+python3 scripts/package_links.py /tmp/flexicodec_path >/dev/null || { echo "package links failed"; exit 1; }
+export PYTHONPATH=/tmp/flexicodec_path$SITE
 if [ -d .debs ] && [ -f scripts/device_synth_env.sh ]; then
   # shellcheck disable=SC1091
   source scripts/device_synth_env.sh .debs

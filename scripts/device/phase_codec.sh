@@ -25,12 +25,12 @@ if [ "${JOIN:-0}" = 1 ]; then RUNS=${RUNS:-"dyn@joined fix@joined"}; fi
 RUNS=${RUNS:-"dyn@plain fix@plain"}
 if [ ! -f "$W/corpus/metadata.jsonl" ] || [ ! -f "$W/corpus.done" ]; then
   log "building corpus (${HOURS:-24} h)"
-  python3 -m data.cli build-corpus --hours "${HOURS:-24}" --out "$W/corpus" --workers 16 \
+  python3 -m flexicodec.data.cli build-corpus --hours "${HOURS:-24}" --out "$W/corpus" --workers 16 \
     --no-progress 2>&1 | tail -n 3 && touch "$W/corpus.done"
 fi
 if [[ " $RUNS " == *"@joined "* ]] && [ ! -f "$W/corpus_joined.done" ]; then
   log "joining consecutive utterances with pauses"
-  python3 -m data.cli join "$W/corpus" --out "$W/corpus_joined" --no-progress 2>&1 | tail -n 9 \
+  python3 -m flexicodec.data.cli join "$W/corpus" --out "$W/corpus_joined" --no-progress 2>&1 | tail -n 9 \
     && touch "$W/corpus_joined.done"
 fi
 M=$(left_min "$RESERVE")
@@ -50,7 +50,7 @@ for spec in $RUNS; do
     *) echo "RUNS: unknown kind '$kind' in '$spec' (dyn|fix|dyn6)"; exit 2 ;;
   esac
   name=codec_$kind$SUFFIX
-  python3 -m codec.train "${ARGS[@]}" --data "$DATA" --run-dir "$W/$name" --asr "$ASR" \
+  python3 -m flexicodec.codec.train "${ARGS[@]}" --data "$DATA" --run-dir "$W/$name" --asr "$ASR" \
     --resume --max-minutes "$M" --out-model "$W/${name}_model" > "$W/$name.log" 2>&1 &
   PIDS+=($!); NAMES+=("$name"); PACK+=("$PACKNAME=$W/${name}_model")
 done

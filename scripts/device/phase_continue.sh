@@ -25,7 +25,7 @@ case "$STEP" in
 corpus)
   if [ ! -f "$W/corpus.done" ]; then
     log "building corpus (${HOURS:-24} h)"
-    python3 -m data.cli build-corpus --hours "${HOURS:-24}" --out "$W/corpus" --workers 16 \
+    python3 -m flexicodec.data.cli build-corpus --hours "${HOURS:-24}" --out "$W/corpus" --workers 16 \
       --no-progress 2>&1 | tail -n 3 && touch "$W/corpus.done"
   fi
   du -sh "$W/corpus"; log "corpus ready"
@@ -37,7 +37,7 @@ train)
   M=$(left_min "${RESERVE:-45}")
   log "continuing dynamic codec and fixed-rate baseline for $M min each, concurrently"
   for n in dyn fix; do
-    python3 -m codec.train --config configs/codec/small_continue.yaml --data "$W/corpus" \
+    python3 -m flexicodec.codec.train --config configs/codec/small_continue.yaml --data "$W/corpus" \
       --run-dir "$W/cont_$n" --init-from "$W/${n}_in" --resume --max-minutes "$M" \
       --out-model "$W/${n}_model" > "$W/cont_$n.log" 2>&1 &
     eval "P_$n=$!"
@@ -64,19 +64,19 @@ tts)
     python3 scripts/device/transport.py unpack "$W/pack/codec_dynamic.safetensors" "$ASR" \
       "$W/codec_ship"
     log "tokenizing the corpus at 12.5 / 8.33 / 6.25 Hz"
-    python3 -m lm.cli tokenize --data "$W/corpus" --codec "$W/codec_ship" \
+    python3 -m flexicodec.lm.cli tokenize --data "$W/corpus" --codec "$W/codec_ship" \
       --frame-rate 12.5 8.33 6.25 --out "$W/tok" --num-workers 12 2>&1 \
       | grep -a -v "it/s\]" | tail -n 6 && touch "$W/tok.done"
   fi
   M=$(left_min "${RESERVE:-60}")
   log "training LM and acoustic stage for $M min, concurrently"
-  python3 -m lm.cli train --config configs/lm/small.yaml \
+  python3 -m flexicodec.lm.cli train --config configs/lm/small.yaml \
     --data "$W/tok/rate_12.5,$W/tok/rate_8.33,$W/tok/rate_6.25" --run-dir "$W/lm" --resume \
     --max-steps "${LM_STEPS:-6500}" --max-minutes "$M" --out-model "$W/lm_model" \
     > "$W/lm.log" 2>&1 &
   P1=$!
-  python3 -m tts.cli train-acoustic --config configs/tts/acoustic_small.yaml --data "$W/tok" \
-    --run-dir "$W/ac" --resume --max-steps "${AC_STEPS:-9000}" --max-minutes "$M" --out "$W/ac_model" \
+  python3 -m flexicodec.tts.cli train-acoustic --config configs/tts/acoustic_small.yaml --data "$W/tok" \
+    --run-dir "$W/ac" --resume --max-steps "${AC_STEPS:-9000}" --max-minutes "$M" --out-model "$W/ac_model" \
     > "$W/ac.log" 2>&1 &
   P2=$!
   sleep 90; nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
@@ -88,9 +88,9 @@ tts)
   cp "$W/tok/rate_6.25/info.json" "$OUT/tok_6.25_info.json" 2>/dev/null
   python3 - "$W" <<'EOF'
 import shutil, sys, torch
-from lm.model import load_lm
-from tts.acoustic import AcousticModel
-from tts.speakers import SPEAKERS_NAME
+from flexicodec.lm.model import load_lm
+from flexicodec.tts.acoustic import AcousticModel
+from flexicodec.tts.speakers import SPEAKERS_NAME
 w = sys.argv[1]
 lm, tok = load_lm(f"{w}/lm_model")
 lm.half().save_pretrained(f"{w}/ship/lm", tokenizer_path=tok.path)

@@ -21,10 +21,10 @@ from safetensors.torch import load_file, safe_open, save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from codec.asr import PhonemeASR  # noqa: E402
-from codec.config import FlexiCodecConfig  # noqa: E402
-from codec.model import FlexiCodec  # noqa: E402
-from codec.pretrained import config_from_dict  # noqa: E402
+from flexicodec.codec.asr.model import PhonemeASR  # noqa: E402
+from flexicodec.codec.config import FlexiCodecConfig  # noqa: E402
+from flexicodec.codec.model import FlexiCodec  # noqa: E402
+from flexicodec.common.pretrained import config_from_dict  # noqa: E402
 
 ASR_PREFIX = "semantic.asr."
 

@@ -9,12 +9,13 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from codec.mel import MelSpectrogram
-from codec.pretrained import atomic_path
+from flexicodec.codec.mel import MelSpectrogram
+from flexicodec.common.pretrained import atomic_path
+from flexicodec.common.constants import BASE_FRAME_RATE, SAMPLE_RATE
 
 
 def render_groups_png(wav: np.ndarray, segments: Sequence[tuple[float, Sequence[int]]],
-                      sample_rate: int = 16000, frame_rate_base: float = 12.5,
+                      sample_rate: int = SAMPLE_RATE, frame_rate_base: float = BASE_FRAME_RATE,
                       title: str | None = None, dpi: int = 100) -> bytes:
     """PNG bytes: log-mel of ``wav`` [T] with a vertical line at each token start.
 
@@ -53,7 +54,7 @@ def render_groups_png(wav: np.ndarray, segments: Sequence[tuple[float, Sequence[
 
 
 def plot_groups(wav: np.ndarray, token_lengths: np.ndarray, out_path: str | os.PathLike,
-                sample_rate: int = 16000, frame_rate_base: float = 12.5,
+                sample_rate: int = SAMPLE_RATE, frame_rate_base: float = BASE_FRAME_RATE,
                 title: str | None = None) -> Path:
     """Save a PNG: log-mel of ``wav`` [T] with a vertical line at each token start.
 

@@ -1,6 +1,6 @@
 """A small CTC phoneme recognizer: the codec's default frozen semantic model.
 
-16 kHz wav ``[B, T]`` → log-mel (100 Hz, :class:`codec.mel.MelSpectrogram`) → per-utterance
+16 kHz wav ``[B, T]`` → log-mel (100 Hz, :class:`flexicodec.codec.mel.MelSpectrogram`) → per-utterance
 mean/variance normalisation over valid frames → strided conv subsampling (×2 or ×4 → 50 or
 25 Hz) → pre-norm transformer encoder with padding masks → CTC head over an IPA
 phoneme-character vocabulary stored in the config (``<blank>`` = 0, ``<unk>`` = 1, ``" "`` is
@@ -19,8 +19,9 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from codec.mel import MelSpectrogram, stft_frames
-from codec.pretrained import PretrainedMixin
+from flexicodec.codec.mel import MelSpectrogram, stft_frames
+from flexicodec.common.pretrained import PretrainedMixin
+from flexicodec.common.constants import SAMPLE_RATE
 
 BLANK = "<blank>"
 UNK = "<unk>"
@@ -63,7 +64,7 @@ class PhonemeASRConfig:
 
     vocab: list[str] = field(default_factory=lambda: [BLANK, UNK, WORD_SEP])
     strip_chars: str = DEFAULT_STRIP
-    sample_rate: int = 16000
+    sample_rate: int = SAMPLE_RATE
     n_fft: int = 400          # 25 ms window
     hop_length: int = 160     # 10 ms → 100 Hz mel frames
     n_mels: int = 80

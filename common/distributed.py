@@ -1,7 +1,7 @@
 """Multi-process (DDP / FSDP, several GPUs or machines) helpers shared by every trainer.
 
-Every trainer (``codec.train_asr``, ``codec.train``, ``lm.train`` / ``lm.finetune``,
-``tts.train_acoustic``) runs unchanged under ``accelerate launch`` (see docs/DISTRIBUTED.md and
+Every trainer (``flexicodec.codec.asr.train``, ``flexicodec.codec.train``, ``flexicodec.lm.train`` / ``flexicodec.lm.finetune``,
+``flexicodec.tts.train_acoustic``) runs unchanged under ``accelerate launch`` (see docs/DISTRIBUTED.md and
 configs/accelerate/). This module holds the few pieces they share:
 
 - :func:`shard_batches` — each process's share of a precomputed batch plan (equal counts on
@@ -15,10 +15,11 @@ configs/accelerate/). This module holds the few pieces they share:
   prepared model's weights per rank, to prove the replicas stayed identical.
 - :func:`load_state_any_world` — ``accelerator.load_state`` that also works when the
   checkpoint was written by a different number of processes.
-- ``python -m codec.distributed run [--replica-digests DIR] [--check-replicas] TRAINER ARGS``:
-  runs a trainer's ``main`` with a hook that writes every rank's weight digests after each
-  checkpoint save / load to ``DIR/rank<i>.jsonl`` (used by tests/test_distributed.py);
-  ``python -m codec.distributed compare DIR`` checks them.
+- ``python -m flexicodec.common.distributed run [--replica-digests DIR] [--check-replicas]
+  MODULE ARGS``: runs the trainer module's ``main`` (e.g. ``flexicodec.lm.train``) with a
+  checkpoint hook that writes every rank's weight digests after each save / load to
+  ``DIR/rank<i>.jsonl`` (used by tests/test_distributed.py);
+  ``python -m flexicodec.common.distributed compare DIR`` checks them.
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ import os
 import random
 import sys
 from pathlib import Path
-from typing import Any, Sequence, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -39,14 +40,10 @@ import torch
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-#: trainer name → module with ``main(argv)``
-TRAINERS = {
-    "asr-train": "codec.train_asr",
-    "codec-train": "codec.train",
-    "lm-train": "lm.train",
-    "lm-finetune": "lm.finetune",
-    "train-acoustic": "tts.train_acoustic",
-}
+#: callables ``hook(event, accelerator, step)`` that
+#: :class:`flexicodec.common.training.CheckpointManager` calls on every process after each
+#: checkpoint ``"save"`` and ``"load"`` (the replica-digest check installs one)
+CHECKPOINT_HOOKS: list[Callable[[str, Any, int], None]] = []
 DIGEST_FILE = "rank{rank}.jsonl"
 
 
@@ -264,37 +261,36 @@ def load_state_any_world(accelerator, path: str | os.PathLike) -> int:
 # CLI: run a trainer with the digest hook
 # ------------------------------------------------------------------------------------------
 def install_digest_hook(out_dir: str | os.PathLike | None, check: bool) -> None:
-    """Make :class:`codec.training.CheckpointManager` write this rank's weight digests after
-    every ``save`` (event "save") and ``load`` (event "load"), and with ``check`` verify
-    across ranks (collective) at every save."""
-    from codec import training
-
-    cm = training.CheckpointManager
-    if getattr(cm.save, "_digest_hook", False):
-        return
-    orig_save, orig_load = cm.save, cm.load
-
-    def save(self, accelerator, step: int, **state: Any):
-        res = orig_save(self, accelerator, step, **state)
+    """Register a checkpoint hook (:data:`CHECKPOINT_HOOKS`): after every checkpoint save
+    (event "save") and load (event "load") each rank writes its weight digests to
+    ``out_dir``; with ``check`` all ranks are compared (collective) at every save."""
+    def digest_hook(event: str, accelerator, step: int) -> None:
         if out_dir is not None:
-            write_replica_digests(accelerator, out_dir, step, "save")
-        if check:
+            write_replica_digests(accelerator, out_dir, step, event)
+        if check and event == "save":
             check_replicas(accelerator)
-        return res
 
-    def load(self, accelerator, path=None):
-        state = orig_load(self, accelerator, path)
-        if state is not None and out_dir is not None:
-            write_replica_digests(accelerator, out_dir, int(state["step"]), "load")
-        return state
+    digest_hook.replica_digests = True  # type: ignore[attr-defined]
+    CHECKPOINT_HOOKS[:] = [h for h in CHECKPOINT_HOOKS
+                           if not getattr(h, "replica_digests", False)] + [digest_hook]
 
-    save._digest_hook = True  # type: ignore[attr-defined]
-    cm.save, cm.load = save, load
+
+def load_trainer(module_path: str) -> Callable[[list[str]], Any]:
+    """``main(argv)`` of the trainer module ``module_path`` (a dotted name given by the
+    caller, e.g. ``flexicodec.lm.train``; this module names no trainer itself)."""
+    try:
+        module = importlib.import_module(module_path)
+    except ModuleNotFoundError as exc:
+        raise SystemExit(f"trainer module {module_path!r} not found ({exc})") from exc
+    main = getattr(module, "main", None)
+    if not callable(main):
+        raise SystemExit(f"trainer module {module_path!r} has no main(argv)")
+    return main
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    p = argparse.ArgumentParser(prog="python -m codec.distributed",
+    p = argparse.ArgumentParser(prog="python -m flexicodec.common.distributed",
                                 description="Distributed-training checks (see docs/DISTRIBUTED.md)")
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="run a trainer with per-rank weight digests at each save")
@@ -302,7 +298,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="write DIR/rank<i>.jsonl after every checkpoint save/load")
     r.add_argument("--check-replicas", action="store_true",
                    help="compare all ranks' weights at every save (raises on a mismatch)")
-    r.add_argument("trainer", choices=sorted(TRAINERS))
+    r.add_argument("trainer", metavar="MODULE",
+                   help="the trainer's module, e.g. flexicodec.codec.asr.train, "
+                        "flexicodec.codec.train, flexicodec.lm.train, flexicodec.lm.finetune, "
+                        "flexicodec.tts.train_acoustic")
     c = sub.add_parser("compare", help="check a digest folder: same weights on every rank")
     c.add_argument("dir")
     a, rest = p.parse_known_args(argv)
@@ -314,10 +313,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if a.replica_digests is None and not a.check_replicas:
         p.error("run: give --replica-digests DIR and/or --check-replicas")
+    trainer_main = load_trainer(a.trainer)
     install_digest_hook(a.replica_digests, a.check_replicas)
-    module = importlib.import_module(TRAINERS[a.trainer])
-    return int(module.main(rest) or 0)
+    return int(trainer_main(rest) or 0)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # run through the imported module, so the hook lands in the CHECKPOINT_HOOKS that
+    # flexicodec.common.training sees (not in this __main__ copy's)
+    from flexicodec.common.distributed import main as _main
+
+    raise SystemExit(_main())

@@ -1,15 +1,17 @@
-"""Train the CTC phoneme recognizer (:mod:`codec.asr`) on a corpus' ``phonemes`` column.
+"""Train the CTC phoneme recognizer (:mod:`flexicodec.codec.asr.model`) on a corpus' ``phonemes`` column.
 
     flexicodec asr-train --config configs/asr/small.yaml --data CORPUS --run-dir RUN \
         [--max-steps N] [--max-minutes M] [--resume] [--out-model DIR]
 
-Also ``accelerate launch -m codec.train_asr ...`` for several GPUs. bf16 autocast on CUDA
+Also ``accelerate launch -m flexicodec.codec.asr.train ...`` for several GPUs. bf16 autocast on CUDA
 (the mel front end and the CTC loss stay fp32), SpecAugment-light, AdamW with linear warm-up
 and cosine decay, gradient clipping, phoneme error rate (PER) on the valid split,
-checkpoints/resume through :class:`codec.training.CheckpointManager`, ``metrics.jsonl``.
+checkpoints/resume through :class:`flexicodec.common.training.CheckpointManager`, ``metrics.jsonl``.
 The vocabulary is built from the train split once and stored in ``RUN/asr_config.json`` so
-a resumed run uses the same one. The end result is written with ``save_pretrained``.
-The helpers every trainer shares live in :mod:`codec.training`.
+a resumed run uses the same one. The end result is written with ``save_pretrained`` to
+``--out-model`` (default ``RUN/model``); the flags every trainer shares are
+:func:`flexicodec.common.run_flags.add_run_flags`.
+The helpers every trainer shares live in :mod:`flexicodec.common.training`.
 """
 from __future__ import annotations
 
@@ -23,11 +25,13 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from codec.asr import PhonemeASR, PhonemeASRConfig, build_vocab, phoneme_error_counts
-from codec.pretrained import atomic_write_text, config_from_dict, config_to_dict
-from codec.training import (CheckpointManager, JsonlLogger, TimeBudget, cuda_memory_gb,
-                             EpochPlan, dataclass_from_section, end_of_step, load_yaml,
-                             lr_lambda, make_accelerator, make_loader, seed_everything)
+from flexicodec.codec.asr.model import PhonemeASR, PhonemeASRConfig, build_vocab, phoneme_error_counts
+from flexicodec.common.pretrained import atomic_write_text, config_from_dict, config_to_dict
+from flexicodec.common.training import (CheckpointManager, JsonlLogger, TimeBudget, cuda_memory_gb,
+                                        EpochPlan, dataclass_from_section, end_of_step, load_yaml,
+                                        lr_lambda, make_accelerator, make_loader, seed_everything)
+from flexicodec.common.constants import SAMPLE_RATE
+from flexicodec.common.run_flags import add_run_flags, out_model_dir
 
 
 @dataclass
@@ -95,9 +99,9 @@ def load_asr_yaml(path: str | Path) -> tuple[dict, ASRTrainConfig]:
 
 
 def _corpus_split(data: str, split: str, max_seconds: float):
-    from data.loaders import AudioDataset, load_corpus
+    from flexicodec.data.loaders import AudioDataset, load_corpus
 
-    ds = load_corpus(data, split=split, sample_rate=16000, decode=False, check="header")
+    ds = load_corpus(data, split=split, sample_rate=SAMPLE_RATE, decode=False, check="header")
     if len(ds) == 0:
         raise ValueError(f"{data}: split '{split}' is empty")
     phon = ds["phonemes"]
@@ -108,7 +112,7 @@ def _corpus_split(data: str, split: str, max_seconds: float):
                          f"(the ASR needs the 'phonemes' column)")
     if len(keep) < len(ds):
         ds = ds.select(keep)
-    return ds, AudioDataset(ds, sample_rate=16000, segment_samples=None, random_crop=False)
+    return ds, AudioDataset(ds, sample_rate=SAMPLE_RATE, segment_samples=None, random_crop=False)
 
 
 @torch.no_grad()
@@ -120,7 +124,10 @@ def evaluate_per(model: PhonemeASR, dataset, batch_size: int, device, max_utts: 
     was_training = model.training
     model.eval()
     errs = total = 0
-    for batch in tqdm(make_loader(dataset, batches, num_workers), desc=desc, leave=False):
+    from flexicodec.data.loaders import collate_audio
+
+    for batch in tqdm(make_loader(dataset, batches, num_workers, collate_audio), desc=desc,
+                      leave=False):
         hyps = model.transcribe(batch["wav"].to(device), batch["wav_lengths"].to(device))
         for h, r in zip(hyps, batch["phonemes"]):
             e, t = phoneme_error_counts(h, r, model.config.strip_chars)
@@ -146,6 +153,8 @@ def train_asr(config_path: str, data: str, run_dir: str, max_steps: int | None =
     main = accelerator.is_main_process
     seed_everything(tc.seed)
     budget = TimeBudget(max_minutes)
+
+    from flexicodec.data.loaders import collate_audio
 
     train_ds, train_set = _corpus_split(data, "train", tc.max_seconds)
     valid_ds, valid_set = _corpus_split(data, "valid", tc.max_seconds)
@@ -192,7 +201,7 @@ def train_asr(config_path: str, data: str, run_dir: str, max_steps: int | None =
     t_log, samples, audio_s = time.monotonic(), 0, 0.0
     stopped_early = False
     while step < tc.max_steps and not stopped_early:
-        epoch, loader = plan.loader(train_set, step, tc.num_workers)
+        epoch, loader = plan.loader(train_set, step, tc.num_workers, collate_audio)
         for batch in loader:
             wav = batch["wav"].to(accelerator.device)
             wl = batch["wav_lengths"].to(accelerator.device)
@@ -208,7 +217,7 @@ def train_asr(config_path: str, data: str, run_dir: str, max_steps: int | None =
             step += 1
             budget.tick()
             samples += wav.shape[0] * world
-            audio_s += float(wl.sum()) / 16000 * world
+            audio_s += float(wl.sum()) / SAMPLE_RATE * world
             pbar.update(1)
             if not math.isfinite(loss.item()):
                 raise FloatingPointError(f"step {step}: CTC loss is {loss.item()}")
@@ -251,26 +260,18 @@ def train_asr(config_path: str, data: str, run_dir: str, max_steps: int | None =
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="flexicodec asr-train", description=__doc__.split("\n")[0])
-    p.add_argument("--config", required=True, help="configs/asr/*.yaml")
-    p.add_argument("--data", required=True, help="corpus directory (with train/valid splits)")
-    p.add_argument("--run-dir", required=True)
-    p.add_argument("--max-steps", type=int, default=None)
-    p.add_argument("--max-minutes", type=float, default=None,
-                   help="save a checkpoint and exit cleanly before this wall-time limit")
-    p.add_argument("--stop-after", type=int, default=None,
-                   help="checkpoint and exit after this global step (schedule unchanged)")
-    p.add_argument("--resume", action="store_true", help="continue from RUN/latest")
-    p.add_argument("--out-model", default=None, help="save_pretrained directory at the end")
-    p.add_argument("--cpu", action="store_true", help="force CPU")
-    p.add_argument("--mixed-precision", default=None, choices=["no", "bf16", "fp16"],
-                   help="default: bf16 on CUDA, no elsewhere")
-    a = p.parse_args(argv)
+    a = build_parser().parse_args(argv)
     res = train_asr(a.config, a.data, a.run_dir, a.max_steps, a.max_minutes, a.resume,
-                    a.out_model, a.cpu, a.stop_after,
-                    a.mixed_precision)
+                    str(out_model_dir(a)), a.cpu, a.stop_after, a.mixed_precision)
     print(json.dumps(res, indent=1))
     return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="flexicodec asr-train", description=__doc__.split("\n")[0])
+    add_run_flags(p, stop_after=True, mixed_precision=True)
+    p.add_argument("--data", required=True, help="corpus directory (with train/valid splits)")
+    return p
 
 
 if __name__ == "__main__":

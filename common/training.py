@@ -35,7 +35,9 @@ import numpy as np
 import torch
 import yaml
 
-from codec.pretrained import atomic_write_text, config_from_dict
+from flexicodec.common.distributed import (CHECKPOINT_HOOKS, any_process, load_state_any_world,
+                                           shard_batches)
+from flexicodec.common.pretrained import atomic_write_text, config_from_dict
 
 STATE_NAME = "trainer_state.json"
 
@@ -101,6 +103,8 @@ class CheckpointManager:
             atomic_write_text(self.run_dir / "latest", name)
             self._prune()
         accelerator.wait_for_everyone()
+        for hook in CHECKPOINT_HOOKS:
+            hook("save", accelerator, step)
         return final if accelerator.is_main_process else None
 
     def _prune(self) -> None:
@@ -114,14 +118,15 @@ class CheckpointManager:
         Returns its trainer state dict (``step`` etc.), or None when there is nothing to
         resume from.
         """
-        from codec.distributed import load_state_any_world  # (imports this module)
-
         path = Path(path) if path else self.latest()
         if path is None:
             return None
         # works when the checkpoint was written by another number of processes
         load_state_any_world(accelerator, path)
-        return json.loads((path / STATE_NAME).read_text())
+        state = json.loads((path / STATE_NAME).read_text())
+        for hook in CHECKPOINT_HOOKS:
+            hook("load", accelerator, int(state["step"]))
+        return state
 
 
 class JsonlLogger:
@@ -262,13 +267,12 @@ def cuda_memory_gb() -> float | None:
     return None
 
 
-def make_loader(dataset, batches: list[list[int]], num_workers: int, seed: int = 0,
-                collate_fn=None):
+def make_loader(dataset, batches: list[list[int]], num_workers: int, collate_fn,
+                seed: int = 0):
     """A DataLoader over precomputed ``batches`` with its own seeded generator, so creating
     it never draws from the global torch RNG (needed for exact ``--resume``); worker seeds
-    derive from ``seed``."""
-    if collate_fn is None:
-        from data.loaders import collate_audio as collate_fn
+    derive from ``seed``. ``collate_fn`` turns a list of items into a batch (e.g.
+    ``flexicodec.data.loaders.collate_audio``)."""
     return torch.utils.data.DataLoader(dataset, batch_sampler=batches, collate_fn=collate_fn,
                                        num_workers=num_workers,
                                        generator=torch.Generator().manual_seed(seed),
@@ -279,7 +283,7 @@ class EpochPlan:
     """The per-process, resumable data order shared by the trainers.
 
     Every epoch is :func:`epoch_batches` (seeded by ``seed`` and the epoch) split evenly
-    over the processes (:func:`codec.distributed.shard_batches`), so the global ``step``
+    over the processes (:func:`flexicodec.common.distributed.shard_batches`), so the global ``step``
     alone says where a run is: :meth:`loader` for a resumed step skips what was done.
     """
 
@@ -292,17 +296,14 @@ class EpochPlan:
             raise ValueError(f"{len(lengths)} {what} are too few for batch_size {batch_size} "
                              f"x {world} processes")
 
-    def loader(self, dataset, step: int, num_workers: int, collate_fn=None):
+    def loader(self, dataset, step: int, num_workers: int, collate_fn):
         """(epoch, DataLoader over this process's remaining batches of the epoch of ``step``);
         the loader's worker seeds derive from (seed, step, rank)."""
-        from codec.distributed import shard_batches  # (imports this module)
-
         epoch, k = divmod(step, self.steps_per_epoch)
         plan = epoch_batches(self.lengths, self.batch_size, self.seed, epoch, self.bucket)
         batches = shard_batches(plan, self.rank, self.world)[k:]
-        return epoch, make_loader(dataset, batches, num_workers,
-                                  seed=self.seed * 1000003 + step * 7 + self.rank,
-                                  collate_fn=collate_fn)
+        return epoch, make_loader(dataset, batches, num_workers, collate_fn,
+                                  seed=self.seed * 1000003 + step * 7 + self.rank)
 
 
 def end_of_step(accelerator, ckpt: CheckpointManager, budget: TimeBudget, step: int,
@@ -315,8 +316,6 @@ def end_of_step(accelerator, ckpt: CheckpointManager, budget: TimeBudget, step: 
     waiting in a collective. Returns None to go on, "done" at ``max_steps``, or "stopped"
     for an early stop (the checkpoint is saved; ``--resume`` continues).
     """
-    from codec.distributed import any_process  # (imports this module)
-
     stop = any_process(accelerator, budget.should_stop()) or (
         stop_after is not None and step >= stop_after)
     if step % save_every == 0 or step >= max_steps or stop:

@@ -20,6 +20,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from flexicodec.common.constants import BASE_FRAME_RATE
+
 #: a token holding at least this many phoneme onsets counts as crowded
 CROWDED = 3
 
@@ -36,8 +38,8 @@ def ctc_onsets(best: list[int], blank: int = 0, skip: tuple[int, ...] = ()) -> l
     return out
 
 
-def onsets_to_frames(onsets: list[int], feature_rate: float, frame_rate: float = 12.5
-                     ) -> np.ndarray:
+def onsets_to_frames(onsets: list[int], feature_rate: float,
+                     frame_rate: float = BASE_FRAME_RATE) -> np.ndarray:
     """Feature-frame indices at ``feature_rate`` Hz → 12.5 Hz frame indices (the frame whose
     span holds the feature frame's centre)."""
     idx = np.asarray(onsets, dtype=np.float64)

@@ -2,8 +2,8 @@
 
     flexicodec eval --model DIR --data CORPUS --split test|test_unseen \
         --rates 12.5,8.3,6.25,4 [--thresholds T,...] [--baseline DIR] [--max-utts N] \
-        [--model-fixed-groups K,...] [--workers W] [--no-speaker-sim] [--no-dnsmos] \
-        -o OUT_PREFIX
+        [--model-fixed-groups K,...] [--num-quantizers K] [--workers W] [--no-speaker-sim] \
+        [--no-dnsmos] -o OUT_PREFIX
 
 writes ``OUT_PREFIX.json`` (everything, per utterance too) and ``OUT_PREFIX.md`` (table).
 
@@ -11,14 +11,15 @@ Conditions: the model at each target average rate (12.5 → threshold 1.0, no me
 rates → the per-utterance threshold search of ``encode(frame_rate=...)``), and optionally a
 fixed-rate baseline (a codec trained with ``--fixed-group``) at its own rate, and optionally
 the model itself merged every K frames (``--model-fixed-groups``: the same weights with
-content-blind groups, compared with its own groups at 12.5/K Hz). For each:
+content-blind groups, compared with its own groups at 12.5/K Hz); with ``--num-quantizers K``
+each of them also decoded from the first K acoustic RVQ stages only. For each:
 - WER / CER of pocketsphinx (fresh Decoder per utterance) on the full reconstruction, next to
   the originals' WER / CER (pocketsphinx is imperfect even on clean speech, so the relative
   numbers matter: ``wer_rel`` = WER(recon) / WER(original), ``wer_delta`` = difference);
 - "RVQ-1" WER / CER: decode from the semantic tokens alone (0 acoustic quantizers);
 - PESQ-WB, STOI, log-mel L1 distance of the full reconstruction;
 - speaker similarity (SIM) of the full reconstruction to its original: cosine of resemblyzer's
-  utterance embeddings (``codec.metrics.speaker_embedding``; 1 = the same embedding; 0.95
+  utterance embeddings (``flexicodec.codec.eval.metrics.speaker_embedding``; 1 = the same embedding; 0.95
   between two sentences of one flite voice, 0.46-0.75 between different voices);
 - DNSMOS P.835 (speechmos; needs no reference) of the originals and of the full
   reconstructions: OVRL in the table, SIG / BAK in the JSON. It was trained on real noisy
@@ -36,7 +37,7 @@ pocketsphinx, PESQ / STOI, and the speaker-embedding + DNSMOS judges run in proc
 all CPU cores. The two model judges are on by default and then required: a missing package
 stops the evaluation before any codec work (``pip install -e '.[eval]'``), as a missing
 pesq / pystoi would; ``--no-speaker-sim`` / ``--no-dnsmos`` turn them off, and the report says
-"not computed". Cost on one core of the 2-core CPU machine (details in ``codec.metrics``):
+"not computed". Cost on one core of the 2-core CPU machine (details in ``flexicodec.codec.eval.metrics``):
 speaker embedding ~0.02 s per audio second, DNSMOS ~0.8 s per audio second on 3-4 s
 utterances (each clip is tiled to >= 9 s and scored in 9-s windows) — DNSMOS dominates the
 judging: ~0.8 s x (1 + number of conditions) per utterance-second, divided by the workers.
@@ -54,21 +55,22 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from codec.metrics import (aggregate_errors, audio_judges, check_judges, cosine_similarity,
-                           dnsmos_means, error_counts, parallel_map, quality_pair,
-                           scored_mean, transcribe_pocketsphinx)
-from codec.pretrained import write_report_files
+from flexicodec.codec.eval.metrics import (aggregate_errors, audio_judges, check_judges, cosine_similarity,
+                                           dnsmos_means, error_counts, parallel_map, quality_pair,
+                                           scored_mean, transcribe_pocketsphinx)
+from flexicodec.common.pretrained import write_report_files
+from flexicodec.common.constants import BASE_FRAME_RATE, SAMPLE_RATE
 
-SAMPLE_RATE = 16000
 
 
 @dataclass
 class Condition:
     name: str
     model_key: str                # "model" or "baseline"
-    target_rate: float | None     # None: the model's fixed rate (or ``threshold``)
+    frame_rate: float | None      # None: the model's fixed rate (or ``threshold``)
     threshold: float | None = None  # one merging threshold for every utterance
     fixed_group: int | None = None  # the model merged every k frames regardless of content
+    num_quantizers: int | None = None  # first K acoustic RVQ stages (None: all)
 
 
 def parse_rates(text: str) -> list[float]:
@@ -79,17 +81,17 @@ def parse_rates(text: str) -> list[float]:
         raise ValueError(f"--rates: expected comma-separated numbers, got {text!r}") from exc
     if not rates:
         raise ValueError("--rates: no rates given")
-    bad = [r for r in rates if not 0 < r <= 12.5]
+    bad = [r for r in rates if not 0 < r <= BASE_FRAME_RATE]
     if bad:
-        raise ValueError(f"--rates: rates must lie in (0, 12.5] Hz, got {bad}")
+        raise ValueError(f"--rates: rates must lie in (0, {BASE_FRAME_RATE}] Hz, got {bad}")
     return rates
 
 
 def load_utterances(data: str, split: str, max_utts: int | None) -> list[dict]:
     """First ``max_utts`` utterances of ``split``: ``{"audio": float32 [T], "text", "speaker",
     "path"}`` at 16 kHz (utterances without text are refused: WER needs it)."""
-    from data.audio import load_audio
-    from data.loaders import load_corpus
+    from flexicodec.data.audio import load_audio
+    from flexicodec.data.loaders import load_corpus
 
     ds = load_corpus(data, split=split, sample_rate=SAMPLE_RATE, decode=False, check="header")
     n = len(ds) if max_utts is None else min(len(ds), max_utts)
@@ -111,7 +113,7 @@ def phoneme_errors(asr, audios: list, refs: list[str], device: str,
                    batch_size: int = 16) -> list[tuple[int, int]]:
     """Per utterance (edit distance, reference symbols) of ``asr`` (a PhonemeASR) on
     ``audios`` (float32 [T] each) against IPA ``refs``."""
-    from codec.asr import phoneme_error_counts
+    from flexicodec.codec.asr.model import phoneme_error_counts
 
     out = []
     for i in range(0, len(audios), batch_size):
@@ -202,23 +204,25 @@ def bits_per_token(model, num_quantizers: int, fixed: bool = False) -> float:
 
 
 @torch.no_grad()
-def reconstruct(model, audio: np.ndarray, target_rate: float | None,
+def reconstruct(model, audio: np.ndarray, frame_rate: float | None,
                 threshold: float | None = None, fixed_group: int | None = None,
-                rvq1: bool = True) -> dict:
-    """Encode one utterance at ``target_rate`` (12.5 → threshold 1.0; None → the model's
-    fixed group, or ``threshold`` / ``fixed_group`` when given) and decode it twice: all
+                rvq1: bool = True, num_quantizers: int | None = None) -> dict:
+    """Encode one utterance at ``frame_rate`` (12.5 → threshold 1.0; None → the model's
+    fixed group, or ``threshold`` / ``fixed_group`` when given) with the first
+    ``num_quantizers`` acoustic RVQ stages (None: all) and decode it twice: those
     quantizers and semantic-only (RVQ-1; ``rvq1=False`` skips that decode, ``"rvq1"`` is
     then None)."""
+    nq = {"num_quantizers": num_quantizers}
     if fixed_group is not None:
-        codes = model.encode(audio, SAMPLE_RATE, fixed_group=fixed_group)
+        codes = model.encode(audio, SAMPLE_RATE, fixed_group=fixed_group, **nq)
     elif threshold is not None:
-        codes = model.encode(audio, SAMPLE_RATE, merging_threshold=threshold)
-    elif target_rate is None:
-        codes = model.encode(audio, SAMPLE_RATE)
-    elif target_rate >= 12.5:
-        codes = model.encode(audio, SAMPLE_RATE, merging_threshold=1.0)
+        codes = model.encode(audio, SAMPLE_RATE, threshold=threshold, **nq)
+    elif frame_rate is None:
+        codes = model.encode(audio, SAMPLE_RATE, **nq)
+    elif frame_rate >= BASE_FRAME_RATE:
+        codes = model.encode(audio, SAMPLE_RATE, threshold=1.0, **nq)
     else:
-        codes = model.encode(audio, SAMPLE_RATE, frame_rate=target_rate)
+        codes = model.encode(audio, SAMPLE_RATE, frame_rate=frame_rate, **nq)
     n = len(audio)
     full = model.decode_from_codes(codes.semantic_codes, codes.acoustic_codes,
                                    codes.token_lengths)[0, :n]
@@ -256,7 +260,7 @@ def log_mel_abs_diff(ref: np.ndarray, deg: np.ndarray, hop: int = 256, _mel={}
                      ) -> torch.Tensor:
     """|log-mel(ref) - log-mel(deg)| (80 mels, 1024-point STFT, ``hop``, codec.mel) for two
     16 kHz signals of one length → [80, N // hop + 1]."""
-    from codec.mel import MelSpectrogram
+    from flexicodec.codec.mel import MelSpectrogram
 
     if hop not in _mel:
         _mel[hop] = MelSpectrogram(SAMPLE_RATE, 1024, hop, n_mels=80)
@@ -272,13 +276,14 @@ def mel_distance(ref: np.ndarray, deg: np.ndarray) -> float:
 
 
 def evaluate_codec(model, data: str, split: str = "test",
-                   rates: tuple | list = (12.5, 8.3, 6.25, 4.0), baseline=None,
+                   rates: tuple | list = (BASE_FRAME_RATE, 8.3, 6.25, 4.0), baseline=None,
                    max_utts: int | None = None, workers: int | None = None,
                    device: str | None = None, progress: bool = True,
                    per_asr=None, thresholds: tuple | list = (),
                    model_fixed_groups: tuple | list = (),
-                   speaker_sim: bool = True, dnsmos: bool = True) -> dict:
-    """Evaluate a codec (a :class:`codec.model.FlexiCodec` or its directory) and optionally a
+                   speaker_sim: bool = True, dnsmos: bool = True,
+                   num_quantizers: int | None = None) -> dict:
+    """Evaluate a codec (a :class:`flexicodec.codec.model.FlexiCodec` or its directory) and optionally a
     fixed-rate ``baseline`` on ``split`` of corpus ``data``. Returns the result dict written
     by :func:`write_report` (``conditions``: one summary per condition; ``original``: the
     originals' WER/CER; ``utterances``: per-utterance details).
@@ -297,11 +302,14 @@ def evaluate_codec(model, data: str, split: str = "test",
     ``rates``) against them, utterance by utterance: the same weights with two groupings, so
     the difference is what the merge decisions alone cost or gain.
 
+    ``num_quantizers`` K: every condition is also run decoding the first K acoustic RVQ
+    stages (rows "..., K RVQ"; one checkpoint at a lower bitrate), next to all of them.
+
     ``speaker_sim`` / ``dnsmos``: score speaker similarity (original vs full reconstruction)
     and DNSMOS (originals and full reconstructions). Their packages are imported first, so a
     missing one raises ModuleNotFoundError before any work; off, they are reported as not
     computed (None in the summaries)."""
-    from codec.model import FlexiCodec
+    from flexicodec.codec.model import FlexiCodec
 
     check_judges(speaker_sim=speaker_sim, dnsmos=dnsmos)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -326,6 +334,15 @@ def evaluate_codec(model, data: str, split: str = "test",
         rate = models["baseline"].config.frame_rate / k
         conditions.append(Condition(f"fixed-rate baseline (group {k}, {rate:g} Hz)",
                                     "baseline", None))
+    if num_quantizers is not None:
+        for key, m in models.items():
+            if not 1 <= num_quantizers < m.config.n_q:
+                raise ValueError(f"--num-quantizers {num_quantizers}: must be in [1, "
+                                 f"{m.config.n_q}) (the {key} has {m.config.n_q} RVQ stages; "
+                                 f"all of them are always evaluated)")
+        conditions += [Condition(f"{c.name}, {num_quantizers} RVQ", c.model_key, c.frame_rate,
+                                 c.threshold, c.fixed_group, num_quantizers)
+                       for c in list(conditions)]
     utts = load_utterances(data, split, max_utts)
     seconds = sum(len(u["audio"]) for u in utts) / SAMPLE_RATE
     t0 = time.monotonic()
@@ -334,8 +351,8 @@ def evaluate_codec(model, data: str, split: str = "test",
     recon: dict[str, list[dict]] = {}
     for cond in conditions:
         m = models[cond.model_key]
-        recon[cond.name] = [reconstruct(m, u["audio"], cond.target_rate, cond.threshold,
-                                        cond.fixed_group)
+        recon[cond.name] = [reconstruct(m, u["audio"], cond.frame_rate, cond.threshold,
+                                        cond.fixed_group, num_quantizers=cond.num_quantizers)
                             for u in tqdm(utts, desc=f"codec {cond.name}",
                                           disable=not progress, leave=False)]
     codec_s = time.monotonic() - t0
@@ -366,14 +383,16 @@ def evaluate_codec(model, data: str, split: str = "test",
     per = None
     have_phonemes = all(u["phonemes"] for u in utts)
     if per_asr == "auto":       # the shipped recognizer, when the corpus has phonemes
-        from flexicodec_pretrained import ROOT
-        per_asr = ROOT / "asr" if have_phonemes and (ROOT / "asr" / "config.json").is_file() \
-            else None
+        from flexicodec.common.models import ModelsDirError, default_dir
+        try:
+            per_asr = default_dir("asr") if have_phonemes else None
+        except ModelsDirError:
+            per_asr = None
     if per_asr is not None and not have_phonemes:
         raise ValueError(f"{data}: PER needs IPA phonemes for every utterance (our corpus "
                          f"has them); this corpus does not")
     if per_asr is not None:
-        from codec.asr import PhonemeASR
+        from flexicodec.codec.asr.model import PhonemeASR
         judge = (PhonemeASR.from_pretrained(per_asr, map_location=device)
                  if isinstance(per_asr, (str, os.PathLike)) else per_asr).to(device).eval()
         refs = [u["phonemes"] for u in utts]
@@ -413,9 +432,9 @@ def evaluate_codec(model, data: str, split: str = "test",
         sim_mean, sim_nan = scored_mean(sims) if speaker_sim else (None, None)
         dns = dnsmos_means([j["dnsmos"] for j in jud]) if dnsmos else {}
         summary = {
-            "condition": cond.name, "target_rate": cond.target_rate,
+            "condition": cond.name, "target_frame_rate": cond.frame_rate,
             "threshold": cond.threshold,
-            "frame_rate": rate, "n_q": n_q,
+            "frame_rate": rate, "n_q": n_q, "num_quantizers": cond.num_quantizers,
             "fixed_group": cond.fixed_group,
             "bitrate_bps": bits_per_token(m, n_q, cond.fixed_group is not None) * rate,
             "bitrate_rvq1_bps": bits_per_token(m, 0, cond.fixed_group is not None) * rate,
@@ -470,17 +489,20 @@ def evaluate_codec(model, data: str, split: str = "test",
     # the paper's claim, tested: the dynamic codec at the baseline's rate vs the baseline
     result["comparisons"] = []
 
+    # (all RVQ stages; the K-stage rows are reported, not compared)
+    full_nq = [c for c in conditions if c.num_quantizers is None]
+
     def at_rate(rate: float) -> list[Condition]:
-        return [c for c in conditions if c.model_key == "model" and c.target_rate is not None
-                and abs(c.target_rate - rate) < 0.05]
+        return [c for c in full_nq if c.model_key == "model" and c.frame_rate is not None
+                and abs(c.frame_rate - rate) < 0.05]
 
     if baseline is not None:
-        base = conditions[-1]
+        base = full_nq[-1]
         brate = models["baseline"].config.frame_rate / models["baseline"].config.fixed_group
-        for c in at_rate(brate)[:1] + [c for c in conditions if c.threshold is not None]:
+        for c in at_rate(brate)[:1] + [c for c in full_nq if c.threshold is not None]:
             result["comparisons"].append(paired_bootstrap(result, c.name, base.name))
     # the model's own merge decisions vs fixed groups, same weights, same rate
-    for c in (c for c in conditions if c.fixed_group is not None):
+    for c in (c for c in full_nq if c.fixed_group is not None):
         for own in at_rate(models["model"].frame_rate_base / c.fixed_group)[:1]:
             result["comparisons"].append(paired_bootstrap(result, own.name, c.name))
     return result
@@ -560,7 +582,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="FlexiCodec directory (default: the shipped codec)")
     p.add_argument("--data", required=True, help="corpus directory")
     p.add_argument("--split", default="test", choices=["train", "valid", "test", "test_unseen"])
-    p.add_argument("--rates", default="12.5,8.3,6.25,4", help="target frame rates in Hz")
+    p.add_argument("--rates", default=f"{BASE_FRAME_RATE:g},8.3,6.25,4",
+                   help="target frame rates in Hz")
     p.add_argument("--thresholds", default="",
                    help="also evaluate these global merging thresholds (comma separated), "
                         "each compared with the baseline")
@@ -568,6 +591,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model-fixed-groups", default="",
                    help="also run the model itself merged every K frames (comma separated), "
                         "compared with its own groups at 12.5/K Hz when that rate is in --rates")
+    p.add_argument("--num-quantizers", type=int, default=None,
+                   help="also evaluate every condition decoding only the first K acoustic "
+                        "RVQ stages (next to all of them)")
     p.add_argument("--max-utts", type=int, default=None)
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     p.add_argument("--device", default=None)
@@ -586,7 +612,8 @@ def main(argv: list[str] | None = None) -> int:
                             thresholds=[float(t) for t in a.thresholds.split(",") if t.strip()],
                             model_fixed_groups=[int(k) for k in a.model_fixed_groups.split(",")
                                                 if k.strip()],
-                            speaker_sim=not a.no_speaker_sim, dnsmos=not a.no_dnsmos)
+                            speaker_sim=not a.no_speaker_sim, dnsmos=not a.no_dnsmos,
+                            num_quantizers=a.num_quantizers)
     jpath, mpath = write_report(result, a.out)
     print(markdown_table(result))
     print(f"wrote {jpath} and {mpath}")

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-HOP = 1280          # samples per 12.5 Hz frame at 16 kHz
+from flexicodec.common.constants import HOP_SIZE
+
 MEL_HOP = 320       # four mel frames per codec frame
 
 
@@ -22,12 +23,12 @@ def frame_mel_errors(ref: np.ndarray, deg: np.ndarray, frames: int) -> np.ndarra
     """Mean absolute log-mel difference (80 mels, 1024-point STFT, hop 320, codec.mel) of
     each 12.5 Hz frame. ref, deg [N] at 16 kHz (deg is cut or zero-padded to N) → [frames];
     mel frame j (centred at sample 320 j) belongs to codec frame j // 4."""
-    from codec.evaluate import _pad_to, log_mel_abs_diff
+    from flexicodec.codec.eval.evaluate import _pad_to, log_mel_abs_diff
 
     if frames < 1:
         raise ValueError(f"frames must be >= 1, got {frames}")
     per_mel = log_mel_abs_diff(ref, _pad_to(deg, len(ref)), MEL_HOP).mean(0).numpy()
-    owner = np.minimum(np.arange(len(per_mel)) // (HOP // MEL_HOP), frames - 1)
+    owner = np.minimum(np.arange(len(per_mel)) // (HOP_SIZE // MEL_HOP), frames - 1)
     sums = np.bincount(owner, weights=per_mel, minlength=frames)
     counts = np.bincount(owner, minlength=frames)
     return sums / np.maximum(counts, 1)

@@ -1,4 +1,4 @@
-"""Offline speech metrics used by :mod:`codec.evaluate` and :mod:`tts.evaluate` (run in
+"""Offline speech metrics used by :mod:`flexicodec.codec.eval.evaluate` and :mod:`flexicodec.tts.evaluate` (run in
 worker processes through :func:`parallel_map`): pocketsphinx transcription, WER/CER (jiwer),
 PESQ wide-band, STOI, speaker similarity (resemblyzer), DNSMOS (speechmos), and a process pool
 helper. Only the speaker encoder imports torch, and only in the process that embeds.
@@ -46,7 +46,8 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-SAMPLE_RATE = 16000
+from flexicodec.common.constants import SAMPLE_RATE
+
 #: resemblyzer's utterance embedding size
 SPEAKER_EMBEDDING_DIM = 256
 #: DNSMOS scores reported per clip (speechmos keys ``ovrl_mos``, ``sig_mos``, ``bak_mos``)

@@ -14,9 +14,10 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -30,6 +31,50 @@ T = TypeVar("T", bound="PretrainedMixin")
 
 class CheckpointError(ValueError):
     """A checkpoint directory is missing, of the wrong model type or does not match."""
+
+
+class WeightFileError(CheckpointError):
+    """A weight file is truncated or corrupt; the message (one line) names the file."""
+
+
+def check_weight_file(path: str | os.PathLike) -> None:
+    """Check that a safetensors file is whole without loading it: its header parses and the
+    file is exactly as long as the header says. Raises :class:`WeightFileError`."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise ValueError(f"{size} bytes, shorter than a safetensors header")
+            n = int.from_bytes(head, "little")
+            if n > size - 8:
+                raise ValueError(f"header of {n} bytes in a {size}-byte file")
+            header = json.loads(f.read(n))
+        end = max((int(v["data_offsets"][1]) for k, v in header.items()
+                   if k != "__metadata__"), default=0)
+    except FileNotFoundError:
+        raise WeightFileError(f"{path}: weight file missing") from None
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+        raise WeightFileError(f"{path}: corrupt weight file ({_one_line(exc)})") from None
+    if size != 8 + n + end:
+        raise WeightFileError(f"{path}: truncated or corrupt weight file ({size} bytes, the "
+                              f"header describes {8 + n + end}); fetch or save it again")
+
+
+def load_weight_file(path: str | os.PathLike, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """``safetensors.torch.load_file`` that raises :class:`WeightFileError` (one line, naming
+    the file) for a truncated or corrupt file instead of safetensors' own error types."""
+    check_weight_file(path)
+    try:
+        return load_file(str(path), device=device)
+    except Exception as exc:            # SafetensorError and friends: no common base class
+        raise WeightFileError(f"{path}: corrupt weight file ({_one_line(exc)})") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
 
 
 @contextlib.contextmanager
@@ -129,8 +174,9 @@ class PretrainedMixin:
 
     config_class: type
     model_type: str
-    #: name of the shipped checkpoint (``flexicodec_pretrained/<name>``) that
-    #: ``from_pretrained()`` loads when no directory is given; None = nothing shipped
+    #: name of the default model in the models directory (``<models dir>/<name>``, see
+    #: :mod:`flexicodec.common.models`) that ``from_pretrained()`` loads when no directory is
+    #: given; None = no default
     pretrained_name: str | None = None
 
     def save_pretrained(self, directory: str | os.PathLike, *, dtype: torch.dtype | None = None,
@@ -139,7 +185,8 @@ class PretrainedMixin:
 
         ``dtype`` casts floating weights (e.g. torch.float16 for shipping). Returns the path.
         """
-        state = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
+        state = {k: v.detach().to("cpu").contiguous()
+                 for k, v in self.weights_to_save().items()}
         if dtype is not None:
             state = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in state.items()}
         # tied / shared tensors must be stored once for safetensors
@@ -149,8 +196,9 @@ class PretrainedMixin:
             if ptr in seen and state[k].numel() > 0:
                 state[k] = state[k].clone()
             seen[ptr] = k
+        self.before_save(Path(directory))
         config = config_to_dict(self.config)
-        meta = {"model_type": self.model_type, "identity": state_dict_identity(state),
+        meta = {"model_type": self.model_type, "identity": self.identity_of(state),
                 **(extra or {}), "config": config}
         directory = Path(directory)
         with atomic_path(directory) as tmp:
@@ -158,6 +206,30 @@ class PretrainedMixin:
             _save_sharded(state, tmp, max_shard_mb)
             (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True))
         return directory
+
+    # ---- hooks for models that keep part of their weights elsewhere ----------------------
+    #: keyword arguments of :meth:`from_pretrained` that are load options, not config fields
+    load_options: tuple[str, ...] = ()
+
+    def weights_to_save(self) -> dict[str, torch.Tensor]:
+        """The tensors :meth:`save_pretrained` writes (default: the whole state dict)."""
+        return self.state_dict()
+
+    def identity_of(self, state: dict[str, torch.Tensor]) -> str:
+        """The identity of a model whose saved tensors are ``state``."""
+        return state_dict_identity(state)
+
+    def before_save(self, directory: Path) -> None:
+        """Called by :meth:`save_pretrained` before the config is written."""
+
+    @classmethod
+    def instantiate_for_load(cls, config: Any, state: dict[str, torch.Tensor], directory: Path,
+                             meta: dict, **options: Any) -> tuple[Any, dict]:
+        """Build the model to load ``state`` into; returns (model, state to load). Models
+        whose saved weights are not their whole state dict complete ``state`` here."""
+        if options:
+            raise TypeError(f"{cls.__name__}.from_pretrained: unknown options {sorted(options)}")
+        return cls(config), state
 
     @classmethod
     def read_config(cls, directory: str | os.PathLike) -> dict:
@@ -183,10 +255,11 @@ class PretrainedMixin:
         """
         if directory is None:
             directory = default_checkpoint(cls.pretrained_name, cls.__name__)
+        options = {k: overrides.pop(k) for k in cls.load_options if k in overrides}
         meta = cls.read_config(directory)
         config = config_from_dict(cls.config_class, {**meta["config"], **overrides})
-        model = cls(config)
         state = _load_sharded(Path(directory), map_location)
+        model, state = cls.instantiate_for_load(config, state, Path(directory), meta, **options)
         own = model.state_dict()
         missing = sorted(set(own) - set(state))
         unexpected = sorted(set(state) - set(own))
@@ -206,7 +279,7 @@ class PretrainedMixin:
         """Hash of the weights this model was loaded from (or current weights if new)."""
         ident = getattr(self, "_identity", "")
         if not ident:
-            ident = state_dict_identity(self.state_dict())
+            ident = self.identity_of(self.weights_to_save())
         return ident
 
     @identity.setter
@@ -214,11 +287,28 @@ class PretrainedMixin:
         self._identity = value
 
 
+def run_reporting_model_errors(prog: str, entry: Callable[[list[str] | None], int | None],
+                               argv: list[str] | None = None) -> int:
+    """Run a command-line entry point; a missing models directory or model
+    (:class:`~flexicodec.common.models.ModelsDirError`), a truncated / corrupt weight file
+    (:class:`WeightFileError`) or another unusable model directory (:class:`CheckpointError`,
+    e.g. a codec whose ASR is missing) ends it with one line on stderr (``PROG: error:
+    ...``) and exit status 2 instead of a traceback."""
+    from flexicodec.common.models import ModelsDirError
+
+    try:
+        return int(entry(argv) or 0)
+    except (ModelsDirError, CheckpointError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+
+
 def default_checkpoint(name: str | None, what: str = "model") -> Path:
-    """Directory of the shipped checkpoint ``name`` (FileNotFoundError if not shipped)."""
+    """Directory of the default model ``name`` in the models directory
+    (:class:`~flexicodec.common.models.ModelsDirError`, a FileNotFoundError, if missing)."""
     if name is None:
-        raise CheckpointError(f"no shipped {what} checkpoint: pass a directory")
-    from flexicodec_pretrained import default_dir
+        raise CheckpointError(f"no shipped (default) {what} checkpoint: pass a directory")
+    from flexicodec.common.models import default_dir
 
     return default_dir(name)
 
@@ -249,11 +339,15 @@ def _save_sharded(state: dict[str, torch.Tensor], directory: Path, max_shard_mb:
 def _load_sharded(directory: Path, map_location: str | torch.device) -> dict[str, torch.Tensor]:
     device = str(map_location)
     if (directory / WEIGHTS_NAME).is_file():
-        return load_file(str(directory / WEIGHTS_NAME), device=device)
+        return load_weight_file(directory / WEIGHTS_NAME, device=device)
     if (directory / INDEX_NAME).is_file():
         index = json.loads((directory / INDEX_NAME).read_text())["weight_map"]
         state = {}
         for fname in sorted(set(index.values())):
-            state.update(load_file(str(directory / fname), device=device))
+            state.update(load_weight_file(directory / fname, device=device))
+        missing = sorted(set(index) - set(state))
+        if missing:
+            raise WeightFileError(f"{directory}: tensors {missing[:3]} listed in {INDEX_NAME} "
+                                  f"are in none of its shards")
         return state
     raise CheckpointError(f"{directory}: no {WEIGHTS_NAME} or {INDEX_NAME}")

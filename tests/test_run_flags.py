@@ -1,0 +1,155 @@
+"""One vocabulary on the command line. The five trainers share their run flags
+(common.run_flags): same names, destinations, defaults and help (the training runs
+themselves are covered by the tiny training tests: test_train_asr, test_lm_pipeline,
+test_tts_pipeline, test_distributed). Every command writes outputs with -o/--out, takes
+the rate as --frame-rate or --threshold (never both) and none keeps a retired spelling."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from flexicodec.common.run_flags import add_run_flags, out_model_dir
+
+TRAINERS = {"flexicodec.codec.asr.train": "flexicodec asr-train", "flexicodec.codec.train": "flexicodec train",
+            "flexicodec.lm.train": "flexicodec-lm train", "flexicodec.lm.finetune": "flexicodec-lm finetune",
+            "flexicodec.tts.train_acoustic": "flexicodec-tts train-acoustic"}
+COMMON = ("--config", "--run-dir", "--out-model", "--max-steps", "--max-minutes", "--resume",
+          "--cpu")
+#: flags only some trainers implement (keyword switches of add_run_flags)
+OPTIONAL = {"--stop-after": {"flexicodec.codec.asr.train", "flexicodec.codec.train"},
+            "--mixed-precision": {"flexicodec.codec.asr.train", "flexicodec.codec.train"}}
+#: earlier spellings of the same things, gone from every trainer
+RETIRED = ("--out", "--output", "--steps", "--merge-out", "--model-dir")
+
+
+def actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    return {s: a for a in parser._actions for s in a.option_strings}
+
+
+def describe(a: argparse.Action) -> tuple:
+    return (a.dest, a.default, a.help, a.type, a.choices, a.nargs, a.const, a.metavar,
+            type(a).__name__)
+
+
+@pytest.fixture(scope="module")
+def parsers() -> dict[str, argparse.ArgumentParser]:
+    out = {}
+    for module, prog in TRAINERS.items():
+        p = importlib.import_module(module).build_parser()
+        assert p.prog == prog
+        out[module] = p
+    return out
+
+
+def test_common_flags_are_the_same_in_every_trainer(parsers):
+    ref = actions(add_run_flags(argparse.ArgumentParser(), stop_after=True,
+                                mixed_precision=True))
+    for module, p in parsers.items():
+        acts = actions(p)
+        for flag in COMMON:
+            assert flag in acts, f"{module} lacks {flag}"
+            assert describe(acts[flag]) == describe(ref[flag]), (module, flag)
+        for flag, owners in OPTIONAL.items():
+            assert (flag in acts) == (module in owners), (module, flag)
+            if flag in acts:
+                assert describe(acts[flag]) == describe(ref[flag]), (module, flag)
+        assert acts["--run-dir"].required, module
+        for flag in RETIRED:
+            assert flag not in acts, f"{module} still takes {flag}"
+
+
+def test_config_is_optional_only_where_the_trainer_has_defaults(parsers):
+    required = {m: actions(p)["--config"].required for m, p in parsers.items()}
+    assert required == {"flexicodec.codec.asr.train": True, "flexicodec.codec.train": True, "flexicodec.lm.train": True,
+                        "flexicodec.lm.finetune": False, "flexicodec.tts.train_acoustic": False}
+
+
+def test_parsed_values_and_the_default_final_model_directory(parsers, tmp_path):
+    run = tmp_path / "run"
+    base = ["--config", "c.yaml", "--data", "d", "--run-dir", str(run)]
+    extra = {"flexicodec.lm.finetune": ["--model", "lm"]}
+    for module, p in parsers.items():
+        a = p.parse_args(base + extra.get(module, []) + ["--max-steps", "7", "--max-minutes",
+                                                         "1.5", "--resume", "--cpu"])
+        assert (a.max_steps, a.max_minutes, a.resume, a.cpu) == (7, 1.5, True, True), module
+        assert out_model_dir(a) == run / "model", module
+        a = p.parse_args(base + extra.get(module, []) + ["--out-model", str(tmp_path / "m")])
+        assert (a.max_steps, a.max_minutes, a.resume, a.cpu) == (None, None, False, False)
+        assert out_model_dir(a) == Path(tmp_path / "m"), module
+        with pytest.raises(SystemExit):                     # --run-dir is required
+            p.parse_args(["--config", "c.yaml", "--data", "d"] + extra.get(module, []))
+
+
+# ------------------------------------------------------------------ every command's vocabulary
+#: spellings replaced by -o/--out, --model / --codec, --frame-rate / --threshold, --rates,
+#: --out-model
+RETIRED_ANYWHERE = ("--output", "--model-dir", "--codec-dir", "--target-rate",
+                    "--target-frame-rate", "--merging-threshold", "--frame-rates", "--merge-out")
+#: every command line: (module or script path, its main)
+COMMANDS = ("flexicodec.codec.cli:build_parser", "flexicodec.codec.eval.evaluate:main", "flexicodec.codec.train:build_parser",
+            "flexicodec.codec.asr.train:build_parser", "flexicodec.data.cli:main", "flexicodec.lm.cli:generate_main",
+            "flexicodec.lm.tokenize:build_parser", "flexicodec.lm.text_tokenizer:main", "flexicodec.lm.train:build_parser",
+            "flexicodec.lm.finetune:build_parser", "flexicodec.tts.cli:build_parser", "flexicodec.tts.evaluate:main",
+            "flexicodec.tts.server:build_parser", "flexicodec.tts.voice_cli:build_parser",
+            "flexicodec.tts.train_acoustic:build_parser", "flexicodec.benchmarks.codec_speed:parse_args",
+            "flexicodec.benchmarks.corpus_build:main", "flexicodec.benchmarks.lm_speedup:parse_args",
+            "flexicodec.benchmarks.serve_load:main", "flexicodec.benchmarks.train_speed:main",
+            "flexicodec.benchmarks.tts_speed:main", "scripts/codec_learning_curve.py:main",
+            "scripts/diagnose_encoder_init.py:main", "scripts/diagnose_group_error.py:main",
+            "scripts/diagnose_merging.py:main", "scripts/export_portable.py:main")
+
+
+class _Captured(Exception):
+    pass
+
+
+def _parser_of(spec: str, monkeypatch) -> argparse.ArgumentParser:
+    """The ArgumentParser a command builds: from build_parser(), or the one its main parses
+    with (parse_args is intercepted before any work is done)."""
+    target, fn = spec.split(":")
+    if target.endswith(".py"):
+        path = Path(__file__).resolve().parents[1] / target
+        spec_ = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec_)
+        spec_.loader.exec_module(module)
+    else:
+        module = importlib.import_module(target)
+    if fn == "build_parser":
+        return module.build_parser()
+    seen = []
+
+    def capture(self, args=None, namespace=None):
+        seen.append(self)
+        raise _Captured
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", capture)
+    with pytest.raises(_Captured):
+        getattr(module, fn)([])
+    monkeypatch.undo()
+    return seen[0]
+
+
+def _all_parsers(p: argparse.ArgumentParser):
+    yield p
+    for a in p._actions:
+        if isinstance(a, argparse._SubParsersAction):
+            for sub in a.choices.values():
+                yield from _all_parsers(sub)
+
+
+@pytest.mark.parametrize("spec", COMMANDS)
+def test_every_command_uses_the_one_vocabulary(spec, monkeypatch):
+    for p in _all_parsers(_parser_of(spec, monkeypatch)):
+        acts = actions(p)
+        for flag in RETIRED_ANYWHERE:
+            assert flag not in acts, f"{p.prog} takes {flag}"
+        if "--out" in acts:                     # an output is always -o/--out
+            assert acts["--out"].option_strings == ["-o", "--out"], p.prog
+        if "--frame-rate" in acts and "--threshold" in acts:   # one rate knob at a time
+            group = [g for g in p._mutually_exclusive_groups
+                     if acts["--frame-rate"] in g._group_actions]
+            assert group and acts["--threshold"] in group[0]._group_actions, p.prog
