@@ -121,6 +121,21 @@ class TransformerBlock(nn.Module):
         return x + self.drop(self.ff(self.norm2(x)))
 
 
+def check_token_conditioning(semantic: torch.Tensor, lengths: torch.Tensor,
+                             semantic_vocab_size: int, max_group: int) -> None:
+    """The per-token conditioning both acoustic stages take: semantic codes [B, T] in
+    ``[0, semantic_vocab_size)`` and token lengths [B, T] in ``[0, max_group]`` (0 = padding);
+    a ValueError otherwise."""
+    if semantic.dim() != 2 or lengths.shape != semantic.shape:
+        raise ValueError(f"semantic {tuple(semantic.shape)} and lengths "
+                         f"{tuple(lengths.shape)} must both be [B, T]")
+    if semantic.numel():
+        if int(semantic.min()) < 0 or int(semantic.max()) >= semantic_vocab_size:
+            raise ValueError(f"semantic codes outside [0, {semantic_vocab_size})")
+        if int(lengths.min()) < 0 or int(lengths.max()) > max_group:
+            raise ValueError(f"token lengths outside [0, {max_group}]")
+
+
 class AcousticModel(nn.Module, PretrainedMixin):
     """Bidirectional masked transformer over merged tokens predicting RVQ acoustic codes."""
 
@@ -173,17 +188,11 @@ class AcousticModel(nn.Module, PretrainedMixin):
 
     def _check(self, semantic, lengths, acoustic):
         c = self.config
-        if semantic.dim() != 2 or lengths.shape != semantic.shape:
-            raise ValueError(f"semantic {tuple(semantic.shape)} and lengths "
-                             f"{tuple(lengths.shape)} must both be [B, T]")
+        check_token_conditioning(semantic, lengths, c.semantic_vocab_size, c.max_group)
         if acoustic.shape != (semantic.shape[0], c.n_q, semantic.shape[1]):
             raise ValueError(f"acoustic codes must be [B, n_q={c.n_q}, T], got "
                              f"{tuple(acoustic.shape)}")
         if semantic.numel():
-            if int(semantic.min()) < 0 or int(semantic.max()) >= c.semantic_vocab_size:
-                raise ValueError(f"semantic codes outside [0, {c.semantic_vocab_size})")
-            if int(lengths.min()) < 0 or int(lengths.max()) > c.max_group:
-                raise ValueError(f"token lengths outside [0, {c.max_group}]")
             if int(acoustic.min()) < 0 or int(acoustic.max()) > c.codebook_size:
                 raise ValueError(f"acoustic codes outside [0, {c.codebook_size}]")
 

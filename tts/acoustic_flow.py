@@ -40,7 +40,8 @@ import torch
 import torch.nn as nn
 
 from flexicodec.common.pretrained import PretrainedMixin
-from flexicodec.tts.acoustic import TransformerBlock, build_batch, rope_angles, rope_inv_freq
+from flexicodec.tts.acoustic import (TransformerBlock, build_batch, check_token_conditioning,
+                                    rope_angles, rope_inv_freq)
 
 SAMPLERS = ("euler", "midpoint")
 
@@ -178,18 +179,11 @@ class FlowAcousticModel(nn.Module, PretrainedMixin):
 
     def _check(self, x_t, semantic, lengths, context):
         c = self.config
-        if semantic.dim() != 2 or lengths.shape != semantic.shape:
-            raise ValueError(f"semantic {tuple(semantic.shape)} and lengths "
-                             f"{tuple(lengths.shape)} must both be [B, T]")
+        check_token_conditioning(semantic, lengths, c.semantic_vocab_size, c.max_group)
         want = (*semantic.shape, c.latent_dim)
         if x_t.shape != want or context.shape != want:
             raise ValueError(f"x_t {tuple(x_t.shape)} and context {tuple(context.shape)} must "
                              f"be [B, T, latent_dim={c.latent_dim}]")
-        if semantic.numel():
-            if int(semantic.min()) < 0 or int(semantic.max()) >= c.semantic_vocab_size:
-                raise ValueError(f"semantic codes outside [0, {c.semantic_vocab_size})")
-            if int(lengths.min()) < 0 or int(lengths.max()) > c.max_group:
-                raise ValueError(f"token lengths outside [0, {c.max_group}]")
 
     # -------------------------------------------------------------- training
     def training_loss(self, semantic: torch.Tensor, lengths: torch.Tensor,
