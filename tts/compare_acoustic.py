@@ -86,6 +86,8 @@ def resynthesis(tts_by_stage: dict, clips: list[dict], frame_rates, seed: int,
     """Render every usable clip at every rate with the codec (reconstruction) and each stage.
     Returns {"audio": {rate: {system: [audio]}}, "refs": [text], "originals": [audio],
     "skipped": int}."""
+    from tqdm import tqdm
+
     from flexicodec.data.text import normalize_text
 
     any_tts = next(iter(tts_by_stage.values()))
@@ -103,7 +105,7 @@ def resynthesis(tts_by_stage: dict, clips: list[dict], frame_rates, seed: int,
         codes = {}
         for i in sorted(set(use) | {partner[i] for i in use}):
             codes[i] = _codes(codec, clips[i]["wav"], rate, n_q)
-        for k, i in enumerate(use):
+        for k, i in enumerate(tqdm(use, desc=f"resynthesis {rate:g} Hz", unit="clip")):
             sem, lens, ac, n = codes[i]
             with torch.no_grad():
                 rec = codec.decode_from_codes(sem[None], ac[None], lens[None])[0]
