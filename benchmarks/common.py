@@ -35,7 +35,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from flexicodec.common.pretrained import atomic_path, atomic_write_text
+from flexicodec.common.atomic import atomic_path, atomic_write_text
 from flexicodec.common.constants import SAMPLE_RATE
 
 # ------------------------------------------------------------------------------ devices

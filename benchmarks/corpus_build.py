@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
               f"{r['audio_hours']:>9.3f}{r['wall_s']:>8.1f}{r['hours_per_wall_min']:>12.3f}"
               f"{r['hours_per_cpu_min']:>11.3f}{r['wall_min_for_1h']:>13.2f}"
               f"{r['audio_s_per_cpu_s']:>15.1f}")
-    from flexicodec.common.pretrained import atomic_write_text
+    from flexicodec.common.atomic import atomic_write_text
     atomic_write_text(args.out, json.dumps({"cpu_count": os.cpu_count(), "load_avg":
                                             os.getloadavg(), "results": rows}, indent=2) + "\n")
     print(f"wrote {args.out}")

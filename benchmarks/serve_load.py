@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     write_json(out / "serve_load.json", result)
     md = to_markdown(result)
-    from flexicodec.common.pretrained import atomic_write_text
+    from flexicodec.common.atomic import atomic_write_text
     atomic_write_text(out / "serve_load.md", md)
     print(md)
     bad = sum(p["corrupted"] + p["error"] + p["lost"] for p in phases)

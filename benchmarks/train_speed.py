@@ -335,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
               "steps": a.steps, "warmup": a.warmup, "phase_steps": a.phase_steps,
               "peak_flops": a.peak_flops, "rows": rows}
     write_json(out / "train_speed.json", result)
-    from flexicodec.common.pretrained import atomic_write_text
+    from flexicodec.common.atomic import atomic_write_text
     atomic_write_text(out / "train_speed.md",
                       "Phase columns: ms per step, synchronised at each phase boundary.\n\n```\n"
                       + table + "\n```\n")

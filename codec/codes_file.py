@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from flexicodec.common.pretrained import atomic_path
+from flexicodec.common.atomic import atomic_path
 
 FORMAT_VERSION = 1
 _KEYS = ("semantic_codes", "acoustic_codes", "token_lengths", "num_samples", "num_frames",

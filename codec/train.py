@@ -47,12 +47,13 @@ from flexicodec.codec.losses import (MelLossConfig, MultiResolutionMelLoss, disc
                                      feature_matching_loss, generator_adv_loss, match_length)
 from flexicodec.codec.portable import (STATE as PORTABLE_STATE, load_portable_weights, read_portable_info,
                                        save_portable_state)
-from flexicodec.common.pretrained import atomic_write_text, config_from_dict, config_to_dict
+from flexicodec.common.atomic import atomic_write_text
+from flexicodec.common.pretrained import config_from_dict, config_to_dict
 from flexicodec.common.training import (STATE_NAME, CheckpointManager, EpochPlan, JsonlLogger, TimeBudget,
                                         cuda_memory_gb, dataclass_from_section, end_of_step, load_yaml,
                                         lr_lambda, make_accelerator, seed_everything)
 from flexicodec.common.constants import BASE_FRAME_RATE
-from flexicodec.common.run_flags import add_run_flags, out_model_dir
+from flexicodec.common.run_flags import add_run_flags, effective_config, out_model_dir
 
 
 @dataclass
@@ -823,6 +824,7 @@ def train_codec(config_path: str, data: str, run_dir: str, asr: str | None = Non
 def main(argv: list[str] | None = None) -> int:
     p = build_parser()
     a = p.parse_args(argv)
+    a.config = effective_config(a)
     res = train_codec(a.config, a.data, a.run_dir, a.asr, a.max_steps, a.max_minutes,
                       a.resume, str(out_model_dir(a)), a.fixed_group, a.stop_after, a.cpu,
                       a.mixed_precision, a.init_from, a.portable_state)

@@ -7,6 +7,11 @@ Every trainer (``flexicodec asr-train``, ``flexicodec train``, ``flexicodec-lm t
 adds these flags with the same names, destinations, defaults and help everywhere; a trainer
 adds only its own flags (``--data`` and the like) beside them, and turns on the two flags
 that only some trainers implement with keyword switches.
+
+``--set SECTION.KEY=VALUE`` (repeatable) changes one value of the ``--config`` file for this
+run without editing it: :func:`effective_config` applies the overrides and writes the result
+to ``RUN_DIR/effective_config.yaml``, which the trainer then reads in place of ``--config``
+(so the run directory records what was trained).
 """
 from __future__ import annotations
 
@@ -47,6 +52,10 @@ def add_run_flags(parser: argparse.ArgumentParser, *, config_required: bool = Tr
     g.add_argument("--resume", action="store_true",
                    help="continue from the latest checkpoint in --run-dir")
     g.add_argument("--cpu", action="store_true", help="train on the CPU even with a GPU present")
+    g.add_argument("--set", action="append", default=[], dest="overrides",
+                   metavar="SECTION.KEY=VALUE",
+                   help="override one value of --config (the value in YAML syntax), e.g. "
+                        "--set train.batch_size=32; repeatable")
     if mixed_precision:
         g.add_argument("--mixed-precision", default=None, choices=["no", "bf16", "fp16"],
                        help="default: bf16 on CUDA, no elsewhere")
@@ -57,3 +66,72 @@ def out_model_dir(args: argparse.Namespace) -> Path:
     """The final model directory of parsed run flags: ``--out-model``, else
     ``RUN_DIR/model``."""
     return Path(args.out_model) if args.out_model else Path(args.run_dir) / DEFAULT_OUT_MODEL
+
+
+#: the ``--config`` file with the ``--set`` overrides applied, in the run directory
+EFFECTIVE_CONFIG = "effective_config.yaml"
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """``data`` (a parsed YAML config) with ``SECTION.KEY=VALUE`` overrides applied, in order;
+    returns a new dict. The value is parsed as YAML (``32``, ``false``, ``[2, 3]``), and a
+    string that reads as a number is that number (``3e-4``, which YAML 1.1 leaves a string);
+    missing intermediate sections are created (the trainer rejects unknown keys)."""
+    import copy
+
+    import yaml
+
+    out = copy.deepcopy(data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        path = key.strip().split(".")
+        if not sep or not all(path):
+            raise ValueError(f"--set {item!r}: expected SECTION.KEY=VALUE, e.g. "
+                             f"train.batch_size=32")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise ValueError(f"--set {item!r}: the value is not valid YAML ({e})") from None
+        if isinstance(value, str):          # YAML 1.1 reads 3e-4 as a string; a number is meant
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        node = out
+        for i, part in enumerate(path[:-1]):
+            child = node.setdefault(part, {})
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ValueError(f"--set {item!r}: {'.'.join(path[:i + 1])} is a value, "
+                                 f"not a section")
+            node = child
+        node[path[-1]] = value
+    return out
+
+
+def effective_config(args: argparse.Namespace) -> str | None:
+    """The config file a trainer reads: ``--config`` itself without ``--set``; otherwise
+    ``--config`` (or an empty config, for trainers whose config is optional) with the
+    overrides applied, written atomically to ``RUN_DIR/effective_config.yaml``."""
+    overrides = list(getattr(args, "overrides", None) or [])
+    if not overrides:
+        return args.config
+    import yaml
+
+    from flexicodec.common.atomic import atomic_write_text
+
+    data: dict = {}
+    if args.config:
+        path = Path(args.config)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such config file")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a mapping at the top level")
+    data = apply_overrides(data, overrides)
+    out = Path(args.run_dir) / EFFECTIVE_CONFIG
+    header = (f"# {args.config or '(no --config)'} with "
+              + " ".join(f"--set {o}" for o in overrides) + "\n")
+    atomic_write_text(out, header + yaml.safe_dump(data, sort_keys=False))
+    return str(out)

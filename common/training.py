@@ -37,7 +37,8 @@ import yaml
 
 from flexicodec.common.distributed import (CHECKPOINT_HOOKS, any_process, load_state_any_world,
                                            shard_batches)
-from flexicodec.common.pretrained import atomic_write_text, config_from_dict
+from flexicodec.common.atomic import atomic_write_text
+from flexicodec.common.pretrained import config_from_dict
 
 STATE_NAME = "trainer_state.json"
 

@@ -6,13 +6,13 @@ TTS pipeline go through these functions so bad input is reported the same way ev
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 import soxr
 
+from flexicodec.common.atomic import atomic_path
 from flexicodec.common.constants import SAMPLE_RATE
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff", ".aif")
@@ -111,16 +111,8 @@ def write_audio(path: str | os.PathLike, x: np.ndarray, sample_rate: int,
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     x = np.clip(np.asarray(x, dtype=np.float32).reshape(-1), -1.0, 1.0)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix or ".wav",
-                               dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         sf.write(tmp, x, sample_rate, subtype=subtype, format=_format_for(path))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return path
 
 

@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
               "University, WordNet 3.0 license; fortune-mod cookie files (fortunes, "
               "fortunes-min). See data/resources/README.md. Built by "
               "`python -m flexicodec.data.build_sentences`.\n")
-    from flexicodec.common.pretrained import atomic_path
+    from flexicodec.common.atomic import atomic_path
     with atomic_path(args.out) as tmp:
         with gzip.GzipFile(tmp, "wb", mtime=0) as f:
             f.write((header + "\n".join(sents) + "\n").encode("utf-8"))

@@ -49,6 +49,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 
+from flexicodec.common.atomic import atomic_write_text
 from flexicodec.common.constants import SAMPLE_RATE
 from flexicodec.data.audio import concat_with_pauses, write_audio
 from flexicodec.data.synth import (PACE_LIMITS, RECORDED_ENGINES, PostprocessConfig, Speaker,
@@ -332,7 +333,6 @@ def read_metadata(out_dir: str | os.PathLike, repair: bool = False) -> list[dict
             raise ValueError(f"{path}: corrupt metadata row {i + 1}") from None
     if repair and (torn or (raw and not raw.endswith("\n"))):
         log.warning("%s: repairing an interrupted last row", path)
-        from flexicodec.common.pretrained import atomic_write_text  # lazy: keeps torch out of workers
         atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     return rows
 
@@ -350,7 +350,6 @@ def _check_settings(out: Path, cfg: CorpusConfig, speakers: list[Speaker],
                 "pause_range": list(cfg.pause_range), "level_db_range": list(cfg.level_db_range),
                 "max_silence_s": cfg.max_silence_s, "voice_variants": cfg.voice_variants,
                 "variant_design": VARIANT_DESIGN if cfg.voice_variants else None}
-    from flexicodec.common.pretrained import atomic_write_text  # lazy: keeps torch out of workers
     path = out / SETTINGS
     if path.is_file():
         old = json.loads(path.read_text())

@@ -91,7 +91,7 @@ def join_corpus(src: str | os.PathLike, out: str | os.PathLike,
             **{k: g[0][k] for k in ("base_speaker", "variant") if k in g[0]},
             "duration": round(len(wav) / SAMPLE_RATE, 3), "split": g[0]["split"],
             "joined_from": [r["id"] for r in g], "pauses": [round(p, 3) for p in pauses]})
-    from flexicodec.common.pretrained import atomic_write_text
+    from flexicodec.common.atomic import atomic_write_text
     atomic_write_text(out / METADATA,
                       "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in new_rows))
     src_s = sum(float(r["duration"]) for r in rows)

@@ -33,9 +33,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from flexicodec.common.pretrained import (CheckpointError, atomic_path, check_weight_file,
-                                          config_from_dict, config_to_dict, load_weight_file,
-                                          state_dict_identity)
+from flexicodec.common.atomic import atomic_path
+from flexicodec.common.pretrained import (CheckpointError, check_weight_file, config_from_dict, config_to_dict, load_weight_file, state_dict_identity)
 from flexicodec.lm.layout import IGNORE, label_types
 from flexicodec.lm.text_input import LEGACY_TEXT_INPUT, check_text_input, load_tokenizer, tokenizer_file
 from flexicodec.lm.vocab import DEFAULT_FRAME_RATES, PAD, TYPE_SEMANTIC, TYPE_TEXT, LMVocab

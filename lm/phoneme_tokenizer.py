@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from flexicodec.common.pretrained import atomic_write_text
+from flexicodec.common.atomic import atomic_write_text
 from flexicodec.lm.text_tokenizer import TokenizerError
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Iterable
 
-from flexicodec.common.pretrained import atomic_path
+from flexicodec.common.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 TOKENIZER_FILE = "text_tokenizer.model"

@@ -36,7 +36,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from flexicodec.common.pretrained import atomic_path, atomic_write_text
+from flexicodec.common.atomic import atomic_path, atomic_write_text
 from flexicodec.common.constants import BASE_FRAME_RATE, SAMPLE_RATE
 from flexicodec.data.audio import AudioError, load_audio
 from flexicodec.lm.data import INFO_NAME

@@ -33,7 +33,8 @@ from typing import Any
 import torch
 import yaml
 
-from flexicodec.common.pretrained import atomic_write_text, config_from_dict, config_to_dict
+from flexicodec.common.atomic import atomic_write_text
+from flexicodec.common.pretrained import config_from_dict, config_to_dict
 from flexicodec.common.distributed import (any_process, configure_process_logging, rescale_position,
                                            shard_batches)
 from flexicodec.common.training import (CheckpointManager, JsonlLogger, TimeBudget, lr_lambda,
@@ -492,9 +493,10 @@ def build_parser():
 
 
 def main(argv: list[str] | None = None) -> int:
-    from flexicodec.common.run_flags import out_model_dir
+    from flexicodec.common.run_flags import effective_config, out_model_dir
 
     a = build_parser().parse_args(argv)
+    a.config = effective_config(a)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     run_dir = Path(a.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -12,13 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from flexicodec.common.run_flags import add_run_flags, out_model_dir
+from flexicodec.common.run_flags import (EFFECTIVE_CONFIG, add_run_flags, apply_overrides,
+                                         effective_config, out_model_dir)
 
 TRAINERS = {"flexicodec.codec.asr.train": "flexicodec asr-train", "flexicodec.codec.train": "flexicodec train",
             "flexicodec.lm.train": "flexicodec-lm train", "flexicodec.lm.finetune": "flexicodec-lm finetune",
             "flexicodec.tts.train_acoustic": "flexicodec-tts train-acoustic"}
 COMMON = ("--config", "--run-dir", "--out-model", "--max-steps", "--max-minutes", "--resume",
-          "--cpu")
+          "--cpu", "--set")
 #: flags only some trainers implement (keyword switches of add_run_flags)
 OPTIONAL = {"--stop-after": {"flexicodec.codec.asr.train", "flexicodec.codec.train"},
             "--mixed-precision": {"flexicodec.codec.asr.train", "flexicodec.codec.train"}}
@@ -82,6 +83,48 @@ def test_parsed_values_and_the_default_final_model_directory(parsers, tmp_path):
         assert out_model_dir(a) == Path(tmp_path / "m"), module
         with pytest.raises(SystemExit):                     # --run-dir is required
             p.parse_args(["--config", "c.yaml", "--data", "d"] + extra.get(module, []))
+
+
+def test_set_overrides_values_in_order_and_creates_sections():
+    data = {"model": {"dim": 8, "semantic": {"source": "asr"}}, "train": {"lr": 1e-3}}
+    out = apply_overrides(data, ["train.lr=2e-4", "model.semantic.asr_path=models/asr",
+                                 "train.betas=[0.8, 0.99]", "train.compile=false",
+                                 "train.lr=3e-4", "extra.new.key=1"])
+    assert out == {"model": {"dim": 8, "semantic": {"source": "asr", "asr_path": "models/asr"}},
+                   "train": {"lr": 3e-4, "betas": [0.8, 0.99], "compile": False},
+                   "extra": {"new": {"key": 1}}}
+    assert data["train"] == {"lr": 1e-3}                       # the input is not changed
+    for bad in ("train.lr", "=3", "train..lr=1", "model.dim.x=1", "train.lr=[1, 2"):
+        with pytest.raises(ValueError, match="--set"):
+            apply_overrides(data, [bad])
+
+
+def test_effective_config_is_written_to_the_run_dir_and_read_by_the_trainers(parsers, tmp_path):
+    import yaml
+
+    from flexicodec.codec.train import load_train_section
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model: {encoder_dim: 4}\ntrain: {batch_size: 8, segment_seconds: 1.0}\n")
+    run = tmp_path / "run"
+    p = parsers["flexicodec.codec.train"]
+    a = p.parse_args(["--config", str(cfg), "--data", "d", "--run-dir", str(run)])
+    assert effective_config(a) == str(cfg) and not run.exists()     # no --set: the file itself
+    a = p.parse_args(["--config", str(cfg), "--data", "d", "--run-dir", str(run),
+                      "--set", "train.batch_size=2", "--set", "model.encoder_dim=16"])
+    path = effective_config(a)
+    assert path == str(run / EFFECTIVE_CONFIG)
+    assert yaml.safe_load(Path(path).read_text()) == {
+        "model": {"encoder_dim": 16}, "train": {"batch_size": 2, "segment_seconds": 1.0}}
+    assert load_train_section(path).batch_size == 2
+    a = p.parse_args(["--config", str(cfg), "--data", "d", "--run-dir", str(run),
+                      "--set", "train.batch_sise=2"])
+    with pytest.raises(ValueError, match="batch_sise"):             # a typo is named
+        load_train_section(effective_config(a))
+    # a trainer whose config is optional starts from an empty one
+    a = parsers["flexicodec.tts.train_acoustic"].parse_args(
+        ["--data", "d", "--run-dir", str(run), "--set", "train.max_steps=5"])
+    assert yaml.safe_load(Path(effective_config(a)).read_text()) == {"train": {"max_steps": 5}}
 
 
 # ------------------------------------------------------------------ every command's vocabulary

@@ -40,7 +40,7 @@ import torch
 from flexicodec.codec.eval.metrics import (audio_judges, check_judges, cosine_similarity, dnsmos_means,
                                            parallel_map, scored_mean)
 from flexicodec.common.constants import BASE_FRAME_RATE, SAMPLE_RATE
-from flexicodec.common.pretrained import atomic_write_text
+from flexicodec.common.atomic import atomic_write_text
 
 RECON = "reconstruction"
 

@@ -36,7 +36,7 @@ import numpy as np
 
 from flexicodec.codec.eval.metrics import (audio_judges, check_judges, cosine_similarity, dnsmos_means,
                                            parallel_map, scored_mean)
-from flexicodec.common.pretrained import atomic_write_text
+from flexicodec.common.atomic import atomic_write_text
 from flexicodec.common.constants import BASE_FRAME_RATE, SAMPLE_RATE
 
 

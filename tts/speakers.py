@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from flexicodec.common.pretrained import atomic_write_text
+from flexicodec.common.atomic import atomic_write_text
 from flexicodec.common.constants import BASE_FRAME_RATE
 
 SPEAKERS_NAME = "speakers.json"

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from flexicodec.codec.codes_file import CodesFile, CodesFileError, concat_codes, load_codes, save_codes
-from flexicodec.common.pretrained import atomic_write_text
+from flexicodec.common.atomic import atomic_write_text
 from flexicodec.common.constants import BASE_FRAME_RATE, SAMPLE_RATE
 from flexicodec.tts.speakers import VoicePrompt
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from flexicodec.codec.mel import MelSpectrogram
-from flexicodec.common.pretrained import atomic_path
+from flexicodec.common.atomic import atomic_path
 from flexicodec.common.constants import BASE_FRAME_RATE, SAMPLE_RATE
 
 
