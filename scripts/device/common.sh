@@ -9,12 +9,21 @@ export DEADLINE=${DEADLINE:-$(( T0 + BUDGET ))}
 left() { echo $(( DEADLINE - $(date +%s) )); }
 left_min() { python3 -c "print(max(0.5, ($(left) - ${1:-30}) / 60))"; }
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
-if [ -d .whl ] && command -v nvidia-smi >/dev/null; then   # wheels only on the GPU machine
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl >/dev/null 2>&1 || { echo "wheel install failed"; exit 1; }
-  SITE=:/tmp/site
-else
-  SITE=
+SITE=
+if command -v nvidia-smi >/dev/null; then       # carried packages only on the GPU machine
+  # .whl/ is scripts/fetch_device_wheels.sh's output: wheels, and sdists (pesq) built here;
+  # installed once per machine (/tmp survives between calls while the machine is warm)
+  if [ -d .whl ] && [ ! -f /tmp/site/.installed ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --no-build-isolation --target /tmp/site .whl/* > /tmp/site_install.log 2>&1 \
+      || { echo "wheel install failed:"; tail -n 5 /tmp/site_install.log; exit 1; }
+    touch /tmp/site/.installed
+  fi
+  if [ -f /tmp/site/.installed ]; then
+    SITE=:/tmp/site
+    PYTHONPATH=/tmp/site python3 -c "import soundfile, soxr, datasets" \
+      || { echo "carried packages do not import"; exit 1; }
+  fi
 fi
 # the flexicodec package from this checkout, without installing it
 python3 scripts/package_links.py /tmp/flexicodec_path >/dev/null || { echo "package links failed"; exit 1; }

@@ -7,16 +7,25 @@
 #     checkpoints/codec_v2_dynamic.
 #   STAGE=fixed: the same config and budget with --fixed-group 2, the fixed 6.25 Hz baseline;
 #     portable state checkpoints/codec_v2_fixed.
-#   Stage 2 starts (--init-from, step 0) from the stage-1 state checkpoints/codec_v2 in the
-#   tree while it has no portable state of its own, and continues that state afterwards.
-#   1st call (carry .whl .debs; tree with flexicodec_pretrained/asr): the v2 corpus (24 h,
-#     default build-corpus settings: pace, joined sentences, levels), the ASR copied to the
-#     machine, BENCH=1 the throughput benchmark, then training. The stage's portable state
-#     starts from checkpoints/NAME when the tree has one (a previous run).
-#   next calls (tree only; no carry): training resumes from the run's checkpoint.
+#   Stage 2 starts (--init-from, step 0) from the stage-1 state while it has no portable state
+#   of its own, and continues that state afterwards.
+#   States come from the tree (checkpoints/NAME) or, when the upload is size-limited, as
+#   parts over several calls (scripts/device/state_parts.sh split, named in `carry` as
+#   .carry/a, .carry/b); a call that has not received every part yet builds and benchmarks
+#   but does not train. Stage 1 never starts over without FRESH=1.
+#   1st call (carry .whl .debs, scripts/fetch_device_wheels.sh and fetch_synth_debs.sh; tree
+#     with flexicodec_pretrained/asr): the v2 corpus (HOURS, default 24 h, default
+#     build-corpus settings: pace, joined sentences, levels), the ASR copied to the machine,
+#     BENCH=1 the throughput benchmark, then training.
+#   next calls (no .whl/.debs needed while the machine is warm): training resumes from the
+#     run's checkpoint.
 #   FINAL=1: the stage's portable state as $OUT/NAME.tar.part-* (15 MiB parts; here:
 #     cat parts | tar x -C checkpoints).
 # BUDGET (s) is the call's wall-clock budget, RESERVE (s) what is kept for packing.
+# SETS: config overrides for the trainer, space-separated SECTION.KEY=VALUE (its --set), e.g.
+#   a CPU dry run of the whole chain: HOURS=0.05 BUDGET=240 DEVICE=cpu
+#   SETS="train.batch_size=2 train.compile=false train.num_workers=0" scripts/device/phase_v2.sh
+# DEVICE (default cuda) is the throughput benchmark's device.
 source scripts/device/common.sh
 RESERVE=${RESERVE:-40}
 STAGE=${STAGE:-1}
@@ -27,6 +36,9 @@ case "$STAGE" in
   fixed) CONFIG=configs/codec/v2_stage2.yaml; NAME=codec_v2_fixed; EXTRA=(--fixed-group 2) ;;
   *) log "STAGE must be 1, dynamic or fixed, got $STAGE"; exit 2 ;;
 esac
+SET_ARGS=()
+for kv in ${SETS:-}; do SET_ARGS+=(--set "$kv"); done
+gpu_info() { command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu="$1" --format=csv,noheader; }
 PORT=$W/portable/$NAME
 RUN=$W/runs/$NAME
 CORPUS=$W/corpus_v2
@@ -40,52 +52,69 @@ if [ ! -f "$W/asr/config.json" ]; then
   cp -r flexicodec_pretrained/asr "$W/asr" || { log "no ASR in the tree"; exit 2; }
 fi
 mkdir -p "$W/portable" "$W/runs"
-if [ ! -d "$PORT" ] && [ -f "checkpoints/$NAME/state.json" ]; then
-  cp -r "checkpoints/$NAME" "$PORT"
-  log "$NAME: continuing the portable state of step $(python3 -c "import json;print(json.load(open('$PORT/state.json'))['step'])")"
-fi
-# stage 2 without a state of its own: a new run from the stage-1 state (ignored on --resume)
-init_args() {
-  if [ "$STAGE" != 1 ] && [ ! -d "$PORT" ]; then
-    [ -f checkpoints/codec_v2/state.json ] || { log "no stage-1 state checkpoints/codec_v2" >&2; return 1; }
-    [ -d "$W/stage1" ] || cp -r checkpoints/codec_v2 "$W/stage1"
-    echo "--init-from $W/stage1"
-  fi
+# A state comes from the tree (checkpoints/NAME) or, through size-limited uploads, as parts in
+# .carry/*/ over several calls (scripts/device/state_parts.sh), usable once all have arrived.
+source scripts/device/state_parts.sh
+collect_parts
+state_source() {
+  if [ -f "checkpoints/$1/state.json" ]; then echo "checkpoints/$1"; else assembled_state "$1"; fi
 }
-INIT=$(init_args) || exit 2
-[ -n "$INIT" ] && log "$NAME: new run from the stage-1 state of step $(python3 -c "import json;print(json.load(open('$W/stage1/state.json'))['step'])")"
+state_step() { python3 -c "import json;print(json.load(open('$1/state.json'))['step'])"; }
+if [ ! -d "$PORT" ] && SRC=$(state_source "$NAME"); then
+  cp -r "$SRC" "$PORT"
+  log "$NAME: continuing the portable state of step $(state_step "$PORT")"
+fi
+TRAIN=1
+INIT=
+if [ ! -d "$PORT" ]; then
+  if [ "$STAGE" != 1 ]; then
+    # stage 2 without a state of its own: a new run from the stage-1 state (step 0)
+    if [ -d "$W/stage1" ] || { SRC=$(state_source codec_v2) && cp -r "$SRC" "$W/stage1"; }; then
+      INIT="--init-from $W/stage1"
+      log "$NAME: new run from the stage-1 state of step $(state_step "$W/stage1")"
+    else
+      TRAIN=0
+    fi
+  elif [ "${FRESH:-0}" != 1 ] && ! ls "$RUN"/checkpoints >/dev/null 2>&1; then
+    TRAIN=0                         # never start stage 1 over by accident: FRESH=1 does that
+  fi
+  [ $TRAIN = 0 ] && log "no state to continue yet (parts here: $(ls "$W/parts" | tr '\n' ' ')); not training"
+fi
 if ! python3 -c "import pesq, pystoi" 2>/dev/null; then
   log "pesq/pystoi unavailable: training without in-run STOI/PESQ"
-  sed 's/^  eval_quality: true/  eval_quality: false/' "$CONFIG" > "$W/$NAME.yaml"; CONFIG=$W/$NAME.yaml
+  SET_ARGS+=(--set train.eval_quality=false)
 fi
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+gpu_info name,memory.total
 if [ "${BENCH:-0}" = 1 ]; then
   log "throughput benchmark"
-  python3 -m flexicodec.benchmarks.train_speed --device cuda --data "$CORPUS" --asr "$W/asr" \
+  python3 -m flexicodec.benchmarks.train_speed --device "${DEVICE:-cuda}" --data "$CORPUS" --asr "$W/asr" \
     --out "$W/bench" --steps "${BENCH_STEPS:-30}" 2>&1 | grep -v "it/s\]" | tail -n 12
   cp "$W/bench/train_speed.json" "$W/bench/train_speed.md" "$OUT/" 2>/dev/null
 fi
-M=$(left_min "$RESERVE")
-log "training $NAME (STAGE=$STAGE) for $M min"
-# shellcheck disable=SC2086
-python3 -m flexicodec.codec.train --config "$CONFIG" --data "$CORPUS" --run-dir "$RUN" \
-  --asr "$W/asr" --resume --portable-state "$PORT" --max-minutes "$M" $INIT "${EXTRA[@]}" \
-  > "$W/$NAME.log" 2>&1 &
-PID=$!
-sleep 120; nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
-wait $PID; RC=$?; log "trainer exited: rc=$RC"
-if [ $RC != 0 ] && grep -q -E "torch._dynamo|torch._inductor|InductorError|BackendCompilerFailed" "$W/$NAME.log"; then
-  log "compilation failed; continuing without train.compile for the time left"
-  sed 's/^  compile: true/  compile: false/' "$CONFIG" > "$W/${NAME}_eager.yaml"; CONFIG=$W/${NAME}_eager.yaml
-  grep -a -E "Error|error" "$W/$NAME.log" | tail -n 5
-  INIT=$(init_args) || exit 2
+if [ $TRAIN = 1 ]; then
+  M=$(left_min "$RESERVE")
+  log "training $NAME (STAGE=$STAGE) for $M min"
   # shellcheck disable=SC2086
   python3 -m flexicodec.codec.train --config "$CONFIG" --data "$CORPUS" --run-dir "$RUN" \
-    --asr "$W/asr" --resume --portable-state "$PORT" --max-minutes "$(left_min "$RESERVE")" \
-    $INIT "${EXTRA[@]}" >> "$W/$NAME.log" 2>&1; log "eager trainer exited: rc=$?"
+    --asr "$W/asr" --resume --portable-state "$PORT" --max-minutes "$M" $INIT "${EXTRA[@]}" \
+    "${SET_ARGS[@]}" > "$W/$NAME.log" 2>&1 &
+  PID=$!
+  for _ in $(seq 120); do kill -0 $PID 2>/dev/null || break; sleep 1; done
+  gpu_info utilization.gpu,memory.used
+  wait $PID; RC=$?; log "trainer exited: rc=$RC"
+  if [ $RC != 0 ] && grep -q -E "torch._dynamo|torch._inductor|InductorError|BackendCompilerFailed" "$W/$NAME.log"; then
+    log "compilation failed; continuing without train.compile for the time left"
+    grep -a -E "Error|error" "$W/$NAME.log" | tail -n 5
+    # --set comes after the others, so it wins over a compile: true in SETS
+    # shellcheck disable=SC2086
+    python3 -m flexicodec.codec.train --config "$CONFIG" --data "$CORPUS" --run-dir "$RUN" \
+      --asr "$W/asr" --resume --portable-state "$PORT" --max-minutes "$(left_min "$RESERVE")" \
+      $INIT "${EXTRA[@]}" "${SET_ARGS[@]}" --set train.compile=false >> "$W/$NAME.log" 2>&1
+    log "eager trainer exited: rc=$?"
+  fi
+  grep -a -v -E "it/s\]|s/it\]" "$W/$NAME.log" | tail -n 20
+  cp "$RUN/metrics.jsonl" "$OUT/${NAME}_metrics.jsonl" 2>/dev/null
 fi
-grep -a -v -E "it/s\]|s/it\]" "$W/$NAME.log" | tail -n 20
-cp "$RUN/metrics.jsonl" "$OUT/${NAME}_metrics.jsonl" 2>/dev/null
 if [ "${FINAL:-0}" = 1 ]; then
   (cd "$W" && rm -rf pack && mkdir pack && cp -r "$PORT" "pack/$NAME" \
     && cd pack && tar cf - "$NAME") | split -b 15M - "$OUT/$NAME.tar.part-"

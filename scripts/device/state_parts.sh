@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# A portable state (checkpoints/NAME: ~57 MB) through uploads of at most 64 MiB that also
+# carry code, the ASR and, on the first call, the synthesizer .debs and wheels: the state
+# travels as a tar in parts over two or more calls, checked by its sha256 on arrival.
+#   here:  scripts/device/state_parts.sh split checkpoints/codec_v2 FIRST_MB
+#          → .carry/a/codec_v2.tar.part-aa (FIRST_MB) and .carry/b/codec_v2.tar.part-ab (the
+#            rest), each folder with codec_v2.tar.sha256; name .carry/a in the first call's
+#            carry, .carry/b in the second's
+#   there: source it (phase_v2.sh does): collect_parts copies .carry/*/ into $W/parts (kept
+#          while the machine is warm); assembled_state NAME prints the directory of NAME's
+#          state once every part has arrived and the checksum matches, nothing before
+set -uo pipefail
+
+collect_parts() {
+  mkdir -p "$W/parts"
+  local d
+  for d in .carry/*/; do [ -d "$d" ] && cp -n "$d"* "$W/parts/" 2>/dev/null; done
+  return 0
+}
+
+assembled_state() {
+  local name=$1 dest=$W/in/$1
+  [ -f "$dest/state.json" ] && { echo "$dest"; return 0; }
+  [ -f "$W/parts/$name.tar.sha256" ] || return 1
+  local want got
+  want=$(cut -d' ' -f1 "$W/parts/$name.tar.sha256")
+  got=$(cat "$W/parts/$name".tar.part-* 2>/dev/null | sha256sum | cut -d' ' -f1)
+  [ "$want" = "$got" ] || return 1
+  mkdir -p "$W/in"
+  cat "$W/parts/$name".tar.part-* | tar x -C "$W/in" && [ -f "$dest/state.json" ] && echo "$dest"
+}
+
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+  [ "${1:-}" = split ] || { echo "usage: $0 split DIR FIRST_MB" >&2; exit 2; }
+  SRC=${2:?state directory}; FIRST=${3:?first part in MB}
+  [ -f "$SRC/state.json" ] || { echo "$SRC: not a portable state (no state.json)" >&2; exit 2; }
+  NAME=$(basename "$SRC")
+  TMP=$(mktemp -d); trap 'rm -rf "$TMP"' EXIT
+  tar cf "$TMP/$NAME.tar" -C "$(dirname "$SRC")" "$NAME"
+  (cd "$TMP" && sha256sum "$NAME.tar" > "$NAME.tar.sha256")
+  head -c "$((FIRST * 1000000))" "$TMP/$NAME.tar" > "$TMP/$NAME.tar.part-aa"
+  tail -c +"$((FIRST * 1000000 + 1))" "$TMP/$NAME.tar" > "$TMP/$NAME.tar.part-ab"
+  mkdir -p .carry/a .carry/b
+  rm -f .carry/a/"$NAME".tar.* .carry/b/"$NAME".tar.*
+  cp "$TMP/$NAME.tar.part-aa" "$TMP/$NAME.tar.sha256" .carry/a/
+  cp "$TMP/$NAME.tar.part-ab" "$TMP/$NAME.tar.sha256" .carry/b/
+  du -b .carry/a/"$NAME".tar.part-aa .carry/b/"$NAME".tar.part-ab
+fi

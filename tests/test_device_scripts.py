@@ -1,0 +1,68 @@
+"""The GPU-machine scripts (scripts/device/*.sh, scripts/*.sh) parse, and a portable state
+survives the trip in parts (scripts/device/state_parts.sh): split here, collected over two
+calls there, assembled only when every part has arrived and its checksum matches."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = sorted((ROOT / "scripts").glob("*.sh")) + sorted((ROOT / "scripts/device").glob("*.sh"))
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_script_parses(script):
+    subprocess.run(["bash", "-n", str(script)], check=True)
+
+
+def _there(cwd: Path, work: Path, body: str) -> subprocess.CompletedProcess:
+    """Run ``body`` in ``cwd`` with state_parts.sh sourced and W=work."""
+    return subprocess.run(["bash", "-c", f"source {ROOT}/scripts/device/state_parts.sh; {body}"],
+                          cwd=cwd, env={"W": str(work), "PATH": "/usr/bin:/bin"},
+                          capture_output=True, text=True)
+
+
+def test_state_travels_in_parts(tmp_path):
+    here = tmp_path / "here"
+    state = here / "checkpoints" / "run_x"
+    state.mkdir(parents=True)
+    (state / "state.json").write_text('{"step": 7}')
+    (state / "generator.safetensors").write_bytes(bytes(range(256)) * 9000)   # 2.3 MB
+    out = subprocess.run(["bash", str(ROOT / "scripts/device/state_parts.sh"), "split",
+                          "checkpoints/run_x", "1"], cwd=here, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    a, b = here / ".carry" / "a", here / ".carry" / "b"
+    assert (a / "run_x.tar.part-aa").stat().st_size == 1_000_000
+    assert (b / "run_x.tar.part-ab").is_file() and (b / "run_x.tar.sha256").is_file()
+    # the machine: call 1 brings part a only, call 2 part b only; W keeps what arrived
+    work, call1, call2 = tmp_path / "work", tmp_path / "call1", tmp_path / "call2"
+    (call1 / ".carry").mkdir(parents=True)
+    (call2 / ".carry").mkdir(parents=True)
+    shutil.copytree(a, call1 / ".carry" / "a")
+    shutil.copytree(b, call2 / ".carry" / "b")
+    r = _there(call1, work, "collect_parts; assembled_state run_x")
+    assert r.returncode != 0 and r.stdout == ""                    # incomplete: nothing
+    r = _there(call2, work, "collect_parts; assembled_state run_x")
+    assert r.returncode == 0, r.stderr
+    got = Path(r.stdout.strip())
+    assert got == work / "in" / "run_x"
+    assert (got / "state.json").read_text() == '{"step": 7}'
+    assert (got / "generator.safetensors").read_bytes() == (state / "generator.safetensors").read_bytes()
+    # a damaged part is refused
+    shutil.rmtree(work / "in")
+    part = work / "parts" / "run_x.tar.part-ab"
+    data = bytearray(part.read_bytes())
+    data[1000] ^= 0xFF
+    part.write_bytes(bytes(data))
+    r = _there(call2, work, "assembled_state run_x")
+    assert r.returncode != 0 and not (work / "in" / "run_x").exists()
+
+
+def test_split_refuses_what_is_not_a_state(tmp_path):
+    (tmp_path / "x").mkdir()
+    out = subprocess.run(["bash", str(ROOT / "scripts/device/state_parts.sh"), "split", "x", "1"],
+                         cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 2 and "not a portable state" in out.stderr
