@@ -229,7 +229,7 @@ def run_recipe(recipe: Recipe, data: str, asr: str | None, device, steps: int, w
             step(wav, wl, target)
     flops = counter.get_total_flops() / tc.disc_every
     if recipe.compile:
-        compile_for_training(parts.model, parts.disc, parts.mel_loss)
+        compile_for_training(parts.model, parts.disc, parts.mel_loss, tc.compile_backend)
     t0 = time.perf_counter()
     for _ in range(warmup):
         wav, wl, target = batch()

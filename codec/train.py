@@ -97,6 +97,7 @@ class CodecTrainConfig:
     data_on_device: bool = False        # train split + frozen features held on the device
     cache_dir: str = ""                 # device-data cache (default RUN/cache)
     compile: bool = False               # torch.compile the generator parts, discriminators, loss
+    compile_backend: str = "inductor"   # its backend ("aot_eager": tracing and autograd only)
     lr_schedule: str = "cosine"         # 'cosine' (to max_steps) or 'constant' after warm-up
     rewarm_steps: int = 200             # LR ramp after continuing from a portable state
     eval_quality: bool = False          # STOI / PESQ-WB of valid reconstructions at each eval
@@ -246,7 +247,7 @@ def eager():
     return set_stance("force_eager") if set_stance is not None else contextlib.nullcontext()
 
 
-def compile_for_training(model, disc, mel_loss) -> None:
+def compile_for_training(model, disc, mel_loss, backend: str = "inductor") -> None:
     """``torch.compile`` (in place: parameter names unchanged) the parts of a training step
     whose shapes are fixed by the crop length: acoustic encoder, transformers, ConvNeXt
     stacks, RVQ, decoder, discriminators and the mel loss. The merging itself (data-dependent
@@ -257,7 +258,7 @@ def compile_for_training(model, disc, mel_loss) -> None:
     for part in (model.encoder, model.merge_transformer, model.semantic_encoder,
                  model.semantic_decoder, model.distill_head, model.rvq,
                  model.unmerge_transformer, model.decoder, disc, mel_loss):
-        part.compile(dynamic=False)
+        part.compile(dynamic=False, backend=backend)
 
 
 @torch.no_grad()
@@ -631,7 +632,7 @@ def train_codec(config_path: str, data: str, run_dir: str, asr: str | None = Non
                   f"({prior_seconds / 60:.1f} training minutes so far; optimizer moments "
                   f"start fresh, learning rates re-warm over {tc.rewarm_steps} steps)")
     if tc.compile:
-        compile_for_training(model, disc, mel_loss)
+        compile_for_training(model, disc, mel_loss, tc.compile_backend)
     if tc.eval_quality:
         for module in ("pesq", "pystoi"):
             try:
