@@ -442,15 +442,17 @@ def concat_utterances(utts: list[Utterance], seconds: float, gap: float = 0.2
 
 
 def corpus_speech(path: str | os.PathLike, n: int, seed: int = 0,
-                  max_seconds: float = 20.0) -> list[Utterance]:
-    """``n`` utterances (<= ``max_seconds``) of a corpus readable by
-    ``flexicodec.data.loaders.load_corpus`` (test split of our corpus when it has one)."""
+                  max_seconds: float = 20.0, split: str = "test") -> list[Utterance]:
+    """``n`` utterances (<= ``max_seconds``; fewer when the corpus has fewer) of a corpus
+    readable by ``flexicodec.data.loaders.load_corpus``: of ``split`` for our corpus layout
+    (held-out speech for the codec benchmark; the LM benchmark, whose LMs are untrained,
+    takes the much larger train split), every utterance for other layouts."""
     import numpy as np
 
     from flexicodec.data.loaders import load_corpus, detect_layout
 
     path = Path(path)
-    split = "test" if detect_layout(path) == "corpus" else None
+    split = split if detect_layout(path) == "corpus" else None
     ds = load_corpus(path, split=split, decode=False, check="header", progress=False)
     ds = ds.filter(lambda d: 0.5 <= d <= max_seconds, input_columns="duration")
     if len(ds) == 0:

@@ -502,7 +502,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--codec", default=None, help="trained FlexiCodec directory "
                    "(default: the shipped one)")
     p.add_argument("--data", default=None, help="corpus directory with real speech "
-                   "(default: synthesize sentences with flite / espeak-ng)")
+                   "(its train split: the LMs are untrained; default: synthesize sentences with "
+                   "flite / espeak-ng)")
     p.add_argument("--num-utts", type=int, default=None)
     p.add_argument("--gen-batch", type=int, default=None)
     p.add_argument("--concat-seconds", type=float, default=None,
@@ -561,12 +562,13 @@ def main(argv: list[str] | None = None) -> int:
         30.0 if dev.type == "cuda" and not cfg.quick else 0.0)
     # ~2.5 s per corpus utterance: load enough to fill num_utts clips of `concat` seconds
     n_src = cfg.num_utts if concat <= 0 else cfg.num_utts * (int(concat / 2.0) + 2)
-    utts = (corpus_speech(a.data, n_src, cfg.seed) if a.data
+    utts = (corpus_speech(a.data, n_src, cfg.seed, split="train") if a.data
             else synthesize_speech(n_src, cfg.seed))
     utts = concat_utterances(utts, concat)[:cfg.num_utts]
     if len(utts) < cfg.num_utts:
-        raise ValueError(f"only {len(utts)} clips of >= {concat:g} s could be made; "
-                         f"lower --num-utts or --concat-seconds")
+        raise ValueError(f"only {len(utts)} clips of >= {concat:g} s could be made from "
+                         f"{a.data or 'the synthesized sentences'}; lower --num-utts or "
+                         f"--concat-seconds")
     result = run_benchmark(cfg, utts, codec, codec_source)
     result["wall_seconds"] = time.perf_counter() - t0
     js, png = write_outputs(result, Path(a.out))

@@ -16,7 +16,8 @@ import importlib
 import logging
 import sys
 
-DISPATCH = {"asr-train": "flexicodec.codec.asr.train", "train": "flexicodec.codec.train", "eval": "flexicodec.codec.eval.evaluate"}
+DISPATCH = {"asr-train": "flexicodec.codec.asr.train", "asr-eval": "flexicodec.codec.asr.evaluate",
+            "train": "flexicodec.codec.train", "eval": "flexicodec.codec.eval.evaluate"}
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:

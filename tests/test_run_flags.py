@@ -134,7 +134,7 @@ RETIRED_ANYWHERE = ("--output", "--model-dir", "--codec-dir", "--target-rate",
                     "--target-frame-rate", "--merging-threshold", "--frame-rates", "--merge-out")
 #: every command line: (module or script path, its main)
 COMMANDS = ("flexicodec.codec.cli:build_parser", "flexicodec.codec.eval.evaluate:main", "flexicodec.codec.train:build_parser",
-            "flexicodec.codec.asr.train:build_parser", "flexicodec.data.cli:main", "flexicodec.lm.cli:generate_main",
+            "flexicodec.codec.asr.train:build_parser", "flexicodec.codec.asr.evaluate:build_parser", "flexicodec.data.cli:main", "flexicodec.lm.cli:generate_main",
             "flexicodec.lm.tokenize:build_parser", "flexicodec.lm.text_tokenizer:main", "flexicodec.lm.train:build_parser",
             "flexicodec.lm.finetune:build_parser", "flexicodec.tts.cli:build_parser", "flexicodec.tts.evaluate:main",
             "flexicodec.tts.server:build_parser", "flexicodec.tts.voice_cli:build_parser",

@@ -103,3 +103,22 @@ def test_spec_augment_masks_within_bounds():
     assert (zero_bins <= 20).all() and zero_bins.sum() > 0
     assert zero_frames.tolist()[3] <= 2 and (zero_frames <= torch.tensor([40, 20, 10, 2])).all()
     assert (out[:, :, :][out != 0] == 1).all()
+
+
+def test_asr_eval_scores_a_split_like_the_trainer(tiny_corpus, tmp_path, capsys):
+    """flexicodec asr-eval: PER of a trained ASR on a split, the trainer's own scoring (the
+    valid split gives the trainer's final valid PER), JSON + report files; a missing model
+    is a one-line error."""
+    from flexicodec.codec.asr.evaluate import main as asr_eval
+
+    res = train_asr(str(ROOT / "configs/asr/tiny.yaml"), str(tiny_corpus), str(tmp_path / "run"),
+                    max_steps=6, out_model=str(tmp_path / "asr"), cpu=True)
+    assert asr_eval(["--model", str(tmp_path / "asr"), "--data", str(tiny_corpus),
+                     "--split", "valid", "-o", str(tmp_path / "per")]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["split"] == "valid" and out["eval_utts"] > 0 and out["left_out"] == 0
+    assert out["per"] == pytest.approx(res["valid_per"], abs=1e-6)
+    assert json.loads((tmp_path / "per.json").read_text())["per"] == out["per"]
+    assert "PER %" in (tmp_path / "per.md").read_text()
+    assert asr_eval(["--model", str(tmp_path / "none"), "--data", str(tiny_corpus)]) == 2
+    assert "asr-eval: error" in capsys.readouterr().err

@@ -99,7 +99,9 @@ def load_asr_yaml(path: str | Path) -> tuple[dict, ASRTrainConfig]:
     return model, train
 
 
-def _corpus_split(data: str, split: str, max_seconds: float):
+def corpus_split(data: str, split: str, max_seconds: float):
+    """``(rows, AudioDataset, dropped)``: the split's utterances that have phonemes and last
+    at most ``max_seconds``, and how many were left out."""
     from flexicodec.data.loaders import AudioDataset, load_corpus
 
     ds = load_corpus(data, split=split, sample_rate=SAMPLE_RATE, decode=False, check="header")
@@ -111,9 +113,11 @@ def _corpus_split(data: str, split: str, max_seconds: float):
     if not keep:
         raise ValueError(f"{data}: split '{split}' has no utterances with phonemes "
                          f"(the ASR needs the 'phonemes' column)")
-    if len(keep) < len(ds):
+    dropped = len(ds) - len(keep)
+    if dropped:
         ds = ds.select(keep)
-    return ds, AudioDataset(ds, sample_rate=SAMPLE_RATE, segment_samples=None, random_crop=False)
+    return (ds, AudioDataset(ds, sample_rate=SAMPLE_RATE, segment_samples=None,
+                             random_crop=False), dropped)
 
 
 @torch.no_grad()
@@ -157,8 +161,8 @@ def train_asr(config_path: str, data: str, run_dir: str, max_steps: int | None =
 
     from flexicodec.data.loaders import collate_audio
 
-    train_ds, train_set = _corpus_split(data, "train", tc.max_seconds)
-    valid_ds, valid_set = _corpus_split(data, "valid", tc.max_seconds)
+    train_ds, train_set, _ = corpus_split(data, "train", tc.max_seconds)
+    valid_ds, valid_set, _ = corpus_split(data, "valid", tc.max_seconds)
 
     ckpt = CheckpointManager(run)
     cfg_file = run / "asr_config.json"

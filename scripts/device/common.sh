@@ -37,6 +37,18 @@ mkdir -p "$W"
 OUT=${OUT:-$W/out}
 mkdir -p "$OUT"
 log() { echo "[$(date +%H:%M:%S) +$(( $(date +%s) - T0 ))s] $*"; }
+gpu_info() { command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu="$1" --format=csv,noheader; }
+# ensure_corpus DIR: build the default corpus of HOURS (default 24) h into DIR once per machine
+# (DIR.done marks it complete; the builder itself resumes an interrupted build)
+ensure_corpus() {
+  if [ ! -f "$1.done" ]; then
+    log "building the corpus $1 (${HOURS:-24} h)"
+    python3 -m flexicodec.data.cli build-corpus --hours "${HOURS:-24}" --out "$1" --workers 16 \
+      --no-progress 2>&1 | tail -n 3 && touch "$1.done"
+    python3 -m flexicodec.data.cli stats "$1" > "$OUT/$(basename "$1")_stats.json" 2>/dev/null
+  fi
+  [ -f "$1.done" ] || { log "no corpus $1"; return 1; }
+}
 # pack_codecs NAME=DIR ...: trained codecs, fp16 without their ASR copy
 # (scripts/device/transport.py), as $W/pack/NAME.safetensors and, all in one tar, as 15 MiB
 # parts $OUT/codecs.tar.part-* (here: cat parts | tar xz, then transport.py unpack).

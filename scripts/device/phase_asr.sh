@@ -1,22 +1,35 @@
 #!/usr/bin/env bash
-# Device phase A (one call): build the training corpus from carried synthesizer .debs, then
-# train the shipped ASR (semantic stream). Results and the fp16 model come back under $OUT.
-#   carry: .whl .debs     command: BUDGET=560 bash scripts/device/phase_asr.sh
+# The frozen ASR (the codec's semantic stream) retrained on the default corpus, in one call,
+# and measured against the tree's ASR on held-out speakers before anything is trained on it.
+#   carry .whl .debs on a fresh machine; the corpus is $W/corpus_v2, shared with
+#   scripts/device/phase_v2.sh (built here when missing: HOURS, default 24).
+#   Trains configs/asr/small.yaml (or CONFIG=...) into $W/asr_new for the time left
+#   (resumable: a next call continues $W/asr_run), then `flexicodec asr-eval` of the tree's
+#   ASR and the new one on valid, test and test_unseen → $OUT/asr_per.jsonl; the new ASR in
+#   fp16 → $OUT/asr/ (here: copy it over flexicodec_pretrained/asr only if it is better).
+#   Then phase_v2.sh ASR=$W/asr_new FRESH=1 starts codec stage 1 over with it.
+#   A CPU dry run: HOURS=0.05 BUDGET=150 DEVICE=cpu CONFIG=configs/asr/tiny.yaml
 source scripts/device/common.sh
-HOURS=${HOURS:-24}
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-python3 -c "import torch, transformers, accelerate, datasets; print('torch', torch.__version__, 'tf', transformers.__version__, 'acc', accelerate.__version__, 'ds', datasets.__version__)"
-log "building corpus ($HOURS h)"
-python3 -m flexicodec.data.cli build-corpus --hours "$HOURS" --out "$W/corpus" --workers 16 --no-progress 2>&1 | tail -n 15
-python3 -m flexicodec.data.cli show "$W/corpus" 2>&1 | head -n 30 | tee "$OUT/corpus_summary.txt"
-log "training ASR for $(left_min 60) min"
-python3 -m flexicodec.codec.asr.train --config configs/asr/small.yaml --data "$W/corpus" --run-dir "$W/asr" \
-  --max-minutes "$(left_min 60)" --resume --out-model "$W/asr_model" 2>&1 | grep -v -E "it/s\]|s/it\]" | tail -n 40
-cp "$W/asr/metrics.jsonl" "$OUT/asr_metrics.jsonl" 2>/dev/null
+CORPUS=$W/corpus_v2
+gpu_info name,memory.total,driver_version
+ensure_corpus "$CORPUS" || exit 2
+M=$(left_min "${RESERVE:-60}")
+log "training the ASR for $M min"
+python3 -m flexicodec.codec.asr.train --config "${CONFIG:-configs/asr/small.yaml}" --data "$CORPUS" \
+  --run-dir "$W/asr_run" --max-minutes "$M" --resume --out-model "$W/asr_new" 2>&1 \
+  | grep -v -E "it/s\]|s/it\]" | tail -n 20
+cp "$W/asr_run/metrics.jsonl" "$OUT/asr_metrics.jsonl" 2>/dev/null
+[ -f "$W/asr_new/config.json" ] || { log "no trained ASR"; exit 1; }
+for split in valid test test_unseen; do
+  for m in tree=flexicodec_pretrained/asr new=$W/asr_new; do
+    python3 -m flexicodec.codec.asr.evaluate --model "${m#*=}" --data "$CORPUS" --split "$split" \
+      --device "${DEVICE:-cuda}" 2>/dev/null | tail -n 1 | sed "s/^{/{\"asr\": \"${m%%=*}\", /"
+  done
+done | tee "$OUT/asr_per.jsonl"
 python3 - <<PY
 import torch
 from flexicodec.codec.asr.model import PhonemeASR
-m = PhonemeASR.from_pretrained("$W/asr_model")
+m = PhonemeASR.from_pretrained("$W/asr_new")
 m.save_pretrained("$OUT/asr", dtype=torch.float16)
 print("exported fp16 ASR", sum(p.numel() for p in m.parameters()))
 PY

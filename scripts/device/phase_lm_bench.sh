@@ -6,7 +6,8 @@
 #     else a HOURS (default 2) h corpus built here (carry .whl .debs on a fresh machine).
 #   Codec whose tokens the LM is measured on: CODEC=DIR; or FROM_STATE=NAME, a portable
 #     state (checkpoints/NAME in the tree, or assembled from parts by phase_v2.sh) exported
-#     here with scripts/export_portable.py; default: the tree's flexicodec_pretrained/codec.
+#     here with scripts/export_portable.py (with ASR=DIR when the state was trained with
+#     another ASR than the tree's); default: the tree's flexicodec_pretrained/codec.
 #   STEPS (timed trainer steps, default 30), PEAK (the GPU's dense bf16 FLOP/s for MFU,
 #   default 989e12: H100/H200), NUM_UTTS (default 256), DEVICE (default cuda),
 #   TRAIN_CONFIG (default configs/lm/gpu.yaml). A CPU dry run: DEVICE=cpu STEPS=1
@@ -17,12 +18,7 @@ source scripts/device/common.sh
 source scripts/device/state_parts.sh
 if [ -z "${CORPUS:-}" ]; then
   CORPUS=$W/corpus_lm
-  if [ ! -f "$W/corpus_lm.done" ]; then
-    log "building a ${HOURS:-2} h corpus"
-    python3 -m flexicodec.data.cli build-corpus --hours "${HOURS:-2}" --out "$CORPUS" --workers 16 \
-      --no-progress 2>&1 | tail -n 3 && touch "$W/corpus_lm.done"
-  fi
-  [ -f "$W/corpus_lm.done" ] || { log "no corpus"; exit 2; }
+  HOURS=${HOURS:-2} ensure_corpus "$CORPUS" || exit 2
 fi
 [ -d "$CORPUS" ] || { log "CORPUS=$CORPUS: no such corpus"; exit 2; }
 if [ -z "${CODEC:-}" ] && [ -n "${FROM_STATE:-}" ]; then
@@ -30,9 +26,11 @@ if [ -z "${CODEC:-}" ] && [ -n "${FROM_STATE:-}" ]; then
   if [ -f "checkpoints/$FROM_STATE/state.json" ]; then SRC=checkpoints/$FROM_STATE
   else SRC=$(assembled_state "$FROM_STATE") || { log "no state $FROM_STATE here yet"; exit 2; }
   fi
-  [ -f "$W/asr/config.json" ] || cp -r flexicodec_pretrained/asr "$W/asr" || { log "no ASR"; exit 2; }
+  ASR_DIR=${ASR:-$W/asr}            # the ASR the state was trained with
+  [ -f "$ASR_DIR/config.json" ] || cp -r flexicodec_pretrained/asr "$ASR_DIR" \
+    || { log "no ASR"; exit 2; }
   CODEC=$W/codec_$FROM_STATE
-  python3 scripts/export_portable.py "$SRC" --asr "$W/asr" -o "$CODEC" | tail -n 2 || exit 2
+  python3 scripts/export_portable.py "$SRC" --asr "$ASR_DIR" -o "$CODEC" | tail -n 2 || exit 2
 fi
 CODEC_ARGS=()
 [ -n "${CODEC:-}" ] && CODEC_ARGS=(--codec "$CODEC")

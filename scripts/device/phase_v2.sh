@@ -14,9 +14,10 @@
 #   .carry/a, .carry/b); a call that has not received every part yet builds and benchmarks
 #   but does not train. Stage 1 never starts over without FRESH=1.
 #   1st call (carry .whl .debs, scripts/fetch_device_wheels.sh and fetch_synth_debs.sh; tree
-#     with flexicodec_pretrained/asr): the v2 corpus (HOURS, default 24 h, default
-#     build-corpus settings: pace, joined sentences, levels), the ASR copied to the machine,
-#     BENCH=1 the throughput benchmark, then training.
+#     with flexicodec_pretrained/asr): the v2 corpus $W/corpus_v2 (HOURS, default 24 h,
+#     default build-corpus settings: pace, joined sentences, levels), the ASR copied to the
+#     machine (ASR=DIR takes another, e.g. one phase_asr.sh retrained on this corpus), BENCH=1
+#     the throughput benchmark, then training.
 #   next calls (no .whl/.debs needed while the machine is warm): training resumes from the
 #     run's checkpoint.
 #   FINAL=1: the stage's portable state as $OUT/NAME.tar.part-* (15 MiB parts; here:
@@ -38,19 +39,19 @@ case "$STAGE" in
 esac
 SET_ARGS=()
 for kv in ${SETS:-}; do SET_ARGS+=(--set "$kv"); done
-gpu_info() { command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu="$1" --format=csv,noheader; }
 PORT=$W/portable/$NAME
 RUN=$W/runs/$NAME
 CORPUS=$W/corpus_v2
-if [ ! -f "$W/corpus_v2.done" ]; then
-  log "building the v2 corpus (${HOURS:-24} h)"
-  python3 -m flexicodec.data.cli build-corpus --hours "${HOURS:-24}" --out "$CORPUS" --workers 16 \
-    --no-progress 2>&1 | tail -n 3 && touch "$W/corpus_v2.done"
-  python3 -m flexicodec.data.cli stats "$CORPUS" > "$OUT/corpus_v2_stats.json" 2>/dev/null
+ensure_corpus "$CORPUS" || exit 2
+# the frozen ASR: ASR=DIR (e.g. $W/asr_new from phase_asr.sh), else the tree's, copied once
+if [ -n "${ASR:-}" ]; then
+  ASR_DIR=$ASR
+else
+  ASR_DIR=$W/asr
+  [ -f "$ASR_DIR/config.json" ] || cp -r flexicodec_pretrained/asr "$ASR_DIR" \
+    || { log "no ASR in the tree"; exit 2; }
 fi
-if [ ! -f "$W/asr/config.json" ]; then
-  cp -r flexicodec_pretrained/asr "$W/asr" || { log "no ASR in the tree"; exit 2; }
-fi
+[ -f "$ASR_DIR/config.json" ] || { log "ASR=$ASR_DIR: not a model directory"; exit 2; }
 mkdir -p "$W/portable" "$W/runs"
 # A state comes from the tree (checkpoints/NAME) or, through size-limited uploads, as parts in
 # .carry/*/ over several calls (scripts/device/state_parts.sh), usable once all have arrived.
@@ -87,7 +88,7 @@ fi
 gpu_info name,memory.total
 if [ "${BENCH:-0}" = 1 ]; then
   log "throughput benchmark"
-  python3 -m flexicodec.benchmarks.train_speed --device "${DEVICE:-cuda}" --data "$CORPUS" --asr "$W/asr" \
+  python3 -m flexicodec.benchmarks.train_speed --device "${DEVICE:-cuda}" --data "$CORPUS" --asr "$ASR_DIR" \
     --out "$W/bench" --steps "${BENCH_STEPS:-30}" 2>&1 | grep -v "it/s\]" | tail -n 12
   cp "$W/bench/train_speed.json" "$W/bench/train_speed.md" "$OUT/" 2>/dev/null
 fi
@@ -96,7 +97,7 @@ if [ $TRAIN = 1 ]; then
   log "training $NAME (STAGE=$STAGE) for $M min"
   # shellcheck disable=SC2086
   python3 -m flexicodec.codec.train --config "$CONFIG" --data "$CORPUS" --run-dir "$RUN" \
-    --asr "$W/asr" --resume --portable-state "$PORT" --max-minutes "$M" $INIT "${EXTRA[@]}" \
+    --asr "$ASR_DIR" --resume --portable-state "$PORT" --max-minutes "$M" $INIT "${EXTRA[@]}" \
     "${SET_ARGS[@]}" > "$W/$NAME.log" 2>&1 &
   PID=$!
   for _ in $(seq 120); do kill -0 $PID 2>/dev/null || break; sleep 1; done
@@ -108,7 +109,7 @@ if [ $TRAIN = 1 ]; then
     # --set comes after the others, so it wins over a compile: true in SETS
     # shellcheck disable=SC2086
     python3 -m flexicodec.codec.train --config "$CONFIG" --data "$CORPUS" --run-dir "$RUN" \
-      --asr "$W/asr" --resume --portable-state "$PORT" --max-minutes "$(left_min "$RESERVE")" \
+      --asr "$ASR_DIR" --resume --portable-state "$PORT" --max-minutes "$(left_min "$RESERVE")" \
       $INIT "${EXTRA[@]}" "${SET_ARGS[@]}" --set train.compile=false >> "$W/$NAME.log" 2>&1
     log "eager trainer exited: rc=$?"
   fi
