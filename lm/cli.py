@@ -31,6 +31,7 @@ def generate_main(argv: list[str] | None = None) -> int:
     from flexicodec.codec.codes_file import CodesFile, save_codes
     from flexicodec.common.constants import SAMPLE_RATE
     from flexicodec.data.audio import load_audio
+    from flexicodec.lm.cache_modes import add_lm_cache_flag, lm_cache_settings
     from flexicodec.lm.generate import SamplingConfig, VoicePrompt, generate
     from flexicodec.lm.model import load_lm
 
@@ -55,10 +56,7 @@ def generate_main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-tokens", type=int, default=1000)
     p.add_argument("--greedy", action="store_true")
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--static-cache", action="store_true",
-                   help="StaticCache KV cache: fixed-shape decoding steps (same tokens)")
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile the decoding steps (implies --static-cache; for CUDA)")
+    add_lm_cache_flag(p)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a = p.parse_args(argv)
     if (a.prompt_wav is None) != (a.prompt_text is None):
@@ -96,8 +94,7 @@ def generate_main(argv: list[str] | None = None) -> int:
                              enc.token_lengths[0][m].cpu())
     s = SamplingConfig(temperature=a.temperature, top_k=a.top_k, top_p=a.top_p,
                        repetition_penalty=a.repetition_penalty, greedy=a.greedy,
-                       max_tokens=a.max_tokens, seed=a.seed,
-                       static_cache=a.static_cache or a.compile, compile=a.compile)
+                       max_tokens=a.max_tokens, seed=a.seed, **lm_cache_settings(a.lm_cache))
     res = generate(model, pieces, a.frame_rate, s, prompt=prompt)
     codes = CodesFile.from_tokens(codec, [r.semantic_codes.numpy() for r in res],
                                   [r.token_lengths.numpy() for r in res], res[0].frame_rate)

@@ -11,10 +11,12 @@ prompt_codes`` and generation continues after the prompt's codes; only new token
 returned.
 
 KV cache: a transformers DynamicCache by default; ``SamplingConfig(static_cache=True)`` uses
-a StaticCache sized for the prompt + ``max_tokens`` with a preallocated attention mask, so
-every decoding step has the same shapes, and ``compile=True`` then runs the one-token steps
-through ``torch.compile`` (for CUDA; the prompt pass stays eager). Both give the same tokens
-as the dynamic cache.
+a StaticCache sized for the prompt + ``max_tokens``, rounded up to a multiple of
+:data:`STATIC_CACHE_BUCKET` positions, with a preallocated attention mask, so every decoding
+step has the same shapes — also across prompts of different lengths, so a compiled step is
+reused instead of recompiled for each new prompt. ``compile=True`` then runs the one-token
+steps through ``torch.compile`` (for CUDA; the prompt pass stays eager; ``compile_mode=
+"reduce-overhead"`` adds CUDA graphs). All give the same tokens as the dynamic cache.
 """
 from __future__ import annotations
 
@@ -45,6 +47,7 @@ class SamplingConfig:
     static_cache: bool = False      # StaticCache + fixed-shape steps (see module docstring)
     compile: bool = False           # torch.compile the one-token steps (needs static_cache)
     compile_backend: str = "inductor"   # torch.compile backend ("eager": tracing only)
+    compile_mode: str | None = None     # torch.compile mode, e.g. "reduce-overhead" (CUDA graphs)
 
     def __post_init__(self) -> None:
         if self.temperature <= 0 and not self.greedy:
@@ -57,6 +60,18 @@ class SamplingConfig:
             raise ValueError("max_tokens must be >= 1 and min_tokens >= 0")
         if self.compile and not self.static_cache:
             raise ValueError("compile=True needs static_cache=True (fixed shapes per step)")
+
+
+#: StaticCache lengths are rounded up to a multiple of this many positions
+STATIC_CACHE_BUCKET = 128
+
+
+def static_cache_length(prompt_len: int, max_tokens: int) -> int:
+    """Positions of the StaticCache for a prompt of ``prompt_len`` and ``max_tokens`` new
+    tokens (+1 for ``</speech>``), rounded up to a multiple of :data:`STATIC_CACHE_BUCKET`."""
+    need = prompt_len + max_tokens + 1
+    return -(-need // STATIC_CACHE_BUCKET) * STATIC_CACHE_BUCKET
+
 
 
 @dataclass
@@ -141,10 +156,11 @@ def _steps(model: SpeechLM, texts: Sequence[Sequence[int]], frame_rate: float,
     step_fn = model
     if sampling.static_cache:
         # one mask of the cache's full length, filled in place: every step has one shape
-        cache = make_cache(model.backbone.config, L0 + sampling.max_tokens + 1)
-        mask = torch.cat([mask, mask.new_zeros(B, sampling.max_tokens + 1)], 1)
+        total = static_cache_length(L0, sampling.max_tokens)
+        cache = make_cache(model.backbone.config, total)
+        mask = torch.cat([mask, mask.new_zeros(B, total - L0)], 1)
         if sampling.compile:
-            step_fn = _compiled_forward(model, sampling.compile_backend)
+            step_fn = _compiled_forward(model, sampling.compile_backend, sampling.compile_mode)
     else:
         cache = make_cache(model.backbone.config)
     pos = batch["position_ids"][:, -1]
@@ -198,12 +214,15 @@ def _steps(model: SpeechLM, texts: Sequence[Sequence[int]], frame_rate: float,
     return (truncated if step == sampling.max_tokens else torch.zeros_like(finished)).tolist()
 
 
-def _compiled_forward(model: SpeechLM, backend: str):
-    """``torch.compile`` of the model's forward for the one-token steps, made once per model
-    and backend (kept in the model's ``__dict__``: not a submodule, not in its state dict)."""
+def _compiled_forward(model: SpeechLM, backend: str, mode: str | None = None):
+    """``torch.compile`` of the model's forward for the one-token steps, made once per model,
+    backend and mode (kept in the model's ``__dict__``: not a submodule, not in its state
+    dict)."""
     cached = model.__dict__.get("_compiled_step")
-    if cached is None or cached[0] != backend:
-        cached = (backend, torch.compile(model.forward, backend=backend, dynamic=False))
+    if cached is None or cached[0] != (backend, mode):
+        kw = {"mode": mode} if mode else {}
+        cached = ((backend, mode),
+                  torch.compile(model.forward, backend=backend, dynamic=False, **kw))
         model.__dict__["_compiled_step"] = cached
     return cached[1]
 

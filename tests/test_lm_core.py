@@ -236,3 +236,34 @@ def test_static_cache_and_compiled_steps_match_dynamic_cache():
     assert [n for _, n in streamed] == greedy.token_lengths.tolist()
     with pytest.raises(ValueError, match="static_cache"):
         SamplingConfig(compile=True)
+
+
+def test_compiled_steps_are_reused_across_prompt_lengths():
+    """The StaticCache length is rounded up to a bucket, so prompts of other lengths reuse the
+    compiled one-token step instead of compiling a new graph each; the named LM cache modes
+    are valid SamplingConfigs that give the same tokens."""
+    import torch._dynamo
+
+    from flexicodec.lm.cache_modes import LM_CACHES, lm_cache_settings
+    from flexicodec.lm.generate import STATIC_CACHE_BUCKET, static_cache_length
+
+    assert static_cache_length(3, 12) == STATIC_CACHE_BUCKET
+    assert static_cache_length(STATIC_CACHE_BUCKET - 12, 12) == 2 * STATIC_CACHE_BUCKET
+    m = tiny_lm(seed=5)
+    torch._dynamo.reset()
+    s = SamplingConfig(greedy=True, max_tokens=12, static_cache=True, compile=True,
+                       compile_backend="eager")
+    generate(m, [[1, 2, 3]], 6.25, s)
+    frames = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    for text in ([1, 2, 3, 4, 5, 6, 7], [9], [4, 5, 6, 7, 8, 9, 10, 11, 12]):
+        generate(m, [text], 6.25, s)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == frames
+    ref = generate(m, [[1, 2, 3]], 6.25, SamplingConfig(greedy=True, max_tokens=12))[0]
+    for name in LM_CACHES:
+        kw = lm_cache_settings(name)
+        if kw["compile"]:
+            kw.update(compile_backend="eager", compile_mode=None)   # CUDA graphs need CUDA
+        got = generate(m, [[1, 2, 3]], 6.25, SamplingConfig(greedy=True, max_tokens=12, **kw))
+        assert got[0].semantic_codes.tolist() == ref.semantic_codes.tolist(), name
+    with pytest.raises(ValueError, match="unknown LM cache"):
+        lm_cache_settings("fast")

@@ -129,9 +129,10 @@ def test_effective_config_is_written_to_the_run_dir_and_read_by_the_trainers(par
 
 # ------------------------------------------------------------------ every command's vocabulary
 #: spellings replaced by -o/--out, --model / --codec, --frame-rate / --threshold, --rates,
-#: --out-model
+#: --out-model, --lm-cache
 RETIRED_ANYWHERE = ("--output", "--model-dir", "--codec-dir", "--target-rate",
-                    "--target-frame-rate", "--merging-threshold", "--frame-rates", "--merge-out")
+                    "--target-frame-rate", "--merging-threshold", "--frame-rates", "--merge-out",
+                    "--static-cache", "--compile")
 #: every command line: (module or script path, its main)
 COMMANDS = ("flexicodec.codec.cli:build_parser", "flexicodec.codec.eval.evaluate:main", "flexicodec.codec.train:build_parser",
             "flexicodec.codec.asr.train:build_parser", "flexicodec.codec.asr.evaluate:build_parser", "flexicodec.data.cli:main", "flexicodec.lm.cli:generate_main",

@@ -171,7 +171,7 @@ def test_stream_equals_offline_and_seed(tts):
     # the LM on a StaticCache: the same audio, offline and streamed
     import dataclasses
     static = TTS(tts.codec, (tts.lm, tts.tokenizer), tts.acoustic, speakers=tts.speakers,
-                 options=dataclasses.replace(tts.options, static_cache=True))
+                 options=dataclasses.replace(tts.options, lm_cache="static"))
     assert np.array_equal(static.synthesize(text, seed=3, frame_rate=12.5)[0], a)
     assert np.array_equal(np.concatenate(list(static.stream(text, seed=3, frame_rate=12.5))), a)
 

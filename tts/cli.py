@@ -21,6 +21,8 @@ import logging
 import sys
 from pathlib import Path
 
+from flexicodec.lm.cache_modes import add_lm_cache_flag
+
 SUBCOMMANDS = ("encode-corpus", "train-acoustic", "eval", "compare-acoustic", "serve", "voice")
 
 
@@ -46,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--list-speakers", action="store_true")
     ap.add_argument("--stream", action="store_true",
                     help="synthesize chunk by chunk (same audio; prints first-chunk latency)")
+    add_lm_cache_flag(ap)
     return ap
 
 
@@ -99,6 +102,7 @@ def _main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: cannot load the TTS models: {exc}", file=sys.stderr)
         return 2
+    tts.options.lm_cache = a.lm_cache
     if a.list_speakers:
         names = tts.list_speakers()
         print("\n".join(names) if names else "(no shipped speakers)")

@@ -86,9 +86,9 @@ class SynthesisOptions:
     guidance_scale: float | None = None
     pause_ms: float = 200.0
     chunk: ChunkConfig = field(default_factory=ChunkConfig)
-    # the LM's KV cache: a StaticCache (fixed-shape steps), compiled steps (CUDA); same tokens
-    static_cache: bool = False
-    compile: bool = False
+    # the LM's KV cache (flexicodec.lm.generate.LM_CACHES): dynamic | static (fixed-shape
+    # steps) | compiled (torch.compile'd steps) | cudagraphs (and CUDA graphs); same tokens
+    lm_cache: str = "dynamic"
 
 
 @dataclass
@@ -342,12 +342,13 @@ class TTS:
 
     # ------------------------------------------------------------------ stages
     def _sampling(self, seed: int | None):
+        from flexicodec.lm.cache_modes import lm_cache_settings
         from flexicodec.lm.generate import SamplingConfig
 
         o = self.options
         return SamplingConfig(temperature=o.temperature, top_k=o.top_k, top_p=o.top_p,
                               max_tokens=o.max_tokens_per_sentence, seed=seed,
-                              static_cache=o.static_cache, compile=o.compile)
+                              **lm_cache_settings(o.lm_cache))
 
     def _decode(self, sem: torch.Tensor, acoustic: torch.Tensor, lens: torch.Tensor
                 ) -> np.ndarray:

@@ -48,6 +48,7 @@ from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException
 
 from flexicodec.common.constants import BASE_FRAME_RATE, SAMPLE_RATE
+from flexicodec.lm.cache_modes import add_lm_cache_flag
 from flexicodec.tts.audio_stream import MEDIA_TYPES, StreamEncoder
 from flexicodec.tts.workers import QueueFullError, WorkerPool
 
@@ -505,6 +506,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--voices", help="saved-voices directory (default: $FLEXICODEC_VOICES or "
                                      "~/.local/share/flexicodec/voices)")
     ap.add_argument("--workers", type=int, default=1, help="synthesis worker threads")
+    add_lm_cache_flag(ap)
     ap.add_argument("--queue-size", type=int, default=4,
                     help="requests that may wait for a worker; more get 503 + Retry-After")
     ap.add_argument("--max-input-chars", type=int, default=ServerConfig.max_input_chars)
@@ -538,6 +540,7 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: cannot load the TTS models: {exc}", file=sys.stderr)
         return 2
+    tts.options.lm_cache = a.lm_cache
     config = ServerConfig(workers=a.workers, queue_size=a.queue_size,
                           max_input_chars=a.max_input_chars, api_key=api_key)
     log.info("models loaded; %d shipped speakers, %d saved voices in %s; %d worker(s) x %d "
