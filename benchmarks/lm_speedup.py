@@ -92,6 +92,7 @@ class LMBenchConfig:
     # trainer throughput: config (configs/lm/*.yaml), rates, measured steps (after as many
     # warm-up steps); an empty train_rates skips it
     train_config: str = "configs/lm/gpu.yaml"
+    train_text_input: str | None = None        # overrides the config's model.text_input
     train_rates: tuple[float, ...] = (BASE_FRAME_RATE, 6.25)
     train_steps: int = 20
 
@@ -351,6 +352,8 @@ def trainer_throughput(cfg: LMBenchConfig, rate_codes: dict[float, RateCodes],
     if not cfg.train_rates:
         return {}
     model_d, tcfg = load_config(cfg.train_config)
+    if cfg.train_text_input:
+        model_d = {**model_d, "text_input": cfg.train_text_input}
     text_input = model_d.get("text_input", "phoneme")
     texts = [u.text for u in utts]
     with tempfile.TemporaryDirectory() as tmp:
@@ -520,6 +523,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--train-config", default=None,
                    help="LM config of the trainer-throughput run (default "
                         "configs/lm/gpu.yaml; --quick: configs/lm/tiny.yaml)")
+    p.add_argument("--text-input", choices=["phoneme", "bpe"], default=None,
+                   help="the trainer-throughput LM's text input (overrides the config's "
+                        "model.text_input, as flexicodec-lm train --text-input does)")
     p.add_argument("--train-rates", type=_floats, default=(BASE_FRAME_RATE, 6.25),
                    help="rates of the trainer-throughput run ('' skips it)")
     p.add_argument("--train-steps", type=int, default=None,
@@ -545,14 +551,16 @@ def main(argv: list[str] | None = None) -> int:
                             train_warmup=1, train_repeats=5, gen_repeats=3,
                             num_text_pieces=256, seed=a.seed, quick=True,
                             train_config=a.train_config or "configs/lm/tiny.yaml",
-                            train_steps=a.train_steps or 3, **peak)
+                            train_text_input=a.text_input, train_steps=a.train_steps or 3,
+                            **peak)
     else:
         sizes = tuple(a.sizes.split(",")) if a.sizes else tuple(LM_SIZES)
         n = a.num_utts or 16
         cfg = LMBenchConfig(sizes=sizes, rates=a.rates, device=device, precision=a.precision,
                             num_utts=n, gen_batch=a.gen_batch or min(8, n), seed=a.seed,
                             train_config=a.train_config or "configs/lm/gpu.yaml",
-                            train_steps=a.train_steps or 20, **peak)
+                            train_text_input=a.text_input, train_steps=a.train_steps or 20,
+                            **peak)
     dev = resolve_device(cfg.device)
     t0 = time.perf_counter()
     codec, codec_source = load_flexicodec(a.codec, dev, allow_random_tiny=cfg.quick,

@@ -3,17 +3,16 @@
 # Python (3.12, x86-64 manylinux), at the versions installed here, so they can be installed
 # there from DIR: `python3 -m pip install --no-index --no-deps --target /tmp/site DIR/*`
 # (scripts/device/common.sh does it when the run carries them as .whl/).
-# Usage: scripts/fetch_device_wheels.sh DIR [--eval]
-#   default: audio I/O (soundfile, cffi, pycparser, soxr), in-run codec metrics (pesq, pystoi),
-#     tokenized data (datasets, dill, multiprocess) — what corpus building and every trainer need;
-#   --eval: also the offline judges (jiwer, rapidfuzz, pocketsphinx, resemblyzer, webrtcvad,
-#     speechmos), large; evaluation normally runs on the CPU machine instead.
+# Usage: scripts/fetch_device_wheels.sh DIR
+#   audio I/O (soundfile, cffi, pycparser, soxr), in-run codec metrics (pesq, pystoi),
+#   tokenized data (datasets, dill, multiprocess): what corpus building and every trainer
+#   need, 2.7 MB. The offline judges (pocketsphinx, resemblyzer, speechmos: over 60 MB) are
+#   not carried: evaluation runs on a CPU machine from the models the GPU runs send back.
 # Packages the GPU image already has (numpy, scipy, pyarrow, pandas, xxhash, fsspec, torch,
 # transformers, ...) are not fetched. Prints the total size.
 set -euo pipefail
-DIR=${1:?usage: $0 DIR [--eval]}
+DIR=${1:?usage: $0 DIR}
 PKGS="soundfile cffi pycparser soxr pesq pystoi datasets dill multiprocess"
-[ "${2:-}" = "--eval" ] && PKGS="$PKGS jiwer rapidfuzz pocketsphinx resemblyzer webrtcvad speechmos"
 PY=${PYTHON:-python3}
 mkdir -p "$DIR"
 specs=()
@@ -26,10 +25,11 @@ PLAT=()
 for n in 2_28 2_27 2_24 2_17 2_5; do PLAT+=(--platform "manylinux_${n}_x86_64"); done
 PLAT+=(--platform manylinux2014_x86_64 --platform manylinux1_x86_64 --platform any)
 for s in "${specs[@]}"; do
-  # a package published only as source (pesq) comes as its sdist; common.sh builds it there
-  # (the GPU image has a compiler, numpy and Cython)
+  # a package without a cp312 wheel of that version (pesq) comes as its sdist;
+  # common.sh builds it there (the GPU image has a compiler, CMake, numpy and Cython)
   $PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
     --implementation cp "${PLAT[@]}" -d "$DIR" "$s" 2>/dev/null \
+    || $PY -m pip download -q --no-deps --no-binary=:all: -d "$DIR" "$s" 2>/dev/null \
     || $PY -m pip download -q --no-deps --no-binary=:all: --no-build-isolation -d "$DIR" "$s" \
     || { echo "[fetch_device_wheels] neither a cp312 x86-64 wheel nor a source of $s" >&2; exit 1; }
 done

@@ -87,16 +87,19 @@ def test_codec_measuring_function_tiny():
     assert r["encode_peak_mb"] >= 0 and r["decode_peak_mb"] >= 0
 
 
-def test_lm_speedup_quick_cli(tmp_path, capsys):
+@pytest.mark.parametrize("text_input", ["phoneme", "bpe"])
+def test_lm_speedup_quick_cli(tmp_path, capsys, text_input):
     """The quick CLI (tiny random codec, tiny LM, two rates, 2 utterances) prints the table
-    and ends with the speedup line; the JSON is valid and consistent with it."""
+    and ends with the speedup line; the JSON is valid and consistent with it. The trainer
+    run reads phonemes (the config's) or, with --text-input bpe, sentencepiece pieces."""
     from flexicodec.data.synth import list_speakers
     if not list_speakers():
         pytest.fail("no synthesizer installed (flite / espeak-ng are required here)")
     from flexicodec.benchmarks.lm_speedup import main
 
+    extra = ["--text-input", "bpe"] if text_input == "bpe" else []
     rc = main(["--quick", "--rates", "12.5,6.25", "--num-utts", "2", "--gen-batch", "2",
-               "--train-steps", "2", "--out", str(tmp_path)])
+               "--train-steps", "2", "--out", str(tmp_path)] + extra)
     assert rc == 0
     out = capsys.readouterr().out.strip().splitlines()
     m = re.fullmatch(r"speedup_6\.25_vs_12\.5=([0-9.]+)", out[-1])
@@ -108,7 +111,7 @@ def test_lm_speedup_quick_cli(tmp_path, capsys):
     data = json.loads((tmp_path / "lm_speedup.json").read_text())
     # the trainer itself (configs/lm/tiny.yaml: phoneme input, packed rows) at both rates
     tr = data["trainer"]
-    assert tr["config"] == "configs/lm/tiny.yaml" and tr["text_input"] == "phoneme"
+    assert tr["config"] == "configs/lm/tiny.yaml" and tr["text_input"] == text_input
     trows = {r["rate"]: r for r in tr["rows"]}
     assert set(trows) == {12.5, 6.25}
     assert trows[6.25]["audio_ratio_vs_12.5"] == pytest.approx(float(t.group(1)), rel=1e-3)
