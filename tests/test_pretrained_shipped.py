@@ -31,6 +31,9 @@ def test_no_argument_loads_the_shipped_models_and_they_agree():
     meta = json.loads((default_dir("codec") / "config.json").read_text())
     assert codec.identity == meta["identity"]
     asr = PhonemeASR.from_pretrained()
+    # the ASR's recorded identity is the hash of its weights, which codecs record for it
+    from flexicodec.codec.semantic import asr_weights_identity
+    assert asr.identity == asr_weights_identity(asr) == codec.config.semantic.asr_identity
     # the codec's frozen semantic model is the shipped ASR
     own = codec.state_dict()
     for k, v in asr.state_dict().items():
