@@ -118,6 +118,11 @@ def test_asr_eval_scores_a_split_like_the_trainer(tiny_corpus, tmp_path, capsys)
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["split"] == "valid" and out["eval_utts"] > 0 and out["left_out"] == 0
     assert out["per"] == pytest.approx(res["valid_per"], abs=1e-6)
+    spk = out["per_speaker"]           # per speaker: counts add up, PERs bracket the total
+    assert sum(v["utts"] for v in spk.values()) == out["eval_utts"]
+    pers = [v["per"] for v in spk.values()]
+    assert min(pers) - 1e-9 <= out["per"] <= max(pers) + 1e-9
+    assert "valid_per_speaker" not in res
     assert json.loads((tmp_path / "per.json").read_text())["per"] == out["per"]
     assert "PER %" in (tmp_path / "per.md").read_text()
     assert asr_eval(["--model", str(tmp_path / "none"), "--data", str(tiny_corpus)]) == 2

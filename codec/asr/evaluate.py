@@ -6,8 +6,9 @@
 The ASR is the codec's frozen semantic stream, so its PER on speakers it never heard
 (``test_unseen``) bounds what the codec's semantic tokens can carry for such voices; this
 is the number to compare before and after retraining it. Greedy CTC decoding, the same
-scoring as the trainer's validation (``flexicodec.codec.asr.train.evaluate_per``). Prints
-one JSON object; ``-o OUT`` also writes ``OUT.json`` and ``OUT.md``.
+scoring as the trainer's validation (``flexicodec.codec.asr.train.evaluate_per``), overall
+and per speaker (a derived speaker of the corpus counts as its own). Prints one JSON object;
+``-o OUT`` also writes ``OUT.json`` and ``OUT.md``.
 """
 from __future__ import annotations
 
@@ -53,8 +54,11 @@ def main(argv: list[str] | None = None) -> int:
            "left_out": dropped}
     print(json.dumps(res))
     if a.out:
-        md = (f"# ASR phoneme error rate: {a.split}\n\n| model | utterances | PER % |\n"
-              f"|---|---|---|\n| {a.model} | {res['eval_utts']} | {100 * res['per']:.1f} |\n")
+        rows = "".join(f"| {k} | {v['utts']} | {100 * v['per']:.1f} |\n"
+                       for k, v in res["per_speaker"].items())
+        md = (f"# ASR phoneme error rate: {a.split}\n\n{a.model}: **{100 * res['per']:.1f} %** "
+              f"over {res['eval_utts']} utterances\n\n| speaker | utterances | PER % |\n"
+              f"|---|---|---|\n{rows}")
         write_report_files(a.out, res, md)
     return 0
 

@@ -123,22 +123,33 @@ def corpus_split(data: str, split: str, max_seconds: float):
 @torch.no_grad()
 def evaluate_per(model: PhonemeASR, dataset, batch_size: int, device, max_utts: int | None,
                  num_workers: int = 0, desc: str = "PER") -> dict:
-    """Phoneme error rate of greedy CTC over (up to ``max_utts`` of) ``dataset``."""
+    """Phoneme error rate of greedy CTC over (up to ``max_utts`` of) ``dataset``:
+    ``{"per", "eval_utts", "per_speaker": {speaker: {"per", "utts"}}}``."""
     n = len(dataset) if max_utts is None else min(len(dataset), max_utts)
     batches = [list(range(s, min(n, s + batch_size))) for s in range(0, n, batch_size)]
     was_training = model.training
     model.eval()
     errs = total = 0
+    by_speaker: dict[str, list[int]] = {}
     from flexicodec.data.loaders import collate_audio
 
     for batch in tqdm(make_loader(dataset, batches, num_workers, collate_audio), desc=desc,
                       leave=False):
         hyps = model.transcribe(batch["wav"].to(device), batch["wav_lengths"].to(device))
-        for h, r in zip(hyps, batch["phonemes"]):
+        for h, r, spk in zip(hyps, batch["phonemes"], batch["speaker"]):
             e, t = phoneme_error_counts(h, r, model.config.strip_chars)
             errs, total = errs + e, total + t
+            acc = by_speaker.setdefault(str(spk), [0, 0, 0])
+            acc[0], acc[1], acc[2] = acc[0] + e, acc[1] + t, acc[2] + 1
     model.train(was_training)
-    return {"per": errs / max(1, total), "eval_utts": n}
+    return {"per": errs / max(1, total), "eval_utts": n,
+            "per_speaker": {k: {"per": e / max(1, t), "utts": u}
+                            for k, (e, t, u) in sorted(by_speaker.items())}}
+
+
+def _valid_scalars(ev: dict) -> dict:
+    """The trainer's log entries of an :func:`evaluate_per` result (no per-speaker table)."""
+    return {f"valid_{k}": v for k, v in ev.items() if k != "per_speaker"}
 
 
 def train_asr(config_path: str, data: str, run_dir: str, max_steps: int | None = None,
@@ -241,7 +252,7 @@ def train_asr(config_path: str, data: str, run_dir: str, max_steps: int | None =
             if step % tc.eval_every == 0 and main:
                 ev = evaluate_per(raw, valid_set, tc.batch_size, accelerator.device,
                                   tc.max_eval_utts)
-                logger.log({"step": step, **{f"valid_{k}": v for k, v in ev.items()}})
+                logger.log({"step": step, **_valid_scalars(ev)})
                 tqdm.write(f"[asr-train] step {step}: valid PER {ev['per']:.3f}")
             ended = end_of_step(accelerator, ckpt, budget, step, tc.max_steps, tc.save_every,
                                 stop_after, name="asr-train", epoch=epoch)
@@ -252,10 +263,9 @@ def train_asr(config_path: str, data: str, run_dir: str, max_steps: int | None =
     result = dict(last)
     if main:
         ev = evaluate_per(raw, valid_set, tc.batch_size, accelerator.device, tc.max_eval_utts)
-        result.update({f"valid_{k}": v for k, v in ev.items()}, step=step,
-                      params=n_params, finished=not stopped_early)
-        logger.log({"step": step, "final": True,
-                    **{f"valid_{k}": v for k, v in ev.items()}})
+        result.update(_valid_scalars(ev), step=step, params=n_params,
+                      finished=not stopped_early)
+        logger.log({"step": step, "final": True, **_valid_scalars(ev)})
         print(f"[asr-train] step {step}: valid PER {ev['per']:.3f}")
         if out_model:
             raw.float().save_pretrained(out_model)
