@@ -5,7 +5,8 @@
 #   Corpus: CORPUS (e.g. $W/corpus_v2 after scripts/device/phase_v2.sh on the same machine),
 #     else a HOURS (default 2) h corpus built here (carry .whl .debs on a fresh machine).
 #   Codec whose tokens the LM is measured on: CODEC=DIR; or FROM_STATE=NAME, a portable
-#     state (checkpoints/NAME in the tree, or assembled from parts by phase_v2.sh) exported
+#     state ($W/portable/NAME from phase_v2.sh on this machine, checkpoints/NAME in the
+#     tree, or assembled from parts) exported
 #     here with scripts/export_portable.py (with ASR=DIR when the state was trained with
 #     another ASR than the tree's); default: the tree's flexicodec_pretrained/codec.
 #   STEPS (timed trainer steps, default 30), PEAK (the GPU's dense bf16 FLOP/s for MFU,
@@ -23,7 +24,9 @@ fi
 [ -d "$CORPUS" ] || { log "CORPUS=$CORPUS: no such corpus"; exit 2; }
 if [ -z "${CODEC:-}" ] && [ -n "${FROM_STATE:-}" ]; then
   collect_parts
-  if [ -f "checkpoints/$FROM_STATE/state.json" ]; then SRC=checkpoints/$FROM_STATE
+  # the newest first: trained on this machine by phase_v2.sh, then the tree's, then parts
+  if [ -f "$W/portable/$FROM_STATE/state.json" ]; then SRC=$W/portable/$FROM_STATE
+  elif [ -f "checkpoints/$FROM_STATE/state.json" ]; then SRC=checkpoints/$FROM_STATE
   else SRC=$(assembled_state "$FROM_STATE") || { log "no state $FROM_STATE here yet"; exit 2; }
   fi
   ASR_DIR=${ASR:-$W/asr}            # the ASR the state was trained with
