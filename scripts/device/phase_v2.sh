@@ -57,11 +57,16 @@ mkdir -p "$W/portable" "$W/runs"
 # .carry/*/ over several calls (scripts/device/state_parts.sh), usable once all have arrived.
 source scripts/device/state_parts.sh
 collect_parts
+# newest first: trained on this machine, then the tree's, then parts
 state_source() {
-  if [ -f "checkpoints/$1/state.json" ]; then echo "checkpoints/$1"; else assembled_state "$1"; fi
+  if [ -f "$W/portable/$1/state.json" ]; then echo "$W/portable/$1"
+  elif [ -f "checkpoints/$1/state.json" ]; then echo "checkpoints/$1"
+  else assembled_state "$1"; fi
 }
 state_step() { python3 -c "import json;print(json.load(open('$1/state.json'))['step'])"; }
-if [ ! -d "$PORT" ] && SRC=$(state_source "$NAME"); then
+# FRESH=1 (stage 1): a new run, e.g. with another ASR; no earlier state is taken
+if [ ! -d "$PORT" ] && ! { [ "$STAGE" = 1 ] && [ "${FRESH:-0}" = 1 ]; } \
+    && SRC=$(state_source "$NAME"); then
   cp -r "$SRC" "$PORT"
   log "$NAME: continuing the portable state of step $(state_step "$PORT")"
 fi
