@@ -16,6 +16,7 @@ to ``RUN_DIR/effective_config.yaml``, which the trainer then reads in place of `
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 #: where a trainer writes its final model when ``--out-model`` is not given
@@ -70,12 +71,14 @@ def out_model_dir(args: argparse.Namespace) -> Path:
 
 #: the ``--config`` file with the ``--set`` overrides applied, in the run directory
 EFFECTIVE_CONFIG = "effective_config.yaml"
+#: numbers in exponent notation that YAML 1.1 reads as strings (3e-4, 1E5)
+_EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """``data`` (a parsed YAML config) with ``SECTION.KEY=VALUE`` overrides applied, in order;
     returns a new dict. The value is parsed as YAML (``32``, ``false``, ``[2, 3]``), and a
-    string that reads as a number is that number (``3e-4``, which YAML 1.1 leaves a string);
+    number in exponent notation is a number (``3e-4``, which YAML 1.1 leaves a string);
     missing intermediate sections are created (the trainer rejects unknown keys)."""
     import copy
 
@@ -92,11 +95,8 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             value = yaml.safe_load(raw)
         except yaml.YAMLError as e:
             raise ValueError(f"--set {item!r}: the value is not valid YAML ({e})") from None
-        if isinstance(value, str):          # YAML 1.1 reads 3e-4 as a string; a number is meant
-            try:
-                value = float(value)
-            except ValueError:
-                pass
+        if isinstance(value, str) and _EXPONENT.fullmatch(value.strip()):
+            value = float(value)            # YAML 1.1 reads 3e-4 as a string; a number is meant
         node = out
         for i, part in enumerate(path[:-1]):
             child = node.setdefault(part, {})

@@ -26,8 +26,8 @@ def add_lm_cache_flag(parser, several: bool = False) -> None:
     else:
         parser.add_argument("--lm-cache", default="dynamic", choices=list(LM_CACHES),
                             help="the LM's KV cache: dynamic, static (fixed-shape steps), "
-                                 "compiled (torch.compile'd steps, for CUDA) or cudagraphs "
-                                 "(compiled with CUDA graphs); the same tokens")
+                                 "compiled (torch.compile'd steps: compiles once, then faster) "
+                                 "or cudagraphs (compiled with CUDA graphs); the same tokens")
 
 
 def lm_cache_settings(name: str) -> dict:

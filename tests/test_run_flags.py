@@ -89,9 +89,11 @@ def test_set_overrides_values_in_order_and_creates_sections():
     data = {"model": {"dim": 8, "semantic": {"source": "asr"}}, "train": {"lr": 1e-3}}
     out = apply_overrides(data, ["train.lr=2e-4", "model.semantic.asr_path=models/asr",
                                  "train.betas=[0.8, 0.99]", "train.compile=false",
-                                 "train.lr=3e-4", "extra.new.key=1"])
+                                 "train.lr=3e-4", "extra.new.key=1", "train.tag=e5",
+                                 "train.name=inf"])
     assert out == {"model": {"dim": 8, "semantic": {"source": "asr", "asr_path": "models/asr"}},
-                   "train": {"lr": 3e-4, "betas": [0.8, 0.99], "compile": False},
+                   "train": {"lr": 3e-4, "betas": [0.8, 0.99], "compile": False,
+                             "tag": "e5", "name": "inf"},
                    "extra": {"new": {"key": 1}}}
     assert data["train"] == {"lr": 1e-3}                       # the input is not changed
     for bad in ("train.lr", "=3", "train..lr=1", "model.dim.x=1", "train.lr=[1, 2"):
