@@ -34,6 +34,10 @@ if [ -d .debs ] && [ -f scripts/device_synth_env.sh ]; then
 fi
 W=${W:-runs/device}
 mkdir -p "$W"
+# parts of a portable state carried in .carry/*/ are kept on the machine by every call
+# (scripts/device/state_parts.sh), whichever script the call runs
+source scripts/device/state_parts.sh
+collect_parts
 OUT=${OUT:-$W/out}
 mkdir -p "$OUT"
 log() { echo "[$(date +%H:%M:%S) +$(( $(date +%s) - T0 ))s] $*"; }

@@ -16,14 +16,12 @@
 # Results: $OUT/lm_bench/lm_speedup.{json,md,png}; the last lines of the log give
 # trainer_audio_ratio_6.25_vs_12.5 and the MFU per rate.
 source scripts/device/common.sh
-source scripts/device/state_parts.sh
 if [ -z "${CORPUS:-}" ]; then
   CORPUS=$W/corpus_lm
   HOURS=${HOURS:-2} ensure_corpus "$CORPUS" || exit 2
 fi
 [ -d "$CORPUS" ] || { log "CORPUS=$CORPUS: no such corpus"; exit 2; }
 if [ -z "${CODEC:-}" ] && [ -n "${FROM_STATE:-}" ]; then
-  collect_parts
   # the newest first: trained on this machine by phase_v2.sh, then the tree's, then parts
   if [ -f "$W/portable/$FROM_STATE/state.json" ]; then SRC=$W/portable/$FROM_STATE
   elif [ -f "checkpoints/$FROM_STATE/state.json" ]; then SRC=checkpoints/$FROM_STATE

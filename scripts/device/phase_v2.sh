@@ -55,8 +55,6 @@ fi
 mkdir -p "$W/portable" "$W/runs"
 # A state comes from the tree (checkpoints/NAME) or, through size-limited uploads, as parts in
 # .carry/*/ over several calls (scripts/device/state_parts.sh), usable once all have arrived.
-source scripts/device/state_parts.sh
-collect_parts
 # newest first: trained on this machine, then the tree's, then parts
 state_source() {
   if [ -f "$W/portable/$1/state.json" ]; then echo "$W/portable/$1"
