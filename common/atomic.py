@@ -1,9 +1,11 @@
 """Atomic file and directory writes: a temporary beside the target, renamed into place, so an
-interrupted write never leaves a half-written file. Imports nothing heavy (no torch): the
+interrupted write never leaves a half-written file; the report format of the evaluation
+and diagnostic tools (``OUT.json`` + ``OUT.md``). Imports nothing heavy (no torch): the
 corpus builder's workers use it too."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -38,3 +40,14 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def write_report_files(out_prefix: str | os.PathLike, result: dict, markdown: str
+                       ) -> tuple[Path, Path]:
+    """Write ``OUT_PREFIX.json`` (``result``) and ``OUT_PREFIX.md`` (``markdown``)
+    atomically; returns their paths (the report format of the eval and diagnostic tools)."""
+    out = Path(out_prefix)
+    jpath, mpath = out.with_name(out.name + ".json"), out.with_name(out.name + ".md")
+    atomic_write_text(jpath, json.dumps(result, indent=1, ensure_ascii=False))
+    atomic_write_text(mpath, markdown)
+    return jpath, mpath

@@ -19,7 +19,7 @@ from typing import Any, Callable, TypeVar
 import torch
 from safetensors.torch import load_file, save_file
 
-from flexicodec.common.atomic import atomic_path, atomic_write_text
+from flexicodec.common.atomic import atomic_path
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -74,17 +74,6 @@ def load_weight_file(path: str | os.PathLike, device: str = "cpu") -> dict[str, 
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
-
-
-def write_report_files(out_prefix: str | os.PathLike, result: dict, markdown: str
-                       ) -> tuple[Path, Path]:
-    """Write ``OUT_PREFIX.json`` (``result``) and ``OUT_PREFIX.md`` (``markdown``)
-    atomically; returns their paths (the report format of the eval and diagnostic tools)."""
-    out = Path(out_prefix)
-    jpath, mpath = out.with_name(out.name + ".json"), out.with_name(out.name + ".md")
-    atomic_write_text(jpath, json.dumps(result, indent=1, ensure_ascii=False))
-    atomic_write_text(mpath, markdown)
-    return jpath, mpath
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from flexicodec.codec.eval.evaluate import load_utterances, reconstruct  # noqa: E402
 from flexicodec.codec.eval.group_error import error_by_length, frame_group_lengths, frame_mel_errors  # noqa: E402
 from flexicodec.codec.model import FlexiCodec  # noqa: E402
-from flexicodec.common.pretrained import write_report_files  # noqa: E402
+from flexicodec.common.atomic import write_report_files  # noqa: E402
 from flexicodec.common.constants import BASE_FRAME_RATE  # noqa: E402
 
 

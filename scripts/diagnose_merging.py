@@ -39,7 +39,7 @@ from flexicodec.codec.eval.allocation import (allocation_stats, ctc_onsets, onse
                                               token_loads)
 from flexicodec.codec.asr.model import WORD_SEP, PhonemeASR  # noqa: E402
 from flexicodec.codec.eval.evaluate import load_utterances, parse_rates  # noqa: E402
-from flexicodec.common.pretrained import write_report_files  # noqa: E402
+from flexicodec.common.atomic import write_report_files  # noqa: E402
 from flexicodec.codec.semantic import to_frame_grid  # noqa: E402
 from flexicodec.common.constants import BASE_FRAME_RATE, HOP_SIZE, SAMPLE_RATE  # noqa: E402
 

@@ -30,7 +30,6 @@ resynthesis table also gives each stage's difference to the reconstruction (ΔWE
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -40,7 +39,7 @@ import torch
 from flexicodec.codec.eval.metrics import (audio_judges, check_judges, cosine_similarity, dnsmos_means,
                                            parallel_map, scored_mean)
 from flexicodec.common.constants import BASE_FRAME_RATE, SAMPLE_RATE
-from flexicodec.common.atomic import atomic_write_text
+from flexicodec.common.atomic import write_report_files
 
 RECON = "reconstruction"
 
@@ -305,10 +304,8 @@ def main(argv: list[str] | None = None) -> int:
                   prompt_seconds=a.prompt_seconds, speaker_sim=not a.no_speaker_sim,
                   dnsmos=not a.no_dnsmos, workers=a.workers, options=opts)
     res["stage_dirs"] = {n: str(d) for n, d in specs}
-    out = Path(a.out)
-    atomic_write_text(out / "compare_acoustic.json", json.dumps(res, indent=1))
     md = to_markdown(res)
-    atomic_write_text(out / "compare_acoustic.md", md)
+    write_report_files(Path(a.out) / "compare_acoustic", res, md)
     print(md)
     return 0
 

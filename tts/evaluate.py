@@ -27,7 +27,6 @@ second of 3-4 s utterances. Writes ``tts_eval.json`` and ``tts_eval.md``.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
@@ -36,7 +35,7 @@ import numpy as np
 
 from flexicodec.codec.eval.metrics import (audio_judges, check_judges, cosine_similarity, dnsmos_means,
                                            parallel_map, scored_mean)
-from flexicodec.common.atomic import atomic_write_text
+from flexicodec.common.atomic import write_report_files
 from flexicodec.common.constants import BASE_FRAME_RATE, SAMPLE_RATE
 
 
@@ -230,9 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     res = evaluate(tts, sents, tuple(rates), a.speaker, a.seed, a.stream_every,
                    out if a.save_wavs else None, speaker_sim=not a.no_speaker_sim,
                    dnsmos=not a.no_dnsmos, workers=a.workers)
-    atomic_write_text(out / "tts_eval.json", json.dumps(res, indent=1))
     md = to_markdown(res)
-    atomic_write_text(out / "tts_eval.md", md)
+    write_report_files(out / "tts_eval", res, md)
     print(md)
     return 0
 

@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from flexicodec.codec.asr.model import PhonemeASR
     from flexicodec.codec.asr.train import corpus_split, evaluate_per
-    from flexicodec.common.pretrained import CheckpointError, write_report_files
+    from flexicodec.common.atomic import write_report_files
+    from flexicodec.common.pretrained import CheckpointError
 
     try:
         model = PhonemeASR.from_pretrained(a.model).to(a.device)

@@ -58,7 +58,7 @@ from tqdm.auto import tqdm
 from flexicodec.codec.eval.metrics import (aggregate_errors, audio_judges, check_judges, cosine_similarity,
                                            dnsmos_means, error_counts, parallel_map, quality_pair,
                                            scored_mean, transcribe_pocketsphinx)
-from flexicodec.common.pretrained import write_report_files
+from flexicodec.common.atomic import write_report_files
 from flexicodec.common.constants import BASE_FRAME_RATE, SAMPLE_RATE
 
 
