@@ -16,12 +16,25 @@ LM_CACHES: dict[str, dict] = {
 }
 
 
+def _cache_list(text: str) -> list[str]:
+    """``--lm-cache a,b,...`` → the list of modes; an unknown or missing mode is an error."""
+    import argparse
+
+    modes = [m.strip() for m in text.split(",") if m.strip()]
+    bad = [m for m in modes if m not in LM_CACHES]
+    if bad or not modes:
+        raise argparse.ArgumentTypeError(f"unknown {bad or text!r}; choose from "
+                                         f"{', '.join(LM_CACHES)}")
+    return modes
+
+
 def add_lm_cache_flag(parser, several: bool = False) -> None:
     """``--lm-cache`` on a command line: one mode (default dynamic) or, ``several=True``, a
-    comma list of modes (a benchmark's side-by-side)."""
+    comma list of modes parsed into a list (a benchmark's side-by-side)."""
     names = ", ".join(LM_CACHES)
     if several:
-        parser.add_argument("--lm-cache", default="dynamic", metavar="MODE[,MODE...]",
+        parser.add_argument("--lm-cache", default="dynamic", type=_cache_list,
+                            metavar="MODE[,MODE...]",
                             help=f"the LM's KV cache, one measurement per mode: {names}")
     else:
         parser.add_argument("--lm-cache", default="dynamic", choices=list(LM_CACHES),

@@ -73,7 +73,6 @@ def static_cache_length(prompt_len: int, max_tokens: int) -> int:
     return -(-need // STATIC_CACHE_BUCKET) * STATIC_CACHE_BUCKET
 
 
-
 @dataclass
 class VoicePrompt:
     """A reference utterance: its transcript's sentencepiece ids and its codec codes."""

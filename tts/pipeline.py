@@ -86,7 +86,7 @@ class SynthesisOptions:
     guidance_scale: float | None = None
     pause_ms: float = 200.0
     chunk: ChunkConfig = field(default_factory=ChunkConfig)
-    # the LM's KV cache (flexicodec.lm.generate.LM_CACHES): dynamic | static (fixed-shape
+    # the LM's KV cache (flexicodec.lm.cache_modes.LM_CACHES): dynamic | static (fixed-shape
     # steps) | compiled (torch.compile'd steps) | cudagraphs (and CUDA graphs); same tokens
     lm_cache: str = "dynamic"
 
