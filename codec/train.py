@@ -53,7 +53,7 @@ from flexicodec.common.training import (STATE_NAME, CheckpointManager, EpochPlan
                                         cuda_memory_gb, dataclass_from_section, end_of_step, load_yaml,
                                         lr_lambda, make_accelerator, seed_everything)
 from flexicodec.common.constants import BASE_FRAME_RATE
-from flexicodec.common.run_flags import add_run_flags, effective_config, out_model_dir
+from flexicodec.common.run_flags import add_run_flags, out_model_dir, parse_run_args
 
 
 @dataclass
@@ -823,9 +823,7 @@ def train_codec(config_path: str, data: str, run_dir: str, asr: str | None = Non
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = build_parser()
-    a = p.parse_args(argv)
-    a.config = effective_config(a)
+    a = parse_run_args(build_parser(), argv)
     res = train_codec(a.config, a.data, a.run_dir, a.asr, a.max_steps, a.max_minutes,
                       a.resume, str(out_model_dir(a)), a.fixed_group, a.stop_after, a.cpu,
                       a.mixed_precision, a.init_from, a.portable_state)

@@ -11,7 +11,8 @@ that only some trainers implement with keyword switches.
 ``--set SECTION.KEY=VALUE`` (repeatable) changes one value of the ``--config`` file for this
 run without editing it: :func:`effective_config` applies the overrides and writes the result
 to ``RUN_DIR/effective_config.yaml``, which the trainer then reads in place of ``--config``
-(so the run directory records what was trained).
+(so the run directory records what was trained). Trainers parse with :func:`parse_run_args`,
+which does both and reports a malformed override as a usage error.
 """
 from __future__ import annotations
 
@@ -94,7 +95,8 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         try:
             value = yaml.safe_load(raw)
         except yaml.YAMLError as e:
-            raise ValueError(f"--set {item!r}: the value is not valid YAML ({e})") from None
+            why = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise ValueError(f"--set {item!r}: the value is not valid YAML ({why})") from None
         if isinstance(value, str) and _EXPONENT.fullmatch(value.strip()):
             value = float(value)            # YAML 1.1 reads 3e-4 as a string; a number is meant
         node = out
@@ -135,3 +137,16 @@ def effective_config(args: argparse.Namespace) -> str | None:
               + " ".join(f"--set {o}" for o in overrides) + "\n")
     atomic_write_text(out, header + yaml.safe_dump(data, sort_keys=False))
     return str(out)
+
+
+def parse_run_args(parser: argparse.ArgumentParser,
+                   argv: list[str] | None = None) -> argparse.Namespace:
+    """``parser.parse_args(argv)`` with ``config`` replaced by :func:`effective_config`; a
+    malformed ``--set`` or a missing ``--config`` file with ``--set`` is a usage error (the
+    parser's message, exit status 2), not a traceback."""
+    args = parser.parse_args(argv)
+    try:
+        args.config = effective_config(args)
+    except (ValueError, FileNotFoundError) as exc:
+        parser.error(str(exc))
+    return args

@@ -104,13 +104,12 @@ def build_parser():
 def main(argv: list[str] | None = None) -> int:
     from flexicodec.common.distributed import configure_process_logging
     from flexicodec.common.training import make_accelerator
-    from flexicodec.common.run_flags import effective_config, out_model_dir
+    from flexicodec.common.run_flags import out_model_dir, parse_run_args
     from flexicodec.lm.data import load_tokenized, make_items, read_info
     from flexicodec.lm.model import load_lm
     from flexicodec.lm.train import TrainConfig, load_config, run_training
 
-    a = build_parser().parse_args(argv)
-    a.config = effective_config(a)
+    a = parse_run_args(build_parser(), argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     tcfg = load_config(a.config)[1] if a.config else TrainConfig()
     if a.max_steps is not None:

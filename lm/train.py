@@ -493,10 +493,9 @@ def build_parser():
 
 
 def main(argv: list[str] | None = None) -> int:
-    from flexicodec.common.run_flags import effective_config, out_model_dir
+    from flexicodec.common.run_flags import out_model_dir, parse_run_args
 
-    a = build_parser().parse_args(argv)
-    a.config = effective_config(a)
+    a = parse_run_args(build_parser(), argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     run_dir = Path(a.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from flexicodec.common.run_flags import (EFFECTIVE_CONFIG, add_run_flags, apply_overrides,
-                                         effective_config, out_model_dir)
+                                         effective_config, out_model_dir, parse_run_args)
 
 TRAINERS = {"flexicodec.codec.asr.train": "flexicodec asr-train", "flexicodec.codec.train": "flexicodec train",
             "flexicodec.lm.train": "flexicodec-lm train", "flexicodec.lm.finetune": "flexicodec-lm finetune",
@@ -123,6 +123,14 @@ def test_effective_config_is_written_to_the_run_dir_and_read_by_the_trainers(par
                       "--set", "train.batch_sise=2"])
     with pytest.raises(ValueError, match="batch_sise"):             # a typo is named
         load_train_section(effective_config(a))
+    # through the trainers' parsing: a malformed override is a usage error, not a traceback
+    for bad in (["--set", "train"], ["--set", "train.lr=[1"], ["--set", "model.encoder_dim.x=1"]):
+        with pytest.raises(SystemExit) as exc:
+            parse_run_args(p, ["--config", str(cfg), "--data", "d", "--run-dir", str(run)] + bad)
+        assert exc.value.code == 2
+    a = parse_run_args(p, ["--config", str(cfg), "--data", "d", "--run-dir", str(run),
+                           "--set", "train.batch_size=3"])
+    assert a.config == str(run / EFFECTIVE_CONFIG) and load_train_section(a.config).batch_size == 3
     # a trainer whose config is optional starts from an empty one
     a = parsers["flexicodec.tts.train_acoustic"].parse_args(
         ["--data", "d", "--run-dir", str(run), "--set", "train.max_steps=5"])

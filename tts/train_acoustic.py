@@ -47,8 +47,8 @@ from flexicodec.common.pretrained import config_from_dict
 from flexicodec.common.distributed import any_process, configure_process_logging
 from flexicodec.common.training import (CheckpointManager, EpochPlan, JsonlLogger, TimeBudget, lr_lambda,
                                         make_accelerator, seed_everything)
-from flexicodec.common.run_flags import (DEFAULT_OUT_MODEL, add_run_flags, effective_config,
-                                         out_model_dir)
+from flexicodec.common.run_flags import (DEFAULT_OUT_MODEL, add_run_flags, out_model_dir,
+                                         parse_run_args)
 from flexicodec.tts.acoustic import AcousticConfig
 from flexicodec.tts.acoustic_flow import FlowAcousticModel, FlowConfig, latent_stats
 from flexicodec.tts.codes_data import (AcousticCodesDataset, CodesDataError, CropConfig, collate_codes,
@@ -357,8 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    args.config = effective_config(args)
+    args = parse_run_args(build_parser(), argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     mc, tc = load_config(args.config)
     if args.max_steps is not None:

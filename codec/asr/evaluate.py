@@ -48,9 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, CheckpointError, ValueError) as exc:
         print(f"flexicodec asr-eval: error: {exc}", file=sys.stderr)
         return 2
-    with torch.inference_mode():
-        res = evaluate_per(model, dataset, a.batch_size, torch.device(a.device), a.max_utts,
-                           desc=f"PER {a.split}")
+    res = evaluate_per(model, dataset, a.batch_size, torch.device(a.device), a.max_utts,
+                       desc=f"PER {a.split}")        # no_grad and eval mode inside
     res = {"model": str(a.model), "data": str(a.data), "split": a.split, **res,
            "left_out": dropped}
     print(json.dumps(res))

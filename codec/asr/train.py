@@ -32,7 +32,7 @@ from flexicodec.common.training import (CheckpointManager, JsonlLogger, TimeBudg
                                         EpochPlan, dataclass_from_section, end_of_step, load_yaml,
                                         lr_lambda, make_accelerator, make_loader, seed_everything)
 from flexicodec.common.constants import SAMPLE_RATE
-from flexicodec.common.run_flags import add_run_flags, effective_config, out_model_dir
+from flexicodec.common.run_flags import add_run_flags, out_model_dir, parse_run_args
 
 
 @dataclass
@@ -275,8 +275,7 @@ def train_asr(config_path: str, data: str, run_dir: str, max_steps: int | None =
 
 
 def main(argv: list[str] | None = None) -> int:
-    a = build_parser().parse_args(argv)
-    a.config = effective_config(a)
+    a = parse_run_args(build_parser(), argv)
     res = train_asr(a.config, a.data, a.run_dir, a.max_steps, a.max_minutes, a.resume,
                     str(out_model_dir(a)), a.cpu, a.stop_after, a.mixed_precision)
     print(json.dumps(res, indent=1))
