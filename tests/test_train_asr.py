@@ -127,3 +127,40 @@ def test_asr_eval_scores_a_split_like_the_trainer(tiny_corpus, tmp_path, capsys)
     assert "PER %" in (tmp_path / "per.md").read_text()
     assert asr_eval(["--model", str(tmp_path / "none"), "--data", str(tiny_corpus)]) == 2
     assert "asr-eval: error" in capsys.readouterr().err
+
+
+def test_init_from_fine_tunes_a_trained_asr(tiny_corpus, tmp_path):
+    """--init-from: a new run that starts from the trained ASR's weights (its step-0 valid
+    PER equals the trained model's), keeps its config and vocabulary over the YAML's, and
+    refuses a vocabulary that lacks the train split's symbols."""
+    from flexicodec.codec.asr.model import PhonemeASRConfig
+    from flexicodec.codec.asr.train import evaluate_per, init_asr
+    from flexicodec.common.pretrained import config_to_dict
+
+    cfg = str(ROOT / "configs/asr/tiny.yaml")
+    base = train_asr(cfg, str(tiny_corpus), str(tmp_path / "base"), max_steps=10,
+                     out_model=str(tmp_path / "asr"), cpu=True)
+    trained = PhonemeASR.from_pretrained(tmp_path / "asr")
+    assert main(["--config", str(ROOT / "configs/asr/small.yaml"), "--data", str(tiny_corpus),
+                 "--run-dir", str(tmp_path / "ft"), "--max-steps", "3", "--cpu",
+                 "--init-from", str(tmp_path / "asr"), "--set", "train.num_workers=0",
+                 "--set", "train.batch_size=4"]) == 0
+    ft_cfg = json.loads((tmp_path / "ft" / "asr_config.json").read_text())
+    assert ft_cfg == config_to_dict(trained.config)      # not small.yaml's d_model 256
+    tuned = PhonemeASR.from_pretrained(tmp_path / "ft" / "model")
+    changed = [k for k, v in trained.state_dict().items()
+               if not torch.equal(v, tuned.state_dict()[k])]
+    assert changed                                          # it trained
+    # at step 0 the new run is the trained model: same valid PER as the base run's end
+    from flexicodec.codec.asr.train import corpus_split
+    _, valid_set, _ = corpus_split(str(tiny_corpus), "valid", 20.0)
+    start = init_asr(str(tmp_path / "asr"), ["ə"])
+    assert evaluate_per(start, valid_set, 4, "cpu", None)["per"] == pytest.approx(
+        base["valid_per"], abs=1e-6)
+    # a vocabulary without the corpus' symbols is refused by name
+    small = PhonemeASR(PhonemeASRConfig(**{**config_to_dict(trained.config),
+                                           "vocab": ["<blank>", "<unk>", " ", "a"]}))
+    small.save_pretrained(tmp_path / "small_vocab")
+    with pytest.raises(ValueError, match="outside its vocabulary"):
+        train_asr(cfg, str(tiny_corpus), str(tmp_path / "bad"), max_steps=2, cpu=True,
+                  init_from=str(tmp_path / "small_vocab"))

@@ -1,14 +1,17 @@
 """Train the CTC phoneme recognizer (:mod:`flexicodec.codec.asr.model`) on a corpus' ``phonemes`` column.
 
     flexicodec asr-train --config configs/asr/small.yaml --data CORPUS --run-dir RUN \
-        [--max-steps N] [--max-minutes M] [--resume] [--out-model DIR]
+        [--max-steps N] [--max-minutes M] [--resume] [--out-model DIR] [--init-from ASR_DIR]
 
 Also ``accelerate launch -m flexicodec.codec.asr.train ...`` for several GPUs. bf16 autocast on CUDA
 (the mel front end and the CTC loss stay fp32), SpecAugment-light, AdamW with linear warm-up
 and cosine decay, gradient clipping, phoneme error rate (PER) on the valid split,
 checkpoints/resume through :class:`flexicodec.common.training.CheckpointManager`, ``metrics.jsonl``.
 The vocabulary is built from the train split once and stored in ``RUN/asr_config.json`` so
-a resumed run uses the same one. The end result is written with ``save_pretrained`` to
+a resumed run uses the same one. ``--init-from ASR_DIR`` fine-tunes a trained ASR instead: a
+new run (step 0, fresh optimizer, the YAML's schedule) with that model's config, vocabulary
+and weights (the YAML's model section is not used); a train split with phoneme symbols
+outside its vocabulary is refused. The end result is written with ``save_pretrained`` to
 ``--out-model`` (default ``RUN/model``); the flags every trainer shares are
 :func:`flexicodec.common.run_flags.add_run_flags`.
 The helpers every trainer shares live in :mod:`flexicodec.common.training`.
@@ -152,14 +155,30 @@ def _valid_scalars(ev: dict) -> dict:
     return {f"valid_{k}": v for k, v in ev.items() if k != "per_speaker"}
 
 
+def init_asr(init_from: str, train_phonemes: list[str]) -> PhonemeASR:
+    """The trained ASR in ``init_from`` (``--init-from``), checked against the train split:
+    every phoneme symbol of ``train_phonemes`` must be in its vocabulary (ValueError naming
+    the missing ones otherwise; they would all be trained as ``<unk>``)."""
+    model = PhonemeASR.from_pretrained(init_from).float()
+    have = set(model.config.vocab)
+    missing = sorted(set(build_vocab(train_phonemes, model.config.strip_chars)) - have)
+    if missing:
+        raise ValueError(f"--init-from {init_from}: the train split has phoneme symbols outside "
+                         f"its vocabulary: {' '.join(missing)}; train from scratch instead")
+    return model
+
+
 def train_asr(config_path: str, data: str, run_dir: str, max_steps: int | None = None,
               max_minutes: float | None = None, resume: bool = False,
               out_model: str | None = None, cpu: bool = False,
-              stop_after: int | None = None, mixed_precision: str | None = None) -> dict:
+              stop_after: int | None = None, mixed_precision: str | None = None,
+              init_from: str | None = None) -> dict:
     """Run (or resume) ASR training; returns the final metrics dict.
 
     ``max_steps`` is the run's total length (also the LR schedule's); ``stop_after`` ends this
     invocation early after that many steps (checkpointed, resumable) without changing it.
+    ``init_from``: a trained ASR directory to fine-tune (ignored when resuming, since the
+    run's checkpoint holds the weights).
     """
     model_section, tc = load_asr_yaml(config_path)
     if max_steps is not None:
@@ -177,6 +196,7 @@ def train_asr(config_path: str, data: str, run_dir: str, max_steps: int | None =
 
     ckpt = CheckpointManager(run)
     cfg_file = run / "asr_config.json"
+    initial = None
     if resume and ckpt.latest() is not None:
         if not cfg_file.is_file():
             raise FileNotFoundError(f"{cfg_file}: missing; cannot resume this run")
@@ -185,12 +205,21 @@ def train_asr(config_path: str, data: str, run_dir: str, max_steps: int | None =
         if ckpt.latest() is not None:
             raise FileExistsError(f"{run}: already holds checkpoints; pass --resume or use a "
                                   f"new --run-dir")
-        vocab = build_vocab(train_ds["phonemes"])
-        model_cfg = config_from_dict(PhonemeASRConfig, {**model_section, "vocab": vocab})
+        if init_from:
+            initial = init_asr(init_from, train_ds["phonemes"])
+            model_cfg = initial.config
+        else:
+            vocab = build_vocab(train_ds["phonemes"])
+            model_cfg = config_from_dict(PhonemeASRConfig, {**model_section, "vocab": vocab})
         if main:
             atomic_write_text(cfg_file, json.dumps(config_to_dict(model_cfg), indent=1,
                                                    ensure_ascii=False))
     model = PhonemeASR(model_cfg)
+    if initial is not None:
+        model.load_state_dict(initial.state_dict())
+        if main:
+            print(f"[asr-train] new run from the weights, config and vocabulary of {init_from} "
+                  f"(the YAML's model section is not used)")
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=tuple(tc.betas),
                             weight_decay=tc.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tc.warmup_steps, tc.max_steps))
@@ -201,11 +230,13 @@ def train_asr(config_path: str, data: str, run_dir: str, max_steps: int | None =
     state = ckpt.load(accelerator) if resume else None
     step = int(state["step"]) if state else 0
     logger = JsonlLogger(run / "metrics.jsonl", enabled=main)
+    start_note = (f"resumed at step {step}" if state else
+                  f"fine-tuning {init_from}" if initial is not None else "from scratch")
     if main:
         print(f"[asr-train] {n_params / 1e6:.2f} M params, vocab {len(model_cfg.vocab)}, "
               f"{len(train_set)} train / {len(valid_set)} valid utterances, device "
               f"{accelerator.device}, precision {accelerator.mixed_precision}, "
-              f"{'resumed at step ' + str(step) if state else 'from scratch'}")
+              f"{start_note}")
 
     lengths = [float(d) for d in train_ds["duration"]]
     world = accelerator.num_processes
@@ -277,7 +308,8 @@ def train_asr(config_path: str, data: str, run_dir: str, max_steps: int | None =
 def main(argv: list[str] | None = None) -> int:
     a = parse_run_args(build_parser(), argv)
     res = train_asr(a.config, a.data, a.run_dir, a.max_steps, a.max_minutes, a.resume,
-                    str(out_model_dir(a)), a.cpu, a.stop_after, a.mixed_precision)
+                    str(out_model_dir(a)), a.cpu, a.stop_after, a.mixed_precision,
+                    a.init_from)
     print(json.dumps(res, indent=1))
     return 0
 
@@ -286,6 +318,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="flexicodec asr-train", description=__doc__.split("\n")[0])
     add_run_flags(p, stop_after=True, mixed_precision=True)
     p.add_argument("--data", required=True, help="corpus directory (with train/valid splits)")
+    p.add_argument("--init-from", default=None,
+                   help="fine-tune this trained ASR directory: a new run (step 0, fresh "
+                        "optimizer, the YAML's schedule) with its config, vocabulary and "
+                        "weights, e.g. flexicodec_pretrained/asr")
     return p
 
 

@@ -4,7 +4,8 @@
 #   carry .whl .debs on a fresh machine; the corpus is $W/corpus_v2, shared with
 #   scripts/device/phase_v2.sh (built here when missing: HOURS, default 24).
 #   Trains configs/asr/small.yaml (or CONFIG=...) into $W/asr_new for the time left
-#   (resumable: a next call continues $W/asr_run), then `flexicodec asr-eval` of the tree's
+#   (resumable: a next call continues $W/asr_run; INIT=ASR_DIR fine-tunes that ASR instead of
+#   training from scratch), then `flexicodec asr-eval` of the tree's
 #   ASR and the new one on valid, test and test_unseen → $OUT/asr_per.jsonl; the new ASR in
 #   fp16 → $OUT/asr/ (here: copy it over flexicodec_pretrained/asr only if it is better).
 #   Then phase_v2.sh ASR=$W/asr_new FRESH=1 starts codec stage 1 over with it.
@@ -14,9 +15,12 @@ CORPUS=$W/corpus_v2
 gpu_info name,memory.total,driver_version
 ensure_corpus "$CORPUS" || exit 2
 M=$(left_min "${RESERVE:-60}")
+SET_ARGS=()                 # SETS: space-separated SECTION.KEY=VALUE overrides (--set)
+for kv in ${SETS:-}; do SET_ARGS+=(--set "$kv"); done
 log "training the ASR for $M min"
 python3 -m flexicodec.codec.asr.train --config "${CONFIG:-configs/asr/small.yaml}" --data "$CORPUS" \
-  --run-dir "$W/asr_run" --max-minutes "$M" --resume --out-model "$W/asr_new" 2>&1 \
+  --run-dir "$W/asr_run" --max-minutes "$M" --resume --out-model "$W/asr_new" \
+  ${INIT:+--init-from "$INIT"} "${SET_ARGS[@]}" 2>&1 \
   | grep -v -E "it/s\]|s/it\]" | tail -n 20
 cp "$W/asr_run/metrics.jsonl" "$OUT/asr_metrics.jsonl" 2>/dev/null
 [ -f "$W/asr_new/config.json" ] || { log "no trained ASR"; exit 1; }
