@@ -12,6 +12,11 @@ states) is several times the model size. The portable state keeps
 Continuing from it restarts the optimizers' moments (the trainer re-warms the learning rates
 over ``train.rewarm_steps``) and the EMA; weights, step, schedule position and data order
 continue. Written atomically (a new directory replaces the old in one rename).
+
+A state is tied to its frozen ASR by identity. :func:`rebase_semantic` moves it onto another
+ASR of the same architecture and vocabulary (typically one fine-tuned from the state's own
+with ``asr-train --init-from``), so a run continues with better semantic features instead of
+starting over; every such change is kept in ``state.json``'s ``semantic_history``.
 """
 from __future__ import annotations
 
@@ -26,6 +31,8 @@ from safetensors.torch import load_file, save_file
 GENERATOR = "generator.safetensors"
 DISCRIMINATOR = "discriminator.safetensors"
 STATE = "state.json"
+#: ``state.json`` key: the frozen-ASR changes of the run (:func:`rebase_semantic`), oldest first
+SEMANTIC_HISTORY = "semantic_history"
 
 
 class PortableStateError(ValueError):
@@ -107,5 +114,47 @@ def load_portable_weights(directory: str | os.PathLike, codec, discriminator) ->
     return info
 
 
+def rebase_semantic(directory: str | os.PathLike, asr_dir: str | os.PathLike) -> dict:
+    """Tie the portable state in ``directory`` to the trained ASR in ``asr_dir`` instead of
+    the one it was trained with; returns the new info.
+
+    The weights are unchanged: only ``state.json`` is rewritten (atomically), with the new
+    ``semantic_identity`` and an entry ``{"step", "train_seconds", "previous", "identity",
+    "asr"}`` appended to ``semantic_history``. The new ASR must have the state's ASR
+    architecture and vocabulary (PortableStateError otherwise: the codec's semantic input
+    layers would not fit). A continued run then adapts the codec to the new features."""
+    import dataclasses
+
+    from flexicodec.codec.config import SemanticConfig
+    from flexicodec.codec.semantic import build_semantic
+    from flexicodec.common.atomic import atomic_write_text
+    from flexicodec.common.pretrained import config_from_dict, state_dict_identity
+
+    d = Path(directory)
+    info = read_portable_info(d)
+    old = config_from_dict(SemanticConfig, info["codec_config"]["semantic"])
+    if old.source != "asr":
+        raise PortableStateError(f"{d}: its semantic source is {old.source!r}, not our ASR")
+    if not (Path(asr_dir) / "config.json").is_file():
+        raise PortableStateError(f"{asr_dir}: not a trained ASR directory (no config.json)")
+    semantic = build_semantic(dataclasses.replace(old, asr_path=str(asr_dir)))
+    new_cfg = json.loads(json.dumps(dataclasses.asdict(semantic.asr.config)))  # as stored
+    if new_cfg != old.asr_config:
+        diff = sorted(k for k in set(new_cfg) | set(old.asr_config)
+                      if new_cfg.get(k) != old.asr_config.get(k))
+        raise PortableStateError(f"{asr_dir}: its architecture or vocabulary differs from the "
+                                 f"ASR {d} was trained with ({', '.join(diff)}); start the run "
+                                 f"over with it instead")
+    ident = state_dict_identity(semantic.state_dict())
+    if ident == info.get("semantic_identity"):
+        raise PortableStateError(f"{d}: already trained with the ASR in {asr_dir} ({ident})")
+    info[SEMANTIC_HISTORY] = [*info.get(SEMANTIC_HISTORY, []), {
+        "step": int(info["step"]), "train_seconds": float(info.get("train_seconds", 0.0)),
+        "previous": info.get("semantic_identity"), "identity": ident, "asr": str(asr_dir)}]
+    info["semantic_identity"] = ident
+    atomic_write_text(d / STATE, json.dumps(info, indent=1, ensure_ascii=False))
+    return info
+
+
 __all__ = ["save_portable_state", "read_portable_info", "load_portable_weights",
-           "PortableStateError"]
+           "rebase_semantic", "PortableStateError", "SEMANTIC_HISTORY"]

@@ -45,7 +45,8 @@ from tqdm.auto import tqdm
 from flexicodec.codec.discriminators import CodecDiscriminator, DiscriminatorConfig
 from flexicodec.codec.losses import (MelLossConfig, MultiResolutionMelLoss, discriminator_loss,
                                      feature_matching_loss, generator_adv_loss, match_length)
-from flexicodec.codec.portable import (STATE as PORTABLE_STATE, load_portable_weights, read_portable_info,
+from flexicodec.codec.portable import (SEMANTIC_HISTORY, STATE as PORTABLE_STATE,
+                                       load_portable_weights, read_portable_info,
                                        save_portable_state)
 from flexicodec.common.atomic import atomic_write_text
 from flexicodec.common.pretrained import config_from_dict, config_to_dict
@@ -577,6 +578,8 @@ def train_codec(config_path: str, data: str, run_dir: str, asr: str | None = Non
                       if init_info is not None else {})}
     elif portable_info is not None:
         lineage = portable_info.get("init_from")
+    # the frozen-ASR changes of a continued state (flexicodec.codec.portable.rebase_semantic)
+    semantic_history = (portable_info or {}).get(SEMANTIC_HISTORY, [])
     if resuming:
         if not cfg_file.is_file():
             raise FileNotFoundError(f"{cfg_file}: missing; cannot resume this run")
@@ -651,6 +654,7 @@ def train_codec(config_path: str, data: str, run_dir: str, asr: str | None = Non
     if resuming:          # a run that began from a portable state keeps its re-warm
         saved = json.loads((ckpt.latest() / STATE_NAME).read_text())
         rewarm_from, lineage = saved.get("rewarm_from"), saved.get("init_from")
+        semantic_history = saved.get(SEMANTIC_HISTORY, [])
     rewarm = (rewarm_from, tc.rewarm_steps) if rewarm_from is not None else None
     sched_g = torch.optim.lr_scheduler.LambdaLR(
         opt_g, schedule(tc, tc.warmup_steps, tc.max_steps, 0, rewarm))
@@ -793,7 +797,8 @@ def train_codec(config_path: str, data: str, run_dir: str, asr: str | None = Non
                                                             for k, v in ev.items()))
         ended = end_of_step(accelerator, ckpt, budget, step, tc.max_steps, tc.save_every,
                             stop_after, name="train", epoch=epoch, rewarm_from=rewarm_from,
-                            train_seconds=prior_seconds + budget.elapsed(), init_from=lineage)
+                            train_seconds=prior_seconds + budget.elapsed(), init_from=lineage,
+                            **{SEMANTIC_HISTORY: semantic_history})
         if ended:
             stopped_early = ended == "stopped"
             break
@@ -804,7 +809,8 @@ def train_codec(config_path: str, data: str, run_dir: str, asr: str | None = Non
     if main and portable_state:
         save_portable_state(portable_state, raw, accelerator.unwrap_model(disc),
                             {"step": step, "train_seconds": prior_seconds + budget.elapsed(),
-                             "config": str(config_path), "init_from": lineage})
+                             "config": str(config_path), "init_from": lineage,
+                             SEMANTIC_HISTORY: semantic_history})
         print(f"[train] portable state (step {step}) written to {portable_state}")
     if main and out_model:
         export = FlexiCodec(copy.deepcopy(raw.config)).to(accelerator.device)

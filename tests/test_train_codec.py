@@ -394,3 +394,54 @@ def test_v2_stage2_config():
     assert "frame_rate" in sample_merging(0, tc, cfg)
     fixed = FlexiCodecConfig.from_yaml(cdir / "v2_stage2.yaml", fixed_group=2)
     assert sample_merging(0, tc, fixed) == {}
+
+
+def test_portable_state_rebased_onto_a_fine_tuned_asr(tiny_corpus, asr_dir, tmp_path):
+    """scripts/rebase_portable_asr.py: a state moves onto another ASR of the same architecture
+    and vocabulary (weights untouched, the change recorded), continues training with it and
+    keeps the record; the old ASR, a different architecture, or the same ASR again are
+    refused."""
+    import sys
+
+    from flexicodec.codec.portable import (PortableStateError, SEMANTIC_HISTORY,
+                                           read_portable_info, rebase_semantic)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from rebase_portable_asr import main as rebase
+
+    cfg = str(_yaml(tmp_path / "c.yaml", max_steps=4, disc_start=1, warmup_fixed_steps=100,
+                    rewarm_steps=2))
+    port = tmp_path / "portable"
+    train_codec(cfg, str(tiny_corpus), str(tmp_path / "a"), asr=str(asr_dir), cpu=True,
+                stop_after=2, portable_state=str(port))
+    before = read_portable_info(port)
+    weights = {n: (port / n).read_bytes() for n in ("generator.safetensors",
+                                                    "discriminator.safetensors")}
+    tuned = PhonemeASR.from_pretrained(asr_dir)            # a "fine-tuned" copy
+    with torch.no_grad():
+        tuned.head.weight.add_(0.01)
+    tuned.save_pretrained(tmp_path / "asr_ft")
+    assert rebase([str(port), "--asr", str(tmp_path / "asr_ft")]) == 0
+    after = read_portable_info(port)
+    assert after["semantic_identity"] != before["semantic_identity"]
+    assert after[SEMANTIC_HISTORY] == [{"step": 2, "train_seconds": before["train_seconds"],
+                                        "previous": before["semantic_identity"],
+                                        "identity": after["semantic_identity"],
+                                        "asr": str(tmp_path / "asr_ft")}]
+    assert all((port / n).read_bytes() == b for n, b in weights.items())
+    with pytest.raises(PortableStateError, match="already trained with"):
+        rebase_semantic(port, tmp_path / "asr_ft")
+    # the old ASR no longer fits; the new one continues the run, and the record stays
+    with pytest.raises(PortableStateError, match="semantic model"):
+        train_codec(cfg, str(tiny_corpus), str(tmp_path / "b"), asr=str(asr_dir), cpu=True,
+                    portable_state=str(port))
+    res = train_codec(cfg, str(tiny_corpus), str(tmp_path / "c"), asr=str(tmp_path / "asr_ft"),
+                      cpu=True, portable_state=str(port))
+    assert res["step"] == 4
+    final = read_portable_info(port)
+    assert final["step"] == 4 and final[SEMANTIC_HISTORY] == after[SEMANTIC_HISTORY]
+    # another architecture (or vocabulary) cannot take the codec's place
+    big = PhonemeASRConfig.tiny()
+    big.d_model *= 2
+    PhonemeASR(big).save_pretrained(tmp_path / "asr_big")
+    assert rebase([str(port), "--asr", str(tmp_path / "asr_big")]) == 2
+    assert read_portable_info(port) == final
