@@ -1,7 +1,7 @@
 """Write a codec directory (``FlexiCodec.from_pretrained`` loads it) from a portable training
 state, e.g. to evaluate a run that is still training:
 
-    python scripts/export_portable.py checkpoints/codec_v2 --asr flexicodec_pretrained/asr -o OUT_DIR
+    python scripts/export_portable.py checkpoints/codec_v2 --asr checkpoints/asr_v2 -o OUT_DIR
     flexicodec eval --model OUT_DIR --data CORPUS --split test --rates 12.5
 
 The generator weights are the run's current (not EMA) weights; the frozen ASR must be the one

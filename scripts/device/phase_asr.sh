@@ -7,8 +7,9 @@
 #   (resumable: a next call continues $W/asr_run; INIT=ASR_DIR fine-tunes that ASR instead of
 #   training from scratch), then `flexicodec asr-eval` of the tree's
 #   ASR and the new one on valid, test and test_unseen → $OUT/asr_per.jsonl; the new ASR in
-#   fp16 → $OUT/asr/ (here: copy it over flexicodec_pretrained/asr only if it is better).
-#   Then phase_v2.sh ASR=$W/asr_new FRESH=1 starts codec stage 1 over with it.
+#   fp16 → $OUT/asr/ (here: keep it as checkpoints/asr_v2 only if it is better).
+#   Then phase_v2.sh ASR=$W/asr_new REBASE=1 continues codec stage 1 with it when it is a
+#   fine-tune (INIT=checkpoints/asr_v2), FRESH=1 starts stage 1 over with it otherwise.
 #   A CPU dry run: HOURS=0.05 BUDGET=150 DEVICE=cpu CONFIG=configs/asr/tiny.yaml
 source scripts/device/common.sh
 CORPUS=$W/corpus_v2

@@ -27,8 +27,8 @@ if [ -z "${CODEC:-}" ] && [ -n "${FROM_STATE:-}" ]; then
   elif [ -f "checkpoints/$FROM_STATE/state.json" ]; then SRC=checkpoints/$FROM_STATE
   else SRC=$(assembled_state "$FROM_STATE") || { log "no state $FROM_STATE here yet"; exit 2; }
   fi
-  ASR_DIR=${ASR:-$W/asr}            # the ASR the state was trained with
-  [ -f "$ASR_DIR/config.json" ] || cp -r flexicodec_pretrained/asr "$ASR_DIR" \
+  ASR_DIR=${ASR:-$W/asr_v2}         # the ASR the state was trained with (phase_v2.sh's)
+  [ -f "$ASR_DIR/config.json" ] || cp -r checkpoints/asr_v2 "$ASR_DIR" \
     || { log "no ASR"; exit 2; }
   CODEC=$W/codec_$FROM_STATE
   python3 scripts/export_portable.py "$SRC" --asr "$ASR_DIR" -o "$CODEC" | tail -n 2 || exit 2

@@ -12,9 +12,10 @@
 #   States come from the tree (checkpoints/NAME) or, when the upload is size-limited, as
 #   parts over several calls (scripts/device/state_parts.sh split, named in `carry` as
 #   .carry/a, .carry/b); a call that has not received every part yet builds and benchmarks
-#   but does not train. Stage 1 never starts over without FRESH=1.
+#   but does not train. Stage 1 never starts over without FRESH=1; REBASE=1 with ASR=DIR moves
+#   the state onto a fine-tune of its ASR (phase_asr.sh INIT=...) and continues it.
 #   1st call (carry .whl .debs, scripts/fetch_device_wheels.sh and fetch_synth_debs.sh; tree
-#     with flexicodec_pretrained/asr): the v2 corpus $W/corpus_v2 (HOURS, default 24 h,
+#     with checkpoints/asr_v2): the v2 corpus $W/corpus_v2 (HOURS, default 24 h,
 #     default build-corpus settings: pace, joined sentences, levels), the ASR copied to the
 #     machine (ASR=DIR takes another, e.g. one phase_asr.sh retrained on this corpus), BENCH=1
 #     the throughput benchmark, then training.
@@ -43,13 +44,14 @@ PORT=$W/portable/$NAME
 RUN=$W/runs/$NAME
 CORPUS=$W/corpus_v2
 ensure_corpus "$CORPUS" || exit 2
-# the frozen ASR: ASR=DIR (e.g. $W/asr_new from phase_asr.sh), else the tree's, copied once
+# the frozen ASR: ASR=DIR (e.g. $W/asr_new from phase_asr.sh), else codec v2's,
+# checkpoints/asr_v2 (the fine-tune of flexicodec_pretrained/asr its state is tied to), copied once
 if [ -n "${ASR:-}" ]; then
   ASR_DIR=$ASR
 else
-  ASR_DIR=$W/asr
-  [ -f "$ASR_DIR/config.json" ] || cp -r flexicodec_pretrained/asr "$ASR_DIR" \
-    || { log "no ASR in the tree"; exit 2; }
+  ASR_DIR=$W/asr_v2
+  [ -f "$ASR_DIR/config.json" ] || cp -r checkpoints/asr_v2 "$ASR_DIR" \
+    || { log "no checkpoints/asr_v2 in the tree"; exit 2; }
 fi
 [ -f "$ASR_DIR/config.json" ] || { log "ASR=$ASR_DIR: not a model directory"; exit 2; }
 mkdir -p "$W/portable" "$W/runs"
@@ -67,6 +69,11 @@ if [ ! -d "$PORT" ] && ! { [ "$STAGE" = 1 ] && [ "${FRESH:-0}" = 1 ]; } \
     && SRC=$(state_source "$NAME"); then
   cp -r "$SRC" "$PORT"
   log "$NAME: continuing the portable state of step $(state_step "$PORT")"
+fi
+# REBASE=1 (with ASR=DIR, a fine-tune of the state's ASR): the state continues with that ASR
+# (scripts/rebase_portable_asr.py) instead of starting over; a state already on it is kept
+if [ "${REBASE:-0}" = 1 ] && [ -d "$PORT" ]; then
+  python3 scripts/rebase_portable_asr.py "$PORT" --asr "$ASR_DIR" 2>&1 | tail -n 1
 fi
 TRAIN=1
 INIT=
