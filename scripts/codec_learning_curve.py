@@ -1,13 +1,16 @@
 """The codec's learning curve: held-out metrics against training (GPU) minutes.
 
     python scripts/codec_learning_curve.py docs/results/gpu/codec_v2_metrics.jsonl \
-        -o docs/results/codec_v2_curve [--heldout docs/results/codec_v2_heldout.json]
+        -o docs/results/codec_v2_curve [--heldout docs/results/codec_v2_heldout.json] \
+        [--state checkpoints/codec_v2]
 
 Reads the evaluation records of a training log (``valid_*`` at each ``eval_every`` step, with
 the cumulative ``train_minutes``) and writes OUT.md (a table) and OUT.png (mel distance,
 STOI and PESQ-WB against minutes). ``--heldout``: a JSON list of extra points measured on
 the held-out test splits (``{"train_minutes", "split", "stoi", "pesq_wb", "wer", ...}``),
-added to the table.
+added to the table. ``--state``: the run's portable state; each change of its frozen ASR
+(``semantic_history``, :func:`flexicodec.codec.portable.rebase_semantic`) is listed under the
+table and drawn as a dashed line, since the curve's later points use other semantic features.
 """
 from __future__ import annotations
 
@@ -37,7 +40,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("log", help="metrics.jsonl of a codec training run")
     ap.add_argument("-o", "--out", required=True, help="output prefix (OUT.md, OUT.png)")
     ap.add_argument("--heldout", default=None, help="JSON list of held-out evaluation points")
+    ap.add_argument("--state", default=None,
+                    help="the run's portable state: mark its frozen-ASR changes")
     a = ap.parse_args(argv)
+    changes = []
+    if a.state:
+        from flexicodec.codec.portable import PortableStateError, read_portable_info
+        try:
+            changes = read_portable_info(a.state).get("semantic_history", [])
+        except PortableStateError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     rows = curve_rows(read_jsonl(a.log))
     if not rows:
         print(f"{a.log}: no evaluation records", file=sys.stderr)
@@ -51,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
                      + " | ".join(f"{r[k]:.3f}" for k in keys) + " |")
     md = ["Valid split (first utterances, 6 s crops), all RVQ stages, from the training log.",
           "", *lines]
+    for c in changes:
+        md += ["", f"From step {c['step']} ({c['train_seconds'] / 60:.1f} GPU-minutes) the frozen "
+                   f"ASR is {c['identity']} ({c['asr']}), before it {c['previous']}."]
     if a.heldout:
         pts = json.loads(Path(a.heldout).read_text())
         cols = ["train_minutes", "split", "condition", "stoi", "pesq_wb", "wer", "mel_distance"]
@@ -70,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     x = [r.get("train_minutes", 0.0) for r in rows]
     for ax, k in zip(axes, keys[:3]):
         ax.plot(x, [r[k] for r in rows], marker="o")
+        for c in changes:
+            ax.axvline(c["train_seconds"] / 60, color="grey", linestyle="--", linewidth=1)
         ax.set_xlabel("GPU-minutes (H200)")
         ax.set_title(k.replace("valid_", "valid "))
         ax.grid(alpha=0.3)

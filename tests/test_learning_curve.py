@@ -31,6 +31,22 @@ def test_curve_rows_and_outputs(tmp_path):
     md = (tmp_path / "curve.md").read_text()
     assert "| 2000 | 4.0 | 0.500 | 0.840 | 1.400 |" in md
     assert (tmp_path / "curve.png").stat().st_size > 1000
+    # --state: the frozen-ASR changes of the run are listed
+    state = tmp_path / "state"
+    state.mkdir()
+    for name in ("generator.safetensors", "discriminator.safetensors"):
+        (state / name).write_bytes(b"")
+    (state / "state.json").write_text(json.dumps({"step": 2000, "semantic_history": [
+        {"step": 1500, "train_seconds": 180.0, "previous": "aaa", "identity": "bbb",
+         "asr": "checkpoints/asr_x"}]}))
+    subprocess.run([sys.executable, str(ROOT / "scripts/codec_learning_curve.py"), str(path),
+                    "-o", str(out), "--state", str(state)], check=True, capture_output=True)
+    assert ("From step 1500 (3.0 GPU-minutes) the frozen ASR is bbb (checkpoints/asr_x), "
+            "before it aaa.") in (tmp_path / "curve.md").read_text()
+    bad = subprocess.run([sys.executable, str(ROOT / "scripts/codec_learning_curve.py"),
+                          str(path), "-o", str(out), "--state", str(tmp_path / "none")],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "not a portable training state" in bad.stderr
     path.write_text(json.dumps({"step": 1, "loss": 1.0}) + "\n")
     bad = subprocess.run([sys.executable, str(ROOT / "scripts/codec_learning_curve.py"),
                           str(path), "-o", str(out)], capture_output=True, text=True)
