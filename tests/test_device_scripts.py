@@ -66,3 +66,38 @@ def test_split_refuses_what_is_not_a_state(tmp_path):
     out = subprocess.run(["bash", str(ROOT / "scripts/device/state_parts.sh"), "split", "x", "1"],
                          cwd=tmp_path, capture_output=True, text=True)
     assert out.returncode == 2 and "not a portable state" in out.stderr
+
+
+def test_final_call_packs_the_state_with_a_relative_work_folder(tmp_path):
+    """phase_v2.sh FINAL=1 returns the stage's portable state as parts that reassemble to it,
+    with the machine's work folder W given relative to the checkout (as by default)."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for entry in ROOT.iterdir():                         # the checkout, without its models
+        if entry.name not in (".git", "checkpoints", "flexicodec_pretrained", "runs"):
+            (tree / entry.name).symlink_to(entry)
+    work = tree / "work"
+    state = work / "portable" / "codec_v2"
+    state.mkdir(parents=True)
+    (state / "state.json").write_text('{"step": 9}')
+    (state / "generator.safetensors").write_bytes(bytes(range(256)) * 4000)
+    (work / "corpus_v2").mkdir()
+    (work / "corpus_v2.done").touch()                    # no corpus: the trainer fails fast
+    asr = tmp_path / "asr"
+    asr.mkdir()
+    (asr / "config.json").write_text("{}")
+    out = tmp_path / "out"
+    r = subprocess.run(["bash", "scripts/device/phase_v2.sh"], cwd=tree, capture_output=True,
+                       text=True, timeout=300,
+                       env={"PATH": f"{Path(shutil.which('python3')).parent}:/usr/bin:/bin",
+                            "HOME": str(tmp_path), "W": "work", "OUT": str(out),
+                            "ASR": str(asr), "FINAL": "1", "BUDGET": "120", "DEVICE": "cpu"})
+    parts = sorted(out.glob("codec_v2.tar.part-*"))
+    assert parts, r.stdout + r.stderr
+    unpacked = tmp_path / "unpacked"
+    unpacked.mkdir()
+    subprocess.run(f"cat {' '.join(map(str, parts))} | tar x -C {unpacked}", shell=True,
+                   check=True)
+    assert (unpacked / "codec_v2" / "state.json").read_text() == '{"step": 9}'
+    assert (unpacked / "codec_v2" / "generator.safetensors").read_bytes() == \
+        (state / "generator.safetensors").read_bytes()

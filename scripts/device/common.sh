@@ -32,8 +32,9 @@ if [ -d .debs ] && [ -f scripts/device_synth_env.sh ]; then
   # shellcheck disable=SC1091
   source scripts/device_synth_env.sh .debs
 fi
+# the machine's work folder, absolute: scripts cd into it and still name paths under it
 W=${W:-runs/device}
-mkdir -p "$W"
+mkdir -p "$W" && W=$(cd "$W" && pwd)
 # parts of a portable state carried in .carry/*/ are kept on the machine by every call
 # (scripts/device/state_parts.sh), whichever script the call runs
 source scripts/device/state_parts.sh
