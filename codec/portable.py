@@ -39,6 +39,14 @@ class PortableStateError(ValueError):
     """A portable state directory is missing, incomplete or does not fit this run."""
 
 
+def semantic_identity(semantic) -> str:
+    """The identity a portable state records for its frozen semantic source: the hash of the
+    weights of the codec's ``semantic`` module."""
+    from flexicodec.common.pretrained import state_dict_identity
+
+    return state_dict_identity(semantic.state_dict())
+
+
 def _half(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: (v.detach().to(torch.float16) if v.is_floating_point() else v.detach())
             .contiguous().cpu() for k, v in state.items()}
@@ -47,7 +55,7 @@ def _half(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def save_portable_state(directory: str | os.PathLike, codec, discriminator, info: dict) -> Path:
     """Write ``codec`` (its weights except ``semantic.*``), ``discriminator`` and ``info``
     (JSON-able: step, train_seconds, ...) to ``directory`` atomically; returns it."""
-    from flexicodec.common.pretrained import config_to_dict, state_dict_identity
+    from flexicodec.common.pretrained import config_to_dict
 
     out = Path(directory)
     tmp = out.with_name(f".{out.name}.tmp")
@@ -58,7 +66,7 @@ def save_portable_state(directory: str | os.PathLike, codec, discriminator, info
     save_file(_half(discriminator.state_dict()), str(tmp / DISCRIMINATOR))
     meta = {**info, "codec_config": config_to_dict(codec.config),
             "discriminator_config": config_to_dict(discriminator.config),
-            "semantic_identity": state_dict_identity(codec.semantic.state_dict())}
+            "semantic_identity": semantic_identity(codec.semantic)}
     (tmp / STATE).write_text(json.dumps(meta, indent=1, ensure_ascii=False))
     old = out.with_name(f".{out.name}.old")
     shutil.rmtree(old, ignore_errors=True)
@@ -85,11 +93,9 @@ def read_portable_info(directory: str | os.PathLike) -> dict:
 def load_portable_weights(directory: str | os.PathLike, codec, discriminator) -> dict:
     """Load a portable state's weights into ``codec`` (whose frozen ASR must be the one the
     state was trained with) and ``discriminator``; returns its info."""
-    from flexicodec.common.pretrained import state_dict_identity
-
     d = Path(directory)
     info = read_portable_info(d)
-    ident = state_dict_identity(codec.semantic.state_dict())
+    ident = semantic_identity(codec.semantic)
     if info.get("semantic_identity") != ident:
         raise PortableStateError(f"{d}: trained with semantic model {info.get('semantic_identity')}"
                                  f", this codec's is {ident} (pass the same --asr)")
@@ -128,7 +134,7 @@ def rebase_semantic(directory: str | os.PathLike, asr_dir: str | os.PathLike) ->
     from flexicodec.codec.config import SemanticConfig
     from flexicodec.codec.semantic import build_semantic
     from flexicodec.common.atomic import atomic_write_text
-    from flexicodec.common.pretrained import config_from_dict, state_dict_identity
+    from flexicodec.common.pretrained import config_from_dict
 
     d = Path(directory)
     info = read_portable_info(d)
@@ -145,7 +151,7 @@ def rebase_semantic(directory: str | os.PathLike, asr_dir: str | os.PathLike) ->
         raise PortableStateError(f"{asr_dir}: its architecture or vocabulary differs from the "
                                  f"ASR {d} was trained with ({', '.join(diff)}); start the run "
                                  f"over with it instead")
-    ident = state_dict_identity(semantic.state_dict())
+    ident = semantic_identity(semantic)
     if ident == info.get("semantic_identity"):
         raise PortableStateError(f"{d}: already trained with the ASR in {asr_dir} ({ident})")
     info[SEMANTIC_HISTORY] = [*info.get(SEMANTIC_HISTORY, []), {
@@ -157,4 +163,4 @@ def rebase_semantic(directory: str | os.PathLike, asr_dir: str | os.PathLike) ->
 
 
 __all__ = ["save_portable_state", "read_portable_info", "load_portable_weights",
-           "rebase_semantic", "PortableStateError", "SEMANTIC_HISTORY"]
+           "rebase_semantic", "semantic_identity", "PortableStateError", "SEMANTIC_HISTORY"]

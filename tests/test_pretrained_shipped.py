@@ -79,12 +79,11 @@ def test_codec_v2_training_state_fits_its_asr():
     from pathlib import Path
 
     from flexicodec.codec.config import SemanticConfig
-    from flexicodec.codec.portable import read_portable_info
+    from flexicodec.codec.portable import read_portable_info, semantic_identity
     from flexicodec.codec.semantic import build_semantic
-    from flexicodec.common.pretrained import state_dict_identity
 
     root = Path(__file__).resolve().parents[1]
     info = read_portable_info(root / "checkpoints" / "codec_v2")
     sem = build_semantic(SemanticConfig(asr_path=str(root / "checkpoints" / "asr_v2")))
-    assert state_dict_identity(sem.state_dict()) == info["semantic_identity"]
+    assert semantic_identity(sem) == info["semantic_identity"]
     assert info["semantic_history"][-1]["identity"] == info["semantic_identity"]

@@ -215,7 +215,7 @@ def train_asr(config_path: str, data: str, run_dir: str, max_steps: int | None =
             atomic_write_text(cfg_file, json.dumps(config_to_dict(model_cfg), indent=1,
                                                    ensure_ascii=False))
     model = PhonemeASR(model_cfg)
-    if initial is not None:
+    if initial is not None:     # a fresh module (train mode, no loaded-from identity), its weights
         model.load_state_dict(initial.state_dict())
         if main:
             print(f"[asr-train] new run from the weights, config and vocabulary of {init_from} "

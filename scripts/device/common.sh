@@ -8,6 +8,10 @@ BUDGET=${BUDGET:-540}
 export DEADLINE=${DEADLINE:-$(( T0 + BUDGET ))}
 left() { echo $(( DEADLINE - $(date +%s) )); }
 left_min() { python3 -c "print(max(0.5, ($(left) - ${1:-30}) / 60))"; }
+# SETS: config overrides for the call's trainer, space-separated SECTION.KEY=VALUE; SET_ARGS
+# holds them as its --set arguments
+SET_ARGS=()
+for kv in ${SETS:-}; do SET_ARGS+=(--set "$kv"); done
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 SITE=
 if command -v nvidia-smi >/dev/null; then       # carried packages only on the GPU machine

@@ -16,8 +16,6 @@ CORPUS=$W/corpus_v2
 gpu_info name,memory.total,driver_version
 ensure_corpus "$CORPUS" || exit 2
 M=$(left_min "${RESERVE:-60}")
-SET_ARGS=()                 # SETS: space-separated SECTION.KEY=VALUE overrides (--set)
-for kv in ${SETS:-}; do SET_ARGS+=(--set "$kv"); done
 log "training the ASR for $M min"
 python3 -m flexicodec.codec.asr.train --config "${CONFIG:-configs/asr/small.yaml}" --data "$CORPUS" \
   --run-dir "$W/asr_run" --max-minutes "$M" --resume --out-model "$W/asr_new" \

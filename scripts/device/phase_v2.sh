@@ -38,8 +38,6 @@ case "$STAGE" in
   fixed) CONFIG=configs/codec/v2_stage2.yaml; NAME=codec_v2_fixed; EXTRA=(--fixed-group 2) ;;
   *) log "STAGE must be 1, dynamic or fixed, got $STAGE"; exit 2 ;;
 esac
-SET_ARGS=()
-for kv in ${SETS:-}; do SET_ARGS+=(--set "$kv"); done
 PORT=$W/portable/$NAME
 RUN=$W/runs/$NAME
 CORPUS=$W/corpus_v2
