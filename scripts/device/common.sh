@@ -15,12 +15,12 @@ for kv in ${SETS:-}; do SET_ARGS+=(--set "$kv"); done
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 SITE=
 if command -v nvidia-smi >/dev/null; then       # carried packages only on the GPU machine
-  # .whl/ is scripts/fetch_device_wheels.sh's output: wheels, and sdists (pesq) built here;
+  # .whl/ is scripts/fetch_device_wheels.sh's output: cp312 wheels (pesq's built by it);
   # installed once per machine (/tmp survives between calls while the machine is warm)
   if [ -d .whl ] && [ ! -f /tmp/site/.installed ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
       --no-build-isolation --target /tmp/site .whl/* > /tmp/site_install.log 2>&1 \
-      || { echo "wheel install failed:"; tail -n 5 /tmp/site_install.log; exit 1; }
+      || { echo "wheel install failed:"; grep -i -m 8 -E "error|requires" /tmp/site_install.log; exit 1; }
     touch /tmp/site/.installed
   fi
   if [ -f /tmp/site/.installed ]; then
