@@ -11,12 +11,14 @@ Each recipe builds its model, discriminators, losses and optimizers exactly as
   PyTorch, unfused AdamW, a target rate drawn per batch (dynamic merging), GAN on;
 - ``fast_small``: the same model with the fast engine — corpus and frozen features held on
   the device (:mod:`flexicodec.codec.device_data`), full frame-aligned crops, ``torch.compile``, fused
-  AdamW, batch 128, 12.5 Hz (stage-1 training), GAN on;
+  AdamW, cuDNN autotuning, batch 128, 12.5 Hz (stage-1 training), GAN on;
 - ``v2``: ``configs/codec/v2.yaml`` (the GPU-sized model) with its own settings: the
   discriminators frozen in the generator's pass and shown 1-s windows of the 2-s crops
   (``train.disc_segment_seconds``);
-- ``v2_whole_crop_d``: the same with the discriminators on the whole crop (the recipe
-  before the windows), to measure what the windows save;
+- ``v2_no_cudnn_benchmark``: v2 without ``train.cudnn_benchmark`` (cuDNN's default
+  convolution algorithms instead of the fastest measured per shape);
+- ``v2_whole_crop_d`` (only when named in ``--recipes``): v2 with the discriminators on the
+  whole crop (the recipe before the windows), to measure what the windows save;
 - ``v2_d_every_2`` (only when named in ``--recipes``): v2 with a discriminator update every
   second step (``train.disc_every``).
 
@@ -62,10 +64,12 @@ def recipes(quick: bool) -> list[Recipe]:
     small, v2 = str(ROOT / "configs/codec/small.yaml"), str(ROOT / "configs/codec/v2.yaml")
     out = [Recipe("shipped", small, dynamic=True),
            Recipe("fast_small", small, batch_size=128, data_on_device=True, compile=True,
-                  fused=True),
+                  fused=True, train_overrides={"cudnn_benchmark": True}),
            Recipe("v2", v2, data_on_device=True, compile=True, fused=True),
+           Recipe("v2_no_cudnn_benchmark", v2, data_on_device=True, compile=True, fused=True,
+                  train_overrides={"cudnn_benchmark": False}),
            Recipe("v2_whole_crop_d", v2, data_on_device=True, compile=True, fused=True,
-                  train_overrides={"disc_segment_seconds": 0.0}),
+                  train_overrides={"disc_segment_seconds": 0.0}, default=False),
            Recipe("v2_d_every_2", v2, data_on_device=True, compile=True, fused=True,
                   train_overrides={"disc_every": 2}, default=False)]
     if quick:    # tiny models and batches: checks the harness, not the GPU numbers
@@ -228,7 +232,13 @@ def run_recipe(recipe: Recipe, data: str, asr: str | None, device, steps: int, w
             wav, wl, target = batch()
             step(wav, wl, target)
     flops = counter.get_total_flops() / tc.disc_every
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = tc.cudnn_benchmark
     if recipe.compile:
+        # every recipe's modules share their forward's code objects, and with them dynamo's
+        # per-function recompile limit: without a reset, later recipes would exhaust it and
+        # run parts eagerly
+        torch._dynamo.reset()
         compile_for_training(parts.model, parts.disc, parts.mel_loss, tc.compile_backend)
     t0 = time.perf_counter()
     for _ in range(warmup):
@@ -269,7 +279,7 @@ def run_recipe(recipe: Recipe, data: str, asr: str | None, device, steps: int, w
         row["peak_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
     log(f"[train_speed] {recipe.name}: {row['audio_s_per_s']:.0f} audio-s/s, "
         f"{row['step_ms']:.1f} ms/step, {row['tflops']:.1f} TFLOP/s")
-    del parts
+    parts = None          # frees the models (the step closure shares this binding)
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return row

@@ -108,6 +108,9 @@ class CodecTrainConfig:
     # losses always use the whole crop
     disc_segment_seconds: float = 0.0
     disc_every: int = 1                 # discriminator update every k generator steps
+    # cuDNN times its convolution algorithms for each new shape and keeps the fastest (pays
+    # off when every step has the same shapes: data_on_device)
+    cudnn_benchmark: bool = False
 
     def __post_init__(self) -> None:
         for name in ("loss_weights", "mel_loss", "discriminator"):
@@ -636,6 +639,8 @@ def train_codec(config_path: str, data: str, run_dir: str, asr: str | None = Non
                   f"start fresh, learning rates re-warm over {tc.rewarm_steps} steps)")
     if tc.compile:
         compile_for_training(model, disc, mel_loss, tc.compile_backend)
+    if accelerator.device.type == "cuda":
+        torch.backends.cudnn.benchmark = tc.cudnn_benchmark
     if tc.eval_quality:
         for module in ("pesq", "pystoi"):
             try:
