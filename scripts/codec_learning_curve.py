@@ -1,16 +1,19 @@
 """The codec's learning curve: held-out metrics against training (GPU) minutes.
 
     python scripts/codec_learning_curve.py docs/results/gpu/codec_v2_metrics.jsonl \
-        -o docs/results/codec_v2_curve [--heldout docs/results/codec_v2_heldout.json] \
-        [--state checkpoints/codec_v2]
+        -o docs/results/codec_v2_curve [--state checkpoints/codec_v2] \
+        [--heldout REPORT.json=MINUTES ...]
 
 Reads the evaluation records of a training log (``valid_*`` at each ``eval_every`` step, with
-the cumulative ``train_minutes``) and writes OUT.md (a table) and OUT.png (mel distance,
-STOI and PESQ-WB against minutes). ``--heldout``: a JSON list of extra points measured on
-the held-out test splits (``{"train_minutes", "split", "stoi", "pesq_wb", "wer", ...}``),
-added to the table. ``--state``: the run's portable state; each change of its frozen ASR
+the cumulative ``train_minutes``; a metric a run did not compute, e.g. STOI without pystoi,
+is left empty) and writes OUT.md (a table) and OUT.png (valid mel distance, STOI and PESQ-WB
+against minutes). ``--state``: the run's portable state; each change of its frozen ASR
 (``semantic_history``, :func:`flexicodec.codec.portable.rebase_semantic`) is listed under the
 table and drawn as a dashed line, since the curve's later points use other semantic features.
+``--heldout``: reports of ``flexicodec eval`` on the held-out test splits, each with the
+GPU-minutes of the state it evaluated (``scripts/export_portable.py`` prints them): their
+conditions are tabled (WER against the originals', PESQ-WB, STOI, SIM, mel distance) and
+their STOI, PESQ-WB and WER drawn per split.
 """
 from __future__ import annotations
 
@@ -35,11 +38,47 @@ def curve_rows(log: list[dict]) -> list[dict]:
     return [by_step[s] for s in sorted(by_step)]
 
 
+VALID_KEYS = ("valid_mel_12.5Hz", "valid_stoi_12.5Hz", "valid_pesq_12.5Hz", "valid_mel_fixed",
+              "valid_mel_6.25Hz")
+
+
+def heldout_points(specs: list[str]) -> list[dict]:
+    """One point per condition of each ``REPORT.json=MINUTES`` (a ``flexicodec eval``
+    report)."""
+    points = []
+    for spec in specs:
+        path, sep, minutes = spec.rpartition("=")
+        try:
+            minutes = float(minutes) if sep else None
+        except ValueError:
+            minutes = None
+        if minutes is None or not path:
+            raise ValueError(f"--heldout {spec!r}: expected REPORT.json=MINUTES")
+        try:
+            report = json.loads(Path(path).read_text())
+            conditions, split = report["conditions"], report["split"]
+            orig_wer = report["original"]["wer"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"--heldout {path}: not a flexicodec eval report ({exc})") from None
+        for c in conditions:
+            points.append({"train_minutes": minutes, "split": split,
+                           "condition": c["condition"], "wer": c.get("wer"),
+                           "original_wer": orig_wer, "pesq_wb": c.get("pesq_wb"),
+                           "stoi": c.get("stoi"), "sim": c.get("speaker_similarity"),
+                           "mel_distance": c.get("mel_distance")})
+    return points
+
+
+def _cell(value, fmt: str = "{:.3f}") -> str:
+    return "–" if value is None else fmt.format(value)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("log", help="metrics.jsonl of a codec training run")
     ap.add_argument("-o", "--out", required=True, help="output prefix (OUT.md, OUT.png)")
-    ap.add_argument("--heldout", default=None, help="JSON list of held-out evaluation points")
+    ap.add_argument("--heldout", nargs="+", default=[], metavar="REPORT.json=MINUTES",
+                    help="flexicodec eval reports with the GPU-minutes of the state evaluated")
     ap.add_argument("--state", default=None,
                     help="the run's portable state: mark its frozen-ASR changes")
     a = ap.parse_args(argv)
@@ -51,50 +90,83 @@ def main(argv: list[str] | None = None) -> int:
         except PortableStateError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+    try:
+        points = heldout_points(a.heldout)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     rows = curve_rows(read_jsonl(a.log))
     if not rows:
         print(f"{a.log}: no evaluation records", file=sys.stderr)
         return 2
-    keys = [k for k in ("valid_mel_12.5Hz", "valid_stoi_12.5Hz", "valid_pesq_12.5Hz",
-                        "valid_mel_fixed", "valid_mel_6.25Hz") if k in rows[0]]
+    keys = [k for k in VALID_KEYS if any(k in r for r in rows)]
     lines = ["| step | GPU-minutes | " + " | ".join(keys) + " |",
              "|---|---|" + "---|" * len(keys)]
     for r in rows:
         lines.append(f"| {r['step']} | {r.get('train_minutes', float('nan')):.1f} | "
-                     + " | ".join(f"{r[k]:.3f}" for k in keys) + " |")
-    md = ["Valid split (first utterances, 6 s crops), all RVQ stages, from the training log.",
-          "", *lines]
+                     + " | ".join(_cell(r.get(k)) for k in keys) + " |")
+    md = ["Valid split (first utterances, 6 s crops), all RVQ stages, from the training log "
+          "(– : not computed by that run).", "", *lines]
     for c in changes:
         md += ["", f"From step {c['step']} ({c['train_seconds'] / 60:.1f} GPU-minutes) the frozen "
                    f"ASR is {c['identity']} ({c['asr']}), before it {c['previous']}."]
-    if a.heldout:
-        pts = json.loads(Path(a.heldout).read_text())
-        cols = ["train_minutes", "split", "condition", "stoi", "pesq_wb", "wer", "mel_distance"]
-        md += ["", "Held-out test splits (`flexicodec eval`):", "",
-               "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-        for p in pts:
-            md.append("| " + " | ".join(f"{p[c]:.3f}" if isinstance(p.get(c), float)
-                                        else str(p.get(c, "-")) for c in cols) + " |")
+    if points:
+        md += ["", "Held-out test splits (`flexicodec eval`; WER: pocketsphinx, originals' in "
+                   "parentheses):", "",
+               "| GPU-minutes | split | condition | WER % | PESQ-WB | STOI | SIM | mel dist |",
+               "|---|---|---|---|---|---|---|---|"]
+        for p in sorted(points, key=lambda p: (p["split"], p["condition"], p["train_minutes"])):
+            wer = "–" if p["wer"] is None else \
+                f"{100 * p['wer']:.1f} ({100 * p['original_wer']:.1f})"
+            md.append(f"| {p['train_minutes']:.1f} | {p['split']} | {p['condition']} | {wer} | "
+                      f"{_cell(p['pesq_wb'], '{:.2f}')} | {_cell(p['stoi'])} | "
+                      f"{_cell(p['sim'])} | {_cell(p['mel_distance'])} |")
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out.with_suffix(".md"), "\n".join(md) + "\n")
+    _plot(out.with_suffix(".png"), rows, keys, points, changes)
+    print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.png')}")
+    return 0
+
+
+def _plot(path: Path, rows: list[dict], keys: list[str], points: list[dict],
+          changes: list[dict]) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, len(keys[:3]), figsize=(4 * len(keys[:3]), 3.2))
+    # the 12.5 Hz valid metrics (all stages), then the held-out ones at 12.5 Hz with 8
+    # acoustic stages (the targets' setting) where reported, else all; one series per split
+    panels = [("mel distance (valid)", "valid_mel_12.5Hz", None),
+              ("STOI", "valid_stoi_12.5Hz", "stoi"), ("PESQ-WB", "valid_pesq_12.5Hz", "pesq_wb")]
+    full = [p for p in points if p["condition"].endswith("@12.5Hz, 8 RVQ")] or \
+        [p for p in points if p["condition"].endswith("@12.5Hz")]
+    if full:
+        panels.append(("WER % (held-out)", None, "wer"))
+    splits = sorted({p["split"] for p in full})
+    color = {"valid": "C0", **{sp: f"C{i + 1}" for i, sp in enumerate(splits)}}
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
     axes = axes if hasattr(axes, "__len__") else [axes]
-    x = [r.get("train_minutes", 0.0) for r in rows]
-    for ax, k in zip(axes, keys[:3]):
-        ax.plot(x, [r[k] for r in rows], marker="o")
+    for ax, (title, key, metric) in zip(axes, panels):
+        if key in keys:
+            have = [r for r in rows if r.get(key) is not None]
+            ax.plot([r.get("train_minutes", 0.0) for r in have], [r[key] for r in have],
+                    marker="o", label="valid", color=color["valid"])
+        if metric:
+            for split in splits:
+                pts = sorted((p for p in full if p["split"] == split and p[metric] is not None),
+                             key=lambda p: p["train_minutes"])
+                scale = 100 if metric == "wer" else 1
+                ax.plot([p["train_minutes"] for p in pts], [scale * p[metric] for p in pts],
+                        marker="s", linestyle=":", label=split, color=color[split])
         for c in changes:
             ax.axvline(c["train_seconds"] / 60, color="grey", linestyle="--", linewidth=1)
         ax.set_xlabel("GPU-minutes (H200)")
-        ax.set_title(k.replace("valid_", "valid "))
+        ax.set_title(title)
         ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out.with_suffix(".png"), dpi=110)
-    print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.png')}")
-    return 0
+    fig.savefig(path, dpi=110)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """scripts/codec_learning_curve.py: evaluation records in step order, last record per step,
-a table and a plot."""
+a table and a plot; metrics a run did not compute; held-out eval reports."""
 from __future__ import annotations
 
 import json
@@ -51,3 +51,38 @@ def test_curve_rows_and_outputs(tmp_path):
     bad = subprocess.run([sys.executable, str(ROOT / "scripts/codec_learning_curve.py"),
                           str(path), "-o", str(out)], capture_output=True, text=True)
     assert bad.returncode == 2 and "no evaluation records" in bad.stderr
+
+
+def test_missing_metrics_and_heldout_reports(tmp_path):
+    log = [{"step": 1000, "train_minutes": 2.0, "valid_mel_12.5Hz": 0.6,
+            "valid_stoi_12.5Hz": 0.8, "valid_pesq_12.5Hz": 1.2},
+           {"step": 2000, "train_minutes": 4.0, "valid_mel_12.5Hz": 0.5}]   # no pystoi/pesq
+    path = tmp_path / "m.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in log))
+
+    def report(name, split, wer, stoi):
+        cond = {"condition": "flexicodec@12.5Hz, 8 RVQ", "wer": wer, "pesq_wb": 1.5,
+                "stoi": stoi, "speaker_similarity": 0.9, "mel_distance": 0.4}
+        f = tmp_path / name
+        f.write_text(json.dumps({"split": split, "original": {"wer": 0.25},
+                                 "conditions": [cond]}))
+        return f
+    a, b = report("a.json", "test", 0.6, 0.84), report("b.json", "test", 0.5, 0.86)
+    out = tmp_path / "curve"
+    run = subprocess.run([sys.executable, str(ROOT / "scripts/codec_learning_curve.py"),
+                          str(path), "-o", str(out), "--heldout", f"{b}=4.0", f"{a}=2.0"],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    md = (tmp_path / "curve.md").read_text()
+    assert "| 2000 | 4.0 | 0.500 | – | – |" in md
+    rows = [line for line in md.splitlines() if "8 RVQ" in line]
+    assert rows == ["| 2.0 | test | flexicodec@12.5Hz, 8 RVQ | 60.0 (25.0) | 1.50 | 0.840 | "
+                    "0.900 | 0.400 |",
+                    "| 4.0 | test | flexicodec@12.5Hz, 8 RVQ | 50.0 (25.0) | 1.50 | 0.860 | "
+                    "0.900 | 0.400 |"]
+    assert (tmp_path / "curve.png").stat().st_size > 1000
+    for spec in (str(a), f"{tmp_path / 'none.json'}=1", f"{path}=1"):
+        bad = subprocess.run([sys.executable, str(ROOT / "scripts/codec_learning_curve.py"),
+                              str(path), "-o", str(out), "--heldout", spec],
+                             capture_output=True, text=True)
+        assert bad.returncode == 2 and "--heldout" in bad.stderr, spec
