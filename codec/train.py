@@ -57,6 +57,9 @@ from flexicodec.common.constants import BASE_FRAME_RATE
 from flexicodec.common.run_flags import add_run_flags, out_model_dir, parse_run_args
 
 
+PROFILE_AFTER = 50      # steps into a run before train.profile_steps are profiled
+
+
 @dataclass
 class LossWeights:
     mel: float = 15.0
@@ -111,6 +114,10 @@ class CodecTrainConfig:
     # cuDNN times its convolution algorithms for each new shape and keeps the fastest (pays
     # off when every step has the same shapes: data_on_device)
     cudnn_benchmark: bool = False
+    # profile this many steps, PROFILE_AFTER steps after the run starts (compiled by then):
+    # where the step's device time goes, RUN/profile_step{S}.{json,md}
+    # (flexicodec.common.profiling)
+    profile_steps: int = 0
 
     def __post_init__(self) -> None:
         for name in ("loss_weights", "mel_loss", "discriminator"):
@@ -135,6 +142,8 @@ class CodecTrainConfig:
                              f"{self.segment_seconds}], got {self.disc_segment_seconds}")
         if self.disc_every < 1:
             raise ValueError(f"train.disc_every must be >= 1, got {self.disc_every}")
+        if self.profile_steps < 0:
+            raise ValueError(f"train.profile_steps must be >= 0, got {self.profile_steps}")
 
 
 def load_train_section(path: str | Path) -> CodecTrainConfig:
@@ -757,13 +766,25 @@ def train_codec(config_path: str, data: str, run_dir: str, asr: str | None = Non
     stopped_early = False
     model.train()
     disc.train()
+    profiler = None
+    if tc.profile_steps and main:
+        from flexicodec.common.profiling import StepProfiler
+        first = step + PROFILE_AFTER
+        profiler = StepProfiler(run / f"profile_step{first}", first, tc.profile_steps,
+                                accelerator.device)
     for epoch, wav, wl, target in batches():
         if step >= tc.max_steps:
             break
         how = sample_merging(step, tc, model_cfg)
+        if profiler is not None:
+            profiler.before(step)
         out, l_mel, g_loss, gnorm, logs = train_step(parts, wav, wl, target, how,
                                                      step >= tc.disc_start, step=step)
         step += 1
+        if profiler is not None and (prof := profiler.after(step)) is not None:
+            tqdm.write(f"[train] profiled steps {first}-{step - 1}: "
+                       f"{prof['wall_ms_per_step']:.1f} ms per step, device "
+                       f"{prof['device_ms_per_step']:.1f} ms -> {profiler.out}.md")
         budget.tick()
         samples += wav.shape[0] * world
         pbar.update(1)

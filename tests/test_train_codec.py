@@ -445,3 +445,30 @@ def test_portable_state_rebased_onto_a_fine_tuned_asr(tiny_corpus, asr_dir, tmp_
     PhonemeASR(big).save_pretrained(tmp_path / "asr_big")
     assert rebase([str(port), "--asr", str(tmp_path / "asr_big")]) == 2
     assert read_portable_info(port) == final
+
+
+def test_profile_steps_write_a_kernel_table(tiny_corpus, asr_dir, tmp_path, monkeypatch):
+    """train.profile_steps: the profiled steps of a real run are summarised by operator."""
+    import flexicodec.codec.train as codec_train
+    from flexicodec.common.profiling import StepProfiler
+
+    monkeypatch.setattr(codec_train, "PROFILE_AFTER", 1)
+    cfg = str(_yaml(tmp_path / "c.yaml", max_steps=4, disc_start=0, warmup_fixed_steps=100,
+                    profile_steps=2))
+    res = train_codec(cfg, str(tiny_corpus), str(tmp_path / "r"), asr=str(asr_dir), cpu=True)
+    assert res["step"] == 4
+    prof = json.loads((tmp_path / "r" / "profile_step1.json").read_text())
+    assert prof["steps"] == 2 and prof["first_step"] == 1 and prof["device"] == "cpu"
+    assert prof["wall_ms_per_step"] > 0 and prof["device_busy_pct"] is None
+    names = [r["name"] for r in prof["top_operators"]]
+    assert any("conv" in n for n in names), names
+    pcts = [r["pct"] for r in prof["top_operators"]]
+    assert pcts == sorted(pcts, reverse=True) and 0 < sum(pcts) <= 100.0 + 1e-6
+    assert prof["top_kernels"] == []
+    md = (tmp_path / "r" / "profile_step1.md").read_text()
+    assert md.startswith("# Profile: 2 steps from step 1 on cpu") and "| `" in md
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        StepProfiler(tmp_path / "p", 0, 0, torch.device("cpu"))
+    with pytest.raises(ValueError, match="profile_steps"):
+        train_codec(str(_yaml(tmp_path / "b.yaml", profile_steps=-1)), str(tiny_corpus),
+                    str(tmp_path / "b"), asr=str(asr_dir), cpu=True)

@@ -24,7 +24,9 @@
 #   FINAL=1: the stage's portable state as $OUT/NAME.tar.part-* (15 MiB parts; here:
 #     cat parts | tar x -C checkpoints).
 # BUDGET (s) is the call's wall-clock budget, RESERVE (s) what is kept for packing.
-# SETS: config overrides for the trainer, space-separated SECTION.KEY=VALUE (its --set), e.g.
+# SETS: config overrides for the trainer, space-separated SECTION.KEY=VALUE (its --set).
+#   train.profile_steps=5 profiles 5 steps 50 steps into the call (RUN/profile_step*.{json,md}
+#   to $OUT: the operators and kernels that take the step's GPU time). E.g.
 #   a CPU dry run of the whole chain: HOURS=0.05 BUDGET=240 DEVICE=cpu
 #   SETS="train.batch_size=2 train.compile=false train.num_workers=0" scripts/device/phase_v2.sh
 # DEVICE (default cuda) is the throughput benchmark's device.
@@ -123,6 +125,8 @@ if [ $TRAIN = 1 ]; then
   fi
   grep -a -v -E "it/s\]|s/it\]" "$W/$NAME.log" | tail -n 20
   cp "$RUN/metrics.jsonl" "$OUT/${NAME}_metrics.jsonl" 2>/dev/null
+  # SETS="train.profile_steps=N": the trainer's kernel table of N profiled steps
+  cp "$RUN"/profile_step*.json "$RUN"/profile_step*.md "$OUT/" 2>/dev/null
 fi
 if [ "${FINAL:-0}" = 1 ]; then
   (cd "$W" && rm -rf pack && mkdir pack && cp -r "$PORT" "pack/$NAME" \
