@@ -50,8 +50,8 @@ from flexicodec.codec.portable import (SEMANTIC_HISTORY, STATE as PORTABLE_STATE
                                        save_portable_state)
 from flexicodec.common.atomic import atomic_write_text
 from flexicodec.common.pretrained import config_from_dict, config_to_dict
-from flexicodec.common.training import (STATE_NAME, CheckpointManager, EpochPlan, JsonlLogger, TimeBudget,
-                                        cuda_memory_gb, dataclass_from_section, end_of_step, load_yaml,
+from flexicodec.common.training import (STATE_NAME, STOP_FILE, CheckpointManager, EpochPlan, JsonlLogger,
+                                        TimeBudget, cuda_memory_gb, dataclass_from_section, end_of_step, load_yaml,
                                         lr_lambda, make_accelerator, seed_everything)
 from flexicodec.common.constants import BASE_FRAME_RATE
 from flexicodec.common.run_flags import add_run_flags, out_model_dir, parse_run_args
@@ -569,7 +569,7 @@ def train_codec(config_path: str, data: str, run_dir: str, asr: str | None = Non
         DistributedDataParallelKwargs(find_unused_parameters=True)])
     main = accelerator.is_main_process
     seed_everything(tc.seed)
-    budget = TimeBudget(max_minutes)
+    budget = TimeBudget(max_minutes, stop_file=run / STOP_FILE)
 
     cfg_file = run / "codec_config.json"
     resuming = resume and ckpt.latest() is not None

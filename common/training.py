@@ -185,16 +185,26 @@ def dataclass_from_section(cls: type, section: dict | None, where: str) -> Any:
     return config_from_dict(cls, section)
 
 
+STOP_FILE = "STOP"      # RUN/STOP: a running trainer stops cleanly after its current step
+
+
 class TimeBudget:
     """``--max-minutes``: tells the loop to stop early enough to save a checkpoint.
 
     ``should_stop()`` is True once elapsed time plus a reserve (twice the slowest step seen,
-    plus ``reserve_s`` for checkpointing/final export) would pass the limit. The first
-    ``warmup_ticks`` steps (compilation, allocator warm-up) do not count as the slowest.
+    plus ``reserve_s`` for checkpointing/final export) would pass the limit, or once
+    ``stop_file`` exists (``touch RUN/STOP``: stop a run that has no fixed end, e.g. one
+    outliving the command that started it; a stop file left from an earlier run is removed
+    here). The first ``warmup_ticks`` steps (compilation, allocator warm-up) do not count as
+    the slowest.
     """
     warmup_ticks = 3
 
-    def __init__(self, max_minutes: float | None, reserve_s: float = 20.0):
+    def __init__(self, max_minutes: float | None, reserve_s: float = 20.0,
+                 stop_file: str | Path | None = None):
+        self.stop_file = None if stop_file is None else Path(stop_file)
+        if self.stop_file is not None:
+            self.stop_file.unlink(missing_ok=True)
         self.limit = None if max_minutes is None else max_minutes * 60.0
         self.reserve = reserve_s
         self.start = time.monotonic()
@@ -218,6 +228,8 @@ class TimeBudget:
         return time.monotonic() - self.start
 
     def should_stop(self) -> bool:
+        if self.stop_file is not None and self.stop_file.exists():
+            return True
         if self.limit is None:
             return False
         reserve = min(self.reserve + 2 * self.slowest, 0.25 * self.limit)
@@ -324,7 +336,8 @@ def end_of_step(accelerator, ckpt: CheckpointManager, budget: TimeBudget, step: 
     if stop and step < max_steps:
         if accelerator.is_main_process:
             from tqdm.auto import tqdm
-            tqdm.write(f"[{name}] stopping at step {step} (time budget / --stop-after); "
+            tqdm.write(f"[{name}] stopping at step {step} (time budget / {STOP_FILE} file / "
+                       f"--stop-after); "
                        f"checkpoint saved, continue with --resume")
         return "stopped"
     return "done" if step >= max_steps or stop else None

@@ -37,7 +37,7 @@ from flexicodec.common.atomic import atomic_write_text
 from flexicodec.common.pretrained import config_from_dict, config_to_dict
 from flexicodec.common.distributed import (any_process, configure_process_logging, rescale_position,
                                            shard_batches)
-from flexicodec.common.training import (CheckpointManager, JsonlLogger, TimeBudget, lr_lambda,
+from flexicodec.common.training import (STOP_FILE, CheckpointManager, JsonlLogger, TimeBudget, lr_lambda,
                                         make_accelerator, seed_everything)
 from flexicodec.lm.data import (bucket_batches, load_tokenized, make_items, pack_batches, read_info,
                                 to_device)
@@ -320,7 +320,7 @@ def run_training(model: torch.nn.Module, train_items: list[LayoutItem], train_du
     lengths = [len(it) for it in train_items]
     if not train_items:
         raise ValueError("no training examples")
-    budget = TimeBudget(max_minutes)
+    budget = TimeBudget(max_minutes, stop_file=run_dir / STOP_FILE)
     best = BestWeights(run_dir / BEST_DIR)
     flops_of = _core(model).train_flops
     win_tokens, win_audio, win_flops, win_t = 0, 0.0, 0.0, time.time()

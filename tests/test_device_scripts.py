@@ -1,6 +1,7 @@
 """The GPU-machine scripts (scripts/device/*.sh, scripts/*.sh) parse, and a portable state
 survives the trip in parts (scripts/device/state_parts.sh): split here, collected over two
-calls there, assembled only when every part has arrived and its checksum matches."""
+calls there, assembled only when every part has arrived and its checksum matches; a trainer
+started with KEEP=1 outlives its call and is stopped cleanly by the FINAL call."""
 from __future__ import annotations
 
 import shutil
@@ -68,14 +69,30 @@ def test_split_refuses_what_is_not_a_state(tmp_path):
     assert out.returncode == 2 and "not a portable state" in out.stderr
 
 
+def _tree(tmp_path: Path) -> Path:
+    """The checkout, without its models (as sent to the GPU machine)."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for entry in ROOT.iterdir():
+        if entry.name not in (".git", "checkpoints", "flexicodec_pretrained", "runs"):
+            (tree / entry.name).symlink_to(entry)
+    return tree
+
+
+def _env(tmp_path: Path, **kw) -> dict:
+    return {"PATH": f"{Path(shutil.which('python3')).parent}:/usr/bin:/bin",
+            "HOME": str(tmp_path), "W": "work", "DEVICE": "cpu", **kw}
+
+
+def _unpack(parts: list[Path], dest: Path) -> None:
+    dest.mkdir()
+    subprocess.run(f"cat {' '.join(map(str, parts))} | tar x -C {dest}", shell=True, check=True)
+
+
 def test_final_call_packs_the_state_with_a_relative_work_folder(tmp_path):
     """phase_v2.sh FINAL=1 returns the stage's portable state as parts that reassemble to it,
     with the machine's work folder W given relative to the checkout (as by default)."""
-    tree = tmp_path / "tree"
-    tree.mkdir()
-    for entry in ROOT.iterdir():                         # the checkout, without its models
-        if entry.name not in (".git", "checkpoints", "flexicodec_pretrained", "runs"):
-            (tree / entry.name).symlink_to(entry)
+    tree = _tree(tmp_path)
     work = tree / "work"
     state = work / "portable" / "codec_v2"
     state.mkdir(parents=True)
@@ -89,15 +106,65 @@ def test_final_call_packs_the_state_with_a_relative_work_folder(tmp_path):
     out = tmp_path / "out"
     r = subprocess.run(["bash", "scripts/device/phase_v2.sh"], cwd=tree, capture_output=True,
                        text=True, timeout=300,
-                       env={"PATH": f"{Path(shutil.which('python3')).parent}:/usr/bin:/bin",
-                            "HOME": str(tmp_path), "W": "work", "OUT": str(out),
-                            "ASR": str(asr), "FINAL": "1", "BUDGET": "120", "DEVICE": "cpu"})
+                       env=_env(tmp_path, OUT=str(out), ASR=str(asr), FINAL="1", BUDGET="120"))
     parts = sorted(out.glob("codec_v2.tar.part-*"))
     assert parts, r.stdout + r.stderr
     unpacked = tmp_path / "unpacked"
-    unpacked.mkdir()
-    subprocess.run(f"cat {' '.join(map(str, parts))} | tar x -C {unpacked}", shell=True,
-                   check=True)
+    _unpack(parts, unpacked)
     assert (unpacked / "codec_v2" / "state.json").read_text() == '{"step": 9}'
     assert (unpacked / "codec_v2" / "generator.safetensors").read_bytes() == \
         (state / "generator.safetensors").read_bytes()
+
+
+def test_kept_trainer_outlives_its_call_and_final_stops_it(tiny_corpus, tmp_path):
+    """KEEP=1: the trainer started by one call is still training when the call returns; the
+    next call (FINAL=1) finds it, stops it through RUN/STOP and packs the state it wrote."""
+    import json
+    import os
+    import signal
+
+    import torch
+
+    from flexicodec.codec.asr.model import PhonemeASR, PhonemeASRConfig
+
+    tree = _tree(tmp_path)
+    work = tree / "work"
+    work.mkdir()
+    (work / "corpus_v2").symlink_to(tiny_corpus)
+    (work / "corpus_v2.done").touch()
+    torch.manual_seed(0)
+    asr = tmp_path / "asr"
+    PhonemeASR(PhonemeASRConfig.tiny()).save_pretrained(asr)
+    sets = ("train.batch_size=2 train.compile=false train.num_workers=0 train.log_every=1 "
+            "train.eval_every=100000 train.eval_quality=false")
+    env = _env(tmp_path, ASR=str(asr), FRESH="1", SETS=sets)
+    pid_file = work / "codec_v2.pid"
+    try:
+        a = subprocess.run(["bash", "scripts/device/phase_v2.sh"], cwd=tree, text=True,
+                           capture_output=True, timeout=120,
+                           env={**env, "KEEP": "1", "KEEP_MINUTES": "3", "BUDGET": "25",
+                                "OUT": str(tmp_path / "out_a")})
+        assert "detached" in a.stdout and "trainer still running" in a.stdout, \
+            a.stdout + a.stderr
+        b = subprocess.run(["bash", "scripts/device/phase_v2.sh"], cwd=tree, text=True,
+                           capture_output=True, timeout=120,
+                           env={**env, "FINAL": "1", "BUDGET": "40", "RESERVE": "30",
+                                "OUT": str(tmp_path / "out_b")})
+        assert "already running" in b.stdout and "trainer exited" in b.stdout, \
+            b.stdout + b.stderr
+    finally:                        # never leave a trainer behind
+        if pid_file.exists():
+            try:
+                os.kill(int(pid_file.read_text()), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    log = (work / "codec_v2.log").read_text()
+    assert log.count("[train] generator") == 1          # one start-up for both calls
+    assert "stopping at step" in log
+    parts = sorted((tmp_path / "out_b").glob("codec_v2.tar.part-*"))
+    assert parts, b.stdout
+    _unpack(parts, tmp_path / "unpacked")
+    state = json.loads((tmp_path / "unpacked" / "codec_v2" / "state.json").read_text())
+    logged = [json.loads(line)["step"] for line in
+              (work / "runs" / "codec_v2" / "metrics.jsonl").read_text().splitlines()]
+    assert state["step"] >= 1 and state["step"] == max(logged)

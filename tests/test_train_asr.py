@@ -164,3 +164,12 @@ def test_init_from_fine_tunes_a_trained_asr(tiny_corpus, tmp_path):
     with pytest.raises(ValueError, match="outside its vocabulary"):
         train_asr(cfg, str(tiny_corpus), str(tmp_path / "bad"), max_steps=2, cpu=True,
                   init_from=str(tmp_path / "small_vocab"))
+
+
+def test_stop_file_ends_a_run_without_a_time_limit(tmp_path):
+    stop = tmp_path / "STOP"
+    stop.touch()                               # left from an earlier run: removed
+    b = TimeBudget(None, stop_file=stop)
+    assert not stop.exists() and not b.should_stop()
+    stop.touch()
+    assert b.should_stop()

@@ -472,3 +472,27 @@ def test_profile_steps_write_a_kernel_table(tiny_corpus, asr_dir, tmp_path, monk
     with pytest.raises(ValueError, match="profile_steps"):
         train_codec(str(_yaml(tmp_path / "b.yaml", profile_steps=-1)), str(tiny_corpus),
                     str(tmp_path / "b"), asr=str(asr_dir), cpu=True)
+
+
+def test_stop_file_stops_the_run_cleanly(tiny_corpus, asr_dir, tmp_path, monkeypatch):
+    """RUN/STOP (a run outliving the command that started it) ends the run after the current
+    step with its checkpoint and portable state; a stale one is removed at the start."""
+    import flexicodec.codec.train as codec_train
+    from flexicodec.codec.portable import read_portable_info
+
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "STOP").touch()                           # stale: must not stop the new run
+
+    class TouchAtTwo(codec_train.TimeBudget):
+        def tick(self):
+            super().tick()
+            if self.ticks == 2:
+                (run / "STOP").touch()
+    monkeypatch.setattr(codec_train, "TimeBudget", TouchAtTwo)
+    cfg = str(_yaml(tmp_path / "c.yaml", max_steps=6, disc_start=1, warmup_fixed_steps=100))
+    res = train_codec(cfg, str(tiny_corpus), str(run), asr=str(asr_dir), cpu=True,
+                      portable_state=str(tmp_path / "port"))
+    assert res["step"] == 2 and res["finished"] is False
+    assert read_portable_info(tmp_path / "port")["step"] == 2
+    assert (run / "latest").exists()

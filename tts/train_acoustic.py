@@ -45,8 +45,8 @@ import yaml
 
 from flexicodec.common.pretrained import config_from_dict
 from flexicodec.common.distributed import any_process, configure_process_logging
-from flexicodec.common.training import (CheckpointManager, EpochPlan, JsonlLogger, TimeBudget, lr_lambda,
-                                        make_accelerator, seed_everything)
+from flexicodec.common.training import (STOP_FILE, CheckpointManager, EpochPlan, JsonlLogger, TimeBudget,
+                                        lr_lambda, make_accelerator, seed_everything)
 from flexicodec.common.run_flags import (DEFAULT_OUT_MODEL, add_run_flags, out_model_dir,
                                          parse_run_args)
 from flexicodec.tts.acoustic import AcousticConfig
@@ -289,7 +289,7 @@ def train(mc: AcousticConfig | FlowConfig, tc: TrainConfig, data: str | Path,
             {"kind": mc.kind, "model": {k: list(v) if isinstance(v, tuple) else v
                                          for k, v in asdict(mc).items()},
              "train": asdict(tc)}))
-    budget = TimeBudget(max_minutes)
+    budget = TimeBudget(max_minutes, stop_file=run_dir / STOP_FILE)
     model.train()
     bar = tqdm(total=tc.max_steps, initial=step, desc=f"acoustic ({mc.kind})", unit="step",
                disable=not accelerator.is_main_process)

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from flexicodec.codec.asr.model import PhonemeASR, PhonemeASRConfig, build_vocab, phoneme_error_counts
 from flexicodec.common.atomic import atomic_write_text
 from flexicodec.common.pretrained import config_from_dict, config_to_dict
-from flexicodec.common.training import (CheckpointManager, JsonlLogger, TimeBudget, cuda_memory_gb,
+from flexicodec.common.training import (STOP_FILE, CheckpointManager, JsonlLogger, TimeBudget, cuda_memory_gb,
                                         EpochPlan, dataclass_from_section, end_of_step, load_yaml,
                                         lr_lambda, make_accelerator, make_loader, seed_everything)
 from flexicodec.common.constants import SAMPLE_RATE
@@ -187,7 +187,7 @@ def train_asr(config_path: str, data: str, run_dir: str, max_steps: int | None =
     accelerator = make_accelerator(mixed_precision, cpu=cpu)
     main = accelerator.is_main_process
     seed_everything(tc.seed)
-    budget = TimeBudget(max_minutes)
+    budget = TimeBudget(max_minutes, stop_file=run / STOP_FILE)
 
     from flexicodec.data.loaders import collate_audio
 

@@ -20,7 +20,8 @@
 #     machine (ASR=DIR takes another, e.g. one phase_asr.sh retrained on this corpus), BENCH=1
 #     the throughput benchmark, then training.
 #   next calls (no .whl/.debs needed while the machine is warm): training resumes from the
-#     run's checkpoint.
+#     run's checkpoint; with KEEP=1 (below) the trainer of the previous call is still
+#     running and the call only watches it.
 #   FINAL=1: the stage's portable state as $OUT/NAME.tar.part-* (15 MiB parts; here:
 #     cat parts | tar x -C checkpoints).
 # BUDGET (s) is the call's wall-clock budget, RESERVE (s) what is kept for packing.
@@ -102,28 +103,67 @@ if [ "${BENCH:-0}" = 1 ]; then
     --out "$W/bench" --steps "${BENCH_STEPS:-30}" 2>&1 | grep -v "it/s\]" | tail -n 12
   cp "$W/bench/train_speed.json" "$W/bench/train_speed.md" "$OUT/" 2>/dev/null
 fi
-if [ $TRAIN = 1 ]; then
-  M=$(left_min "$RESERVE")
-  log "training $NAME (STAGE=$STAGE) for $M min"
-  # shellcheck disable=SC2086
-  python3 -m flexicodec.codec.train --config "$CONFIG" --data "$CORPUS" --run-dir "$RUN" \
-    --asr "$ASR_DIR" --resume --portable-state "$PORT" --max-minutes "$M" $INIT "${EXTRA[@]}" \
-    "${SET_ARGS[@]}" > "$W/$NAME.log" 2>&1 &
-  PID=$!
-  for _ in $(seq 120); do kill -0 $PID 2>/dev/null || break; sleep 1; done
-  gpu_info utilization.gpu,memory.used
-  wait $PID; RC=$?; log "trainer exited: rc=$RC"
-  if [ $RC != 0 ] && grep -q -E "torch._dynamo|torch._inductor|InductorError|BackendCompilerFailed" "$W/$NAME.log"; then
-    log "compilation failed; continuing without train.compile for the time left"
-    grep -a -E "Error|error" "$W/$NAME.log" | tail -n 5
-    # --set comes after the others, so it wins over a compile: true in SETS
-    # shellcheck disable=SC2086
-    python3 -m flexicodec.codec.train --config "$CONFIG" --data "$CORPUS" --run-dir "$RUN" \
-      --asr "$ASR_DIR" --resume --portable-state "$PORT" --max-minutes "$(left_min "$RESERVE")" \
-      $INIT "${EXTRA[@]}" "${SET_ARGS[@]}" --set train.compile=false >> "$W/$NAME.log" 2>&1
-    log "eager trainer exited: rc=$?"
+# The trainer. By default it runs for this call's time and the call waits for it. KEEP=1
+# starts it detached (setsid), so it outlives the call while the machine stays warm and
+# trains through the gaps between calls without starting, loading and compiling again:
+# later calls (any) find it running and watch it until their own end; KEEP_MINUTES (default
+# 25) bounds it. FINAL=1 stops a running trainer cleanly (RUN/STOP: it saves its checkpoint
+# and the portable state) RESERVE seconds before the call's end, then packs.
+PIDF=$W/$NAME.pid
+LOG=$W/$NAME.log
+alive() { [ -f "$PIDF" ] && kill -0 "$(cat "$PIDF")" 2>/dev/null; }
+start_trainer() {   # start_trainer MINUTES [extra trainer args]
+  local m=$1; shift
+  local cmd=(python3 -m flexicodec.codec.train --config "$CONFIG" --data "$CORPUS"
+             --run-dir "$RUN" --asr "$ASR_DIR" --resume --portable-state "$PORT"
+             --max-minutes "$m" $INIT "${EXTRA[@]}" "${SET_ARGS[@]}" "$@")
+  if [ "${KEEP:-0}" = 1 ]; then
+    setsid nohup "${cmd[@]}" >> "$LOG" 2>&1 < /dev/null &
+  else
+    "${cmd[@]}" >> "$LOG" 2>&1 &
   fi
-  grep -a -v -E "it/s\]|s/it\]" "$W/$NAME.log" | tail -n 20
+  echo $! > "$PIDF"
+  log "trainer $NAME (STAGE=$STAGE) started for up to $m min$([ "${KEEP:-0}" = 1 ] \
+    && echo ", detached")"
+}
+# watch_trainer UNTIL_LEFT: wait until the trainer exits or the call has UNTIL_LEFT s left
+watch_trainer() {
+  local shown=0
+  while alive && [ "$(left)" -gt "$1" ]; do
+    sleep 2
+    if [ $shown = 0 ] && [ $(( $(date +%s) - T0 )) -gt 120 ]; then
+      gpu_info utilization.gpu,memory.used; shown=1
+    fi
+  done
+}
+compile_failed() { grep -q -E "torch._dynamo|torch._inductor|InductorError|BackendCompilerFailed" \
+  <(tail -c "+$((LOG_FROM + 1))" "$LOG") && ! grep -q '"finished"' <(tail -n 40 "$LOG"); }
+if [ $TRAIN = 1 ]; then
+  touch "$LOG"; LOG_FROM=$(stat -c %s "$LOG")
+  if alive; then
+    log "trainer $NAME already running (pid $(cat "$PIDF")): watching it"
+  else
+    rm -f "$RUN/STOP"
+    if [ "${KEEP:-0}" = 1 ]; then start_trainer "${KEEP_MINUTES:-25}"
+    else start_trainer "$(left_min "$RESERVE")"; fi
+  fi
+  STOP_AT=$([ "${FINAL:-0}" = 1 ] && echo "$RESERVE" || echo 5)
+  watch_trainer "$STOP_AT"
+  if ! alive && compile_failed; then
+    log "compilation failed; continuing without train.compile for the time left"
+    grep -a -E "Error|error" <(tail -c "+$((LOG_FROM + 1))" "$LOG") | tail -n 5
+    # --set comes after the others, so it wins over a compile: true in SETS
+    if [ "${KEEP:-0}" = 1 ]; then start_trainer "${KEEP_MINUTES:-25}" --set train.compile=false
+    else start_trainer "$(left_min "$RESERVE")" --set train.compile=false; fi
+    watch_trainer "$STOP_AT"
+  fi
+  if alive && [ "${FINAL:-0}" = 1 ]; then
+    log "stopping the trainer (RUN/STOP)"
+    mkdir -p "$RUN" && touch "$RUN/STOP"
+    while alive && [ "$(left)" -gt 3 ]; do sleep 1; done
+  fi
+  if alive; then log "trainer still running (pid $(cat "$PIDF"))"; else log "trainer exited"; fi
+  tail -c "+$((LOG_FROM + 1))" "$LOG" | grep -a -v -E "it/s\]|s/it\]" | tail -n 20
   cp "$RUN/metrics.jsonl" "$OUT/${NAME}_metrics.jsonl" 2>/dev/null
   # SETS="train.profile_steps=N": the trainer's kernel table of N profiled steps
   cp "$RUN"/profile_step*.json "$RUN"/profile_step*.md "$OUT/" 2>/dev/null
