@@ -30,7 +30,8 @@
 #   to $OUT: the operators and kernels that take the step's GPU time). E.g.
 #   a CPU dry run of the whole chain: HOURS=0.05 BUDGET=240 DEVICE=cpu
 #   SETS="train.batch_size=2 train.compile=false train.num_workers=0" scripts/device/phase_v2.sh
-# DEVICE (default cuda) is the throughput benchmark's device.
+# DEVICE (default cuda) is the throughput benchmark's device. DISC_BENCH=1 (first call):
+#   benchmarks/disc_speed.py on the GPU while the corpus builds.
 source scripts/device/common.sh
 RESERVE=${RESERVE:-40}
 STAGE=${STAGE:-1}
@@ -44,7 +45,19 @@ esac
 PORT=$W/portable/$NAME
 RUN=$W/runs/$NAME
 CORPUS=$W/corpus_v2
+# DISC_BENCH=1: the discriminator layouts' speed (benchmarks/disc_speed.py, random audio, no
+# corpus needed) on the GPU while the corpus builds on the CPUs
+if [ "${DISC_BENCH:-0}" = 1 ]; then
+  log "discriminator benchmark (in the background)"
+  python3 -m flexicodec.benchmarks.disc_speed --device cuda -o "$W/bench" > "$W/disc_speed.log" 2>&1 &
+  DISC_PID=$!
+fi
 ensure_corpus "$CORPUS" || exit 2
+if [ -n "${DISC_PID:-}" ]; then
+  wait "$DISC_PID"; log "discriminator benchmark exited: rc=$?"
+  grep -v -E "it/s\]|^W[0-9]" "$W/disc_speed.log" | tail -n 12
+  cp "$W/bench/disc_speed.json" "$W/bench/disc_speed.md" "$OUT/" 2>/dev/null
+fi
 # the frozen ASR: ASR=DIR (e.g. $W/asr_new from phase_asr.sh), else codec v2's,
 # checkpoints/asr_v2 (the fine-tune of flexicodec_pretrained/asr its state is tied to), copied once
 if [ -n "${ASR:-}" ]; then

@@ -1,0 +1,193 @@
+"""Discriminator speed: the GAN half of a codec training step in isolation, for layouts of
+the same discriminators (same weights, same losses), with cuDNN's autotuning off and on.
+
+    python -m flexicodec.benchmarks.disc_speed --device cuda [--config configs/codec/v2.yaml] -o DIR
+    python -m flexicodec.benchmarks.disc_speed --device cpu --quick -o DIR     # seconds, tiny
+
+In a v2 training step the discriminators' update and the generator's backward through them
+take most of the time (``benchmarks/train_speed.py``). This measures the two parts alone on
+random audio, as the trainer runs them (:func:`flexicodec.codec.train.generator_gan_losses`,
+``torch.compile(dynamic=False)``, bf16 autocast on CUDA, fused AdamW):
+
+- ``d_update``: one pass over [real; fake] (2B windows), hinge loss, backward, AdamW step;
+- ``g_pass``: the real windows under ``no_grad``, the fake ones with frozen weights,
+  adversarial + feature-matching losses, backward to the fake audio.
+
+Layouts (``--variants``):
+
+- ``nchw``: :class:`flexicodec.codec.discriminators.CodecDiscriminator` as the trainer uses it;
+- ``channels_last``: its weights and 4-d activations in channels-last memory layout;
+- ``mpd_conv1d``: every period branch as 1-d convolutions over ``[B * p, C, T / p]`` (the
+  (k, 1) kernels never mix the p columns, so the outputs equal the 2-d ones, permuted;
+  :func:`fold_periods`).
+
+Writes ``disc_speed.json`` and ``disc_speed.md`` under ``-o``.
+"""
+from __future__ import annotations
+
+import argparse
+import types
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from flexicodec.benchmarks.common import (format_table, hardware_info, log, resolve_device,
+                                          time_interleaved, write_json)
+
+ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = ("nchw", "channels_last", "mpd_conv1d")
+
+
+def _period_forward_1d(self, wav: torch.Tensor):
+    """:class:`PeriodDiscriminator` forward as 1-d convolutions: ``wav [B, T]`` →
+    (logits ``[B * p, 1, T']``, fmaps ``[B * p, C, T']``), the 2-d outputs with the period
+    axis moved into the batch."""
+    B, T = wav.shape
+    pad = (-T) % self.period
+    if pad:
+        wav = nn.functional.pad(wav, (0, pad), mode="reflect" if pad < T else "constant")
+    x = wav.view(B, -1, self.period).transpose(1, 2).reshape(B * self.period, 1, -1)
+    fmaps = []
+    for conv in [*self.convs, self.post]:
+        x = nn.functional.conv1d(x, conv.weight.squeeze(-1), conv.bias, conv.stride[0],
+                                 conv.padding[0])
+        if conv is not self.post:
+            x = nn.functional.leaky_relu(x, 0.1)
+        fmaps.append(x)
+    return x, fmaps
+
+
+def fold_periods(disc: nn.Module) -> nn.Module:
+    """Switch ``disc``'s period branches (in place) to :func:`_period_forward_1d`."""
+    from flexicodec.codec.discriminators import PeriodDiscriminator
+    for m in disc.modules():
+        if isinstance(m, PeriodDiscriminator):
+            m.forward = types.MethodType(_period_forward_1d, m)
+    return disc
+
+
+def _build(variant: str, dcfg, device):
+    from flexicodec.codec.discriminators import CodecDiscriminator
+    torch.manual_seed(0)
+    disc = CodecDiscriminator(dcfg).to(device)
+    if variant == "channels_last":
+        disc = disc.to(memory_format=torch.channels_last)
+    elif variant == "mpd_conv1d":
+        fold_periods(disc)
+    elif variant != "nchw":
+        raise ValueError(f"unknown variant {variant!r}: choose from {', '.join(VARIANTS)}")
+    return disc
+
+
+def _steps(disc, opt, real, fake, kind: str, autocast):
+    from flexicodec.codec.losses import discriminator_loss
+    from flexicodec.codec.train import _split, generator_gan_losses
+
+    def d_update():
+        with autocast():
+            logits, _ = disc(torch.cat([real, fake]))
+        r, f = _split(logits, real.shape[0])
+        loss = discriminator_loss(r, f, kind)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    def g_pass():
+        x = fake.detach().requires_grad_(True)
+        adv, fm = generator_gan_losses(disc, real, x, kind, autocast)
+        (adv + 2.0 * fm).backward()
+    return d_update, g_pass
+
+
+def run(config: str, device, batch: int | None, window_s: float | None, variants, repeats: int,
+        warmup: int, quick: bool, compile_: bool) -> list[dict]:
+    from flexicodec.codec.discriminators import DiscriminatorConfig
+    from flexicodec.codec.train import load_train_section
+
+    tc = load_train_section(config)
+    dcfg = DiscriminatorConfig.tiny() if quick else tc.discriminator
+    B = batch or tc.batch_size
+    seconds = window_s or tc.disc_segment_seconds or tc.segment_seconds
+    T = int(round(seconds * 16000))
+    g = torch.Generator(device="cpu").manual_seed(0)
+    real = (0.1 * torch.randn(B, T, generator=g)).to(device)
+    fake = (real + 0.03 * torch.randn(B, T, generator=g).to(device))
+    bf16 = device.type == "cuda"
+
+    def autocast():
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    rows = []
+    for variant in variants:
+        torch._dynamo.reset()                       # every variant compiles from scratch
+        disc = _build(variant, dcfg, device)
+        if compile_:
+            disc.compile(dynamic=False)
+        fused = {"fused": True} if device.type == "cuda" else {}
+        opt = torch.optim.AdamW(disc.parameters(), lr=1e-4, betas=(0.8, 0.99), **fused)
+        d_update, g_pass = _steps(disc, opt, real, fake, tc.gan_kind, autocast)
+        for bench in ((False, True) if device.type == "cuda" else (False,)):
+            torch.backends.cudnn.benchmark = bench
+            log(f"[disc_speed] {variant}, cudnn.benchmark={bench}")
+            t = time_interleaved({"d_update": d_update, "g_pass": g_pass}, device,
+                                 warmup=warmup, repeats=repeats)
+            d_ms, g_ms = 1000 * t["d_update"].median, 1000 * t["g_pass"].median
+            rows.append({"variant": variant, "cudnn_benchmark": bench, "batch": B,
+                         "window_s": seconds, "d_update_ms": d_ms, "g_pass_ms": g_ms,
+                         "total_ms": d_ms + g_ms,
+                         "disc_audio_s_per_s": B * seconds / ((d_ms + g_ms) / 1000)})
+        del disc, opt
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    base = rows[0]["total_ms"]
+    for r in rows:
+        r["speedup"] = base / r["total_ms"]
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m flexicodec.benchmarks.disc_speed",
+                                 description=__doc__.split("\n")[0])
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--config", default=str(ROOT / "configs/codec/v2.yaml"),
+                    help="codec config whose train.discriminator, batch and window are used")
+    ap.add_argument("--batch", type=int, default=None, help="windows per pass (default: the "
+                    "config's batch size; the update sees twice as many)")
+    ap.add_argument("--window-s", type=float, default=None,
+                    help="seconds per window (default: train.disc_segment_seconds)")
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=5, help="untimed calls (compilation)")
+    ap.add_argument("--no-compile", action="store_true", help="eager (default: compiled)")
+    ap.add_argument("--quick", action="store_true",
+                    help="tiny discriminators, batch 2, eager (a CPU check of the harness)")
+    ap.add_argument("-o", "--out", default="benchmarks/results", help="output directory")
+    a = ap.parse_args(argv)
+    device = resolve_device(a.device)
+    variants = [v.strip() for v in a.variants.split(",") if v.strip()]
+    bad = sorted(set(variants) - set(VARIANTS))
+    if bad or not variants:
+        ap.error(f"--variants: unknown {', '.join(bad) or '(none given)'}; choose from "
+                 f"{', '.join(VARIANTS)}")
+    batch = 2 if a.quick and a.batch is None else a.batch
+    rows = run(a.config, device, batch, a.window_s, variants, a.repeats, a.warmup, a.quick,
+               compile_=not (a.no_compile or a.quick))
+    cols = [("variant", "variant"), ("cudnn_benchmark", "cudnn bench"), ("batch", "batch"),
+            ("window_s", "window s"), ("d_update_ms", "D update ms"), ("g_pass_ms", "G pass ms"),
+            ("total_ms", "total ms"), ("disc_audio_s_per_s", "audio-s/s"),
+            ("speedup", "x first row")]
+    table = format_table(rows, cols)
+    print(table)
+    out = Path(a.out)
+    write_json(out / "disc_speed.json", {"benchmark": "disc_speed", "config": a.config,
+                                         "quick": a.quick, "compiled": not a.no_compile,
+                                         "hardware": hardware_info(device), "rows": rows})
+    from flexicodec.common.atomic import atomic_write_text
+    atomic_write_text(out / "disc_speed.md", "Medians of interleaved calls; audio-s/s: the "
+                      "windows' audio per second of D update + G pass.\n\n```\n" + table
+                      + "\n```\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
