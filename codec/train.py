@@ -275,6 +275,24 @@ def compile_for_training(model, disc, mel_loss, backend: str = "inductor") -> No
 
 
 @torch.no_grad()
+def valid_of_ema(raw, ema: "EMA", dataset, mel_loss, device, tc: "CodecTrainConfig",
+                 rate: float | None) -> dict:
+    """The valid metrics of :func:`valid_mel_loss` (and :func:`valid_quality` with
+    ``train.eval_quality``) for the EMA weights, in a fresh uncompiled copy of ``raw``'s
+    architecture, keys suffixed ``_ema``."""
+    from flexicodec.codec.model import FlexiCodec
+
+    model = FlexiCodec(copy.deepcopy(raw.config)).to(device)
+    model.load_state_dict(raw.state_dict())
+    ema.copy_to(model)
+    ev = {k: v for k, v in valid_mel_loss(model, dataset, mel_loss, device, tc.max_eval_utts,
+                                          (rate,)).items() if k.startswith("valid_mel")}
+    if tc.eval_quality:
+        ev.update(valid_quality(model, dataset, device, tc.max_eval_utts, rate))
+    return {f"{k}_ema": v for k, v in ev.items()}
+
+
+@torch.no_grad()
 def valid_quality(model, dataset, device, max_utts: int, rate: float | None) -> dict:
     """Mean STOI and PESQ-WB of the first ``max_utts`` valid utterances reconstructed at
     ``rate`` Hz (None: the model's fixed groups). Needs the judges (``pip install .[eval]``)."""
@@ -817,6 +835,9 @@ def train_codec(config_path: str, data: str, run_dir: str, asr: str | None = Non
                 if tc.eval_quality:
                     ev.update(valid_quality(raw, valid_set, accelerator.device,
                                             tc.max_eval_utts, rates[0]))
+                if ema is not None:  # the EMA weights (what exports use), at the first rate
+                    ev.update(valid_of_ema(raw, ema, valid_set, mel_loss, accelerator.device,
+                                           tc, rates[0]))
             logger.log({"step": step, "train_minutes": (prior_seconds + budget.elapsed()) / 60,
                         **ev})
             tqdm.write(f"[train] step {step}: " + ", ".join(f"{k} {v:.3f}"

@@ -5,8 +5,8 @@
         [--heldout REPORT.json=MINUTES ...]
 
 Reads the evaluation records of a training log (``valid_*`` at each ``eval_every`` step, with
-the cumulative ``train_minutes``; a metric a run did not compute, e.g. STOI without pystoi,
-is left empty) and writes OUT.md (a table) and OUT.png (valid mel distance, STOI and PESQ-WB
+the cumulative ``train_minutes``; ``*_ema``: the EMA weights; a metric a run did not compute,
+e.g. STOI without pystoi, is left empty) and writes OUT.md (a table) and OUT.png (valid mel distance, STOI and PESQ-WB
 against minutes). ``--state``: the run's portable state; each change of its frozen ASR
 (``semantic_history``, :func:`flexicodec.codec.portable.rebase_semantic`) is listed under the
 table and drawn as a dashed line, since the curve's later points use other semantic features.
@@ -38,8 +38,9 @@ def curve_rows(log: list[dict]) -> list[dict]:
     return [by_step[s] for s in sorted(by_step)]
 
 
-VALID_KEYS = ("valid_mel_12.5Hz", "valid_stoi_12.5Hz", "valid_pesq_12.5Hz", "valid_mel_fixed",
-              "valid_mel_6.25Hz")
+VALID_KEYS = ("valid_mel_12.5Hz", "valid_stoi_12.5Hz", "valid_pesq_12.5Hz",
+              "valid_mel_12.5Hz_ema", "valid_stoi_12.5Hz_ema", "valid_pesq_12.5Hz_ema",
+              "valid_mel_fixed", "valid_mel_6.25Hz")
 
 
 def heldout_points(specs: list[str]) -> list[dict]:
@@ -147,10 +148,12 @@ def _plot(path: Path, rows: list[dict], keys: list[str], points: list[dict],
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
     axes = axes if hasattr(axes, "__len__") else [axes]
     for ax, (title, key, metric) in zip(axes, panels):
-        if key in keys:
-            have = [r for r in rows if r.get(key) is not None]
-            ax.plot([r.get("train_minutes", 0.0) for r in have], [r[key] for r in have],
-                    marker="o", label="valid", color=color["valid"])
+        for k, label, style in (((key, "valid", "-"), (f"{key}_ema", "valid (EMA)", "--"))
+                                if key else ()):
+            have = [r for r in rows if r.get(k) is not None]
+            if have:
+                ax.plot([r.get("train_minutes", 0.0) for r in have], [r[k] for r in have],
+                        marker="o", label=label, color=color["valid"], linestyle=style)
         if metric:
             for split in splits:
                 pts = sorted((p for p in full if p["split"] == split and p[metric] is not None),

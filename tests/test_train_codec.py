@@ -496,3 +496,14 @@ def test_stop_file_stops_the_run_cleanly(tiny_corpus, asr_dir, tmp_path, monkeyp
     assert res["step"] == 2 and res["finished"] is False
     assert read_portable_info(tmp_path / "port")["step"] == 2
     assert (run / "latest").exists()
+
+
+def test_valid_metrics_of_the_ema_weights(tiny_corpus, asr_dir, tmp_path):
+    """With an EMA, each evaluation also scores the EMA weights (what exports use)."""
+    cfg = str(_yaml(tmp_path / "c.yaml", max_steps=2, disc_start=1, warmup_fixed_steps=100,
+                    eval_every=2, ema_decay=0.5))
+    train_codec(cfg, str(tiny_corpus), str(tmp_path / "r"), asr=str(asr_dir), cpu=True)
+    ev = [r for r in read_jsonl(tmp_path / "r" / "metrics.jsonl") if "valid_mel_12.5Hz" in r]
+    assert len(ev) == 1
+    raw, ema = ev[0]["valid_mel_12.5Hz"], ev[0]["valid_mel_12.5Hz_ema"]
+    assert math.isfinite(ema) and ema != raw
