@@ -49,7 +49,9 @@ CORPUS=$W/corpus_v2
 # corpus needed) on the GPU while the corpus builds on the CPUs
 if [ "${DISC_BENCH:-0}" = 1 ]; then
   log "discriminator benchmark (in the background)"
-  python3 -m flexicodec.benchmarks.disc_speed --device cuda -o "$W/bench" > "$W/disc_speed.log" 2>&1 &
+  DISC_ARGS=(--device "${DEVICE:-cuda}" -o "$W/bench")
+  [ "${DEVICE:-cuda}" = cpu ] && DISC_ARGS+=(--quick)           # a CPU dry run: tiny
+  python3 -m flexicodec.benchmarks.disc_speed "${DISC_ARGS[@]}" > "$W/disc_speed.log" 2>&1 &
   DISC_PID=$!
 fi
 ensure_corpus "$CORPUS" || exit 2
@@ -176,7 +178,9 @@ if [ $TRAIN = 1 ]; then
     while alive && [ "$(left)" -gt 3 ]; do sleep 1; done
   fi
   if alive; then log "trainer still running (pid $(cat "$PIDF"))"; else log "trainer exited"; fi
-  tail -c "+$((LOG_FROM + 1))" "$LOG" | grep -a -v -E "it/s\]|s/it\]" | tail -n 20
+  # this call's part of the log, without the progress bars
+  tail -c "+$((LOG_FROM + 1))" "$LOG" | tr '\r' '\n' | grep -a -v -E "(it/s|s/it)[],]" \
+    | grep -a -v "^\s*$" | tail -n 20
   cp "$RUN/metrics.jsonl" "$OUT/${NAME}_metrics.jsonl" 2>/dev/null
   # SETS="train.profile_steps=N": the trainer's kernel table of N profiled steps
   cp "$RUN"/profile_step*.json "$RUN"/profile_step*.md "$OUT/" 2>/dev/null
