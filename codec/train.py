@@ -253,11 +253,19 @@ def schedule(tc: CodecTrainConfig, warmup: int, total: int, offset: int = 0,
     return f
 
 
+@contextlib.contextmanager
 def eager():
-    """Context in which ``torch.compile``d modules run eagerly (evaluation on whole
-    utterances of varying lengths would otherwise compile graphs for each new shape)."""
+    """Context in which ``torch.compile``d modules run eagerly and cuDNN does not autotune
+    (evaluation on whole utterances of varying lengths would otherwise compile graphs, and
+    time convolution algorithms, for each new shape)."""
     set_stance = getattr(torch.compiler, "set_stance", None)
-    return set_stance("force_eager") if set_stance is not None else contextlib.nullcontext()
+    bench = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = False
+    try:
+        with set_stance("force_eager") if set_stance is not None else contextlib.nullcontext():
+            yield
+    finally:
+        torch.backends.cudnn.benchmark = bench
 
 
 def compile_for_training(model, disc, mel_loss, backend: str = "inductor") -> None:

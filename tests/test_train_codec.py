@@ -507,3 +507,19 @@ def test_valid_metrics_of_the_ema_weights(tiny_corpus, asr_dir, tmp_path):
     assert len(ev) == 1
     raw, ema = ev[0]["valid_mel_12.5Hz"], ev[0]["valid_mel_12.5Hz_ema"]
     assert math.isfinite(ema) and ema != raw
+
+
+def test_eager_evaluation_context_restores_cudnn_autotuning():
+    from flexicodec.codec.train import eager
+    before = torch.backends.cudnn.benchmark
+    try:
+        torch.backends.cudnn.benchmark = True
+        with eager():
+            assert torch.backends.cudnn.benchmark is False
+        assert torch.backends.cudnn.benchmark is True
+        with pytest.raises(RuntimeError):
+            with eager():
+                raise RuntimeError("evaluation failed")
+        assert torch.backends.cudnn.benchmark is True
+    finally:
+        torch.backends.cudnn.benchmark = before
