@@ -70,11 +70,13 @@ def test_split_refuses_what_is_not_a_state(tmp_path):
 
 
 def _tree(tmp_path: Path) -> Path:
-    """The checkout, without its models (as sent to the GPU machine)."""
+    """The checkout, without its models and hidden folders (.git, and the .debs/.whl/.carry
+    a GPU call would carry: the scripts would unpack or install them into the checkout)."""
     tree = tmp_path / "tree"
     tree.mkdir()
     for entry in ROOT.iterdir():
-        if entry.name not in (".git", "checkpoints", "flexicodec_pretrained", "runs"):
+        if not entry.name.startswith(".") and \
+                entry.name not in ("checkpoints", "flexicodec_pretrained", "runs"):
             (tree / entry.name).symlink_to(entry)
     return tree
 
