@@ -21,7 +21,9 @@ Layouts (``--variants``):
   (k, 1) kernels never mix the p columns, so the outputs equal the 2-d ones, permuted;
   :func:`fold_periods`).
 
-Writes ``disc_speed.json`` and ``disc_speed.md`` under ``-o``.
+``--batch 128,256`` repeats everything per batch size: whether the GAN half is bound by
+the number of kernels (more audio per step costs little more) or by their work. Writes
+``disc_speed.json`` and ``disc_speed.md`` under ``-o``.
 """
 from __future__ import annotations
 
@@ -100,25 +102,24 @@ def _steps(disc, opt, real, fake, kind: str, autocast):
     return d_update, g_pass
 
 
-def run(config: str, device, batch: int | None, window_s: float | None, variants, repeats: int,
-        warmup: int, quick: bool, compile_: bool) -> list[dict]:
+def run(config: str, device, batches: list[int | None], window_s: float | None, variants,
+        repeats: int, warmup: int, quick: bool, compile_: bool) -> list[dict]:
     from flexicodec.codec.discriminators import DiscriminatorConfig
     from flexicodec.codec.train import load_train_section
 
     tc = load_train_section(config)
     dcfg = DiscriminatorConfig.tiny() if quick else tc.discriminator
-    B = batch or tc.batch_size
     seconds = window_s or tc.disc_segment_seconds or tc.segment_seconds
     T = int(round(seconds * 16000))
-    g = torch.Generator(device="cpu").manual_seed(0)
-    real = (0.1 * torch.randn(B, T, generator=g)).to(device)
-    fake = (real + 0.03 * torch.randn(B, T, generator=g).to(device))
     bf16 = device.type == "cuda"
 
     def autocast():
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     rows = []
-    for variant in variants:
+    for (variant, B) in [(v, b or tc.batch_size) for b in batches for v in variants]:
+        g = torch.Generator(device="cpu").manual_seed(0)
+        real = (0.1 * torch.randn(B, T, generator=g)).to(device)
+        fake = (real + 0.03 * torch.randn(B, T, generator=g).to(device))
         torch._dynamo.reset()                       # every variant compiles from scratch
         disc = _build(variant, dcfg, device)
         if compile_:
@@ -128,7 +129,7 @@ def run(config: str, device, batch: int | None, window_s: float | None, variants
         d_update, g_pass = _steps(disc, opt, real, fake, tc.gan_kind, autocast)
         for bench in ((False, True) if device.type == "cuda" else (False,)):
             torch.backends.cudnn.benchmark = bench
-            log(f"[disc_speed] {variant}, cudnn.benchmark={bench}")
+            log(f"[disc_speed] {variant}, batch {B}, cudnn.benchmark={bench}")
             t = time_interleaved({"d_update": d_update, "g_pass": g_pass}, device,
                                  warmup=warmup, repeats=repeats)
             d_ms, g_ms = 1000 * t["d_update"].median, 1000 * t["g_pass"].median
@@ -139,9 +140,9 @@ def run(config: str, device, batch: int | None, window_s: float | None, variants
         del disc, opt
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    base = rows[0]["total_ms"]
+    base = rows[0]["disc_audio_s_per_s"]
     for r in rows:
-        r["speedup"] = base / r["total_ms"]
+        r["speedup"] = r["disc_audio_s_per_s"] / base
     return rows
 
 
@@ -151,13 +152,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--config", default=str(ROOT / "configs/codec/v2.yaml"),
                     help="codec config whose train.discriminator, batch and window are used")
-    ap.add_argument("--batch", type=int, default=None, help="windows per pass (default: the "
+    ap.add_argument("--batch", default=None, help="windows per pass, comma list (default: the "
                     "config's batch size; the update sees twice as many)")
     ap.add_argument("--window-s", type=float, default=None,
                     help="seconds per window (default: train.disc_segment_seconds)")
     ap.add_argument("--variants", default=",".join(VARIANTS))
-    ap.add_argument("--repeats", type=int, default=20)
-    ap.add_argument("--warmup", type=int, default=5, help="untimed calls (compilation)")
+    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=3, help="untimed calls (compilation)")
     ap.add_argument("--no-compile", action="store_true", help="eager (default: compiled)")
     ap.add_argument("--quick", action="store_true",
                     help="tiny discriminators, batch 2, eager (a CPU check of the harness)")
@@ -169,13 +170,19 @@ def main(argv: list[str] | None = None) -> int:
     if bad or not variants:
         ap.error(f"--variants: unknown {', '.join(bad) or '(none given)'}; choose from "
                  f"{', '.join(VARIANTS)}")
-    batch = 2 if a.quick and a.batch is None else a.batch
-    rows = run(a.config, device, batch, a.window_s, variants, a.repeats, a.warmup, a.quick,
+    try:
+        batches = [int(b) for b in a.batch.split(",") if b.strip()] if a.batch else \
+            [2 if a.quick else None]
+    except ValueError:
+        ap.error(f"--batch: expected comma-separated integers, got {a.batch!r}")
+    if any(b is not None and b < 1 for b in batches):
+        ap.error(f"--batch: sizes must be >= 1, got {a.batch!r}")
+    rows = run(a.config, device, batches, a.window_s, variants, a.repeats, a.warmup, a.quick,
                compile_=not (a.no_compile or a.quick))
     cols = [("variant", "variant"), ("cudnn_benchmark", "cudnn bench"), ("batch", "batch"),
             ("window_s", "window s"), ("d_update_ms", "D update ms"), ("g_pass_ms", "G pass ms"),
             ("total_ms", "total ms"), ("disc_audio_s_per_s", "audio-s/s"),
-            ("speedup", "x first row")]
+            ("speedup", "audio-s/s x first row")]
     table = format_table(rows, cols)
     print(table)
     out = Path(a.out)

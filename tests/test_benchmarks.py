@@ -198,13 +198,15 @@ def test_disc_speed_quick_and_folded_periods_match(tmp_path):
     from flexicodec.codec.losses import feature_matching_loss, generator_adv_loss
 
     assert disc_speed(["--device", "cpu", "--quick", "--repeats", "1", "--warmup", "0",
-                       "-o", str(tmp_path)]) == 0
+                       "--batch", "2,3", "-o", str(tmp_path)]) == 0
     res = json.loads((tmp_path / "disc_speed.json").read_text())
-    assert [r["variant"] for r in res["rows"]] == ["nchw", "channels_last", "mpd_conv1d"]
-    assert all(r["total_ms"] > 0 and r["batch"] == 2 for r in res["rows"])
+    assert [(r["variant"], r["batch"]) for r in res["rows"]] == [
+        (v, b) for b in (2, 3) for v in ("nchw", "channels_last", "mpd_conv1d")]
+    assert all(r["total_ms"] > 0 for r in res["rows"]) and res["rows"][0]["speedup"] == 1.0
     assert "D update ms" in (tmp_path / "disc_speed.md").read_text()
-    with pytest.raises(SystemExit):
-        disc_speed(["--device", "cpu", "--quick", "--variants", "nhwc", "-o", str(tmp_path)])
+    for bad in (["--variants", "nhwc"], ["--batch", "2,x"], ["--batch", "0"]):
+        with pytest.raises(SystemExit):
+            disc_speed(["--device", "cpu", "--quick", *bad, "-o", str(tmp_path)])
 
     torch.manual_seed(0)
     cfg = DiscriminatorConfig(periods=(2, 3, 5), mpd_channels=(4, 8, 8),

@@ -31,7 +31,8 @@
 #   a CPU dry run of the whole chain: HOURS=0.05 BUDGET=240 DEVICE=cpu
 #   SETS="train.batch_size=2 train.compile=false train.num_workers=0" scripts/device/phase_v2.sh
 # DEVICE (default cuda) is the throughput benchmark's device. DISC_BENCH=1 (first call):
-#   benchmarks/disc_speed.py on the GPU while the corpus builds.
+#   benchmarks/disc_speed.py on the GPU while the corpus builds, at batches DISC_BATCHES
+#   (default 128,256).
 source scripts/device/common.sh
 RESERVE=${RESERVE:-40}
 STAGE=${STAGE:-1}
@@ -50,7 +51,8 @@ CORPUS=$W/corpus_v2
 if [ "${DISC_BENCH:-0}" = 1 ]; then
   log "discriminator benchmark (in the background)"
   DISC_ARGS=(--device "${DEVICE:-cuda}" -o "$W/bench")
-  [ "${DEVICE:-cuda}" = cpu ] && DISC_ARGS+=(--quick)           # a CPU dry run: tiny
+  if [ "${DEVICE:-cuda}" = cpu ]; then DISC_ARGS+=(--quick)        # a CPU dry run: tiny
+  else DISC_ARGS+=(--batch "${DISC_BATCHES:-128,256}"); fi
   python3 -m flexicodec.benchmarks.disc_speed "${DISC_ARGS[@]}" > "$W/disc_speed.log" 2>&1 &
   DISC_PID=$!
 fi
