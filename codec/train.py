@@ -786,6 +786,12 @@ def train_codec(config_path: str, data: str, run_dir: str, asr: str | None = Non
                 yield (epoch, batch["wav"].to(accelerator.device),
                        batch["wav_lengths"].to(accelerator.device), None)
 
+    def write_portable() -> None:
+        save_portable_state(portable_state, raw, accelerator.unwrap_model(disc),
+                            {"step": step, "train_seconds": prior_seconds + budget.elapsed(),
+                             "config": str(config_path), "init_from": lineage,
+                             SEMANTIC_HISTORY: semantic_history})
+
     pbar = tqdm(total=tc.max_steps, initial=step, desc="codec-train", disable=not main)
     last: dict = {}
     t_log, samples = time.monotonic(), 0
@@ -857,15 +863,14 @@ def train_codec(config_path: str, data: str, run_dir: str, asr: str | None = Non
         if ended:
             stopped_early = ended == "stopped"
             break
+        if main and portable_state and step % tc.save_every == 0:
+            write_portable()      # with every checkpoint: a copy can leave the machine any time
         budget.skip()             # evaluation / checkpoint time is not a training step
     pbar.close()
     result = dict(last, step=step, finished=not stopped_early, generator_params=n_gen,
                   train_minutes=(prior_seconds + budget.elapsed()) / 60)
     if main and portable_state:
-        save_portable_state(portable_state, raw, accelerator.unwrap_model(disc),
-                            {"step": step, "train_seconds": prior_seconds + budget.elapsed(),
-                             "config": str(config_path), "init_from": lineage,
-                             SEMANTIC_HISTORY: semantic_history})
+        write_portable()
         print(f"[train] portable state (step {step}) written to {portable_state}")
     if main and out_model:
         export = FlexiCodec(copy.deepcopy(raw.config)).to(accelerator.device)
@@ -906,8 +911,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "discriminators in the YAML's model), e.g. checkpoints/codec_v2")
     p.add_argument("--portable-state", default=None,
                    help="continue from this portable state when RUN has no checkpoint, and "
-                        "rewrite it at the end (fp16 generator + discriminators, step; small "
-                        "enough to keep in the repository)")
+                        "rewrite it with every checkpoint and at the end (fp16 generator + "
+                        "discriminators, step; small enough to keep in the repository)")
     return p
 
 

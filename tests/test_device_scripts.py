@@ -100,6 +100,7 @@ def test_final_call_packs_the_state_with_a_relative_work_folder(tmp_path):
     state.mkdir(parents=True)
     (state / "state.json").write_text('{"step": 9}')
     (state / "generator.safetensors").write_bytes(bytes(range(256)) * 4000)
+    (state / "discriminator.safetensors").write_bytes(bytes(range(256)) * 100)
     (work / "corpus_v2").mkdir()
     (work / "corpus_v2.done").touch()                    # no corpus: the trainer fails fast
     asr = tmp_path / "asr"
@@ -119,8 +120,9 @@ def test_final_call_packs_the_state_with_a_relative_work_folder(tmp_path):
 
 
 def test_kept_trainer_outlives_its_call_and_final_stops_it(tiny_corpus, tmp_path):
-    """KEEP=1: the trainer started by one call is still training when the call returns; the
-    next call (FINAL=1) finds it, stops it through RUN/STOP and packs the state it wrote."""
+    """KEEP=1: the trainer started by one call is still training when the call returns (with
+    the portable state of its latest checkpoint); the next call (FINAL=1) finds it, stops it
+    through RUN/STOP and packs the state it wrote."""
     import json
     import os
     import signal
@@ -138,7 +140,7 @@ def test_kept_trainer_outlives_its_call_and_final_stops_it(tiny_corpus, tmp_path
     asr = tmp_path / "asr"
     PhonemeASR(PhonemeASRConfig.tiny()).save_pretrained(asr)
     sets = ("train.batch_size=2 train.compile=false train.num_workers=0 train.log_every=1 "
-            "train.eval_every=100000 train.eval_quality=false")
+            "train.eval_every=100000 train.eval_quality=false train.save_every=2")
     env = _env(tmp_path, ASR=str(asr), FRESH="1", SETS=sets)
     pid_file = work / "codec_v2.pid"
     try:
@@ -148,6 +150,9 @@ def test_kept_trainer_outlives_its_call_and_final_stops_it(tiny_corpus, tmp_path
                                 "OUT": str(tmp_path / "out_a")})
         assert "detached" in a.stdout and "trainer still running" in a.stdout, \
             a.stdout + a.stderr
+        # the running trainer's latest portable state already came back with this call
+        assert "returned the portable state of step" in a.stdout, a.stdout
+        assert sorted((tmp_path / "out_a").glob("codec_v2.tar.part-*"))
         b = subprocess.run(["bash", "scripts/device/phase_v2.sh"], cwd=tree, text=True,
                            capture_output=True, timeout=120,
                            env={**env, "FINAL": "1", "BUDGET": "40", "RESERVE": "30",

@@ -523,3 +523,23 @@ def test_eager_evaluation_context_restores_cudnn_autotuning():
         assert torch.backends.cudnn.benchmark is True
     finally:
         torch.backends.cudnn.benchmark = before
+
+
+def test_portable_state_is_rewritten_with_every_checkpoint(tiny_corpus, asr_dir, tmp_path,
+                                                           monkeypatch):
+    """The portable state follows the run's checkpoints (a copy can leave the machine at any
+    time), and is written once more at the end."""
+    import flexicodec.codec.train as codec_train
+
+    written = []
+    real = codec_train.save_portable_state
+
+    def spy(directory, codec, disc, info):
+        written.append(info["step"])
+        return real(directory, codec, disc, info)
+    monkeypatch.setattr(codec_train, "save_portable_state", spy)
+    cfg = str(_yaml(tmp_path / "c.yaml", max_steps=5, disc_start=1, warmup_fixed_steps=100,
+                    save_every=2))
+    train_codec(cfg, str(tiny_corpus), str(tmp_path / "r"), asr=str(asr_dir), cpu=True,
+                portable_state=str(tmp_path / "port"))
+    assert written == [2, 4, 5]

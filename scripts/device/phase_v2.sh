@@ -22,8 +22,9 @@
 #   next calls (no .whl/.debs needed while the machine is warm): training resumes from the
 #     run's checkpoint; with KEEP=1 (below) the trainer of the previous call is still
 #     running and the call only watches it.
-#   FINAL=1: the stage's portable state as $OUT/NAME.tar.part-* (15 MiB parts; here:
-#     cat parts | tar x -C checkpoints).
+#   Every call whose trainer wrote a newer portable state returns it as
+#     $OUT/NAME.tar.part-* (15 MiB parts; here: cat parts | tar x -C checkpoints); FINAL=1
+#     stops a kept trainer first and always returns the state.
 # BUDGET (s) is the call's wall-clock budget, RESERVE (s) what is kept for packing.
 # SETS: config overrides for the trainer, space-separated SECTION.KEY=VALUE (its --set).
 #   train.profile_steps=5 profiles 5 steps 50 steps into the call (RUN/profile_step*.{json,md}
@@ -93,6 +94,7 @@ fi
 if [ "${REBASE:-0}" = 1 ] && [ -d "$PORT" ]; then
   python3 scripts/rebase_portable_asr.py "$PORT" --asr "$ASR_DIR" 2>&1 | tail -n 1
 fi
+STEP_AT_START=$([ -f "$PORT/state.json" ] && state_step "$PORT" 2>/dev/null)
 TRAIN=1
 INIT=
 if [ ! -d "$PORT" ]; then
@@ -187,9 +189,29 @@ if [ $TRAIN = 1 ]; then
   # SETS="train.profile_steps=N": the trainer's kernel table of N profiled steps
   cp "$RUN"/profile_step*.json "$RUN"/profile_step*.md "$OUT/" 2>/dev/null
 fi
-if [ "${FINAL:-0}" = 1 ]; then
-  (cd "$W" && rm -rf pack && mkdir pack && cp -r "$PORT" "pack/$NAME" \
-    && cd pack && tar cf - "$NAME") | split -b 15M - "$OUT/$NAME.tar.part-"
-  ls -la "$OUT"
+# The stage's portable state as $OUT/NAME.tar.part-* (here: cat parts | tar x -C checkpoints):
+# from every call whose trainer has written a newer one (the trainer rewrites it with every
+# checkpoint, so losing the machine loses at most the steps since the last call), and
+# always from FINAL=1. A copy that meets the trainer's atomic rewrite is taken again.
+pack_state() {
+  local try
+  for try in 1 2 3 4 5; do
+    rm -rf "$W/pack" && mkdir -p "$W/pack" && cp -r "$PORT" "$W/pack/$NAME" 2>/dev/null \
+      && [ "$(ls "$W/pack/$NAME" | wc -l)" = 3 ] && state_step "$W/pack/$NAME" >/dev/null 2>&1 \
+      && break
+    [ "$try" = 5 ] && { log "could not copy $PORT"; return 1; }
+    sleep 2
+  done
+  rm -f "$OUT/$NAME.tar.part-"*
+  (cd "$W/pack" && tar cf - "$NAME") | split -b 15M - "$OUT/$NAME.tar.part-"
+  log "returned the portable state of step $(state_step "$W/pack/$NAME")" \
+    "in $(ls "$OUT/$NAME".tar.part-* | wc -l) parts"
+}
+STEP_NOW=$([ -f "$PORT/state.json" ] && state_step "$PORT" 2>/dev/null)
+if [ -f "$PORT/state.json" ] \
+    && { [ "${FINAL:-0}" = 1 ] || [ "$STEP_NOW" != "${STEP_AT_START:-}" ]; }; then
+  pack_state
+elif [ "${FINAL:-0}" = 1 ] || [ $TRAIN = 1 ]; then
+  log "no newer portable state of $NAME to return"
 fi
 log "done"
