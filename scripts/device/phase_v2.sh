@@ -130,7 +130,9 @@ fi
 # and the portable state) RESERVE seconds before the call's end, then packs.
 PIDF=$W/$NAME.pid
 LOG=$W/$NAME.log
-alive() { [ -f "$PIDF" ] && kill -0 "$(cat "$PIDF")" 2>/dev/null; }
+# the recorded trainer still runs (and its pid was not reused by another program)
+alive() { [ -f "$PIDF" ] && grep -a -q "flexicodec.codec.train" "/proc/$(cat "$PIDF")/cmdline" \
+  2>/dev/null; }
 start_trainer() {   # start_trainer MINUTES [extra trainer args]
   local m=$1; shift
   local cmd=(python3 -m flexicodec.codec.train --config "$CONFIG" --data "$CORPUS"
