@@ -45,11 +45,11 @@ def _period_forward_1d(self, wav: torch.Tensor):
     """:class:`PeriodDiscriminator` forward as 1-d convolutions: ``wav [B, T]`` →
     (logits ``[B * p, 1, T']``, fmaps ``[B * p, C, T']``), the 2-d outputs with the period
     axis moved into the batch."""
-    B, T = wav.shape
-    pad = (-T) % self.period
-    if pad:
-        wav = nn.functional.pad(wav, (0, pad), mode="reflect" if pad < T else "constant")
-    x = wav.view(B, -1, self.period).transpose(1, 2).reshape(B * self.period, 1, -1)
+    from flexicodec.codec.discriminators import pad_to_period
+
+    B = wav.shape[0]
+    x = pad_to_period(wav, self.period).view(B, -1, self.period).transpose(1, 2) \
+        .reshape(B * self.period, 1, -1)
     fmaps = []
     for conv in [*self.convs, self.post]:
         x = nn.functional.conv1d(x, conv.weight.squeeze(-1), conv.bias, conv.stride[0],

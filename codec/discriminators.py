@@ -39,6 +39,16 @@ def _lrelu(x: torch.Tensor) -> torch.Tensor:
     return nn.functional.leaky_relu(x, 0.1)
 
 
+def pad_to_period(wav: torch.Tensor, period: int) -> torch.Tensor:
+    """``wav [B, T]`` padded at the end to a multiple of ``period`` samples (reflected, or
+    zeros when the pad is not shorter than the signal)."""
+    T = wav.shape[-1]
+    pad = (-T) % period
+    if pad:
+        wav = nn.functional.pad(wav, (0, pad), mode="reflect" if pad < T else "constant")
+    return wav
+
+
 class PeriodDiscriminator(nn.Module):
     """One MPD branch: ``wav [B, T] -> (logits [B, 1, T', p], fmaps)``."""
 
@@ -53,11 +63,7 @@ class PeriodDiscriminator(nn.Module):
         self.post = weight_norm(nn.Conv2d(chans[-1], 1, (3, 1), 1, padding=(1, 0)))
 
     def forward(self, wav: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        B, T = wav.shape
-        pad = (-T) % self.period
-        if pad:
-            wav = nn.functional.pad(wav, (0, pad), mode="reflect" if pad < T else "constant")
-        x = wav.view(B, 1, -1, self.period)
+        x = pad_to_period(wav, self.period).view(wav.shape[0], 1, -1, self.period)
         fmaps = []
         for conv in self.convs:
             x = _lrelu(conv(x))

@@ -282,17 +282,25 @@ def compile_for_training(model, disc, mel_loss, backend: str = "inductor") -> No
         part.compile(dynamic=False, backend=backend)
 
 
+def fresh_copy(raw, ema: "EMA | None", device):
+    """A new, uncompiled FlexiCodec of ``raw``'s config on ``device`` with ``raw``'s weights,
+    or the EMA's where ``ema`` is given (what exports use)."""
+    from flexicodec.codec.model import FlexiCodec
+
+    model = FlexiCodec(copy.deepcopy(raw.config)).to(device)
+    model.load_state_dict(raw.state_dict())
+    if ema is not None:
+        ema.copy_to(model)
+    return model
+
+
 @torch.no_grad()
 def valid_of_ema(raw, ema: "EMA", dataset, mel_loss, device, tc: "CodecTrainConfig",
                  rate: float | None) -> dict:
     """The valid metrics of :func:`valid_mel_loss` (and :func:`valid_quality` with
     ``train.eval_quality``) for the EMA weights, in a fresh uncompiled copy of ``raw``'s
-    architecture, keys suffixed ``_ema``."""
-    from flexicodec.codec.model import FlexiCodec
-
-    model = FlexiCodec(copy.deepcopy(raw.config)).to(device)
-    model.load_state_dict(raw.state_dict())
-    ema.copy_to(model)
+    architecture (:func:`fresh_copy`), keys suffixed ``_ema``."""
+    model = fresh_copy(raw, ema, device)
     ev = {k: v for k, v in valid_mel_loss(model, dataset, mel_loss, device, tc.max_eval_utts,
                                           (rate,)).items() if k.startswith("valid_mel")}
     if tc.eval_quality:
@@ -873,10 +881,7 @@ def train_codec(config_path: str, data: str, run_dir: str, asr: str | None = Non
         write_portable()
         print(f"[train] portable state (step {step}) written to {portable_state}")
     if main and out_model:
-        export = FlexiCodec(copy.deepcopy(raw.config)).to(accelerator.device)
-        export.load_state_dict(raw.state_dict())
-        if ema is not None:
-            ema.copy_to(export)
+        export = fresh_copy(raw, ema, accelerator.device)
         if valid_set is not None and not model_cfg.fixed_group:
             with eager():
                 thr = calibrate_default_threshold(export, valid_set, accelerator.device)

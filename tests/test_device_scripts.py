@@ -86,6 +86,13 @@ def _env(tmp_path: Path, **kw) -> dict:
             "HOME": str(tmp_path), "W": "work", "DEVICE": "cpu", **kw}
 
 
+def _phase_v2(tree: Path, env: dict, timeout: float, **kw) -> subprocess.CompletedProcess:
+    """One call of scripts/device/phase_v2.sh in ``tree`` with ``env`` and the ``kw``
+    variables."""
+    return subprocess.run(["bash", "scripts/device/phase_v2.sh"], cwd=tree, text=True,
+                          capture_output=True, timeout=timeout, env={**env, **kw})
+
+
 def _unpack(parts: list[Path], dest: Path) -> None:
     dest.mkdir()
     subprocess.run(f"cat {' '.join(map(str, parts))} | tar x -C {dest}", shell=True, check=True)
@@ -107,9 +114,8 @@ def test_final_call_packs_the_state_with_a_relative_work_folder(tmp_path):
     asr.mkdir()
     (asr / "config.json").write_text("{}")
     out = tmp_path / "out"
-    r = subprocess.run(["bash", "scripts/device/phase_v2.sh"], cwd=tree, capture_output=True,
-                       text=True, timeout=300,
-                       env=_env(tmp_path, OUT=str(out), ASR=str(asr), FINAL="1", BUDGET="120"))
+    r = _phase_v2(tree, _env(tmp_path, OUT=str(out), ASR=str(asr), FINAL="1", BUDGET="120"),
+                  timeout=300)
     parts = sorted(out.glob("codec_v2.tar.part-*"))
     assert parts, r.stdout + r.stderr
     unpacked = tmp_path / "unpacked"
@@ -144,19 +150,15 @@ def test_kept_trainer_outlives_its_call_and_final_stops_it(tiny_corpus, tmp_path
     env = _env(tmp_path, ASR=str(asr), FRESH="1", SETS=sets)
     pid_file = work / "codec_v2.pid"
     try:
-        a = subprocess.run(["bash", "scripts/device/phase_v2.sh"], cwd=tree, text=True,
-                           capture_output=True, timeout=120,
-                           env={**env, "KEEP": "1", "KEEP_MINUTES": "3", "BUDGET": "25",
-                                "OUT": str(tmp_path / "out_a")})
+        a = _phase_v2(tree, env, timeout=120, KEEP="1", KEEP_MINUTES="3", BUDGET="25",
+                      OUT=str(tmp_path / "out_a"))
         assert "detached" in a.stdout and "trainer still running" in a.stdout, \
             a.stdout + a.stderr
         # the running trainer's latest portable state already came back with this call
         assert "returned the portable state of step" in a.stdout, a.stdout
         assert sorted((tmp_path / "out_a").glob("codec_v2.tar.part-*"))
-        b = subprocess.run(["bash", "scripts/device/phase_v2.sh"], cwd=tree, text=True,
-                           capture_output=True, timeout=120,
-                           env={**env, "FINAL": "1", "BUDGET": "40", "RESERVE": "30",
-                                "OUT": str(tmp_path / "out_b")})
+        b = _phase_v2(tree, env, timeout=120, FINAL="1", BUDGET="40", RESERVE="30",
+                      OUT=str(tmp_path / "out_b"))
         assert "already running" in b.stdout and "trainer exited" in b.stdout, \
             b.stdout + b.stderr
     finally:                        # never leave a trainer behind

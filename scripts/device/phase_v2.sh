@@ -133,8 +133,11 @@ LOG=$W/$NAME.log
 # the recorded trainer still runs (and its pid was not reused by another program)
 alive() { [ -f "$PIDF" ] && grep -a -q "flexicodec.codec.train" "/proc/$(cat "$PIDF")/cmdline" \
   2>/dev/null; }
-start_trainer() {   # start_trainer MINUTES [extra trainer args]
-  local m=$1; shift
+# a kept trainer runs up to KEEP_MINUTES, another one for this call's time left
+trainer_minutes() { if [ "${KEEP:-0}" = 1 ]; then echo "${KEEP_MINUTES:-25}"
+                    else left_min "$RESERVE"; fi; }
+start_trainer() {   # start_trainer [extra trainer args]
+  local m; m=$(trainer_minutes)
   local cmd=(python3 -m flexicodec.codec.train --config "$CONFIG" --data "$CORPUS"
              --run-dir "$RUN" --asr "$ASR_DIR" --resume --portable-state "$PORT"
              --max-minutes "$m" $INIT "${EXTRA[@]}" "${SET_ARGS[@]}" "$@")
@@ -165,8 +168,7 @@ if [ $TRAIN = 1 ]; then
     log "trainer $NAME already running (pid $(cat "$PIDF")): watching it"
   else
     rm -f "$RUN/STOP"
-    if [ "${KEEP:-0}" = 1 ]; then start_trainer "${KEEP_MINUTES:-25}"
-    else start_trainer "$(left_min "$RESERVE")"; fi
+    start_trainer
   fi
   STOP_AT=$([ "${FINAL:-0}" = 1 ] && echo "$RESERVE" || echo 5)
   watch_trainer "$STOP_AT"
@@ -174,8 +176,7 @@ if [ $TRAIN = 1 ]; then
     log "compilation failed; continuing without train.compile for the time left"
     grep -a -E "Error|error" <(tail -c "+$((LOG_FROM + 1))" "$LOG") | tail -n 5
     # --set comes after the others, so it wins over a compile: true in SETS
-    if [ "${KEEP:-0}" = 1 ]; then start_trainer "${KEEP_MINUTES:-25}" --set train.compile=false
-    else start_trainer "$(left_min "$RESERVE")" --set train.compile=false; fi
+    start_trainer --set train.compile=false
     watch_trainer "$STOP_AT"
   fi
   if alive && [ "${FINAL:-0}" = 1 ]; then
