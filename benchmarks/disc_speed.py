@@ -17,9 +17,8 @@ Layouts (``--variants``):
 
 - ``nchw``: :class:`flexicodec.codec.discriminators.CodecDiscriminator` as the trainer uses it;
 - ``channels_last``: its weights and 4-d activations in channels-last memory layout;
-- ``mpd_conv1d``: every period branch as 1-d convolutions over ``[B * p, C, T / p]`` (the
-  (k, 1) kernels never mix the p columns, so the outputs equal the 2-d ones, permuted;
-  :func:`fold_periods`).
+- ``mpd_conv1d``: every period branch as 1-d convolutions over ``[B * p, C, T / p]``
+  (``train.discriminator.mpd_layout: 1d``; same weights, outputs and losses).
 
 ``--batch 128,256`` repeats everything per batch size: whether the GAN half is bound by
 the number of kernels (more audio per step costs little more) or by their work. Writes
@@ -28,11 +27,10 @@ the number of kernels (more audio per step costs little more) or by their work. 
 from __future__ import annotations
 
 import argparse
-import types
+import dataclasses
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from flexicodec.benchmarks.common import (format_table, hardware_info, log, resolve_device,
                                           time_interleaved, write_json)
@@ -41,44 +39,15 @@ ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("nchw", "channels_last", "mpd_conv1d")
 
 
-def _period_forward_1d(self, wav: torch.Tensor):
-    """:class:`PeriodDiscriminator` forward as 1-d convolutions: ``wav [B, T]`` →
-    (logits ``[B * p, 1, T']``, fmaps ``[B * p, C, T']``), the 2-d outputs with the period
-    axis moved into the batch."""
-    from flexicodec.codec.discriminators import pad_to_period
-
-    B = wav.shape[0]
-    x = pad_to_period(wav, self.period).view(B, -1, self.period).transpose(1, 2) \
-        .reshape(B * self.period, 1, -1)
-    fmaps = []
-    for conv in [*self.convs, self.post]:
-        x = nn.functional.conv1d(x, conv.weight.squeeze(-1), conv.bias, conv.stride[0],
-                                 conv.padding[0])
-        if conv is not self.post:
-            x = nn.functional.leaky_relu(x, 0.1)
-        fmaps.append(x)
-    return x, fmaps
-
-
-def fold_periods(disc: nn.Module) -> nn.Module:
-    """Switch ``disc``'s period branches (in place) to :func:`_period_forward_1d`."""
-    from flexicodec.codec.discriminators import PeriodDiscriminator
-    for m in disc.modules():
-        if isinstance(m, PeriodDiscriminator):
-            m.forward = types.MethodType(_period_forward_1d, m)
-    return disc
-
-
 def _build(variant: str, dcfg, device):
     from flexicodec.codec.discriminators import CodecDiscriminator
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}: choose from {', '.join(VARIANTS)}")
+    layout = "1d" if variant == "mpd_conv1d" else "2d"
     torch.manual_seed(0)
-    disc = CodecDiscriminator(dcfg).to(device)
+    disc = CodecDiscriminator(dataclasses.replace(dcfg, mpd_layout=layout)).to(device)
     if variant == "channels_last":
         disc = disc.to(memory_format=torch.channels_last)
-    elif variant == "mpd_conv1d":
-        fold_periods(disc)
-    elif variant != "nchw":
-        raise ValueError(f"unknown variant {variant!r}: choose from {', '.join(VARIANTS)}")
     return disc
 
 

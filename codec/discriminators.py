@@ -1,7 +1,10 @@
 """GAN discriminators for codec training (HiFi-GAN / Vocos / DAC style).
 
 - :class:`MultiPeriodDiscriminator` (MPD): the waveform reshaped to ``[B, 1, T/p, p]`` for each
-  period ``p`` in (2, 3, 5, 7, 11), 2-d convs along time.
+  period ``p`` in (2, 3, 5, 7, 11), 2-d convs along time. Its ``(k, 1)`` kernels never mix the
+  ``p`` columns, so ``mpd_layout="1d"`` runs the same weights as 1-d convs over
+  ``[B * p, C, T/p]`` (the period folded into the batch): equal outputs, permuted to
+  ``[B, p, C, T']``, and equal losses; only the kernels the GPU runs differ.
 - :class:`MultiResolutionDiscriminator` (MRD): magnitude spectrograms at several STFT
   resolutions, 2-d convs over (time, frequency).
 - :class:`CodecDiscriminator`: both together; ``forward(wav [B, T]) -> (logits, fmaps)`` with
@@ -26,6 +29,8 @@ class DiscriminatorConfig:
     #: (n_fft, hop_length, win_length) per MRD resolution
     mrd_resolutions: tuple = ((512, 128, 512), (1024, 256, 1024), (2048, 512, 2048))
     mrd_channels: int = 32
+    #: "2d" (HiFi-GAN's ``[B, 1, T/p, p]`` 2-d convs) or "1d" (the period in the batch)
+    mpd_layout: str = "2d"
     use_mpd: bool = True
     use_mrd: bool = True
 
@@ -49,12 +54,19 @@ def pad_to_period(wav: torch.Tensor, period: int) -> torch.Tensor:
     return wav
 
 
-class PeriodDiscriminator(nn.Module):
-    """One MPD branch: ``wav [B, T] -> (logits [B, 1, T', p], fmaps)``."""
+MPD_LAYOUTS = ("2d", "1d")
 
-    def __init__(self, period: int, channels: tuple):
+
+class PeriodDiscriminator(nn.Module):
+    """One MPD branch: ``wav [B, T] -> (logits, fmaps)``; ``layout="2d"``: logits
+    ``[B, 1, T', p]``, fmaps ``[B, C, T', p]``; ``"1d"``: logits ``[B, p, 1, T']``, fmaps
+    ``[B, p, C, T']`` (same values, same parameters)."""
+
+    def __init__(self, period: int, channels: tuple, layout: str = "2d"):
         super().__init__()
-        self.period = period
+        if layout not in MPD_LAYOUTS:
+            raise ValueError(f"mpd_layout must be one of {MPD_LAYOUTS}, got {layout!r}")
+        self.period, self.layout = period, layout
         chans = [1, *channels]
         self.convs = nn.ModuleList(
             weight_norm(nn.Conv2d(chans[i], chans[i + 1], (5, 1),
@@ -63,6 +75,8 @@ class PeriodDiscriminator(nn.Module):
         self.post = weight_norm(nn.Conv2d(chans[-1], 1, (3, 1), 1, padding=(1, 0)))
 
     def forward(self, wav: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        if self.layout == "1d":
+            return self._forward_1d(wav)
         x = pad_to_period(wav, self.period).view(wav.shape[0], 1, -1, self.period)
         fmaps = []
         for conv in self.convs:
@@ -72,12 +86,25 @@ class PeriodDiscriminator(nn.Module):
         fmaps.append(x)
         return x, fmaps
 
+    def _forward_1d(self, wav: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        B, p = wav.shape[0], self.period
+        x = pad_to_period(wav, p).view(B, -1, p).transpose(1, 2).reshape(B * p, 1, -1)
+        fmaps = []
+        for conv in [*self.convs, self.post]:
+            x = nn.functional.conv1d(x, conv.weight.squeeze(-1), conv.bias, conv.stride[0],
+                                     conv.padding[0])
+            if conv is not self.post:
+                x = _lrelu(x)
+            fmaps.append(x.view(B, p, *x.shape[1:]))
+        return fmaps[-1], fmaps
+
 
 class MultiPeriodDiscriminator(nn.Module):
     def __init__(self, periods: tuple = (2, 3, 5, 7, 11),
-                 channels: tuple = (32, 128, 512, 1024, 1024)):
+                 channels: tuple = (32, 128, 512, 1024, 1024), layout: str = "2d"):
         super().__init__()
-        self.discs = nn.ModuleList(PeriodDiscriminator(p, tuple(channels)) for p in periods)
+        self.discs = nn.ModuleList(PeriodDiscriminator(p, tuple(channels), layout)
+                                   for p in periods)
 
     def forward(self, wav: torch.Tensor):
         out = [d(wav) for d in self.discs]
@@ -141,8 +168,8 @@ class CodecDiscriminator(nn.Module):
         self.config = c = config or DiscriminatorConfig()
         if not (c.use_mpd or c.use_mrd):
             raise ValueError("DiscriminatorConfig: enable at least one of use_mpd / use_mrd")
-        self.mpd = MultiPeriodDiscriminator(tuple(c.periods), tuple(c.mpd_channels)) \
-            if c.use_mpd else None
+        self.mpd = MultiPeriodDiscriminator(tuple(c.periods), tuple(c.mpd_channels),
+                                            c.mpd_layout) if c.use_mpd else None
         self.mrd = MultiResolutionDiscriminator(tuple(tuple(r) for r in c.mrd_resolutions),
                                                 c.mrd_channels) if c.use_mrd else None
 

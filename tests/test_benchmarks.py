@@ -188,14 +188,10 @@ def test_train_speed_quick(tiny_corpus, tmp_path):
     assert "fast_small" in (tmp_path / "train_speed.md").read_text()
 
 
-def test_disc_speed_quick_and_folded_periods_match(tmp_path):
-    """benchmarks/disc_speed.py: the harness runs every layout; the 1-d period branches
-    give the 2-d ones' outputs (logits and feature maps), permuted, and the same losses."""
-    import torch
-
-    from flexicodec.benchmarks.disc_speed import fold_periods, main as disc_speed
-    from flexicodec.codec.discriminators import CodecDiscriminator, DiscriminatorConfig
-    from flexicodec.codec.losses import feature_matching_loss, generator_adv_loss
+def test_disc_speed_quick(tmp_path):
+    """benchmarks/disc_speed.py: the harness runs every layout at every batch size and
+    refuses unknown layouts and bad batch lists."""
+    from flexicodec.benchmarks.disc_speed import main as disc_speed
 
     assert disc_speed(["--device", "cpu", "--quick", "--repeats", "1", "--warmup", "0",
                        "--batch", "2,3", "-o", str(tmp_path)]) == 0
@@ -207,24 +203,3 @@ def test_disc_speed_quick_and_folded_periods_match(tmp_path):
     for bad in (["--variants", "nhwc"], ["--batch", "2,x"], ["--batch", "0"]):
         with pytest.raises(SystemExit):
             disc_speed(["--device", "cpu", "--quick", *bad, "-o", str(tmp_path)])
-
-    torch.manual_seed(0)
-    cfg = DiscriminatorConfig(periods=(2, 3, 5), mpd_channels=(4, 8, 8),
-                              mrd_resolutions=((256, 64, 256),), mrd_channels=4)
-    two_d = CodecDiscriminator(cfg)
-    one_d = fold_periods(CodecDiscriminator(cfg))
-    one_d.load_state_dict(two_d.state_dict())
-    real, fake = torch.randn(2, 4001), torch.randn(2, 4001)       # 4001: padded periods
-    (lr2, fr2), (lr1, fr1) = two_d(real), one_d(real)
-    for p, a, b in zip(cfg.periods, lr2, lr1):
-        B, C, L, _ = a.shape
-        assert torch.allclose(a.permute(0, 3, 1, 2).reshape(B * p, C, L), b, atol=1e-5)
-    for p, fa, fb in zip(cfg.periods, fr2, fr1):
-        for a, b in zip(fa, fb):
-            B, C, L, _ = a.shape
-            assert torch.allclose(a.permute(0, 3, 1, 2).reshape(B * p, C, L), b, atol=1e-5)
-    _, ff2 = two_d(fake)
-    _, ff1 = one_d(fake)
-    assert torch.allclose(feature_matching_loss(fr2, ff2), feature_matching_loss(fr1, ff1),
-                          atol=1e-6)
-    assert torch.allclose(generator_adv_loss(lr2), generator_adv_loss(lr1), atol=1e-6)

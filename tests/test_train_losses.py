@@ -234,3 +234,41 @@ def test_step_with_disc_windows_and_disc_every():
         CodecTrainConfig(segment_seconds=1.0, disc_segment_seconds=1.5)
     with pytest.raises(ValueError, match="disc_every"):
         CodecTrainConfig(disc_every=0)
+
+
+def test_mpd_layouts_are_one_discriminator():
+    """mpd_layout "1d" (periods folded into the batch) is the "2d" discriminator: same
+    state dict, outputs equal up to a permutation with the batch first, so the trainer's
+    [real; fake] split, the D loss, the adversarial and feature-matching losses and the
+    gradients all agree."""
+    from flexicodec.codec.train import _split
+
+    cfg = DiscriminatorConfig(periods=(2, 3, 5), mpd_channels=(4, 8, 8),
+                              mrd_resolutions=((256, 64, 256),), mrd_channels=4)
+    torch.manual_seed(0)
+    two_d = CodecDiscriminator(cfg)
+    one_d = CodecDiscriminator(DiscriminatorConfig(**{**cfg.__dict__, "mpd_layout": "1d"}))
+    one_d.load_state_dict(two_d.state_dict())          # same parameter names and shapes
+    real, fake = torch.randn(2, 4001) * 0.1, torch.randn(2, 4001) * 0.1   # padded periods
+    both = torch.cat([real, fake])
+    (l2, f2), (l1, f1) = two_d(both), one_d(both)
+    for p, a, b in zip(cfg.periods, l2, l1):          # 2d [B, C, L, p], 1d [B, p, C, L]
+        assert b.shape[:2] == (4, p)
+        assert torch.allclose(a.permute(0, 3, 1, 2), b, atol=1e-5)
+    for fa, fb in zip(f2[:3], f1[:3]):
+        for a, b in zip(fa, fb):
+            assert torch.allclose(a.permute(0, 3, 1, 2), b, atol=1e-5)
+    d2 = discriminator_loss(*_split(l2, 2))
+    d1 = discriminator_loss(*_split(l1, 2))
+    assert torch.allclose(d2, d1, atol=1e-6)
+    d2.backward()
+    d1.backward()
+    for (n, a), b in zip(two_d.named_parameters(), one_d.parameters()):
+        assert torch.allclose(a.grad, b.grad, atol=1e-5, rtol=1e-4), n
+    fm2 = feature_matching_loss(two_d(real)[1], two_d(fake)[1])
+    fm1 = feature_matching_loss(one_d(real)[1], one_d(fake)[1])
+    assert torch.allclose(fm2, fm1, atol=1e-6)
+    assert torch.allclose(generator_adv_loss(_split(l2, 2)[1]),
+                          generator_adv_loss(_split(l1, 2)[1]), atol=1e-6)
+    with pytest.raises(ValueError, match="mpd_layout"):
+        CodecDiscriminator(DiscriminatorConfig(**{**cfg.__dict__, "mpd_layout": "3d"}))
