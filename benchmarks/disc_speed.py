@@ -20,6 +20,10 @@ Layouts (``--variants``):
 - ``mpd_conv1d``: every period branch as 1-d convolutions over ``[B * p, C, T / p]``
   (``train.discriminator.mpd_layout: 1d``; same weights, outputs and losses).
 
+The multi-period (MPD) and multi-resolution (MRD) halves are compiled and timed apart (each
+its own graph and optimizer; the D and G columns are their sums, ``MPD ms`` / ``MRD ms``
+each half's D update + G pass), to show which one to make faster.
+
 ``--batch 128,256`` repeats everything per batch size: whether the GAN half is bound by
 the number of kernels (more audio per step costs little more) or by their work. Writes
 ``disc_speed.json`` and ``disc_speed.md`` under ``-o``.
@@ -37,6 +41,7 @@ from flexicodec.benchmarks.common import (format_table, hardware_info, log, reso
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("nchw", "channels_last", "mpd_conv1d")
+PARTS = ("mpd", "mrd")
 
 
 def _build(variant: str, dcfg, device):
@@ -91,22 +96,33 @@ def run(config: str, device, batches: list[int | None], window_s: float | None, 
         fake = (real + 0.03 * torch.randn(B, T, generator=g).to(device))
         torch._dynamo.reset()                       # every variant compiles from scratch
         disc = _build(variant, dcfg, device)
-        if compile_:
-            disc.compile(dynamic=False)
-        fused = {"fused": True} if device.type == "cuda" else {}
-        opt = torch.optim.AdamW(disc.parameters(), lr=1e-4, betas=(0.8, 0.99), **fused)
-        d_update, g_pass = _steps(disc, opt, real, fake, tc.gan_kind, autocast)
+        fns, opts = {}, []
+        for part in PARTS:                          # each its own graph and optimizer
+            module = getattr(disc, part)
+            if module is None:
+                continue
+            if compile_:
+                module.compile(dynamic=False)
+            fused = {"fused": True} if device.type == "cuda" else {}
+            opts.append(torch.optim.AdamW(module.parameters(), lr=1e-4, betas=(0.8, 0.99),
+                                          **fused))
+            d_update, g_pass = _steps(module, opts[-1], real, fake, tc.gan_kind, autocast)
+            fns[(part, "d")], fns[(part, "g")] = d_update, g_pass
         for bench in ((False, True) if device.type == "cuda" else (False,)):
             torch.backends.cudnn.benchmark = bench
             log(f"[disc_speed] {variant}, batch {B}, cudnn.benchmark={bench}")
-            t = time_interleaved({"d_update": d_update, "g_pass": g_pass}, device,
-                                 warmup=warmup, repeats=repeats)
-            d_ms, g_ms = 1000 * t["d_update"].median, 1000 * t["g_pass"].median
-            rows.append({"variant": variant, "cudnn_benchmark": bench, "batch": B,
-                         "window_s": seconds, "d_update_ms": d_ms, "g_pass_ms": g_ms,
-                         "total_ms": d_ms + g_ms,
-                         "disc_audio_s_per_s": B * seconds / ((d_ms + g_ms) / 1000)})
-        del disc, opt
+            t = time_interleaved(fns, device, warmup=warmup, repeats=repeats)
+            ms = {k: 1000 * v.median for k, v in t.items()}
+            d_ms = sum(v for (_, kind), v in ms.items() if kind == "d")
+            g_ms = sum(v for (_, kind), v in ms.items() if kind == "g")
+            row = {"variant": variant, "cudnn_benchmark": bench, "batch": B,
+                   "window_s": seconds, "d_update_ms": d_ms, "g_pass_ms": g_ms,
+                   "total_ms": d_ms + g_ms,
+                   "disc_audio_s_per_s": B * seconds / ((d_ms + g_ms) / 1000)}
+            for part in PARTS:
+                row[f"{part}_ms"] = ms.get((part, "d"), 0.0) + ms.get((part, "g"), 0.0)
+            rows.append(row)
+        del disc, opts, fns
         if device.type == "cuda":
             torch.cuda.empty_cache()
     base = rows[0]["disc_audio_s_per_s"]
@@ -150,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
                compile_=not (a.no_compile or a.quick))
     cols = [("variant", "variant"), ("cudnn_benchmark", "cudnn bench"), ("batch", "batch"),
             ("window_s", "window s"), ("d_update_ms", "D update ms"), ("g_pass_ms", "G pass ms"),
-            ("total_ms", "total ms"), ("disc_audio_s_per_s", "audio-s/s"),
+            ("total_ms", "total ms"), ("mpd_ms", "MPD ms"), ("mrd_ms", "MRD ms"),
+            ("disc_audio_s_per_s", "audio-s/s"),
             ("speedup", "audio-s/s x first row")]
     table = format_table(rows, cols)
     print(table)
