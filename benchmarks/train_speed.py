@@ -15,8 +15,12 @@ Each recipe builds its model, discriminators, losses and optimizers exactly as
 - ``v2``: ``configs/codec/v2.yaml`` (the GPU-sized model) with its own settings: the
   discriminators frozen in the generator's pass and shown 1-s windows of the 2-s crops
   (``train.disc_segment_seconds``);
-- ``v2_no_cudnn_benchmark``: v2 without ``train.cudnn_benchmark`` (cuDNN's default
+- ``fast_small_windows``: ``fast_small`` with v2's discriminator windows (1 s of each 2-s
+  crop): the same generator and discriminators, trained with the v2 GAN recipe;
+- ``v2_no_cudnn_benchmark`` (only when named in ``--recipes``): v2 without ``train.cudnn_benchmark`` (cuDNN's default
   convolution algorithms instead of the fastest measured per shape);
+- ``v2_mpd_1d`` (only when named in ``--recipes``): v2 with the period discriminators as 1-d
+  convolutions (``train.discriminator.mpd_layout: 1d``);
 - ``v2_whole_crop_d`` (only when named in ``--recipes``): v2 with the discriminators on the
   whole crop (the recipe before the windows), to measure what the windows save;
 - ``v2_d_every_2`` (only when named in ``--recipes``): v2 with a discriminator update every
@@ -65,9 +69,14 @@ def recipes(quick: bool) -> list[Recipe]:
     out = [Recipe("shipped", small, dynamic=True),
            Recipe("fast_small", small, batch_size=128, data_on_device=True, compile=True,
                   fused=True, train_overrides={"cudnn_benchmark": True}),
+           Recipe("fast_small_windows", small, batch_size=128, data_on_device=True,
+                  compile=True, fused=True,
+                  train_overrides={"cudnn_benchmark": True, "disc_segment_seconds": 1.0}),
            Recipe("v2", v2, data_on_device=True, compile=True, fused=True),
            Recipe("v2_no_cudnn_benchmark", v2, data_on_device=True, compile=True, fused=True,
-                  train_overrides={"cudnn_benchmark": False}),
+                  train_overrides={"cudnn_benchmark": False}, default=False),
+           Recipe("v2_mpd_1d", v2, data_on_device=True, compile=True, fused=True,
+                  train_overrides={"discriminator": {"mpd_layout": "1d"}}, default=False),
            Recipe("v2_whole_crop_d", v2, data_on_device=True, compile=True, fused=True,
                   train_overrides={"disc_segment_seconds": 0.0}, default=False),
            Recipe("v2_d_every_2", v2, data_on_device=True, compile=True, fused=True,
@@ -115,6 +124,8 @@ def _build(recipe: Recipe, data: str, asr: str | None, device, quick: bool, cach
     for key, value in recipe.train_overrides.items():
         if not hasattr(tc, key):
             raise ValueError(f"recipe {recipe.name}: unknown train key {key!r}")
+        if key == "discriminator":                  # a section: its keys, over the config's
+            value = replace(tc.discriminator, **value)
         setattr(tc, key, value)
     if quick:
         tc.discriminator = replace(tc.discriminator, periods=(2, 3), mpd_channels=(8, 16),
@@ -269,6 +280,7 @@ def run_recipe(recipe: Recipe, data: str, asr: str | None, device, steps: int, w
            "fused_adam": recipe.fused and device.type == "cuda",
            "merging": "target rate ~U[3, 12.5] Hz" if recipe.dynamic else "12.5 Hz",
            "disc_window_s": tc.disc_segment_seconds or seg_s, "disc_every": tc.disc_every,
+           "mpd_layout": tc.discriminator.mpd_layout,
            "step_ms": 1000 * step_s, "timed_steps": steps, "audio_s_per_s": audio_s / step_s,
            "samples_per_s": tc.batch_size / step_s, "warmup_s": warm_s,
            "gflop_per_step": flops / 1e9, "tflops": flops / step_s / 1e12,
@@ -333,6 +345,7 @@ def main(argv: list[str] | None = None) -> int:
             r[f"ms_{k}"] = v
     cols = [("recipe", "recipe"), ("generator_M", "gen M"), ("batch", "batch"),
             ("disc_window_s", "D s"), ("disc_every", "D every"),
+            ("mpd_layout", "MPD"),
             ("audio_s_per_s", "audio-s/s"), ("vs_shipped", "x shipped"), ("step_ms", "ms/step"),
             ("ms_data", "data"), ("ms_semantic_features", "ASR"),
             ("ms_generator_forward", "G fwd"), ("ms_discriminator", "D"),
