@@ -63,6 +63,8 @@ SEEN_SPLITS = SPLITS[:3]
 METADATA = "metadata.jsonl"
 SETTINGS = "corpus.json"
 DEFAULT_UNSEEN = ("flite_rms", "espeak_en-gb-scotland+f3")
+#: the sampling group (an ``engine_weights`` key) of voices whose language is not English
+OTHER_LANGUAGES = "other_languages"
 SECONDS_PER_CHAR = 0.065  # rough speaking rate of our voices at pace 1, for planning only
 #: values of the item-style settings for corpora built before they existed (their corpus.json
 #: lacks these keys): one sentence per item at the engines' rate, -23 dB, 0.3 s silence cap
@@ -81,7 +83,10 @@ class CorpusConfig:
     unseen_speakers: tuple[str, ...] = DEFAULT_UNSEEN
     split_fractions: dict = field(default_factory=lambda: {
         "train": 0.94, "valid": 0.02, "test": 0.02, "test_unseen": 0.02})
-    engine_weights: dict | None = None           # default: every engine equally likely
+    #: how likely each engine is drawn, by name; festival's voices of other languages
+    #: (:data:`flexicodec.data.synth.FESTIVAL_OTHER_VOICES`) are a group of their own,
+    #: OTHER_LANGUAGES. Default: every group equally likely
+    engine_weights: dict | None = None
     batch_size: int = 8                          # utterances per worker task (one speaker)
     phoneme_voice: str = "en-us"
     min_words: int = 3
@@ -243,28 +248,37 @@ def plan_item(cfg: CorpusConfig, stream: SentenceStream, item_id: str,
     return Item(item_id, sentences, split, pace, pauses, level)
 
 
+def sampling_group(speaker: Speaker) -> str:
+    """The plan's sampling group of ``speaker``: its engine, or OTHER_LANGUAGES for a voice
+    whose language is not English."""
+    return speaker.engine if speaker.language == "en" else OTHER_LANGUAGES
+
+
 def iter_plan(cfg: CorpusConfig, speakers: list[Speaker], unseen: set[str],
               sentences: list[str]) -> Iterator[Task]:
     """The deterministic, endless-until-sentences-run-out plan of tasks for ``cfg.seed``.
 
-    Engines are drawn by ``engine_weights``, a speaker uniformly within the engine; seen
-    speakers read train/valid/test sentences, held-out ones test_unseen sentences (every
-    item within one split); every sentence is used once per pass over the list, passes
-    repeat with a new order.
+    Groups (:func:`sampling_group`: the engine, or OTHER_LANGUAGES) are drawn by
+    ``engine_weights``, a speaker uniformly within the group; seen speakers read
+    train/valid/test sentences, held-out ones test_unseen sentences, voices of other
+    languages train sentences only (their speech does not match the English text that the
+    held-out splits are scored against); every item lies within one split; every sentence is
+    used once per pass over the list, passes repeat with a new order.
     """
     rng = np.random.default_rng(cfg.seed)
     stream = SentenceStream(sentences, cfg)
-    by_engine: dict[str, list[Speaker]] = {}
+    by_group: dict[str, list[Speaker]] = {}
     for s in speakers:
-        by_engine.setdefault(s.engine, []).append(s)
-    engines = sorted(by_engine)
-    w = np.array([(cfg.engine_weights or {}).get(e, 1.0) for e in engines], dtype=float)
+        by_group.setdefault(sampling_group(s), []).append(s)
+    groups = sorted(by_group)
+    w = np.array([(cfg.engine_weights or {}).get(g, 1.0) for g in groups], dtype=float)
     w = w / w.sum()
     n_tasks = 0
     while True:
-        engine = engines[rng.choice(len(engines), p=w)]
-        spk = by_engine[engine][rng.integers(len(by_engine[engine]))]
-        splits = ("test_unseen",) if spk.id in unseen else SEEN_SPLITS
+        group = groups[rng.choice(len(groups), p=w)]
+        spk = by_group[group][rng.integers(len(by_group[group]))]
+        splits = ("test_unseen",) if spk.id in unseen else \
+            ("train",) if spk.language != "en" else SEEN_SPLITS
         items = [plan_item(cfg, stream, f"{spk.slug}_{n_tasks:06d}_{k:02d}", splits)
                  for k in range(cfg.batch_size)]
         n_tasks += 1
@@ -287,7 +301,7 @@ def _row(item: Item, speaker: Speaker, rel: Path, phonemes: list[str],
             "split": item.split, "n_sentences": len(item.sentences),
             "sentences": [norm for _, norm in item.sentences], "pace": item.pace,
             "pauses": item.pauses, "level_db": item.level_db,
-            "base_speaker": speaker.base_id,
+            "base_speaker": speaker.base_id, "voice_language": speaker.language,
             "variant": speaker.variant.as_dict() if speaker.variant else None}
 
 

@@ -48,6 +48,7 @@ class _Row:
     phonemes: str = ""
     speaker: str = ""
     split: str | None = None
+    voice_language: str = "en"     # our corpus: the voice's language (other layouts: "en")
 
 
 # --------------------------------------------------------------------------- layouts
@@ -81,7 +82,8 @@ def detect_layout(root: Path) -> str:
 def _rows_corpus(root: Path) -> list[_Row]:
     from flexicodec.data.corpus import read_metadata
     return [_Row(root / r["audio"], r["normalized_text"], r.get("phonemes", ""),
-                 r.get("speaker", ""), r.get("split")) for r in read_metadata(root)]
+                 r.get("speaker", ""), r.get("split"), r.get("voice_language", "en"))
+            for r in read_metadata(root)]
 
 
 def _rows_ljspeech(root: Path) -> list[_Row]:
@@ -202,11 +204,15 @@ def _features(decode: bool):
 def load_corpus(path: str | os.PathLike, split: str | None = None,
                 sample_rate: int = SAMPLE_RATE,
                 decode: bool = False, streaming: bool = False, *,
-                max_seconds: float = 60.0, check: str = "full", progress: bool = True):
+                max_seconds: float = 60.0, check: str = "full", progress: bool = True,
+                english_speech_only: bool = False):
     """Load a corpus directory as a ``datasets.Dataset`` (or ``IterableDataset``).
 
     ``split`` filters our corpus' ``split`` column (other layouts have none: passing one
-    raises). ``check="full"`` reads every file once (catches NaN audio), ``"header"`` only
+    raises). ``english_speech_only`` drops our corpus' rows spoken by a voice of another
+    language (``voice_language``: their speech does not match the English text; the ASR
+    and the LM, which learn from the text, pass it); the rows of other layouts are taken
+    as spoken in their text's language and kept. ``check="full"`` reads every file once (catches NaN audio), ``"header"`` only
     its header. Files that fail are skipped with one counted warning; if none survive,
     raises ValueError.
     """
@@ -224,6 +230,8 @@ def load_corpus(path: str | os.PathLike, split: str | None = None,
         if split not in known:
             raise ValueError(f"{root}: no split {split!r} (has {sorted(known)})")
         rows = [r for r in rows if r.split == split]
+    if english_speech_only:
+        rows = [r for r in rows if r.voice_language == "en"]
     if not rows:
         raise ValueError(f"{root}: {layout} layout with no utterances")
     name = f"load_corpus({root}, {layout}{'' if split is None else ', ' + split})"

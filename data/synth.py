@@ -35,6 +35,13 @@ ENGINES = ("flite", "festival", "espeak")
 RECORDED_ENGINES = ("flite", "festival")
 FLITE_VOICES = ("kal", "kal16", "awb", "rms", "slt")
 FESTIVAL_VOICES = ("kal_diphone", "ked_diphone", "cmu_us_slt_arctic_hts")
+#: festival voices of other languages (Debian's festvox packages; scripts/fetch_synth_debs.sh
+#: other) and their language: they read the English sentences with their own language's
+#: text front-end, so their speech is new voices for the codec but does not match an
+#: English transcript (the corpus keeps them in train and marks their rows' voice_language)
+FESTIVAL_OTHER_VOICES = {"hy_fi_mv_diphone": "fi", "suo_fi_lj_diphone": "fi",
+                         "pc_diphone": "it", "lp_diphone": "it", "czech_machac": "cs",
+                         "czech_dita": "cs", "upc_ca_ona_hts": "ca"}
 ESPEAK_ACCENTS = ("en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-029",
                   "en-gb-x-gbcwmd", "en-us-nyc")
 ESPEAK_VARIANTS = tuple(f"m{i}" for i in range(1, 8)) + tuple(f"f{i}" for i in range(1, 6))
@@ -64,6 +71,13 @@ class Speaker:
     def base_id(self) -> str:
         """Id of the engine voice (the id itself unless this is a derived speaker)."""
         return f"{self.engine}_{self.voice}"
+
+    @property
+    def language(self) -> str:
+        """Language of the voice's text front-end: "en" except the festival voices of
+        :data:`FESTIVAL_OTHER_VOICES`."""
+        return FESTIVAL_OTHER_VOICES.get(self.voice, "en") if self.engine == "festival" \
+            else "en"
 
     @property
     def slug(self) -> str:
@@ -162,7 +176,7 @@ def _festival_voices() -> list[str]:
     find_tool("festival")
     root = festival_libdir() / "voices"
     found = {p.parent.parent.name for p in root.glob("*/*/festvox/*.scm")}
-    return [v for v in FESTIVAL_VOICES if v in found]
+    return [v for v in (*FESTIVAL_VOICES, *FESTIVAL_OTHER_VOICES) if v in found]
 
 
 def _espeak_voices() -> list[str]:

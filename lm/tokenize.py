@@ -276,7 +276,7 @@ def tokenize_corpus(codec: Any, corpus: str | os.PathLike, out: str | os.PathLik
     for split in splits:
         try:
             ds = load_corpus(corpus, split=split if layout == "corpus" else None,
-                             decode=False, check="header")
+                             decode=False, check="header", english_speech_only=True)
         except ValueError as exc:
             if explicit:
                 raise

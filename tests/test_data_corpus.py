@@ -18,7 +18,7 @@ from flexicodec.data.text import load_sentences, normalize_text
 torch.set_num_threads(1)
 KEYS = {"id", "audio", "text", "normalized_text", "phonemes", "speaker", "engine", "duration",
         "split", "n_sentences", "sentences", "pace", "pauses", "level_db", "base_speaker",
-        "variant"}
+        "variant", "voice_language"}
 FLITE = ("flite_slt", "flite_kal", "flite_rms")
 
 
@@ -118,6 +118,43 @@ def test_plan_is_deterministic_and_uses_every_speaker():
     assert [t.items for t in c] != [t.items for t in a[:5]]
 
 
+def test_plan_voices_of_other_languages_train_only():
+    """Voices of other languages form one sampling group (as likely as each engine) and
+    read train sentences only; without them the plan is the English voices' plan."""
+    from flexicodec.data.synth import Speaker, derive_speakers
+
+    english = [Speaker("flite_slt", "flite", "slt"), Speaker("flite_rms", "flite", "rms"),
+               Speaker("espeak_en-us+m1", "espeak", "en-us+m1")]
+    other = [Speaker("festival_pc_diphone", "festival", "pc_diphone"),
+             Speaker("festival_czech_dita", "festival", "czech_dita")]
+    other += derive_speakers(other[0], 2)
+    assert [s.language for s in other] == ["it", "cs", "it", "it"]
+    assert all(s.language == "en" for s in english)
+    cfg = CorpusConfig(hours=1.0, seed=3, batch_size=2)
+    sents = load_sentences()[:3000]
+    unseen = {"flite_rms"}
+    tasks = [next(p) for p in [iter_plan(cfg, english + other, unseen, sents)]
+             for _ in range(600)]
+    foreign = [t for t in tasks if t.speaker.language != "en"]
+    assert {it.split for t in foreign for it in t.items} == {"train"}
+    assert {t.speaker.id for t in foreign} == {s.id for s in other}
+    assert 0.25 < len(foreign) / len(tasks) < 0.42        # 1 of 3 groups (flite, espeak)
+    seen = [it.split for t in tasks if t.speaker.language == "en" and t.speaker.id != "flite_rms"
+            for it in t.items]
+    assert {"train", "valid", "test"} == set(seen)
+    # the group is weighted like an engine
+    heavy = CorpusConfig(hours=1.0, seed=3, batch_size=2,
+                         engine_weights={"other_languages": 8.0})
+    tasks8 = [next(p) for p in [iter_plan(heavy, english + other, unseen, sents)]
+              for _ in range(300)]
+    assert sum(t.speaker.language != "en" for t in tasks8) / len(tasks8) > 0.7
+    # absent voices of other languages leave the English plan as it was
+    a = [next(p) for p in [iter_plan(cfg, english, unseen, sents)] for _ in range(50)]
+    b = [next(p) for p in [iter_plan(CorpusConfig(hours=1.0, seed=3, batch_size=2), english,
+                                     unseen, sents)] for _ in range(50)]
+    assert [(t.speaker.id, t.items) for t in a] == [(t.speaker.id, t.items) for t in b]
+
+
 def test_plan_single_sentence_items_match_old_order():
     """With one sentence per item the plan hands out sentences in the order of the first
     builder (one queue of seen sentences, one of held-out ones)."""
@@ -126,6 +163,7 @@ def test_plan_single_sentence_items_match_old_order():
         speakers, unseen = resolve_speakers(cfg)
     except ValueError:
         pytest.skip("no synthesizer installed")
+    speakers = [s for s in speakers if s.language == "en"]   # the first builder's voices
     sents = load_sentences()[:2000]
     tasks = [next(p) for p in [iter_plan(cfg, speakers, unseen, sents)] for _ in range(60)]
     # the first builder: a seeded permutation, filtered, split into seen / held-out queues

@@ -55,6 +55,27 @@ def test_our_corpus_round_trip(tiny_corpus):
         load_corpus(tiny_corpus, split="nope")
 
 
+def test_english_speech_only(tiny_corpus, tmp_path):
+    """Rows of voices of other languages are dropped on request; rows without the field
+    (corpora built before it) count as English."""
+    import shutil
+    d = tmp_path / "c"
+    shutil.copytree(tiny_corpus, d)
+    rows = [json.loads(x) for x in (d / "metadata.jsonl").read_text().splitlines()]
+    train = [i for i, r in enumerate(rows) if r["split"] == "train"]
+    for i, r in enumerate(rows):
+        r.pop("voice_language", None)
+        if i in train[:3]:
+            r["voice_language"] = "fi"
+    (d / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert len(load_corpus(d, split="train")) == len(train)
+    kept = load_corpus(d, split="train", english_speech_only=True)
+    assert len(kept) == len(train) - 3
+    dropped = {str(d / rows[i]["audio"]) for i in train[:3]}
+    assert not dropped & set(kept["audio"])
+    assert len(load_corpus(d, english_speech_only=True)) == len(rows) - 3
+
+
 def test_ljspeech(tmp_path, caplog):
     root = tmp_path / "LJ"
     names = _bad_files(root / "wavs")

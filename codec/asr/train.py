@@ -107,7 +107,8 @@ def corpus_split(data: str, split: str, max_seconds: float):
     at most ``max_seconds``, and how many were left out."""
     from flexicodec.data.loaders import AudioDataset, load_corpus
 
-    ds = load_corpus(data, split=split, sample_rate=SAMPLE_RATE, decode=False, check="header")
+    ds = load_corpus(data, split=split, sample_rate=SAMPLE_RATE, decode=False, check="header",
+                     english_speech_only=True)
     if len(ds) == 0:
         raise ValueError(f"{data}: split '{split}' is empty")
     phon = ds["phonemes"]
