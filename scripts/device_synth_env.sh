@@ -6,13 +6,13 @@
 _fs_dir=${1:?usage: source scripts/device_synth_env.sh DIR [PREFIX]}
 _fs_dir=$(cd "$_fs_dir" && pwd)
 _fs_prefix=${2:-$_fs_dir/prefix}
-if [ ! -f "$_fs_prefix/.unpacked" ]; then
-  mkdir -p "$_fs_prefix"
-  for _fs_deb in "$_fs_dir"/*.deb; do
-    dpkg -x "$_fs_deb" "$_fs_prefix" || { echo "dpkg -x $_fs_deb failed" >&2; return 1; }
-  done
-  touch "$_fs_prefix/.unpacked"
-fi
+# each .deb once (a mark per file): .deb files added to DIR by a later call are unpacked then
+mkdir -p "$_fs_prefix/.unpacked.d"
+for _fs_deb in "$_fs_dir"/*.deb; do
+  [ -f "$_fs_prefix/.unpacked.d/$(basename "$_fs_deb")" ] && continue
+  dpkg -x "$_fs_deb" "$_fs_prefix" || { echo "dpkg -x $_fs_deb failed" >&2; return 1; }
+  touch "$_fs_prefix/.unpacked.d/$(basename "$_fs_deb")"
+done
 export FLEXICODEC_SYNTH_PREFIX="$_fs_prefix"
 export PATH="$_fs_prefix/usr/bin:$PATH"
 export LD_LIBRARY_PATH="$_fs_prefix/usr/lib/x86_64-linux-gnu:$_fs_prefix/usr/lib/x86_64-linux-gnu/pulseaudio:$_fs_prefix/usr/lib:$_fs_prefix/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"

@@ -7,9 +7,26 @@
 # `ldd` is run on the binaries and their libraries; every library that resolves outside the
 # prefix (except the C/C++ runtime every CUDA image has) is mapped to its package with
 # `dpkg -S`, downloaded and unpacked too, until nothing outside the prefix is needed.
+#   scripts/fetch_synth_debs.sh DIR other: instead, festival's voices of other languages
+#   (data.synth.FESTIVAL_OTHER_VOICES: Finnish, Italian, Czech, Catalan) and their language
+#   files, ~36 MiB of data only (no libraries), to unpack into the same prefix as DIR's
 set -euo pipefail
-DIR=${1:?usage: $0 DIR}
+DIR=${1:?usage: $0 DIR [other]}
 mkdir -p "$DIR"; DIR=$(cd "$DIR" && pwd)
+if [ "${2:-}" = other ]; then
+  OTHER_PKGS="festvox-suopuhe-common festvox-suopuhe-mv festvox-suopuhe-lj festlex-ifd
+festvox-itapc16k festvox-italp16k festival-czech festvox-czech-machac festvox-czech-dita
+festival-ca festvox-ca-ona-hts"
+  cd "$DIR"
+  apt-get download $OTHER_PKGS 2>&1 | grep -v "^W: Download is performed unsandboxed" || true
+  for p in $OTHER_PKGS; do
+    ls "$DIR/${p}"_*.deb >/dev/null 2>&1 || { echo "apt-get download $p failed" >&2; exit 1; }
+  done
+  echo "[fetch_synth_debs] $(ls "$DIR"/*.deb | wc -l) .deb files, $(du -ch "$DIR"/*.deb | tail -1 | cut -f1) in $DIR"
+  exit 0
+elif [ -n "${2:-}" ]; then
+  echo "usage: $0 DIR [other]" >&2; exit 2
+fi
 ENGINE_PKGS="espeak-ng libespeak-ng1 espeak-ng-data libpcaudio0 libsonic0 flite libflite1
 festival libestools2.5 festlex-cmu festlex-poslex festvox-kallpc16k festvox-kdlpc16k
 festvox-us-slt-hts"

@@ -62,6 +62,38 @@ def test_state_travels_in_parts(tmp_path):
     assert r.returncode != 0 and not (work / "in" / "run_x").exists()
 
 
+def test_state_travels_in_three_parts(tmp_path):
+    """``split DIR 1 1``: parts a and b of 1 MB, c the rest; the state assembles only once
+    the third call has brought part c."""
+    here = tmp_path / "here"
+    state = here / "checkpoints" / "run_y"
+    state.mkdir(parents=True)
+    (state / "state.json").write_text('{"step": 8}')
+    (state / "generator.safetensors").write_bytes(bytes(range(256)) * 9000)   # 2.3 MB
+    (here / ".carry" / "c").mkdir(parents=True)
+    (here / ".carry" / "c" / "run_y.tar.part-ac").write_bytes(b"stale")   # replaced
+    out = subprocess.run(["bash", str(ROOT / "scripts/device/state_parts.sh"), "split",
+                          "checkpoints/run_y", "1", "1"], cwd=here, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    sizes = [(here / ".carry" / L / f"run_y.tar.part-a{L}").stat().st_size for L in "abc"]
+    assert sizes[:2] == [1_000_000, 1_000_000] and 0 < sizes[2] < 1_000_000
+    work = tmp_path / "work"
+    for i, L in enumerate("abc"):
+        call = tmp_path / f"call{L}"
+        (call / ".carry").mkdir(parents=True)
+        shutil.copytree(here / ".carry" / L, call / ".carry" / L)
+        r = _there(call, work, "collect_parts; assembled_state run_y")
+        assert (r.returncode == 0) == (i == 2), (L, r.stdout, r.stderr)
+    got = Path(r.stdout.strip())
+    assert (got / "generator.safetensors").read_bytes() == \
+        (state / "generator.safetensors").read_bytes()
+    for bad in (["5", "5"], ["0"], ["x"]):          # past the end; not a size
+        out = subprocess.run(["bash", str(ROOT / "scripts/device/state_parts.sh"), "split",
+                              "checkpoints/run_y", *bad], cwd=here, capture_output=True,
+                             text=True)
+        assert out.returncode == 2, bad
+
+
 def test_split_refuses_what_is_not_a_state(tmp_path):
     (tmp_path / "x").mkdir()
     out = subprocess.run(["bash", str(ROOT / "scripts/device/state_parts.sh"), "split", "x", "1"],
@@ -123,6 +155,21 @@ def test_final_call_packs_the_state_with_a_relative_work_folder(tmp_path):
     assert (unpacked / "codec_v2" / "state.json").read_text() == '{"step": 9}'
     assert (unpacked / "codec_v2" / "generator.safetensors").read_bytes() == \
         (state / "generator.safetensors").read_bytes()
+
+
+def test_corpus_waits_for_the_voices_of_other_languages(tmp_path):
+    """OTHER_VOICES=1: while festival's voices of other languages are not installed (here a
+    synthesizer prefix without engines), the call builds no corpus and does not train."""
+    tree = _tree(tmp_path)
+    prefix = tmp_path / "prefix"
+    (prefix / "usr").mkdir(parents=True)
+    r = _phase_v2(tree, _env(tmp_path, OTHER_VOICES="1", BUDGET="60",
+                             FLEXICODEC_SYNTH_PREFIX=str(prefix), OUT=str(tmp_path / "out")),
+                  timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "voices of other languages have not arrived" in r.stdout
+    assert not (tree / "work" / "corpus_v2").exists()
+    assert "continuing" not in r.stdout and "train" not in r.stdout.split("arrived")[-1]
 
 
 def test_kept_trainer_outlives_its_call_and_final_stops_it(tiny_corpus, tmp_path):

@@ -32,6 +32,9 @@ fi
 # the flexicodec package from this checkout, without installing it
 python3 scripts/package_links.py /tmp/flexicodec_path >/dev/null || { echo "package links failed"; exit 1; }
 export PYTHONPATH=/tmp/flexicodec_path$SITE
+# .debs_other/ (scripts/fetch_synth_debs.sh DIR other: festival's voices of other languages),
+# in a later call than .debs/ when the upload is size-limited, joins the same prefix
+if [ -d .debs_other ] && [ -d .debs ]; then cp -n .debs_other/*.deb .debs/ 2>/dev/null; fi
 if [ -d .debs ] && [ -f scripts/device_synth_env.sh ]; then
   # shellcheck disable=SC1091
   source scripts/device_synth_env.sh .debs
@@ -48,8 +51,19 @@ mkdir -p "$OUT"
 log() { echo "[$(date +%H:%M:%S) +$(( $(date +%s) - T0 ))s] $*"; }
 gpu_info() { command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu="$1" --format=csv,noheader; }
 # ensure_corpus DIR: build the default corpus of HOURS (default 24) h into DIR once per machine
-# (DIR.done marks it complete; the builder itself resumes an interrupted build)
+# (DIR.done marks it complete; the builder itself resumes an interrupted build). With
+# OTHER_VOICES=1 the build waits (returns 3) until festival's voices of other languages
+# (.debs_other) are unpacked, so that the corpus has them.
+other_voices_here() {
+  python3 -c "from flexicodec.data.synth import FESTIVAL_OTHER_VOICES as V, list_speakers as L
+raise SystemExit(len({s.voice for s in L(['festival'])} & set(V)) != len(V))"
+}
 ensure_corpus() {
+  if [ ! -f "$1.done" ] && [ "${OTHER_VOICES:-0}" = 1 ] && ! other_voices_here; then
+    log "OTHER_VOICES=1: the voices of other languages have not arrived (carry .debs_other);" \
+      "no corpus yet"
+    return 3
+  fi
   if [ ! -f "$1.done" ]; then
     log "building the corpus $1 (${HOURS:-24} h)"
     python3 -m flexicodec.data.cli build-corpus --hours "${HOURS:-24}" --out "$1" --workers 16 \

@@ -25,6 +25,13 @@
 #   Every call whose trainer wrote a newer portable state returns it as
 #     $OUT/NAME.tar.part-* (15 MiB parts; here: cat parts | tar x -C checkpoints); FINAL=1
 #     stops a kept trainer first and always returns the state.
+# OTHER_VOICES=1: the corpus also has festival's voices of other languages (new voices for
+#   the codec, train split only; .debs_other from scripts/fetch_synth_debs.sh DIR other,
+#   ~36 MiB, carried in a later call than .debs when the upload is size-limited): the corpus
+#   is built only once they have arrived; until then a call builds nothing and trains not.
+#   With a 64 MiB upload: state_parts.sh split checkpoints/codec_v2 13 10, then call 1
+#   carries .whl .debs .carry/a, call 2 .debs_other .carry/b (builds the corpus), call 3
+#   .carry/c (trains), each with OTHER_VOICES=1.
 # BUDGET (s) is the call's wall-clock budget, RESERVE (s) what is kept for packing.
 # SETS: config overrides for the trainer, space-separated SECTION.KEY=VALUE (its --set).
 #   train.profile_steps=5 profiles 5 steps 50 steps into the call (RUN/profile_step*.{json,md}
@@ -57,12 +64,15 @@ if [ "${DISC_BENCH:-0}" = 1 ]; then
   python3 -m flexicodec.benchmarks.disc_speed "${DISC_ARGS[@]}" > "$W/disc_speed.log" 2>&1 &
   DISC_PID=$!
 fi
-ensure_corpus "$CORPUS" || exit 2
+ensure_corpus "$CORPUS"
+CORPUS_RC=$?
 if [ -n "${DISC_PID:-}" ]; then
   wait "$DISC_PID"; log "discriminator benchmark exited: rc=$?"
   grep -v -E "it/s\]|^W[0-9]" "$W/disc_speed.log" | tail -n 12
   cp "$W/bench/disc_speed.json" "$W/bench/disc_speed.md" "$OUT/" 2>/dev/null
 fi
+[ $CORPUS_RC = 3 ] && exit 0           # waiting for the voices of other languages
+[ $CORPUS_RC = 0 ] || exit 2
 # the frozen ASR: ASR=DIR (e.g. $W/asr_new from phase_asr.sh), else codec v2's,
 # checkpoints/asr_v2 (the fine-tune of flexicodec_pretrained/asr its state is tied to), copied once
 if [ -n "${ASR:-}" ]; then

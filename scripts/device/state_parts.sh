@@ -2,10 +2,10 @@
 # A portable state (checkpoints/NAME: ~57 MB) through uploads of at most 64 MiB that also
 # carry code, the ASR and, on the first call, the synthesizer .debs and wheels: the state
 # travels as a tar in parts over two or more calls, checked by its sha256 on arrival.
-#   here:  scripts/device/state_parts.sh split checkpoints/codec_v2 FIRST_MB
-#          → .carry/a/codec_v2.tar.part-aa (FIRST_MB) and .carry/b/codec_v2.tar.part-ab (the
-#            rest), each folder with codec_v2.tar.sha256; name .carry/a in the first call's
-#            carry, .carry/b in the second's
+#   here:  scripts/device/state_parts.sh split checkpoints/codec_v2 MB [MB ...]
+#          → .carry/a/codec_v2.tar.part-aa (the first MB), .carry/b/codec_v2.tar.part-ab (the
+#            next MB), ..., the last folder the rest; each folder with codec_v2.tar.sha256;
+#            name .carry/a in the first call's carry, .carry/b in the second's, ...
 #   there: source it (phase_v2.sh does): collect_parts copies .carry/*/ into $W/parts (kept
 #          while the machine is warm); assembled_state NAME prints the directory of NAME's
 #          state once every part has arrived and the checksum matches, nothing before
@@ -31,18 +31,32 @@ assembled_state() {
 }
 
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then
-  [ "${1:-}" = split ] || { echo "usage: $0 split DIR FIRST_MB" >&2; exit 2; }
-  SRC=${2:?state directory}; FIRST=${3:?first part in MB}
+  [ "${1:-}" = split ] || { echo "usage: $0 split DIR MB [MB ...]" >&2; exit 2; }
+  SRC=${2:?state directory}; shift 2
+  [ $# -ge 1 ] || { echo "usage: $0 split DIR MB [MB ...]" >&2; exit 2; }
+  [ $# -le 7 ] || { echo "at most 7 sizes (8 parts)" >&2; exit 2; }
+  for mb in "$@"; do
+    [[ "$mb" =~ ^[1-9][0-9]*$ ]] || { echo "part sizes are whole MB > 0, got $mb" >&2; exit 2; }
+  done
   [ -f "$SRC/state.json" ] || { echo "$SRC: not a portable state (no state.json)" >&2; exit 2; }
   NAME=$(basename "$SRC")
   TMP=$(mktemp -d); trap 'rm -rf "$TMP"' EXIT
   tar cf "$TMP/$NAME.tar" -C "$(dirname "$SRC")" "$NAME"
   (cd "$TMP" && sha256sum "$NAME.tar" > "$NAME.tar.sha256")
-  head -c "$((FIRST * 1000000))" "$TMP/$NAME.tar" > "$TMP/$NAME.tar.part-aa"
-  tail -c +"$((FIRST * 1000000 + 1))" "$TMP/$NAME.tar" > "$TMP/$NAME.tar.part-ab"
-  mkdir -p .carry/a .carry/b
-  rm -f .carry/a/"$NAME".tar.* .carry/b/"$NAME".tar.*
-  cp "$TMP/$NAME.tar.part-aa" "$TMP/$NAME.tar.sha256" .carry/a/
-  cp "$TMP/$NAME.tar.part-ab" "$TMP/$NAME.tar.sha256" .carry/b/
-  du -b .carry/a/"$NAME".tar.part-aa .carry/b/"$NAME".tar.part-ab
+  TOTAL=$(stat -c %s "$TMP/$NAME.tar")
+  SUM=0; for mb in "$@"; do SUM=$(( SUM + mb * 1000000 )); done
+  [ "$SUM" -lt "$TOTAL" ] || { echo "the parts ($SUM bytes) leave nothing of the state" \
+    "($TOTAL bytes) for the last one" >&2; exit 2; }
+  LETTERS=(a b c d e f g h)
+  OFF=0; I=0
+  rm -f .carry/*/"$NAME".tar.*
+  for mb in "$@" rest; do
+    L=${LETTERS[$I]}
+    if [ "$mb" = rest ]; then N=$(( TOTAL - OFF )); else N=$(( mb * 1000000 )); fi
+    mkdir -p ".carry/$L"
+    tail -c +"$(( OFF + 1 ))" "$TMP/$NAME.tar" | head -c "$N" > ".carry/$L/$NAME.tar.part-a$L"
+    cp "$TMP/$NAME.tar.sha256" ".carry/$L/"
+    OFF=$(( OFF + N )); I=$(( I + 1 ))
+  done
+  du -b .carry/*/"$NAME".tar.part-*
 fi
