@@ -73,7 +73,8 @@ def _show(args) -> None:
           f"{s['speakers']} speakers, {s['sentences']} sentences; duration "
           f"{s['duration_s']['min']:.2f}-{s['duration_s']['max']:.2f} s "
           f"(mean {s['duration_s']['mean']:.2f})")
-    for key in ("hours_per_split", "hours_per_engine", "hours_per_speaker"):
+    for key in ("hours_per_split", "hours_per_engine", "hours_per_voice_language",
+                "hours_per_speaker"):
         items = list(s[key].items())
         print(f"\n{key.replace('_', ' ')}:")
         shown = items if args.all or len(items) <= 20 else items[:20]

@@ -456,14 +456,15 @@ def build_corpus(out_dir: str | os.PathLike, cfg: CorpusConfig, workers: int | N
 
 
 def summarize(out_dir: str | os.PathLike) -> dict:
-    """Hours per split / engine / speaker and counts, from ``metadata.jsonl``."""
+    """Hours per split / engine / speaker / voice language and counts, from
+    ``metadata.jsonl``."""
     rows = read_metadata(out_dir)
     if not rows:
         raise FileNotFoundError(f"{out_dir}: no {METADATA} rows (not a built corpus?)")
-    def hours(key: str) -> dict:
+    def hours(key: str, default: str | None = None) -> dict:
         c: Counter = Counter()
         for r in rows:
-            c[r[key]] += r["duration"] / 3600
+            c[r.get(key, default) if default is not None else r[key]] += r["duration"] / 3600
         return {k: round(v, 4) for k, v in sorted(c.items())}
     durs = np.array([r["duration"] for r in rows])
     return {"utterances": len(rows), "hours": round(float(durs.sum()) / 3600, 4),
@@ -471,6 +472,7 @@ def summarize(out_dir: str | os.PathLike) -> dict:
                            "max": float(durs.max())},
             "hours_per_split": hours("split"), "hours_per_engine": hours("engine"),
             "hours_per_speaker": hours("speaker"),
+            "hours_per_voice_language": hours("voice_language", "en"),
             "sentences": len({s for r in rows for s in r.get("sentences", [r["normalized_text"]])}),
             "speakers": len({r["speaker"] for r in rows})}
 

@@ -308,7 +308,11 @@ def test_cli_show_and_stats(tiny_corpus):
     assert "hours per split" in out.stdout and "examples:" in out.stdout
     st = subprocess.run([sys.executable, "-m", "flexicodec.data.cli", "stats", str(tiny_corpus)],
                         capture_output=True, text=True)
-    assert json.loads(st.stdout)["utterances"] == summarize(tiny_corpus)["utterances"]
+    summary = summarize(tiny_corpus)
+    assert json.loads(st.stdout)["utterances"] == summary["utterances"]
+    assert "hours per voice language" in out.stdout
+    assert list(summary["hours_per_voice_language"]) == ["en"]        # English voices only
+    assert summary["hours_per_voice_language"]["en"] == pytest.approx(summary["hours"], abs=1e-3)
     bad = subprocess.run([sys.executable, "-m", "flexicodec.data.cli", "show", str(tiny_corpus / "nope")],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "error" in bad.stderr
