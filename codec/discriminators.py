@@ -55,6 +55,15 @@ def pad_to_period(wav: torch.Tensor, period: int) -> torch.Tensor:
 
 
 MPD_LAYOUTS = ("2d", "1d")
+#: DiscriminatorConfig fields that change how the same weights run, not the weights
+LAYOUT_FIELDS = ("mpd_layout",)
+
+
+def same_weights(a: dict, b: dict) -> bool:
+    """Whether two saved DiscriminatorConfig dicts describe the same parameters (they may
+    differ in :data:`LAYOUT_FIELDS`, or one may predate them)."""
+    return ({k: v for k, v in a.items() if k not in LAYOUT_FIELDS}
+            == {k: v for k, v in b.items() if k not in LAYOUT_FIELDS})
 
 
 class PeriodDiscriminator(nn.Module):

@@ -42,7 +42,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from flexicodec.codec.discriminators import CodecDiscriminator, DiscriminatorConfig
+from flexicodec.codec.discriminators import (CodecDiscriminator, DiscriminatorConfig,
+                                             same_weights)
 from flexicodec.codec.losses import (MelLossConfig, MultiResolutionMelLoss, discriminator_loss,
                                      feature_matching_loss, generator_adv_loss, match_length)
 from flexicodec.codec.portable import (SEMANTIC_HISTORY, STATE as PORTABLE_STATE,
@@ -662,7 +663,7 @@ def train_codec(config_path: str, data: str, run_dir: str, asr: str | None = Non
     mel_loss = MultiResolutionMelLoss(tc.mel_loss)
     start_step, prior_seconds = 0, 0.0
     if init_info is not None:
-        if config_to_dict(disc.config) != init_info["discriminator_config"]:
+        if not same_weights(config_to_dict(disc.config), init_info["discriminator_config"]):
             raise ValueError(f"{init_from}: its discriminators differ from {config_path}'s "
                              f"train.discriminator")
         load_portable_weights(init_from, model, disc)
@@ -670,7 +671,8 @@ def train_codec(config_path: str, data: str, run_dir: str, asr: str | None = Non
             print(f"[train] new run from the generator and discriminators of {init_from} "
                   f"(its step {init_info['step']}); step 0, fresh optimizers and schedule")
     if portable_info is not None:
-        if config_to_dict(disc.config) != portable_info["discriminator_config"]:
+        if not same_weights(config_to_dict(disc.config),
+                            portable_info["discriminator_config"]):
             raise ValueError(f"{portable_state}: its discriminators differ from "
                              f"{config_path}'s train.discriminator")
         load_portable_weights(portable_state, model, disc)

@@ -75,7 +75,8 @@ def test_class_without_shipped_checkpoint_says_so():
 
 def test_codec_v2_training_state_fits_its_asr():
     """checkpoints/codec_v2 (the run in progress) is tied to checkpoints/asr_v2: the state's
-    recorded semantic identity is that ASR's, so the documented continue command loads it."""
+    recorded semantic identity is that ASR's and its discriminators are the configs' (stage 1
+    and 2), so the documented continue command loads it."""
     from pathlib import Path
 
     from flexicodec.codec.config import SemanticConfig
@@ -87,3 +88,10 @@ def test_codec_v2_training_state_fits_its_asr():
     sem = build_semantic(SemanticConfig(asr_path=str(root / "checkpoints" / "asr_v2")))
     assert semantic_identity(sem) == info["semantic_identity"]
     assert info["semantic_history"][-1]["identity"] == info["semantic_identity"]
+    # and its discriminators are the ones configs/codec/v2.yaml builds (layout aside)
+    from flexicodec.codec.discriminators import same_weights
+    from flexicodec.codec.train import load_train_section
+    from flexicodec.common.pretrained import config_to_dict
+    for config in ("v2.yaml", "v2_stage2.yaml"):
+        tc = load_train_section(root / "configs" / "codec" / config)
+        assert same_weights(config_to_dict(tc.discriminator), info["discriminator_config"])

@@ -275,6 +275,26 @@ def test_device_data_training_and_portable_state(tiny_corpus, asr_dir, tmp_path)
                                                        (2 / 4, 3 / 4, 1.0)])
     assert read_portable_info(port)["step"] == 6
     assert second["train_minutes"] > first["train_minutes"]
+    # the discriminators' layout is no part of the state: one saved before the setting
+    # existed continues with the 1-d period layout (same weights), other sizes are refused
+    import json as _json
+    info_file = port / "state.json"
+    saved = _json.loads(info_file.read_text())
+    saved["discriminator_config"].pop("mpd_layout")
+    info_file.write_text(_json.dumps(saved))
+    cfg_1d = str(_yaml(tmp_path / "c1d.yaml", max_steps=7, disc_start=2,
+                       warmup_fixed_steps=100, data_on_device=True, lr_schedule="constant",
+                       rewarm_steps=4, cache_dir=str(tmp_path / "cache"),
+                       discriminator={**TRAIN["discriminator"], "mpd_layout": "1d"}))
+    third = train_codec(cfg_1d, str(tiny_corpus), str(tmp_path / "c"), asr=str(asr_dir),
+                        cpu=True, portable_state=str(port))
+    assert third["step"] == 7 and math.isfinite(third["mel_loss"])
+    assert read_portable_info(port)["discriminator_config"]["mpd_layout"] == "1d"
+    cfg_wide = str(_yaml(tmp_path / "cw.yaml", max_steps=8, disc_start=2,
+                         discriminator={**TRAIN["discriminator"], "mpd_channels": [8, 32]}))
+    with pytest.raises(ValueError, match="discriminators differ"):
+        train_codec(cfg_wide, str(tiny_corpus), str(tmp_path / "d"), asr=str(asr_dir),
+                    cpu=True, portable_state=str(port))
     # a portable state only loads into a codec with the same frozen ASR
     from flexicodec.codec.config import FlexiCodecConfig
     from flexicodec.codec.discriminators import CodecDiscriminator, DiscriminatorConfig
