@@ -88,7 +88,7 @@ def join_corpus(src: str | os.PathLike, out: str | os.PathLike,
             "normalized_text": " ".join(r["normalized_text"] for r in g),
             "phonemes": " ".join(r.get("phonemes") or "" for r in g).strip(),
             "speaker": g[0]["speaker"], "engine": g[0].get("engine", ""),
-            **{k: g[0][k] for k in ("base_speaker", "variant") if k in g[0]},
+            **{k: g[0][k] for k in ("base_speaker", "variant", "voice_language") if k in g[0]},
             "duration": round(len(wav) / SAMPLE_RATE, 3), "split": g[0]["split"],
             "joined_from": [r["id"] for r in g], "pauses": [round(p, 3) for p in pauses]})
     from flexicodec.common.atomic import atomic_write_text

@@ -25,7 +25,8 @@ def _corpus(root, n_per=5):
             sf.write(root / rel, x, 16000, subtype="PCM_16")
             rows.append({"id": uid, "audio": rel, "text": f"t{i}", "normalized_text": f"n{i}",
                          "phonemes": f"p{i}", "speaker": spk, "engine": "x",
-                         "duration": len(x) / 16000, "split": "test" if i == 4 else "train"})
+                         "duration": len(x) / 16000, "split": "test" if i == 4 else "train",
+                         **({"voice_language": "fi"} if spk == "spk_b" else {})})
     (root / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return rows
 
@@ -44,6 +45,7 @@ def test_join_corpus(tmp_path):
         seen += r["joined_from"]
         # one speaker and one split per item; text in order; pauses in range
         assert {p["speaker"] for p in parts} == {r["speaker"]}
+        assert r.get("voice_language") == parts[0].get("voice_language")   # kept when set
         assert {p["split"] for p in parts} == {r["split"]}
         assert r["text"] == " ".join(p["text"] for p in parts)
         assert r["phonemes"] == " ".join(p["phonemes"] for p in parts)
@@ -59,6 +61,8 @@ def test_join_corpus(tmp_path):
     assert 0 < summary["pause_share"] < 0.5
     # our loader reads it as a corpus, splits kept
     assert len(load_corpus(out, split="test")) == sum(r["split"] == "test" for r in joined)
+    assert len(load_corpus(out, english_speech_only=True)) == \
+        sum(r["speaker"] == "spk_a" for r in joined)
     # deterministic: the same seed writes the same corpus
     first = (out / "metadata.jsonl").read_text()
     join_corpus(src, out, per_utt=(2, 3), pause_s=(0.2, 0.5), progress=False)
