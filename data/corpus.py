@@ -63,8 +63,10 @@ SEEN_SPLITS = SPLITS[:3]
 METADATA = "metadata.jsonl"
 SETTINGS = "corpus.json"
 DEFAULT_UNSEEN = ("flite_rms", "espeak_en-gb-scotland+f3")
-#: the sampling group (an ``engine_weights`` key) of voices whose language is not English
+#: the sampling group (an ``engine_weights`` key) of voices whose language is not English,
+#: and its default weight (each engine's is 1): with the three engines, 1/7 of the items
 OTHER_LANGUAGES = "other_languages"
+OTHER_LANGUAGES_WEIGHT = 0.5
 SECONDS_PER_CHAR = 0.065  # rough speaking rate of our voices at pace 1, for planning only
 #: values of the item-style settings for corpora built before they existed (their corpus.json
 #: lacks these keys): one sentence per item at the engines' rate, -23 dB, 0.3 s silence cap
@@ -85,7 +87,7 @@ class CorpusConfig:
         "train": 0.94, "valid": 0.02, "test": 0.02, "test_unseen": 0.02})
     #: how likely each engine is drawn, by name; festival's voices of other languages
     #: (:data:`flexicodec.data.synth.FESTIVAL_OTHER_VOICES`) are a group of their own,
-    #: OTHER_LANGUAGES. Default: every group equally likely
+    #: OTHER_LANGUAGES. Default: 1 per engine, OTHER_LANGUAGES_WEIGHT for that group
     engine_weights: dict | None = None
     batch_size: int = 8                          # utterances per worker task (one speaker)
     phoneme_voice: str = "en-us"
@@ -259,7 +261,7 @@ def iter_plan(cfg: CorpusConfig, speakers: list[Speaker], unseen: set[str],
     """The deterministic, endless-until-sentences-run-out plan of tasks for ``cfg.seed``.
 
     Groups (:func:`sampling_group`: the engine, or OTHER_LANGUAGES) are drawn by
-    ``engine_weights``, a speaker uniformly within the group; seen speakers read
+    ``engine_weights`` (default: 1 per engine, OTHER_LANGUAGES_WEIGHT), a speaker uniformly within the group; seen speakers read
     train/valid/test sentences, held-out ones test_unseen sentences, voices of other
     languages train sentences only (their speech does not match the English text that the
     held-out splits are scored against); every item lies within one split; every sentence is
@@ -271,7 +273,8 @@ def iter_plan(cfg: CorpusConfig, speakers: list[Speaker], unseen: set[str],
     for s in speakers:
         by_group.setdefault(sampling_group(s), []).append(s)
     groups = sorted(by_group)
-    w = np.array([(cfg.engine_weights or {}).get(g, 1.0) for g in groups], dtype=float)
+    weights = {OTHER_LANGUAGES: OTHER_LANGUAGES_WEIGHT, **(cfg.engine_weights or {})}
+    w = np.array([weights.get(g, 1.0) for g in groups], dtype=float)
     w = w / w.sum()
     n_tasks = 0
     while True:

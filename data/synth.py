@@ -12,6 +12,7 @@ data are then taken from ``DIR/usr/...`` only (never silently from the system).
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -172,11 +173,23 @@ def _flite_voices() -> list[str]:
     return [v for v in FLITE_VOICES if v in avail]
 
 
+#: festival's compiled-in data directory; the voices of other languages load their files
+#: from it by name, so they work only where it is the library festival runs with
+FESTIVAL_DATADIR = Path("/usr/share/festival")
+
+
 def _festival_voices() -> list[str]:
     find_tool("festival")
-    root = festival_libdir() / "voices"
-    found = {p.parent.parent.name for p in root.glob("*/*/festvox/*.scm")}
-    return [v for v in (*FESTIVAL_VOICES, *FESTIVAL_OTHER_VOICES) if v in found]
+    libdir = festival_libdir()
+    found = {p.parent.parent.name for p in (libdir / "voices").glob("*/*/festvox/*.scm")}
+    other = [v for v in FESTIVAL_OTHER_VOICES if v in found]
+    if other and FESTIVAL_DATADIR.resolve() != libdir.resolve():
+        logging.getLogger(__name__).warning(
+            "festival voices %s are left out: they read their files from %s, which is not "
+            "the festival library in use (%s); scripts/device_synth_env.sh links it where "
+            "there is no system festival", ", ".join(other), FESTIVAL_DATADIR, libdir)
+        other = []
+    return [v for v in FESTIVAL_VOICES if v in found] + other
 
 
 def _espeak_voices() -> list[str]:

@@ -133,3 +133,29 @@ def test_engines_from_private_prefix(tmp_path):
                            "bash", "-c", script], cwd=root, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().startswith("ok")
+
+
+def test_voices_of_other_languages_need_festivals_own_data_dir(tmp_path, monkeypatch, caplog):
+    """A prefix's festival voices of other languages are listed only where festival's
+    compiled-in data directory is that prefix's library (they load files from it by name);
+    elsewhere they are left out with a warning, and the English voices stay."""
+    from flexicodec.data import synth
+
+    prefix = tmp_path / "prefix"
+    (prefix / "usr" / "bin").mkdir(parents=True)
+    (prefix / "usr" / "bin" / "festival").write_text("")
+    voices = prefix / "usr" / "share" / "festival" / "voices"
+    for lang, v in (("english", "kal_diphone"), ("finnish", "hy_fi_mv_diphone")):
+        (voices / lang / v / "festvox").mkdir(parents=True)
+        (voices / lang / v / "festvox" / f"{v}.scm").write_text("")
+    monkeypatch.setenv(synth.PREFIX_ENV, str(prefix))
+    with caplog.at_level("WARNING"):
+        got = synth.list_speakers(["festival"])
+    assert [s.id for s in got] == ["festival_kal_diphone"]
+    assert "hy_fi_mv_diphone" in caplog.text
+    monkeypatch.setattr(synth, "FESTIVAL_DATADIR", prefix / "usr" / "share" / "festival")
+    synth._discover.cache_clear()
+    got = synth.list_speakers(["festival"])
+    assert [(s.id, s.language) for s in got] == [("festival_kal_diphone", "en"),
+                                                 ("festival_hy_fi_mv_diphone", "fi")]
+    synth._discover.cache_clear()
