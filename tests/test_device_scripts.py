@@ -158,8 +158,9 @@ def test_final_call_packs_the_state_with_a_relative_work_folder(tmp_path):
 
 
 def test_corpus_waits_for_the_voices_of_other_languages(tmp_path):
-    """OTHER_VOICES=1: while festival's voices of other languages are not installed (here a
-    synthesizer prefix without engines), the call builds no corpus and does not train."""
+    """OTHER_VOICES=1: while festival's voices of other languages have not arrived (here a
+    synthesizer prefix without engines), the call builds no corpus and does not train; once
+    .debs_other is there, voices that still cannot be used are an error."""
     tree = _tree(tmp_path)
     prefix = tmp_path / "prefix"
     (prefix / "usr").mkdir(parents=True)
@@ -170,6 +171,13 @@ def test_corpus_waits_for_the_voices_of_other_languages(tmp_path):
     assert "voices of other languages have not arrived" in r.stdout
     assert not (tree / "work" / "corpus_v2").exists()
     assert "continuing" not in r.stdout and "train" not in r.stdout.split("arrived")[-1]
+    # arrived (.debs_other here) but still not usable: an error, not a wait
+    (tree / ".debs_other").mkdir()
+    r = _phase_v2(tree, _env(tmp_path, OTHER_VOICES="1", BUDGET="60",
+                             FLEXICODEC_SYNTH_PREFIX=str(prefix), OUT=str(tmp_path / "out")),
+                  timeout=120)
+    assert r.returncode == 2 and "not usable here" in r.stdout, r.stdout + r.stderr
+    assert not (tree / "work" / "corpus_v2").exists()
 
 
 def test_kept_trainer_outlives_its_call_and_final_stops_it(tiny_corpus, tmp_path):

@@ -53,16 +53,27 @@ gpu_info() { command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu="$1" --f
 # ensure_corpus DIR: build the default corpus of HOURS (default 24) h into DIR once per machine
 # (DIR.done marks it complete; the builder itself resumes an interrupted build). With
 # OTHER_VOICES=1 the build waits (returns 3) until festival's voices of other languages
-# (.debs_other) are unpacked, so that the corpus has them.
+# (.debs_other) have arrived, so that the corpus has them; arrived but not usable is an error.
 other_voices_here() {
   python3 -c "from flexicodec.data.synth import FESTIVAL_OTHER_VOICES as V, list_speakers as L
 raise SystemExit(len({s.voice for s in L(['festival'])} & set(V)) != len(V))"
 }
 ensure_corpus() {
-  if [ ! -f "$1.done" ] && [ "${OTHER_VOICES:-0}" = 1 ] && ! other_voices_here; then
-    log "OTHER_VOICES=1: the voices of other languages have not arrived (carry .debs_other);" \
-      "no corpus yet"
-    return 3
+  if [ "${OTHER_VOICES:-0}" = 1 ] && [ ! -f "$1.done" ] && ! other_voices_here; then
+    if [ ! -d .debs_other ] && [ ! -f "$W/.debs_other_seen" ]; then
+      log "OTHER_VOICES=1: the voices of other languages have not arrived (carry" \
+        ".debs_other); no corpus yet"
+      return 3
+    fi
+    log "OTHER_VOICES=1: .debs_other arrived but its voices are not usable here (are .debs" \
+      "and the synthesizer prefix here? data.synth's warning above says more)"
+    return 1
+  fi
+  [ -d .debs_other ] && touch "$W/.debs_other_seen"
+  if [ "${OTHER_VOICES:-0}" = 1 ] && [ -f "$1.done" ] && ! grep -q '"festival_hy_fi_mv_diphone"' \
+      "$1/corpus.json" 2>/dev/null; then
+    log "OTHER_VOICES=1, but the corpus $1 here was built without the voices of other" \
+      "languages: training on it as it is (remove $1 and $1.done to rebuild)"
   fi
   if [ ! -f "$1.done" ]; then
     log "building the corpus $1 (${HOURS:-24} h)"
