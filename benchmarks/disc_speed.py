@@ -20,9 +20,10 @@ Layouts (``--variants``):
 - ``mpd_conv1d``: every period branch as 1-d convolutions over ``[B * p, C, T / p]``
   (``train.discriminator.mpd_layout: 1d``; same weights, outputs and losses).
 
-The multi-period (MPD) and multi-resolution (MRD) halves are compiled and timed apart (each
-its own graph and optimizer; the D and G columns are their sums, ``MPD ms`` / ``MRD ms``
-each half's D update + G pass), to show which one to make faster.
+The D and G columns time the whole discriminators as the trainer runs them (one compiled
+graph, one optimizer); ``MPD ms`` / ``MRD ms`` time a second copy's multi-period and
+multi-resolution halves apart (each its own graph and optimizer; D update + G pass), to show
+which one to make faster (their sum is close to the whole, not equal).
 
 ``--batch 128,256`` repeats everything per batch size: whether the GAN half is bound by
 the number of kernels (more audio per step costs little more) or by their work. Writes
@@ -95,26 +96,26 @@ def run(config: str, device, batches: list[int | None], window_s: float | None, 
         real = (0.1 * torch.randn(B, T, generator=g)).to(device)
         fake = (real + 0.03 * torch.randn(B, T, generator=g).to(device))
         torch._dynamo.reset()                       # every variant compiles from scratch
-        disc = _build(variant, dcfg, device)
-        fns, opts = {}, []
-        for part in PARTS:                          # each its own graph and optimizer
-            module = getattr(disc, part)
+        fused = {"fused": True} if device.type == "cuda" else {}
+        fns, keep = {}, []
+        # the whole discriminators as the trainer runs them (one graph, one optimizer), and
+        # a second copy's MPD and MRD halves, each its own graph and optimizer
+        whole, halves = _build(variant, dcfg, device), _build(variant, dcfg, device)
+        for part, module in (("all", whole), *((q, getattr(halves, q)) for q in PARTS)):
             if module is None:
                 continue
             if compile_:
                 module.compile(dynamic=False)
-            fused = {"fused": True} if device.type == "cuda" else {}
-            opts.append(torch.optim.AdamW(module.parameters(), lr=1e-4, betas=(0.8, 0.99),
-                                          **fused))
-            d_update, g_pass = _steps(module, opts[-1], real, fake, tc.gan_kind, autocast)
-            fns[(part, "d")], fns[(part, "g")] = d_update, g_pass
+            opt = torch.optim.AdamW(module.parameters(), lr=1e-4, betas=(0.8, 0.99), **fused)
+            keep.append((module, opt))
+            fns[(part, "d")], fns[(part, "g")] = _steps(module, opt, real, fake, tc.gan_kind,
+                                                        autocast)
         for bench in ((False, True) if device.type == "cuda" else (False,)):
             torch.backends.cudnn.benchmark = bench
             log(f"[disc_speed] {variant}, batch {B}, cudnn.benchmark={bench}")
             t = time_interleaved(fns, device, warmup=warmup, repeats=repeats)
             ms = {k: 1000 * v.median for k, v in t.items()}
-            d_ms = sum(v for (_, kind), v in ms.items() if kind == "d")
-            g_ms = sum(v for (_, kind), v in ms.items() if kind == "g")
+            d_ms, g_ms = ms[("all", "d")], ms[("all", "g")]
             row = {"variant": variant, "cudnn_benchmark": bench, "batch": B,
                    "window_s": seconds, "d_update_ms": d_ms, "g_pass_ms": g_ms,
                    "total_ms": d_ms + g_ms,
@@ -122,7 +123,7 @@ def run(config: str, device, batches: list[int | None], window_s: float | None, 
             for part in PARTS:
                 row[f"{part}_ms"] = ms.get((part, "d"), 0.0) + ms.get((part, "g"), 0.0)
             rows.append(row)
-        del disc, opts, fns
+        del whole, halves, keep, fns
         if device.type == "cuda":
             torch.cuda.empty_cache()
     base = rows[0]["disc_audio_s_per_s"]
