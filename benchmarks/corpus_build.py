@@ -46,7 +46,7 @@ def worker_cpu(cfg, minutes: float) -> dict:
         while audio < minutes * 60:
             task = next(plan)
             c0 = _cpu_s()
-            rows = run_task(task, str(d), cfg.phoneme_voice, post)
+            rows, _ = run_task(task, str(d), cfg.phoneme_voice, post)
             cpu += _cpu_s() - c0
             audio += sum(r["duration"] for r in rows)
     finally:

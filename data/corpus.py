@@ -6,6 +6,7 @@ Layout (contract in docs/ARCHITECTURE.md)::
     DIR/corpus.json        build settings (seed, speakers, held-out speakers, ...)
     DIR/metadata.jsonl     one row per finished utterance
     DIR/wavs/<speaker>/<id>.wav   16 kHz mono PCM16
+    DIR/failed.jsonl       items an engine could not synthesize (only if any): skipped
 
 Each wav is written atomically before its row is appended (by the main process only), so an
 interrupted build leaves at most an orphan wav and never a row without audio; a rerun skips
@@ -53,7 +54,7 @@ from flexicodec.common.atomic import atomic_write_text
 from flexicodec.common.constants import SAMPLE_RATE
 from flexicodec.data.audio import concat_with_pauses, write_audio
 from flexicodec.data.synth import (PACE_LIMITS, RECORDED_ENGINES, PostprocessConfig, Speaker,
-                                   derive_speakers, list_speakers, synthesize)
+                                   SynthError, derive_speakers, list_speakers, synthesize)
 from flexicodec.data.text import load_sentences, normalize_text, phonemize
 from flexicodec.data.variants import DESIGN as VARIANT_DESIGN, parse_variant_id
 
@@ -61,6 +62,8 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "valid", "test", "test_unseen")
 SEEN_SPLITS = SPLITS[:3]
 METADATA = "metadata.jsonl"
+#: items an engine failed on, one JSON object per line: skipped, and not retried on resume
+FAILED = "failed.jsonl"
 SETTINGS = "corpus.json"
 DEFAULT_UNSEEN = ("flite_rms", "espeak_en-gb-scotland+f3")
 #: the sampling group (an ``engine_weights`` key) of voices whose language is not English,
@@ -309,16 +312,34 @@ def _row(item: Item, speaker: Speaker, rel: Path, phonemes: list[str],
 
 
 def run_task(task: Task, out_dir: str, phoneme_voice: str,
-             post: PostprocessConfig | None = None) -> list[dict]:
+             post: PostprocessConfig | None = None) -> tuple[list[dict], list[dict]]:
     """Synthesize one task (all its sentences in one engine batch), join each item's
-    sentences with its pauses, write its wavs atomically; returns the metadata rows."""
+    sentences with its pauses, write its wavs atomically; returns the metadata rows and the
+    items the engine failed on (``{"id", "speaker", "error"}``).
+
+    When the batch fails, each item is synthesized alone, so one text the engine cannot
+    read (e.g. some questions for festival's Italian voices) costs that item only."""
     post = post or PostprocessConfig()
-    items = task.items
+    items, failed = task.items, []
+
+    def synth(its: list[Item]) -> list[np.ndarray]:
+        return synthesize([norm for it in its for _, norm in it.sentences], task.speaker, post,
+                          paces=[it.pace for it in its for _ in it.sentences],
+                          levels_db=[it.level_db for it in its for _ in it.sentences])
+    try:
+        wavs = synth(items)
+    except SynthError:
+        kept, wavs = [], []
+        for it in items:
+            try:
+                wavs += synth([it])
+                kept.append(it)
+            except SynthError as exc:
+                failed.append({"id": it.id, "speaker": task.speaker.id,
+                               "error": str(exc)[-300:]})
+        items = kept
     texts = [norm for it in items for _, norm in it.sentences]
-    wavs = synthesize(texts, task.speaker, post,
-                      paces=[it.pace for it in items for _ in it.sentences],
-                      levels_db=[it.level_db for it in items for _ in it.sentences])
-    phones = phonemize(texts, voice=phoneme_voice)
+    phones = phonemize(texts, voice=phoneme_voice) if texts else []
     rows, pos = [], 0
     for it in items:
         end = pos + len(it.sentences)
@@ -327,7 +348,21 @@ def run_task(task: Task, out_dir: str, phoneme_voice: str,
         write_audio(Path(out_dir) / rel, wav, post.sample_rate)
         rows.append(_row(it, task.speaker, rel, phones[pos:end], len(wav) / post.sample_rate))
         pos = end
-    return rows
+    return rows, failed
+
+
+def read_failed(out_dir: str | os.PathLike) -> list[dict]:
+    """The items an engine failed on (``DIR/failed.jsonl``; a torn last line is dropped)."""
+    path = Path(out_dir) / FAILED
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
 
 
 def read_metadata(out_dir: str | os.PathLike, repair: bool = False) -> list[dict]:
@@ -394,7 +429,8 @@ def build_corpus(out_dir: str | os.PathLike, cfg: CorpusConfig, workers: int | N
     for tmp in (out / "wavs").glob("*/.*.wav"):  # temp files of an interrupted write_audio
         tmp.unlink(missing_ok=True)
     rows = read_metadata(out, repair=True)
-    done = {r["id"] for r in rows}
+    n_failed = len(read_failed(out))
+    done = {r["id"] for r in rows} | {f["id"] for f in read_failed(out)}
     total = sum(r["duration"] for r in rows)
     target = cfg.hours * 3600.0
     workers = workers or os.cpu_count() or 1
@@ -438,7 +474,18 @@ def build_corpus(out_dir: str | os.PathLike, cfg: CorpusConfig, workers: int | N
                 finished, _ = wait(list(pending), return_when=FIRST_COMPLETED)
                 for fut in finished:
                     pending.pop(fut)
-                    new_rows = fut.result()
+                    new_rows, failed = fut.result()
+                    for f in failed:
+                        log.warning("%s: %s could not synthesize item %s (skipped): %s", out,
+                                    f["speaker"], f["id"], f["error"])
+                        done.add(f["id"])
+                        n_failed += 1
+                    if failed:                  # before their rows: never retried
+                        with open(out / FAILED, "a", encoding="utf-8") as fail_log:
+                            fail_log.write("".join(json.dumps(f, ensure_ascii=False) + "\n"
+                                                   for f in failed))
+                            fail_log.flush()
+                            os.fsync(fail_log.fileno())
                     for r in new_rows:
                         meta.write(json.dumps(r, ensure_ascii=False) + "\n")
                         done.add(r["id"])
@@ -451,8 +498,9 @@ def build_corpus(out_dir: str | os.PathLike, cfg: CorpusConfig, workers: int | N
         meta.close()
         bar.close()
     secs = time.time() - t0
-    summary = {"hours": total / 3600, "utterances": len(done), "new_utterances": new,
-               "seconds": secs, "speakers": len(speakers)}
+    summary = {"hours": total / 3600, "utterances": len(done) - n_failed,
+               "new_utterances": new, "failed_items": n_failed, "seconds": secs,
+               "speakers": len(speakers)}
     log.info("corpus %s: %.3f h, %d utterances (%d new) in %.1f s", out, total / 3600,
              len(done), new, secs)
     return summary
@@ -482,4 +530,4 @@ def summarize(out_dir: str | os.PathLike) -> dict:
 
 __all__ = ["CorpusConfig", "Item", "Task", "build_corpus", "summarize", "read_metadata",
            "sentence_split", "iter_plan", "plan_item", "item_rng", "resolve_speakers",
-           "run_task", "SentenceStream", "SPLITS", "LEGACY"]
+           "run_task", "read_failed", "SentenceStream", "SPLITS", "LEGACY"]

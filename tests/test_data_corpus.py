@@ -180,6 +180,42 @@ def test_plan_single_sentence_items_match_old_order():
                for t in tasks for it in t.items)
 
 
+def test_engine_failure_costs_one_item(tmp_path, monkeypatch):
+    """A text the engine fails on costs its item only: the task's other items are written,
+    the failure is reported; a build skips the items of failed.jsonl on every resume."""
+    from flexicodec.data import corpus as corpus_mod
+    from flexicodec.data.synth import SynthError
+
+    cfg = CorpusConfig(hours=8 / 3600, seed=1, speakers=("flite_slt",), batch_size=3,
+                       unseen_speakers=())
+    _have(cfg)
+    speakers, unseen = resolve_speakers(cfg)
+    task = next(iter_plan(cfg, speakers[:1], unseen, load_sentences()[:500]))
+    bad = task.items[1].sentences[0][1]
+    real = corpus_mod.synthesize
+
+    def flaky(texts, *a, **kw):
+        if bad in texts:
+            raise SynthError(f"cannot read {bad!r}")
+        return real(texts, *a, **kw)
+    monkeypatch.setattr(corpus_mod, "synthesize", flaky)
+    rows, failed = corpus_mod.run_task(task, str(tmp_path / "t"), cfg.phoneme_voice)
+    assert [r["id"] for r in rows] == [task.items[0].id, task.items[2].id]
+    assert [f["id"] for f in failed] == [task.items[1].id] and "cannot read" in failed[0]["error"]
+    assert all((tmp_path / "t" / r["audio"]).is_file() for r in rows)
+    # a recorded failure is not retried: the build leaves that item out
+    monkeypatch.undo()
+    out = tmp_path / "c"
+    out.mkdir()
+    first = next(iter_plan(cfg, speakers, unseen, load_sentences())).items[0].id
+    (out / "failed.jsonl").write_text(json.dumps({"id": first, "speaker": "flite_slt",
+                                                  "error": "x"}) + "\n")
+    summary = build_corpus(out, cfg, workers=1, progress=False, max_tasks=1)
+    ids = [r["id"] for r in read_metadata(out)]
+    assert first not in ids and ids and summary["failed_items"] == 1
+    assert summary["utterances"] == len(ids)
+
+
 def test_resume_after_interruption(tmp_path):
     cfg = CorpusConfig(hours=24 / 3600, seed=1, speakers=FLITE, batch_size=2)
     _have(cfg)
