@@ -130,9 +130,44 @@ def test_evaluate_tiny_codec(tiny_corpus, tmp_path):
     assert data["original_dnsmos"] is None and "dnsmos" not in cmp
     assert all(c["dnsmos_ovrl"] is None for c in data["conditions"])
     assert "| SIM | DNSMOS |" in table and "DNSMOS: not computed (--no-dnsmos)." in table
+    # per voice: every condition, the utterances' means of their voice
+    from flexicodec.codec.eval.per_voice import voice_of
+    for c in data["conditions"]:
+        rows = [r for r in data["per_voice"] if r["condition"] == c["condition"]]
+        assert sum(r["utterances"] for r in rows) == 2
+        for r in rows:
+            mine = [u[c["condition"]]["mel_distance"] for u in pu
+                    if voice_of(u["speaker"]) == r["voice"]]
+            assert r["mel_distance"] == pytest.approx(np.mean(mine))
+    assert "Per voice" in table
     with pytest.raises(ValueError, match="fixed-rate"):
         evaluate_codec(model, str(tiny_corpus), "valid", [12.5], baseline=model, max_utts=1,
                        workers=1, device="cpu", progress=False)
+
+
+def test_per_voice_groups_derived_speakers(tmp_path, capsys):
+    """Derived speakers count as their voice; unscored values stay out of the means; the
+    command prints a report's table and refuses a report without utterances."""
+    from flexicodec.codec.eval.per_voice import main, per_voice
+
+    def utt(spk, mel, pesq):
+        return {"speaker": spk, "c": {"mel_distance": mel, "pesq": pesq, "stoi": 0.8,
+                                      "speaker_similarity": float("nan")}}
+    report = {"split": "test", "conditions": [{"condition": "c"}],
+              "per_utterance": [utt("flite_rms", 0.8, 1.0), utt("flite_rms~v2", 0.6, None),
+                                utt("espeak_en-us+m1", 0.3, 2.0)]}
+    rows = per_voice(report)
+    assert [(r["voice"], r["utterances"]) for r in rows] == [("espeak_en-us+m1", 1),
+                                                             ("flite_rms", 2)]
+    rms = rows[1]
+    assert rms["mel_distance"] == pytest.approx(0.7) and rms["pesq"] == pytest.approx(1.0)
+    assert rms["speaker_similarity"] is None
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(report).replace("NaN", "null"))
+    assert main([str(path)]) == 0
+    assert "| c | flite_rms | 2 | 0.700 | 1.00 | 0.800 | – |" in capsys.readouterr().out
+    path.write_text(json.dumps({"conditions": []}))
+    assert main([str(path)]) == 2
 
 
 def test_paired_bootstrap_on_known_differences():

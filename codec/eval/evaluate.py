@@ -505,6 +505,8 @@ def evaluate_codec(model, data: str, split: str = "test",
     for c in (c for c in full_nq if c.fixed_group is not None):
         for own in at_rate(models["model"].frame_rate_base / c.fixed_group)[:1]:
             result["comparisons"].append(paired_bootstrap(result, own.name, c.name))
+    from flexicodec.codec.eval.per_voice import per_voice
+    result["per_voice"] = per_voice(result)
     return result
 
 
@@ -568,6 +570,10 @@ def markdown_table(result: dict) -> str:
                 lines.append(f"| {name} | {_fmt(m['delta'], pct, 3)}{unit} | "
                              f"[{_fmt(m['ci_low'], pct, 3)}, {_fmt(m['ci_high'], pct, 3)}] | "
                              f"{m['p_a_better']:.2f} |")
+    if result.get("per_voice"):
+        from flexicodec.codec.eval.per_voice import markdown
+        lines += ["", "Per voice (a derived speaker counts as its voice; means over its "
+                  "utterances):", "", markdown(result["per_voice"]).rstrip("\n")]
     return "\n".join(lines) + "\n"
 
 
