@@ -144,7 +144,8 @@ RETIRED_ANYWHERE = ("--output", "--model-dir", "--codec-dir", "--target-rate",
                     "--target-frame-rate", "--merging-threshold", "--frame-rates", "--merge-out",
                     "--static-cache", "--compile")
 #: every command line: (module or script path, its main)
-COMMANDS = ("flexicodec.codec.cli:build_parser", "flexicodec.codec.eval.evaluate:main", "flexicodec.codec.train:build_parser",
+COMMANDS = ("flexicodec.codec.cli:build_parser", "flexicodec.codec.eval.evaluate:main",
+            "flexicodec.codec.eval.per_voice:main", "flexicodec.codec.train:build_parser",
             "flexicodec.codec.asr.train:build_parser", "flexicodec.codec.asr.evaluate:build_parser", "flexicodec.data.cli:main", "flexicodec.lm.cli:generate_main",
             "flexicodec.lm.tokenize:build_parser", "flexicodec.lm.text_tokenizer:main", "flexicodec.lm.train:build_parser",
             "flexicodec.lm.finetune:build_parser", "flexicodec.tts.cli:build_parser", "flexicodec.tts.evaluate:main",
