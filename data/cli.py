@@ -41,7 +41,7 @@ def _pair(s: str, flag: str, cast=float) -> tuple:
 
 
 def _build(args) -> None:
-    from flexicodec.data.corpus import DEFAULT_UNSEEN, CorpusConfig, build_corpus
+    from flexicodec.data.corpus import DEFAULT_UNSEEN, OTHER_LANGUAGES, CorpusConfig, build_corpus
     cfg = CorpusConfig(hours=args.hours, seed=args.seed,
                        engines=_csv(args.engines) or ("flite", "festival", "espeak"),
                        speakers=_csv(args.speakers),
@@ -52,7 +52,9 @@ def _build(args) -> None:
                                                 "--sentences-per-item", int),
                        pause_range=_pair(args.pause, "--pause"),
                        level_db_range=_pair(args.level_db, "--level-db"),
-                       max_silence_s=args.max_silence, voice_variants=args.voice_variants)
+                       max_silence_s=args.max_silence, voice_variants=args.voice_variants,
+                       engine_weights=None if args.other_languages_weight is None else
+                       {OTHER_LANGUAGES: args.other_languages_weight})
     summary = build_corpus(args.out, cfg, workers=args.workers, progress=not args.no_progress)
     print(json.dumps(summary, indent=2))
 
@@ -107,7 +109,7 @@ def _stats(args) -> None:
 def _speakers(args) -> None:
     from flexicodec.data.synth import list_speakers
     for s in list_speakers(_csv(args.engines)):
-        print(s.id)
+        print(s.id if s.language == "en" else f"{s.id}\t({s.language}: train only)")
 
 
 def _normalize(args) -> None:
@@ -149,6 +151,9 @@ def main(argv: list[str] | None = None) -> None:
     b.add_argument("--voice-variants", type=int, default=6,
                    help="derived (pitch- and formant-shifted) speakers per flite/festival "
                         "voice, each a speaker of its own; 0: none")
+    b.add_argument("--other-languages-weight", type=float, default=None,
+                   help="how likely festival's voices of other languages are drawn, where "
+                        "installed, against 1 per engine (default 0.5; 0: none of them)")
     b.add_argument("--no-progress", action="store_true")
     j = sub.add_parser("join", help="join consecutive utterances of each speaker with pauses")
     j.add_argument("src", type=Path, help="a built corpus")

@@ -118,6 +118,10 @@ class CorpusConfig:
             raise ValueError(f"voice_variants must be a whole number in [0, 50], got "
                              f"{self.voice_variants}")
         self.voice_variants = int(self.voice_variants)
+        bad = {k: v for k, v in (self.engine_weights or {}).items()
+               if not (isinstance(v, (int, float)) and 0 <= v < float("inf"))}
+        if bad:
+            raise ValueError(f"engine_weights must be finite numbers >= 0, got {bad}")
         for name in ("speakers", "unseen_speakers"):
             derived = [s for s in getattr(self, name) or () if parse_variant_id(s)]
             if derived:
@@ -171,10 +175,13 @@ class Task:
 
 def resolve_speakers(cfg: CorpusConfig) -> tuple[list[Speaker], set[str]]:
     """Available speakers for ``cfg`` (each voice followed by its ``cfg.voice_variants``
-    derived speakers when it is a recorded one) and the held-out subset: the voices of
+    derived speakers when it is a recorded one; the voices of other languages only unless
+    their group's weight is 0) and the held-out subset: the voices of
     ``unseen_speakers`` that are available and all their derived speakers. Raises
     ValueError if nothing usable is found."""
     speakers = list_speakers(cfg.engines)
+    if (cfg.engine_weights or {}).get(OTHER_LANGUAGES) == 0:     # that group left out
+        speakers = [s for s in speakers if s.language == "en"]
     if cfg.speakers:
         known = {s.id for s in speakers}
         missing = [s for s in cfg.speakers if s not in known]
@@ -264,11 +271,12 @@ def iter_plan(cfg: CorpusConfig, speakers: list[Speaker], unseen: set[str],
     """The deterministic, endless-until-sentences-run-out plan of tasks for ``cfg.seed``.
 
     Groups (:func:`sampling_group`: the engine, or OTHER_LANGUAGES) are drawn by
-    ``engine_weights`` (default: 1 per engine, OTHER_LANGUAGES_WEIGHT), a speaker uniformly within the group; seen speakers read
-    train/valid/test sentences, held-out ones test_unseen sentences, voices of other
-    languages train sentences only (their speech does not match the English text that the
-    held-out splits are scored against); every item lies within one split; every sentence is
-    used once per pass over the list, passes repeat with a new order.
+    ``engine_weights`` (default: 1 per engine, OTHER_LANGUAGES_WEIGHT), a speaker uniformly
+    within the group; seen speakers read train/valid/test sentences, held-out ones
+    test_unseen sentences, voices of other languages train sentences only (their speech does
+    not match the English text that the held-out splits are scored against); every item lies
+    within one split; every sentence is used once per pass over the list, passes repeat with
+    a new order.
     """
     rng = np.random.default_rng(cfg.seed)
     stream = SentenceStream(sentences, cfg)
@@ -278,6 +286,9 @@ def iter_plan(cfg: CorpusConfig, speakers: list[Speaker], unseen: set[str],
     groups = sorted(by_group)
     weights = {OTHER_LANGUAGES: OTHER_LANGUAGES_WEIGHT, **(cfg.engine_weights or {})}
     w = np.array([weights.get(g, 1.0) for g in groups], dtype=float)
+    if not w.sum() > 0:
+        raise ValueError(f"engine_weights {cfg.engine_weights} leave none of the groups "
+                         f"{groups} to draw from")
     w = w / w.sum()
     n_tasks = 0
     while True:

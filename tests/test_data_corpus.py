@@ -148,6 +148,22 @@ def test_plan_voices_of_other_languages_train_only():
     tasks8 = [next(p) for p in [iter_plan(heavy, english + other, unseen, sents)]
               for _ in range(300)]
     assert sum(t.speaker.language != "en" for t in tasks8) / len(tasks8) > 0.7
+    # weight 0 leaves them out of the speakers (and so of corpus.json), all-zero is refused
+    from flexicodec.data import corpus as corpus_mod
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr(corpus_mod, "list_speakers", lambda engines=None: english + other[:2])
+    try:
+        spk, _ = resolve_speakers(CorpusConfig(hours=1.0, voice_variants=0, unseen_speakers=(),
+                                               engine_weights={"other_languages": 0}))
+        assert [s.id for s in spk] == [s.id for s in english]
+        spk, _ = resolve_speakers(CorpusConfig(hours=1.0, voice_variants=0, unseen_speakers=()))
+        assert len(spk) == len(english) + 2
+    finally:
+        monkey.undo()
+    with pytest.raises(ValueError, match="leave none"):
+        next(iter_plan(CorpusConfig(hours=1.0, engine_weights={"flite": 0, "espeak": 0,
+                                                               "other_languages": 0}),
+                       english + other, unseen, sents))
     # absent voices of other languages leave the English plan as it was
     a = [next(p) for p in [iter_plan(cfg, english, unseen, sents)] for _ in range(50)]
     b = [next(p) for p in [iter_plan(CorpusConfig(hours=1.0, seed=3, batch_size=2), english,
@@ -330,7 +346,8 @@ def test_cli_build_flags(tmp_path, capsys):
                        (["--pace", "0.1,1"], "pace_range must be"),
                        (["--pause=-1,1"], "pause_range must be"),
                        (["--voice-variants", "-1"], "voice_variants must be"),
-                       (["--unseen", "flite_rms~v1"], "not derived speakers")):
+                       (["--unseen", "flite_rms~v1"], "not derived speakers"),
+                       (["--other-languages-weight=-1"], "engine_weights must be")):
         with pytest.raises(SystemExit):
             data_main(["build-corpus", "--hours", "0.001", "--out", out, *flags])
         assert msg in capsys.readouterr().err
