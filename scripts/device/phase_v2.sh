@@ -29,7 +29,7 @@
 #   the codec, train split only; .debs_other from scripts/fetch_synth_debs.sh DIR other,
 #   ~36 MiB, carried in a later call than .debs when the upload is size-limited): the corpus
 #   is built only once they have arrived; until then a call builds nothing and trains not.
-#   With a 64 MiB upload: state_parts.sh split checkpoints/codec_v2 13 10, then call 1
+#   With a 64 MiB upload: state_parts.sh split checkpoints/codec_v2 12 11, then call 1
 #   carries .whl .debs .carry/a, call 2 .debs_other .carry/b (builds the corpus), call 3
 #   .carry/c (trains), each with OTHER_VOICES=1.
 # BUDGET (s) is the call's wall-clock budget, RESERVE (s) what is kept for packing.
