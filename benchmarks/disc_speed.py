@@ -97,7 +97,7 @@ def run(config: str, device, batches: list[int | None], window_s: float | None, 
         fake = (real + 0.03 * torch.randn(B, T, generator=g).to(device))
         torch._dynamo.reset()                       # every variant compiles from scratch
         fused = {"fused": True} if device.type == "cuda" else {}
-        fns, keep = {}, []
+        fns = {}                                    # the closures hold modules, optimizers
         # the whole discriminators as the trainer runs them (one graph, one optimizer), and
         # a second copy's MPD and MRD halves, each its own graph and optimizer
         whole, halves = _build(variant, dcfg, device), _build(variant, dcfg, device)
@@ -107,7 +107,6 @@ def run(config: str, device, batches: list[int | None], window_s: float | None, 
             if compile_:
                 module.compile(dynamic=False)
             opt = torch.optim.AdamW(module.parameters(), lr=1e-4, betas=(0.8, 0.99), **fused)
-            keep.append((module, opt))
             fns[(part, "d")], fns[(part, "g")] = _steps(module, opt, real, fake, tc.gan_kind,
                                                         autocast)
         for bench in ((False, True) if device.type == "cuda" else (False,)):
@@ -123,7 +122,7 @@ def run(config: str, device, batches: list[int | None], window_s: float | None, 
             for part in PARTS:
                 row[f"{part}_ms"] = ms.get((part, "d"), 0.0) + ms.get((part, "g"), 0.0)
             rows.append(row)
-        del whole, halves, keep, fns
+        del whole, halves, fns
         if device.type == "cuda":
             torch.cuda.empty_cache()
     base = rows[0]["disc_audio_s_per_s"]

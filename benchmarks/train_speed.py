@@ -17,8 +17,9 @@ Each recipe builds its model, discriminators, losses and optimizers exactly as
   (``train.disc_segment_seconds``);
 - ``fast_small_windows``: ``fast_small`` with v2's discriminator windows (1 s of each 2-s
   crop): the same generator and discriminators, trained with the v2 GAN recipe;
-- ``v2_no_cudnn_benchmark`` (only when named in ``--recipes``): v2 without ``train.cudnn_benchmark`` (cuDNN's default
-  convolution algorithms instead of the fastest measured per shape);
+- ``v2_no_cudnn_benchmark`` (only when named in ``--recipes``): v2 without
+  ``train.cudnn_benchmark`` (cuDNN's default convolution algorithms instead of the fastest
+  measured per shape);
 - ``v2_mpd_1d`` (only when named in ``--recipes``): v2 with the period discriminators as 1-d
   convolutions (``train.discriminator.mpd_layout: 1d``);
 - ``v2_whole_crop_d`` (only when named in ``--recipes``): v2 with the discriminators on the

@@ -1,7 +1,8 @@
 """Atomic file and directory writes: a temporary beside the target, renamed into place, so an
 interrupted write never leaves a half-written file; the report format of the evaluation
-and diagnostic tools (``OUT.json`` + ``OUT.md``). Imports nothing heavy (no torch): the
-corpus builder's workers use it too."""
+and diagnostic tools (``OUT.json`` + ``OUT.md``); reading the append-only JSON-lines logs
+the trainers and the corpus builder keep. Imports nothing heavy (no torch): the corpus
+builder's workers use it too."""
 from __future__ import annotations
 
 import contextlib
@@ -51,3 +52,19 @@ def write_report_files(out_prefix: str | os.PathLike, result: dict, markdown: st
     atomic_write_text(jpath, json.dumps(result, indent=1, ensure_ascii=False))
     atomic_write_text(mpath, markdown)
     return jpath, mpath
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """Read an append-only JSON-lines log (a trainer's :class:`JsonlLogger` metrics, the
+    corpus builder's failed items); a line a kill tore is skipped."""
+    out = []
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return out

@@ -149,21 +149,6 @@ class JsonlLogger:
             f.flush()
 
 
-def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """Read a JSON-lines file written by :class:`JsonlLogger` (skips a torn last line)."""
-    out = []
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return out
-
-
 def load_yaml(path: str | Path) -> dict:
     """Read a YAML config file into a dict (clear error for a missing/bad file)."""
     path = Path(path)

@@ -50,7 +50,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 
-from flexicodec.common.atomic import atomic_write_text
+from flexicodec.common.atomic import atomic_write_text, read_jsonl
 from flexicodec.common.constants import SAMPLE_RATE
 from flexicodec.data.audio import concat_with_pauses, write_audio
 from flexicodec.data.synth import (PACE_LIMITS, RECORDED_ENGINES, PostprocessConfig, Speaker,
@@ -365,15 +365,7 @@ def run_task(task: Task, out_dir: str, phoneme_voice: str,
 def read_failed(out_dir: str | os.PathLike) -> list[dict]:
     """The items an engine failed on (``DIR/failed.jsonl``; a torn last line is dropped)."""
     path = Path(out_dir) / FAILED
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out
+    return read_jsonl(path) if path.is_file() else []
 
 
 def read_metadata(out_dir: str | os.PathLike, repair: bool = False) -> list[dict]:
@@ -440,8 +432,9 @@ def build_corpus(out_dir: str | os.PathLike, cfg: CorpusConfig, workers: int | N
     for tmp in (out / "wavs").glob("*/.*.wav"):  # temp files of an interrupted write_audio
         tmp.unlink(missing_ok=True)
     rows = read_metadata(out, repair=True)
-    n_failed = len(read_failed(out))
-    done = {r["id"] for r in rows} | {f["id"] for f in read_failed(out)}
+    failed_before = read_failed(out)
+    n_failed = len(failed_before)
+    done = {r["id"] for r in rows} | {f["id"] for f in failed_before}
     total = sum(r["duration"] for r in rows)
     target = cfg.hours * 3600.0
     workers = workers or os.cpu_count() or 1

@@ -212,9 +212,9 @@ def load_corpus(path: str | os.PathLike, split: str | None = None,
     raises). ``english_speech_only`` drops our corpus' rows spoken by a voice of another
     language (``voice_language``: their speech does not match the English text; the ASR
     and the LM, which learn from the text, pass it); the rows of other layouts are taken
-    as spoken in their text's language and kept. ``check="full"`` reads every file once (catches NaN audio), ``"header"`` only
-    its header. Files that fail are skipped with one counted warning; if none survive,
-    raises ValueError.
+    as spoken in their text's language and kept. ``check="full"`` reads every file once
+    (catches NaN audio), ``"header"`` only its header. Files that fail are skipped with one
+    counted warning; if none survive, raises ValueError.
     """
     import datasets
     from tqdm.auto import tqdm

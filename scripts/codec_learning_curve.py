@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from flexicodec.common.atomic import atomic_write_text  # noqa: E402
-from flexicodec.common.training import read_jsonl  # noqa: E402
+from flexicodec.common.atomic import read_jsonl  # noqa: E402
 
 
 def curve_rows(log: list[dict]) -> list[dict]:

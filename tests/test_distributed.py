@@ -22,7 +22,7 @@ import yaml
 from flexicodec.common.distributed import (ReplicaMismatchError, compare_replica_digests,
                                            read_replica_digests, rescale_position, shard_batches,
                                            shard_dataset)
-from flexicodec.common.training import read_jsonl
+from flexicodec.common.atomic import read_jsonl
 
 torch.set_num_threads(1)
 

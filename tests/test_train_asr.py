@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 
 from flexicodec.codec.asr.model import PhonemeASR
 from flexicodec.codec.asr.train import load_asr_yaml, main, train_asr
-from flexicodec.common.training import TimeBudget, epoch_batches, read_jsonl
+from flexicodec.common.atomic import read_jsonl
+from flexicodec.common.training import TimeBudget, epoch_batches
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,7 +15,8 @@ from flexicodec.codec.asr.model import PhonemeASR, PhonemeASRConfig
 from flexicodec.codec.config import PRESETS
 from flexicodec.codec.losses import MultiResolutionMelLoss
 from flexicodec.codec.train import build_codec_config, load_train_section, train_codec
-from flexicodec.common.training import read_jsonl, seed_everything
+from flexicodec.common.atomic import read_jsonl
+from flexicodec.common.training import seed_everything
 
 torch.set_num_threads(1)
 

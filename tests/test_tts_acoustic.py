@@ -8,7 +8,7 @@ import torch
 from conftest import synth_code_rows
 
 from flexicodec.common.pretrained import CheckpointError
-from flexicodec.common.training import read_jsonl
+from flexicodec.common.atomic import read_jsonl
 from flexicodec.tts.acoustic import AcousticConfig, AcousticModel, build_batch, predict_acoustic
 from flexicodec.tts.codes_data import CodesDataError, load_codes_dataset
 from flexicodec.tts.speakers import load_speakers, pick_prompt

@@ -10,7 +10,7 @@ from conftest import synth_code_rows
 
 from flexicodec.codec.config import FlexiCodecConfig
 from flexicodec.codec.model import FlexiCodec
-from flexicodec.common.training import read_jsonl
+from flexicodec.common.atomic import read_jsonl
 from flexicodec.tts.acoustic_flow import FlowAcousticModel, FlowConfig, latent_stats, predict_latent
 from flexicodec.tts.codes_data import (AcousticCodesDataset, CodesDataError, CropConfig, collate_codes,
                                        crop_window, load_codes_dataset)

@@ -285,7 +285,7 @@ def test_cli_argument_errors(capsys):
 def test_acoustic_trainer_on_tokenized_real_codec(tiny_corpus, codec, tmp_path):
     """encode-corpus (= lm tokenize) with the real codec at two rates → train-acoustic reads
     TOK/rate_*/<split>/shard_N directly → model + speaker prompts → the TTS speaks with them."""
-    from flexicodec.common.training import read_jsonl
+    from flexicodec.common.atomic import read_jsonl
     from flexicodec.tts.cli import main as tts_main
     from flexicodec.tts.codes_data import CodesDataError, load_codes_dataset
     from flexicodec.tts.train_acoustic import TrainConfig, train

@@ -54,9 +54,11 @@ gpu_info() { command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu="$1" --f
 # (DIR.done marks it complete; the builder itself resumes an interrupted build). With
 # OTHER_VOICES=1 the build waits (returns 3) until festival's voices of other languages
 # (.debs_other) have arrived, so that the corpus has them; arrived but not usable is an error.
-other_voices_here() {
-  python3 -c "from flexicodec.data.synth import FESTIVAL_OTHER_VOICES as V, list_speakers as L
-raise SystemExit(len({s.voice for s in L(['festival'])} & set(V)) != len(V))"
+other_voices_here() {       # other_voices_here [CORPUS]: installed here, or in CORPUS's plan
+  python3 -c "import json, sys; from flexicodec.data.synth import FESTIVAL_OTHER_VOICES as V, list_speakers as L
+have = ({s.rsplit('festival_', 1)[-1] for s in json.load(open(sys.argv[1] + '/corpus.json'))['speakers']}
+        if len(sys.argv) > 1 else {s.voice for s in L(['festival'])})
+raise SystemExit(len(have & set(V)) != len(V))" "$@"
 }
 ensure_corpus() {
   if [ "${OTHER_VOICES:-0}" = 1 ] && [ ! -f "$1.done" ] && ! other_voices_here; then
@@ -70,8 +72,7 @@ ensure_corpus() {
     return 1
   fi
   [ -d .debs_other ] && touch "$W/.debs_other_seen"
-  if [ "${OTHER_VOICES:-0}" = 1 ] && [ -f "$1.done" ] && ! grep -q '"festival_hy_fi_mv_diphone"' \
-      "$1/corpus.json" 2>/dev/null; then
+  if [ "${OTHER_VOICES:-0}" = 1 ] && [ -f "$1.done" ] && ! other_voices_here "$1"; then
     log "OTHER_VOICES=1, but the corpus $1 here was built without the voices of other" \
       "languages: training on it as it is (remove $1 and $1.done to rebuild)"
   fi
