@@ -3,7 +3,8 @@
     python -m flexicodec.benchmarks.corpus_build [--minutes-audio 3] [--workers N] [--out results.json]
                                       [--voice-variants N]
 
-For each engine (and the default mix of all engines) builds ``--minutes-audio`` minutes of
+For each engine's English voices, festival's voices of other languages and the default mix
+of everything installed (``--engines``) builds ``--minutes-audio`` minutes of
 audio into a temp dir with ``--workers`` processes, and reports wall time, hours per wall
 minute, hours per CPU-minute (wall x workers) and the extrapolated wall time of 1 hour of
 audio. Then it runs the same plan's first tasks in this process (``flexicodec.data.corpus.run_task``,
@@ -54,11 +55,25 @@ def worker_cpu(cfg, minutes: float) -> dict:
     return {"worker_audio_s": audio, "worker_cpu_s": cpu, "audio_s_per_cpu_s": audio / cpu}
 
 
-def run(engines: tuple[str, ...], minutes: float, workers: int,
-        voice_variants: int | None = None) -> dict:
-    from flexicodec.data.corpus import CorpusConfig, build_corpus
+def config_for(name: str, minutes: float, voice_variants: int | None = None):
+    """The corpus config a row ``name`` measures: one engine's English voices (``flite``,
+    ``festival``, ``espeak``), festival's voices of other languages alone
+    (``other_languages``), or the default mix of everything installed (``all``)."""
+    from flexicodec.data.corpus import OTHER_LANGUAGES, CorpusConfig
+    from flexicodec.data.synth import list_speakers
     kw = {} if voice_variants is None else {"voice_variants": voice_variants}
-    cfg = CorpusConfig(hours=minutes / 60, engines=engines, **kw)
+    if name == "all":
+        return CorpusConfig(hours=minutes / 60, **kw)
+    if name == OTHER_LANGUAGES:
+        other = tuple(s.id for s in list_speakers(["festival"]) if s.language != "en")
+        return CorpusConfig(hours=minutes / 60, engines=("festival",), speakers=other or None,
+                            unseen_speakers=(), **kw) if other else None
+    return CorpusConfig(hours=minutes / 60, engines=(name,),
+                        engine_weights={OTHER_LANGUAGES: 0}, **kw)
+
+
+def run(name: str, cfg, minutes: float, workers: int) -> dict:
+    from flexicodec.data.corpus import build_corpus
     d = Path(tempfile.mkdtemp(prefix="flexicodec-bench-"))
     try:
         t0 = time.perf_counter()
@@ -67,7 +82,7 @@ def run(engines: tuple[str, ...], minutes: float, workers: int,
     finally:
         shutil.rmtree(d, ignore_errors=True)
     hours = s["hours"]
-    return {"engines": ",".join(engines), "workers": workers, "audio_hours": hours,
+    return {"engines": name, "workers": workers, "audio_hours": hours,
             "voice_variants": getattr(cfg, "voice_variants", 0),
             "utterances": s["utterances"], "wall_s": wall,
             "hours_per_wall_min": hours / (wall / 60),
@@ -80,19 +95,25 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--minutes-audio", type=float, default=3.0)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("-o", "--out", type=Path, default=Path("benchmarks/results/corpus_build.json"))
-    ap.add_argument("--engines", default="flite,festival,espeak,all")
+    ap.add_argument("--engines", default="flite,festival,espeak,other_languages,all",
+                    help="rows: an engine's English voices, other_languages (festival's "
+                         "voices of other languages), all (the default mix)")
     ap.add_argument("--voice-variants", type=int, default=None,
                     help="derived speakers per flite/festival voice (default: the builder's)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    from flexicodec.data.synth import list_speakers
+    from flexicodec.data.corpus import resolve_speakers
     rows = []
     for e in args.engines.split(","):
-        engines = ("flite", "festival", "espeak") if e == "all" else (e,)
-        if not list_speakers(engines):
-            print(f"skip {e}: not installed")
+        cfg = config_for(e, args.minutes_audio, args.voice_variants)
+        try:
+            if cfg is None:
+                raise ValueError("none installed")
+            resolve_speakers(cfg)
+        except ValueError as exc:
+            print(f"skip {e}: {exc}")
             continue
-        rows.append(run(engines, args.minutes_audio, args.workers, args.voice_variants))
+        rows.append(run(e, cfg, args.minutes_audio, args.workers))
     print(f"{'engines':<22}{'variants':>9}{'workers':>8}{'audio h':>9}{'wall s':>8}"
           f"{'h/wall-min':>12}{'h/CPU-min':>11}{'min for 1 h':>13}{'audio-s/CPU-s':>15}")
     for r in rows:

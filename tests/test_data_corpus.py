@@ -373,9 +373,14 @@ def test_cli_show_and_stats(tiny_corpus):
 
 def test_corpus_benchmark_reports_worker_cpu():
     """benchmarks.corpus_build: a pool build and the in-process worker CPU figure."""
-    from flexicodec.benchmarks.corpus_build import run
+    from flexicodec.benchmarks.corpus_build import config_for, run
+    from flexicodec.data.synth import list_speakers
     _have(CorpusConfig(hours=1.0, speakers=("flite_slt",)))
-    r = run(("flite",), 0.1, 1, voice_variants=1)
+    cfg = config_for("flite", 0.1, voice_variants=1)
+    assert cfg.engines == ("flite",) and cfg.engine_weights == {"other_languages": 0}
+    other = [s for s in list_speakers(["festival"]) if s.language != "en"]
+    assert (config_for("other_languages", 0.1) is None) == (not other)
+    r = run("flite", cfg, 0.1, 1)
     assert r["voice_variants"] == 1 and r["audio_hours"] * 60 >= 0.1
     assert r["worker_audio_s"] >= 6 and r["worker_cpu_s"] > 0
     assert 1 < r["audio_s_per_cpu_s"] < 10000 and r["hours_per_cpu_min"] > 0
