@@ -42,7 +42,8 @@ FESTIVAL_VOICES = ("kal_diphone", "ked_diphone", "cmu_us_slt_arctic_hts")
 #: English transcript (the corpus keeps them in train and marks their rows' voice_language)
 FESTIVAL_OTHER_VOICES = {"hy_fi_mv_diphone": "fi", "suo_fi_lj_diphone": "fi",
                          "pc_diphone": "it", "lp_diphone": "it", "czech_machac": "cs",
-                         "czech_dita": "cs", "upc_ca_ona_hts": "ca"}
+                         "czech_dita": "cs", "czech_krb": "cs", "czech_ph": "cs",
+                         "upc_ca_ona_hts": "ca"}
 ESPEAK_ACCENTS = ("en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-029",
                   "en-gb-x-gbcwmd", "en-us-nyc")
 ESPEAK_VARIANTS = tuple(f"m{i}" for i in range(1, 8)) + tuple(f"f{i}" for i in range(1, 6))

@@ -7,25 +7,43 @@
 # `ldd` is run on the binaries and their libraries; every library that resolves outside the
 # prefix (except the C/C++ runtime every CUDA image has) is mapped to its package with
 # `dpkg -S`, downloaded and unpacked too, until nothing outside the prefix is needed.
-#   scripts/fetch_synth_debs.sh DIR other: instead, festival's voices of other languages
-#   (data.synth.FESTIVAL_OTHER_VOICES: Finnish, Italian, Czech, Catalan) and their language
-#   files, ~36 MiB of data only (no libraries), to unpack into the same prefix as DIR's
+#   scripts/fetch_synth_debs.sh DIR other [LANG,...]: instead, festival's voices of other
+#   languages (data.synth.FESTIVAL_OTHER_VOICES) and their language files, data only (no
+#   libraries), to unpack into the same prefix as DIR's; LANG picks languages (fi, it, ca,
+#   cs; default all: ~53 MiB; fi,it,ca ~23 MiB, cs ~31 MiB, so that each fits an upload
+#   beside the code). DIR/voices.txt names the voices DIR brings.
 set -euo pipefail
-DIR=${1:?usage: $0 DIR [other]}
+DIR=${1:?usage: $0 DIR [other [LANG,...]]}
 mkdir -p "$DIR"; DIR=$(cd "$DIR" && pwd)
 if [ "${2:-}" = other ]; then
-  OTHER_PKGS="festvox-suopuhe-common festvox-suopuhe-mv festvox-suopuhe-lj festlex-ifd
-festvox-itapc16k festvox-italp16k festival-czech festvox-czech-machac festvox-czech-dita
-festival-ca festvox-ca-ona-hts"
+  declare -A LANG_PKGS=(
+    [fi]="festvox-suopuhe-common festvox-suopuhe-mv festvox-suopuhe-lj"
+    [it]="festlex-ifd festvox-itapc16k festvox-italp16k"
+    [ca]="festival-ca festvox-ca-ona-hts"
+    [cs]="festival-czech festvox-czech-machac festvox-czech-dita festvox-czech-krb festvox-czech-ph")
+  LANGS=${3:-fi,it,ca,cs}
+  OTHER_PKGS=""
+  for lang in ${LANGS//,/ }; do
+    [ -n "${LANG_PKGS[$lang]:-}" ] || { echo "unknown language $lang (fi, it, ca, cs)" >&2; exit 2; }
+    OTHER_PKGS="$OTHER_PKGS ${LANG_PKGS[$lang]}"
+  done
+  # the voices these packages bring, from the corpus builder's own table
+  python3 -c "import sys; from flexicodec.data.synth import FESTIVAL_OTHER_VOICES as V
+langs = sys.argv[1].split(',')
+missing = sorted(set(V.values()) - {'fi', 'it', 'ca', 'cs'})
+if missing: raise SystemExit(f'no packages known for the languages {missing}')
+print('\n'.join(v for v, l in V.items() if l in langs))" "$LANGS" > "$DIR/voices.txt.tmp"
   cd "$DIR"
+  rm -f "$DIR"/*.deb                   # DIR holds exactly the voices voices.txt names
   apt-get download $OTHER_PKGS 2>&1 | grep -v "^W: Download is performed unsandboxed" || true
   for p in $OTHER_PKGS; do
     ls "$DIR/${p}"_*.deb >/dev/null 2>&1 || { echo "apt-get download $p failed" >&2; exit 1; }
   done
-  echo "[fetch_synth_debs] $(ls "$DIR"/*.deb | wc -l) .deb files, $(du -ch "$DIR"/*.deb | tail -1 | cut -f1) in $DIR"
+  mv "$DIR/voices.txt.tmp" "$DIR/voices.txt"
+  echo "[fetch_synth_debs] $(ls "$DIR"/*.deb | wc -l) .deb files, $(du -ch "$DIR"/*.deb | tail -1 | cut -f1) in $DIR: voices $(tr '\n' ' ' < "$DIR/voices.txt")"
   exit 0
 elif [ -n "${2:-}" ]; then
-  echo "usage: $0 DIR [other]" >&2; exit 2
+  echo "usage: $0 DIR [other [LANG,...]]" >&2; exit 2
 fi
 ENGINE_PKGS="espeak-ng libespeak-ng1 espeak-ng-data libpcaudio0 libsonic0 flite libflite1
 festival libestools2.5 festlex-cmu festlex-poslex festvox-kallpc16k festvox-kdlpc16k

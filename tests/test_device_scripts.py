@@ -158,26 +158,40 @@ def test_final_call_packs_the_state_with_a_relative_work_folder(tmp_path):
 
 
 def test_corpus_waits_for_the_voices_of_other_languages(tmp_path):
-    """OTHER_VOICES=1: while festival's voices of other languages have not arrived (here a
-    synthesizer prefix without engines), the call builds no corpus and does not train; once
-    .debs_other is there, voices that still cannot be used are an error."""
+    """OTHER_VOICES=1: while festival's voices of other languages have not all arrived (here a
+    synthesizer prefix without engines), the call builds no corpus and does not train; a
+    .debs_other* folder brings the voices its voices.txt names (over several calls); a voice
+    that has arrived and still cannot be used is an error, and so is a folder without
+    voices.txt."""
     tree = _tree(tmp_path)
     prefix = tmp_path / "prefix"
     (prefix / "usr").mkdir(parents=True)
-    r = _phase_v2(tree, _env(tmp_path, OTHER_VOICES="1", BUDGET="60",
-                             FLEXICODEC_SYNTH_PREFIX=str(prefix), OUT=str(tmp_path / "out")),
-                  timeout=120)
+    env = _env(tmp_path, OTHER_VOICES="1", BUDGET="60", FLEXICODEC_SYNTH_PREFIX=str(prefix),
+               OUT=str(tmp_path / "out"))
+    r = _phase_v2(tree, env, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "voices of other languages have not arrived" in r.stdout
+    assert "have not all arrived" in r.stdout and "czech_krb" in r.stdout
     assert not (tree / "work" / "corpus_v2").exists()
     assert "continuing" not in r.stdout and "train" not in r.stdout.split("arrived")[-1]
-    # arrived (.debs_other here) but still not usable: an error, not a wait
+    # a folder that names no voice: still waiting
     (tree / ".debs_other").mkdir()
-    r = _phase_v2(tree, _env(tmp_path, OTHER_VOICES="1", BUDGET="60",
-                             FLEXICODEC_SYNTH_PREFIX=str(prefix), OUT=str(tmp_path / "out")),
-                  timeout=120)
-    assert r.returncode == 2 and "not usable here" in r.stdout, r.stdout + r.stderr
+    (tree / ".debs_other" / "voices.txt").write_text("")
+    r = _phase_v2(tree, env, timeout=120)
+    assert r.returncode == 0 and "have not all arrived" in r.stdout, r.stdout + r.stderr
+    # a folder without voices.txt: an error
+    (tree / ".debs_other2").mkdir()
+    r = _phase_v2(tree, env, timeout=120)
+    assert r.returncode == 1 and "has no voices.txt" in r.stdout, r.stdout + r.stderr
+    # arrived (named by a later folder's voices.txt) but still not usable: an error, not a wait
+    (tree / ".debs_other2" / "voices.txt").write_text("czech_krb\nczech_ph\n")
+    r = _phase_v2(tree, env, timeout=120)
+    assert r.returncode == 2 and "czech_krb czech_ph arrived" in r.stdout, r.stdout + r.stderr
+    assert "not usable here" in r.stdout
     assert not (tree / "work" / "corpus_v2").exists()
+    # the arrivals are remembered by the machine: without the folder, still an error
+    shutil.rmtree(tree / ".debs_other2")
+    r = _phase_v2(tree, env, timeout=120)
+    assert r.returncode == 2 and "czech_krb czech_ph arrived" in r.stdout, r.stdout + r.stderr
 
 
 def test_kept_trainer_outlives_its_call_and_final_stops_it(tiny_corpus, tmp_path):

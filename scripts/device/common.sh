@@ -32,16 +32,24 @@ fi
 # the flexicodec package from this checkout, without installing it
 python3 scripts/package_links.py /tmp/flexicodec_path >/dev/null || { echo "package links failed"; exit 1; }
 export PYTHONPATH=/tmp/flexicodec_path$SITE
-# .debs_other/ (scripts/fetch_synth_debs.sh DIR other: festival's voices of other languages),
-# in a later call than .debs/ when the upload is size-limited, joins the same prefix
-if [ -d .debs_other ] && [ -d .debs ]; then cp -n .debs_other/*.deb .debs/ 2>/dev/null; fi
+# the machine's work folder, absolute: scripts cd into it and still name paths under it
+W=${W:-runs/device}
+mkdir -p "$W" && W=$(cd "$W" && pwd)
+# .debs_other*/ (scripts/fetch_synth_debs.sh DIR other [LANG,...]: festival's voices of other
+# languages), in later calls than .debs/ when the upload is size-limited, join the same
+# prefix; the voices each brings (its voices.txt) are remembered in $W/other_voices_arrived
+for d in .debs_other*/; do
+  [ -d "$d" ] || continue
+  [ -f "$d/voices.txt" ] || { echo "$d has no voices.txt: fetch it again with" \
+    "scripts/fetch_synth_debs.sh ${d%/} other"; exit 1; }
+  [ -d .debs ] && cp -n "$d"*.deb .debs/ 2>/dev/null
+  sort -u "$d/voices.txt" "$W/other_voices_arrived" -o "$W/other_voices_arrived" 2>/dev/null \
+    || sort -u "$d/voices.txt" -o "$W/other_voices_arrived"
+done
 if [ -d .debs ] && [ -f scripts/device_synth_env.sh ]; then
   # shellcheck disable=SC1091
   source scripts/device_synth_env.sh .debs
 fi
-# the machine's work folder, absolute: scripts cd into it and still name paths under it
-W=${W:-runs/device}
-mkdir -p "$W" && W=$(cd "$W" && pwd)
 # parts of a portable state carried in .carry/*/ are kept on the machine by every call
 # (scripts/device/state_parts.sh), whichever script the call runs
 source scripts/device/state_parts.sh
@@ -52,27 +60,33 @@ log() { echo "[$(date +%H:%M:%S) +$(( $(date +%s) - T0 ))s] $*"; }
 gpu_info() { command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu="$1" --format=csv,noheader; }
 # ensure_corpus DIR: build the default corpus of HOURS (default 24) h into DIR once per machine
 # (DIR.done marks it complete; the builder itself resumes an interrupted build). With
-# OTHER_VOICES=1 the build waits (returns 3) until festival's voices of other languages
-# (.debs_other) have arrived, so that the corpus has them; arrived but not usable is an error.
-other_voices_here() {       # other_voices_here [CORPUS]: installed here, or in CORPUS's plan
+# OTHER_VOICES=1 the build waits (returns 3) until every one of festival's voices of other
+# languages (data.synth.FESTIVAL_OTHER_VOICES) has arrived (.debs_other*/, over one or more
+# calls), so that the corpus has them all; a voice that arrived but is not usable is an error.
+other_voices_missing() {    # other_voices_missing [CORPUS]: not installed here (not in CORPUS)
   python3 -c "import json, sys; from flexicodec.data.synth import FESTIVAL_OTHER_VOICES as V, list_speakers as L
 have = ({s.rsplit('festival_', 1)[-1] for s in json.load(open(sys.argv[1] + '/corpus.json'))['speakers']}
         if len(sys.argv) > 1 else {s.voice for s in L(['festival'])})
-raise SystemExit(len(have & set(V)) != len(V))" "$@"
+print(' '.join(v for v in V if v not in have))" "$@"
 }
 ensure_corpus() {
-  if [ "${OTHER_VOICES:-0}" = 1 ] && [ ! -f "$1.done" ] && ! other_voices_here; then
-    if [ ! -d .debs_other ] && [ ! -f "$W/.debs_other_seen" ]; then
-      log "OTHER_VOICES=1: the voices of other languages have not arrived (carry" \
-        ".debs_other); no corpus yet"
+  if [ "${OTHER_VOICES:-0}" = 1 ] && [ ! -f "$1.done" ]; then
+    local missing arrived
+    missing=$(other_voices_missing) || { log "cannot list the voices here"; return 1; }
+    if [ -n "$missing" ]; then
+      arrived=$(tr ' ' '\n' <<< "$missing" | grep -x -F -f "$W/other_voices_arrived" 2>/dev/null \
+                | tr '\n' ' ')
+      if [ -n "$arrived" ]; then
+        log "OTHER_VOICES=1: ${arrived}arrived (.debs_other*) but are not usable here (are" \
+          ".debs and the synthesizer prefix here? data.synth's warning above says more)"
+        return 1
+      fi
+      log "OTHER_VOICES=1: the voices of other languages have not all arrived (missing:" \
+        "$missing; carry the .debs_other* that brings them); no corpus yet"
       return 3
     fi
-    log "OTHER_VOICES=1: .debs_other arrived but its voices are not usable here (are .debs" \
-      "and the synthesizer prefix here? data.synth's warning above says more)"
-    return 1
   fi
-  [ -d .debs_other ] && touch "$W/.debs_other_seen"
-  if [ "${OTHER_VOICES:-0}" = 1 ] && [ -f "$1.done" ] && ! other_voices_here "$1"; then
+  if [ "${OTHER_VOICES:-0}" = 1 ] && [ -f "$1.done" ] && [ -n "$(other_voices_missing "$1")" ]; then
     log "OTHER_VOICES=1, but the corpus $1 here was built without the voices of other" \
       "languages: training on it as it is (remove $1 and $1.done to rebuild)"
   fi

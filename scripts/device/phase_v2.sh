@@ -26,12 +26,13 @@
 #     $OUT/NAME.tar.part-* (15 MiB parts; here: cat parts | tar x -C checkpoints); FINAL=1
 #     stops a kept trainer first and always returns the state.
 # OTHER_VOICES=1: the corpus also has festival's voices of other languages (new voices for
-#   the codec, train split only; .debs_other from scripts/fetch_synth_debs.sh DIR other,
-#   ~36 MiB, carried in a later call than .debs when the upload is size-limited): the corpus
-#   is built only once they have arrived; until then a call builds nothing and trains not.
-#   With a 64 MiB upload: state_parts.sh split checkpoints/codec_v2 12 11, then call 1
-#   carries .whl .debs .carry/a, call 2 .debs_other .carry/b (builds the corpus), call 3
-#   .carry/c (trains), each with OTHER_VOICES=1.
+#   the codec, train split only), carried in .debs_other*/ folders in later calls than .debs
+#   (scripts/fetch_synth_debs.sh DIR other LANGS; each folder's voices.txt names its voices):
+#   the corpus is built only once all of them have arrived; until then a call builds nothing
+#   and trains not. With a 64 MiB upload: fetch_synth_debs.sh .debs_other other fi,it,ca and
+#   .debs_other2 other cs, state_parts.sh split checkpoints/codec_v2 12 22 14, then call 1
+#   carries .whl .debs .carry/a, call 2 .debs_other .carry/b, call 3 .debs_other2 .carry/c
+#   (builds the corpus), call 4 .carry/d (trains), each with OTHER_VOICES=1.
 # BUDGET (s) is the call's wall-clock budget, RESERVE (s) what is kept for packing.
 # SETS: config overrides for the trainer, space-separated SECTION.KEY=VALUE (its --set).
 #   train.profile_steps=5 profiles 5 steps 50 steps into the call (RUN/profile_step*.{json,md}
