@@ -29,8 +29,11 @@ class SemanticConfig:
     is the hash of the ASR's weights (:func:`flexicodec.common.pretrained.state_dict_identity`)
     and ``asr_config`` its architecture; loading finds the ASR directory with those weights
     (see :func:`flexicodec.codec.semantic.find_asr`). ``asr_path`` names a trained ASR
-    directory to load when a codec is built; it is consumed (cleared) at construction and
-    remembered in ``asr_source``, the first place looked at when the codec is loaded again.
+    directory to load when a codec is built (a relative path under ``flexicodec_pretrained/``,
+    as in the presets and ``configs/codec/*.yaml``, names the models directory:
+    :func:`flexicodec.common.models.resolve_models_path`); it is consumed (cleared) at
+    construction and remembered in ``asr_source``, the first place looked at when the codec
+    is loaded again.
 
     ``source="hf"``: a local transformers speech encoder (Wav2Vec2 / HuBERT / WavLM /
     Data2VecAudio / Whisper encoder) loaded from ``hf_path`` with ``local_files_only=True``

@@ -46,9 +46,11 @@ class ASRSemantic(nn.Module):
         from flexicodec.common.pretrained import config_from_dict
 
         if cfg.asr_path:
-            self.asr = PhonemeASR.from_pretrained(cfg.asr_path)
+            from flexicodec.common.models import resolve_models_path
+            path = resolve_models_path(cfg.asr_path)
+            self.asr = PhonemeASR.from_pretrained(path)
             cfg.asr_config = dataclasses.asdict(self.asr.config)
-            cfg.asr_source = str(Path(cfg.asr_path).resolve())
+            cfg.asr_source = str(path.resolve())
             cfg.asr_path = ""
         else:
             self.asr = PhonemeASR(config_from_dict(PhonemeASRConfig, cfg.asr_config))

@@ -55,6 +55,7 @@ from flexicodec.common.training import (STATE_NAME, STOP_FILE, CheckpointManager
                                         TimeBudget, cuda_memory_gb, dataclass_from_section, end_of_step, load_yaml,
                                         lr_lambda, make_accelerator, seed_everything)
 from flexicodec.common.constants import BASE_FRAME_RATE
+from flexicodec.common.models import resolve_models_path
 from flexicodec.common.run_flags import add_run_flags, out_model_dir, parse_run_args
 
 
@@ -202,6 +203,7 @@ def build_codec_config(config_path: str, asr: str | None, fixed_group: int | Non
             raise ValueError("the codec's semantic model is our PhonemeASR: pass --asr DIR "
                              "(a trained `flexicodec asr-train --out-model` directory) or set "
                              "model.semantic.asr_path")
+        asr = resolve_models_path(asr)          # flexicodec_pretrained/...: the models dir
         if not (Path(asr) / "config.json").is_file():
             raise FileNotFoundError(f"ASR {asr}: not a model directory (no config.json); "
                                     f"train one with `flexicodec asr-train`")

@@ -36,6 +36,18 @@ def models_dir() -> Path:
     return path
 
 
+def resolve_models_path(path: str | os.PathLike) -> Path:
+    """``path``, where a relative path whose first part is ``flexicodec_pretrained`` names a
+    model in the models directory (so ``flexicodec_pretrained/asr``, the ASR the codec presets
+    and configs name, is found from any working directory and follows ``$FLEXICODEC_MODELS``);
+    every other path is returned as given. Raises :class:`ModelsDirError` when such a path
+    names a models directory that does not exist."""
+    p = Path(path)
+    if p.is_absolute() or not p.parts or p.parts[0] != CHECKOUT_MODELS.name:
+        return p
+    return models_dir().joinpath(*p.parts[1:])
+
+
 def default_dir(name: str) -> Path:
     """Path of the default model ``name`` ('asr', 'codec', 'lm', 'acoustic', ...) in the
     models directory. Raises :class:`ModelsDirError` with a one-line message when it is

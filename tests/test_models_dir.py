@@ -110,6 +110,37 @@ def _tiny_codec(asr_dir: Path) -> FlexiCodec:
     return FlexiCodec(cfg)
 
 
+def test_asr_path_under_flexicodec_pretrained_names_the_models_directory(
+        tmp_path, tiny_asr_dir, monkeypatch):
+    """The presets' and configs' ``asr_path: flexicodec_pretrained/asr`` works from any working
+    directory and follows $FLEXICODEC_MODELS; other relative paths stay relative."""
+    from flexicodec.codec.train import build_codec_config
+    from flexicodec.common.models import resolve_models_path
+
+    models = tmp_path / "models"
+    shutil.copytree(tiny_asr_dir, models / "asr")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.setenv(MODELS_ENV, str(models))
+    assert resolve_models_path("flexicodec_pretrained/asr") == models / "asr"
+    assert resolve_models_path("runs/asr") == Path("runs/asr")
+    assert resolve_models_path(tiny_asr_dir) == tiny_asr_dir
+    cfg = FlexiCodecConfig.tiny()
+    cfg.semantic.asr_path = "flexicodec_pretrained/asr"
+    codec = FlexiCodec(cfg)
+    assert cfg.semantic.asr_source == str((models / "asr").resolve())
+    assert state_dict_identity(codec.semantic.asr.state_dict()) == state_dict_identity(
+        PhonemeASR.from_pretrained(tiny_asr_dir).state_dict())
+    # the trainer's config check resolves it too (configs/codec/*.yaml name it this way)
+    yaml = elsewhere / "codec.yaml"
+    yaml.write_text("model:\n  semantic: {source: asr, asr_path: flexicodec_pretrained/asr}\n")
+    assert build_codec_config(str(yaml), None, None).semantic.asr_path == str(models / "asr")
+    monkeypatch.setenv(MODELS_ENV, str(tmp_path / "missing"))
+    with pytest.raises(ModelsDirError):
+        resolve_models_path("flexicodec_pretrained/asr")
+
+
 def test_saved_codec_holds_no_asr_tensors_and_round_trips(tmp_path, tiny_asr_dir, monkeypatch):
     monkeypatch.setenv(MODELS_ENV, str(tmp_path / "store"))
     codec = _tiny_codec(tiny_asr_dir)
