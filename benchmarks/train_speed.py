@@ -25,7 +25,9 @@ Each recipe builds its model, discriminators, losses and optimizers exactly as
 - ``v2_whole_crop_d`` (only when named in ``--recipes``): v2 with the discriminators on the
   whole crop (the recipe before the windows), to measure what the windows save;
 - ``v2_d_every_2`` (only when named in ``--recipes``): v2 with a discriminator update every
-  second step (``train.disc_every``).
+  second step (``train.disc_every``);
+- ``v2_d_batch_32`` (only when named in ``--recipes``): v2 with the discriminators on 32 of
+  the 128 items of each batch (``train.disc_batch_size``; the mel loss keeps all 128).
 
 For each: steady-state audio-seconds per second over ``--steps`` unsynchronised steps (data
 included), a per-phase split from ``--phase-steps`` steps synchronised at every phase
@@ -81,13 +83,18 @@ def recipes(quick: bool) -> list[Recipe]:
            Recipe("v2_whole_crop_d", v2, data_on_device=True, compile=True, fused=True,
                   train_overrides={"disc_segment_seconds": 0.0}, default=False),
            Recipe("v2_d_every_2", v2, data_on_device=True, compile=True, fused=True,
-                  train_overrides={"disc_every": 2}, default=False)]
+                  train_overrides={"disc_every": 2}, default=False),
+           Recipe("v2_d_batch_32", v2, data_on_device=True, compile=True, fused=True,
+                  train_overrides={"disc_batch_size": 32}, default=False)]
     if quick:    # tiny models and batches: checks the harness, not the GPU numbers
         tiny = dict(encoder_dim=4, latent_dim=32, semantic_dim=32, semantic_layers=1,
                     semantic_decoder_layers=1, n_q=2, rvq_codebook_size=64, rvq_codebook_dim=4,
                     transformer_layers=1, transformer_heads=2, decoder_dim=32,
                     decoder_intermediate_dim=64, decoder_layers=1, fsq_levels=(4, 4, 4))
-        out = [replace(r, batch_size=2, compile=False, model_overrides=tiny) for r in out]
+        out = [replace(r, batch_size=2, compile=False, model_overrides=tiny,
+                       train_overrides={**r.train_overrides, "disc_batch_size": 1}
+                       if "disc_batch_size" in r.train_overrides else r.train_overrides)
+               for r in out]
     return out
 
 
@@ -282,6 +289,7 @@ def run_recipe(recipe: Recipe, data: str, asr: str | None, device, steps: int, w
            "merging": "target rate ~U[3, 12.5] Hz" if recipe.dynamic else "12.5 Hz",
            "disc_window_s": tc.disc_segment_seconds or seg_s, "disc_every": tc.disc_every,
            "mpd_layout": tc.discriminator.mpd_layout,
+           "disc_batch": tc.disc_batch_size or tc.batch_size,
            "step_ms": 1000 * step_s, "timed_steps": steps, "audio_s_per_s": audio_s / step_s,
            "samples_per_s": tc.batch_size / step_s, "warmup_s": warm_s,
            "gflop_per_step": flops / 1e9, "tflops": flops / step_s / 1e12,
@@ -345,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         for k, v in r["phase_ms"].items():
             r[f"ms_{k}"] = v
     cols = [("recipe", "recipe"), ("generator_M", "gen M"), ("batch", "batch"),
-            ("disc_window_s", "D s"), ("disc_every", "D every"),
+            ("disc_batch", "D batch"), ("disc_window_s", "D s"), ("disc_every", "D every"),
             ("mpd_layout", "MPD"),
             ("audio_s_per_s", "audio-s/s"), ("vs_shipped", "x shipped"), ("step_ms", "ms/step"),
             ("ms_data", "data"), ("ms_semantic_features", "ASR"),

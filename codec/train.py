@@ -112,6 +112,11 @@ class CodecTrainConfig:
     # from the real and the reconstructed crop (0: the whole crop); the mel and the other
     # losses always use the whole crop
     disc_segment_seconds: float = 0.0
+    # the discriminators (update, adversarial and feature-matching losses) see the first this
+    # many items of each batch, a random subset as batches are random draws (0: all); their
+    # cost falls about batch_size / disc_batch_size times, the mel and other losses keep
+    # the whole batch
+    disc_batch_size: int = 0
     disc_every: int = 1                 # discriminator update every k generator steps
     # cuDNN times its convolution algorithms for each new shape and keeps the fastest (pays
     # off when every step has the same shapes: data_on_device)
@@ -144,6 +149,9 @@ class CodecTrainConfig:
                              f"{self.segment_seconds}], got {self.disc_segment_seconds}")
         if self.disc_every < 1:
             raise ValueError(f"train.disc_every must be >= 1, got {self.disc_every}")
+        if not 0 <= self.disc_batch_size <= self.batch_size:
+            raise ValueError(f"train.disc_batch_size must be in [0, batch_size="
+                             f"{self.batch_size}], got {self.disc_batch_size}")
         if self.profile_steps < 0:
             raise ValueError(f"train.profile_steps must be >= 0, got {self.profile_steps}")
 
@@ -500,8 +508,9 @@ def train_step(p: StepParts, wav: torch.Tensor, wl: torch.Tensor | None,
 
     With ``use_gan`` the discriminators update (every ``train.disc_every`` steps counted from
     ``disc_start``; ``step`` is the global step) and the generator gets the adversarial and
-    feature-matching losses, both on windows of ``train.disc_segment_seconds``
-    (:func:`disc_windows`, offsets seeded by the step); the mel loss covers the whole crop.
+    feature-matching losses, both on the first ``train.disc_batch_size`` items (0: all) and
+    on windows of ``train.disc_segment_seconds`` (:func:`disc_windows`, offsets seeded by the
+    step); the mel loss covers the whole batch and crop.
 
     Returns (model output, mel loss, generator loss, generator grad norm, logs) with every
     value still on the device (reading them synchronises). ``mark(name)``, when given, is
@@ -526,7 +535,9 @@ def train_step(p: StepParts, wav: torch.Tensor, wl: torch.Tensor | None,
                 raise ValueError("train.disc_segment_seconds needs StepParts.window_gen")
             p.window_gen.manual_seed((tc.seed + 1) * 2654435761 + step * acc.num_processes
                                      + acc.process_index)
-        real_w, fake_w = disc_windows(wav, y_hat, window, p.window_gen, wl)
+        n = tc.disc_batch_size or wav.shape[0]          # [n, T] of the batch's [B, T]
+        real_w, fake_w = disc_windows(wav[:n], y_hat[:n], window, p.window_gen,
+                                      None if wl is None else wl[:n])
     if use_gan and (step - tc.disc_start) % tc.disc_every == 0:    # discriminator step
         with acc.autocast():   # one pass over [real; fake] (DDP-safe)
             logits, _ = p.disc(torch.cat([real_w, fake_w.detach()]))

@@ -236,6 +236,38 @@ def test_step_with_disc_windows_and_disc_every():
         CodecTrainConfig(disc_every=0)
 
 
+def test_step_with_disc_batch_size():
+    """train.disc_batch_size: the discriminators (update and the generator's pass) see the
+    first n items of the batch, windowed as before, while the mel loss covers the whole
+    batch. Bad values are refused."""
+    from flexicodec.codec.train import CodecTrainConfig, train_step
+
+    p = _parts(disc_segment_seconds=0.25, disc_batch_size=1)
+    seen, mel_inputs = [], []
+    p.disc.register_forward_pre_hook(lambda m, args: seen.append(tuple(args[0].shape)))
+    p.mel_loss.register_forward_pre_hook(lambda m, args: mel_inputs.append(args[0].shape))
+    wav = _speech_like()
+    B = wav.shape[0]
+    assert B > 1
+    *_, logs = train_step(p, wav, None, None, {"threshold": 1.0}, True, step=0)
+    assert "d_loss" in logs and "adv_loss" in logs
+    # the update's [real; fake] pass, then the generator's real and fake passes
+    assert seen == [(2, 4000), (1, 4000), (1, 4000)]
+    assert all(s[0] == B and s[-1] == wav.shape[-1] for s in mel_inputs)
+    # the same window of the same item as without the option
+    q = _parts(disc_segment_seconds=0.25)
+    got = []
+    q.disc.register_forward_pre_hook(lambda m, args: got.append(args[0]))
+    p_in = []
+    p.disc.register_forward_pre_hook(lambda m, args: p_in.append(args[0]))
+    train_step(q, wav, None, None, {"threshold": 1.0}, True, step=1)
+    train_step(p, wav, None, None, {"threshold": 1.0}, True, step=1)
+    assert torch.equal(p_in[0][0], got[0][0])                  # item 0's real window
+    for bad in (-1, 5):
+        with pytest.raises(ValueError, match="disc_batch_size"):
+            CodecTrainConfig(batch_size=4, disc_batch_size=bad)
+
+
 def test_mpd_layouts_are_one_discriminator():
     """mpd_layout "1d" (periods folded into the batch) is the "2d" discriminator: same
     state dict, outputs equal up to a permutation with the batch first, so the trainer's

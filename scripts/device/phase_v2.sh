@@ -39,9 +39,10 @@
 #   to $OUT: the operators and kernels that take the step's GPU time). E.g.
 #   a CPU dry run of the whole chain: HOURS=0.05 BUDGET=240 DEVICE=cpu
 #   SETS="train.batch_size=2 train.compile=false train.num_workers=0" scripts/device/phase_v2.sh
-# DEVICE (default cuda) is the throughput benchmark's device. DISC_BENCH=1 (first call):
-#   benchmarks/disc_speed.py on the GPU while the corpus builds, at batches DISC_BATCHES
-#   (default 128), stopped 30 s before the call's budget ends.
+# DEVICE (default cuda) is the throughput benchmark's device. DISC_BENCH=1 (best in the call
+#   that builds the corpus, with OTHER_VOICES=1 the one that brings the last voices):
+#   benchmarks/disc_speed.py on the GPU while the corpus builds on the CPUs, at batches
+#   DISC_BATCHES (default 128), stopped 30 s before the call's budget ends.
 source scripts/device/common.sh
 RESERVE=${RESERVE:-40}
 STAGE=${STAGE:-1}
