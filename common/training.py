@@ -38,6 +38,7 @@ import yaml
 from flexicodec.common.distributed import (CHECKPOINT_HOOKS, any_process, load_state_any_world,
                                            shard_batches)
 from flexicodec.common.atomic import atomic_write_text
+from flexicodec.common.heap import after_step
 from flexicodec.common.pretrained import config_from_dict
 
 STATE_NAME = "trainer_state.json"
@@ -312,8 +313,10 @@ def end_of_step(accelerator, ckpt: CheckpointManager, budget: TimeBudget, step: 
     Saves every ``save_every`` steps, at ``max_steps`` and when stopping early. The early
     stop (time budget or ``stop_after``) is one decision for all processes, so none is left
     waiting in a collective. Returns None to go on, "done" at ``max_steps``, or "stopped"
-    for an early stop (the checkpoint is saved; ``--resume`` continues).
+    for an early stop (the checkpoint is saved; ``--resume`` continues). Calls
+    :func:`flexicodec.common.heap.after_step` (``--release-memory``).
     """
+    after_step(accelerator.device)
     stop = any_process(accelerator, budget.should_stop()) or (
         stop_after is not None and step >= stop_after)
     if step % save_every == 0 or step >= max_steps or stop:

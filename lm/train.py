@@ -34,6 +34,7 @@ import torch
 import yaml
 
 from flexicodec.common.atomic import atomic_write_text
+from flexicodec.common.heap import after_step
 from flexicodec.common.pretrained import config_from_dict, config_to_dict
 from flexicodec.common.distributed import (any_process, configure_process_logging, rescale_position,
                                            shard_batches)
@@ -356,6 +357,7 @@ def run_training(model: torch.nn.Module, train_items: list[LayoutItem], train_du
                 win_audio += sum(train_durs[i] for i in batch_items(b, cfg))
             pos += n_per_step
             step += 1
+            after_step(acc.device)
             bar.update(1)
             log_step = step % cfg.log_every == 0 or step == total
             if log_step:

@@ -19,7 +19,7 @@ TRAINERS = {"flexicodec.codec.asr.train": "flexicodec asr-train", "flexicodec.co
             "flexicodec.lm.train": "flexicodec-lm train", "flexicodec.lm.finetune": "flexicodec-lm finetune",
             "flexicodec.tts.train_acoustic": "flexicodec-tts train-acoustic"}
 COMMON = ("--config", "--run-dir", "--out-model", "--max-steps", "--max-minutes", "--resume",
-          "--cpu", "--set")
+          "--cpu", "--release-memory", "--set")
 #: flags only some trainers implement (keyword switches of add_run_flags)
 OPTIONAL = {"--stop-after": {"flexicodec.codec.asr.train", "flexicodec.codec.train"},
             "--mixed-precision": {"flexicodec.codec.asr.train", "flexicodec.codec.train"}}

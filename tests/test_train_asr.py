@@ -32,15 +32,22 @@ def test_train_save_and_transcribe(tiny_corpus, tmp_path):
     assert isinstance(asr.transcribe(torch.zeros(1, 16000))[0], str)
 
 
-def test_resume_is_exact(tiny_corpus, tmp_path):
+def test_resume_is_exact(tiny_corpus, tmp_path, monkeypatch):
+    from flexicodec.common import heap
+    monkeypatch.setattr(heap, "_release", False)            # --release-memory: reset after
+    released = []
+    release = heap.release_free_heap
+    monkeypatch.setattr(heap, "release_free_heap", lambda: released.append(1) or release())
     cfg = str(ROOT / "configs/asr/tiny.yaml")
     train_asr(cfg, str(tiny_corpus), str(tmp_path / "a"), max_steps=8, cpu=True)
     part = train_asr(cfg, str(tiny_corpus), str(tmp_path / "b"), max_steps=8, cpu=True,
                      stop_after=4)
     assert part["step"] == 4 and not part["finished"]
-    # through the CLI entry point this time
+    assert released == []
+    # through the CLI entry point this time, giving freed memory back after every step
     assert main(["--config", cfg, "--data", str(tiny_corpus), "--run-dir", str(tmp_path / "b"),
-                 "--max-steps", "8", "--resume", "--cpu"]) == 0
+                 "--max-steps", "8", "--resume", "--cpu", "--release-memory"]) == 0
+    assert len(released) == 4                               # steps 5-8
     la = [r["loss"] for r in read_jsonl(tmp_path / "a/metrics.jsonl") if "loss" in r]
     lb = [r["loss"] for r in read_jsonl(tmp_path / "b/metrics.jsonl") if "loss" in r]
     assert la == lb

@@ -44,6 +44,7 @@ import torch
 import yaml
 
 from flexicodec.common.pretrained import config_from_dict
+from flexicodec.common.heap import after_step
 from flexicodec.common.distributed import any_process, configure_process_logging
 from flexicodec.common.training import (STOP_FILE, CheckpointManager, EpochPlan, JsonlLogger, TimeBudget,
                                         lr_lambda, make_accelerator, seed_everything)
@@ -308,6 +309,7 @@ def train(mc: AcousticConfig | FlowConfig, tc: TrainConfig, data: str | Path,
             sched.step()
             opt.zero_grad(set_to_none=True)
             step += 1
+            after_step(accelerator.device)
             bar.update(1)
             if step % tc.log_every == 0 or step == 1:
                 last = {"step": step, "loss": float(res["loss"].detach()),
