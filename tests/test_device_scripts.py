@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -246,3 +247,20 @@ def test_kept_trainer_outlives_its_call_and_final_stops_it(tiny_corpus, tmp_path
     logged = [json.loads(line)["step"] for line in
               (work / "runs" / "codec_v2" / "metrics.jsonl").read_text().splitlines()]
     assert state["step"] >= 1 and state["step"] == max(logged)
+    # EMA_OUT=1: the codec the stopped trainer exported (EMA weights), without its ASR
+    assert "(EMA weights)" in log
+    c = _phase_v2(tree, env, timeout=120, EMA_OUT="1", OUT=str(tmp_path / "out_c"))
+    assert c.returncode == 0 and "returned the exported codec" in c.stdout, c.stdout + c.stderr
+    parts = sorted((tmp_path / "out_c").glob("codecs.tar.part-*"))
+    (tmp_path / "ema").mkdir()
+    subprocess.run(f"cat {' '.join(map(str, parts))} | tar xz -C {tmp_path / 'ema'}",
+                   shell=True, check=True)
+    from flexicodec.codec.model import FlexiCodec
+    subprocess.run([sys.executable, str(ROOT / "scripts/device/transport.py"), "unpack",
+                    str(tmp_path / "ema" / "codec_v2_ema.safetensors"), str(asr),
+                    str(tmp_path / "ema_codec")], check=True, capture_output=True)
+    got = FlexiCodec.from_pretrained(tmp_path / "ema_codec").state_dict()
+    want = FlexiCodec.from_pretrained(work / "runs" / "codec_v2" / "model").state_dict()
+    assert got.keys() == want.keys()
+    for k in want:
+        assert torch.allclose(got[k].float(), want[k].float(), rtol=2e-3, atol=1e-4), k  # fp16

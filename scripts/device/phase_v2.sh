@@ -56,6 +56,19 @@ esac
 PORT=$W/portable/$NAME
 RUN=$W/runs/$NAME
 CORPUS=$W/corpus_v2
+# EMA_OUT=1 (a call after FINAL=1, the machine still warm): only return the codec the
+# stopped trainer exported, with the generator's EMA weights (RUN/model), as
+# $OUT/codecs.tar.part-* (fp16 without the ASR; here: cat parts | tar xz, then
+# scripts/device/transport.py unpack NAME_ema.safetensors ASR_DIR CODEC_DIR)
+if [ "${EMA_OUT:-0}" = 1 ]; then
+  [ -f "$RUN/model/config.json" ] || { log "no exported codec in $RUN/model"; exit 2; }
+  if [ -f "$W/$NAME.pid" ] && grep -a -q "flexicodec.codec.train" \
+      "/proc/$(cat "$W/$NAME.pid")/cmdline" 2>/dev/null; then
+    log "the trainer still runs: stop it first (FINAL=1)"; exit 2
+  fi
+  pack_codecs "${NAME}_ema=$RUN/model" || exit 2
+  log "returned the exported codec of $RUN/model"; exit 0
+fi
 # DISC_BENCH=1: the discriminator layouts' speed (benchmarks/disc_speed.py, random audio, no
 # corpus needed) on the GPU while the corpus builds on the CPUs
 if [ "${DISC_BENCH:-0}" = 1 ]; then
