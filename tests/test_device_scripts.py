@@ -158,6 +158,29 @@ def test_final_call_packs_the_state_with_a_relative_work_folder(tmp_path):
         (state / "generator.safetensors").read_bytes()
 
 
+def test_bench_runs_the_named_recipes(tiny_corpus, tmp_path):
+    """BENCH=1 BENCH_RECIPES=...: the throughput benchmark of those recipes only (a CPU dry
+    run: --quick), its table returned in OUT; without a state the call does not train."""
+    import json
+
+    from flexicodec.codec.asr.model import PhonemeASR, PhonemeASRConfig
+
+    tree = _tree(tmp_path)
+    work = tree / "work"
+    work.mkdir()
+    (work / "corpus_v2").symlink_to(tiny_corpus)
+    (work / "corpus_v2.done").touch()
+    asr = tmp_path / "asr"
+    PhonemeASR(PhonemeASRConfig.tiny()).save_pretrained(asr)
+    out = tmp_path / "out"
+    r = _phase_v2(tree, _env(tmp_path, ASR=str(asr), BENCH="1", BUDGET="200", OUT=str(out),
+                             BENCH_RECIPES="v2,v2_d_batch_32"), timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    rows = json.loads((out / "train_speed.json").read_text())["rows"]
+    assert [row["recipe"] for row in rows] == ["v2", "v2_d_batch_32"], r.stdout
+    assert "not training" in r.stdout
+
+
 def test_corpus_waits_for_the_voices_of_other_languages(tmp_path):
     """OTHER_VOICES=1: while festival's voices of other languages have not all arrived (here a
     synthesizer prefix without engines), the call builds no corpus and does not train; a

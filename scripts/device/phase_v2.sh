@@ -18,7 +18,8 @@
 #     with checkpoints/asr_v2): the v2 corpus $W/corpus_v2 (HOURS, default 24 h,
 #     default build-corpus settings: pace, joined sentences, levels), the ASR copied to the
 #     machine (ASR=DIR takes another, e.g. one phase_asr.sh retrained on this corpus), BENCH=1
-#     the throughput benchmark, then training.
+#     the throughput benchmark (BENCH_RECIPES=v2,v2_d_batch_32: only those recipes; stopped
+#     30 s before the call's budget ends), then training.
 #   next calls (no .whl/.debs needed while the machine is warm): training resumes from the
 #     run's checkpoint; with KEEP=1 (below) the trainer of the previous call is still
 #     running and the call only watches it.
@@ -39,7 +40,7 @@
 #   to $OUT: the operators and kernels that take the step's GPU time). E.g.
 #   a CPU dry run of the whole chain: HOURS=0.05 BUDGET=240 DEVICE=cpu
 #   SETS="train.batch_size=2 train.compile=false train.num_workers=0" scripts/device/phase_v2.sh
-# DEVICE (default cuda) is the throughput benchmark's device. DISC_BENCH=1 (best in the call
+# DEVICE (default cuda) is the benchmarks' device (cpu: a dry run, --quick). DISC_BENCH=1 (best in the call
 #   that builds the corpus, with OTHER_VOICES=1 the one that brings the last voices):
 #   benchmarks/disc_speed.py on the GPU while the corpus builds on the CPUs, at batches
 #   DISC_BATCHES (default 128), stopped 30 s before the call's budget ends.
@@ -145,8 +146,11 @@ fi
 gpu_info name,memory.total
 if [ "${BENCH:-0}" = 1 ]; then
   log "throughput benchmark"
+  timeout "$(( $(left) > 60 ? $(left) - 30 : 30 ))" \
   python3 -m flexicodec.benchmarks.train_speed --device "${DEVICE:-cuda}" --data "$CORPUS" --asr "$ASR_DIR" \
-    --out "$W/bench" --steps "${BENCH_STEPS:-30}" 2>&1 | grep -v "it/s\]" | tail -n 12
+    --out "$W/bench" --steps "${BENCH_STEPS:-30}" ${BENCH_RECIPES:+--recipes "$BENCH_RECIPES"} \
+    $([ "${DEVICE:-cuda}" = cpu ] && echo --quick) \
+    2>&1 | grep -v "it/s\]" | tail -n 12
   cp "$W/bench/train_speed.json" "$W/bench/train_speed.md" "$OUT/" 2>/dev/null
 fi
 # The trainer. By default it runs for this call's time and the call waits for it. KEEP=1
