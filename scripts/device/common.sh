@@ -43,8 +43,8 @@ for d in .debs_other*/; do
   [ -f "$d/voices.txt" ] || { echo "$d has no voices.txt: fetch it again with" \
     "scripts/fetch_synth_debs.sh ${d%/} other"; exit 1; }
   [ -d .debs ] && cp -n "$d"*.deb .debs/ 2>/dev/null
-  sort -u "$d/voices.txt" "$W/other_voices_arrived" -o "$W/other_voices_arrived" 2>/dev/null \
-    || sort -u "$d/voices.txt" -o "$W/other_voices_arrived"
+  touch "$W/other_voices_arrived"
+  sort -u "$d/voices.txt" "$W/other_voices_arrived" -o "$W/other_voices_arrived"
 done
 if [ -d .debs ] && [ -f scripts/device_synth_env.sh ]; then
   # shellcheck disable=SC1091
