@@ -322,15 +322,16 @@ def test_device_data_training_and_portable_state(tiny_corpus, asr_dir, tmp_path)
 def test_compiled_step_matches_eager(tiny_corpus, asr_dir, tmp_path):
     """train.compile changes speed, not the computation: the losses of a step agree (after
     an update, Adam amplifies rounding differences of near-zero gradients); the
-    discriminators on 0.5-s windows, frozen in the generator's pass. The graphs go through
+    discriminators on 0.5-s windows of one of the two items, frozen in the generator's pass. The graphs go through
     dynamo and AOTAutograd (``aot_eager``: every part traced, its backward derived) without
     the inductor's C++ code generation, which would take minutes on a CPU."""
     cfg_e = str(_yaml(tmp_path / "e.yaml", max_steps=1, disc_start=0, warmup_fixed_steps=100,
                       data_on_device=True, cache_dir=str(tmp_path / "cache"),
-                      disc_segment_seconds=0.5))
+                      disc_segment_seconds=0.5, disc_batch_size=1))
     cfg_c = str(_yaml(tmp_path / "c.yaml", max_steps=1, disc_start=0, warmup_fixed_steps=100,
                       data_on_device=True, cache_dir=str(tmp_path / "cache"), compile=True,
-                      compile_backend="aot_eager", disc_segment_seconds=0.5))
+                      compile_backend="aot_eager", disc_segment_seconds=0.5,
+                      disc_batch_size=1))
     train_codec(cfg_e, str(tiny_corpus), str(tmp_path / "e"), asr=str(asr_dir), cpu=True)
     train_codec(cfg_c, str(tiny_corpus), str(tmp_path / "c"), asr=str(asr_dir), cpu=True)
     le = [r for r in read_jsonl(tmp_path / "e" / "metrics.jsonl") if "loss" in r]
