@@ -82,14 +82,42 @@ def test_diagnose_on_a_tiny_codec(tiny_corpus):
     assert "own − baseline" in markdown(res)
 
 
+def test_codebook_diagnosis_on_a_tiny_codec(tiny_corpus):
+    """scripts/diagnose_quantization.py: its decodes are the eval's (same audio for every
+    stage count), a cosine per RVQ stage within [-1, 1], a row per voice and one for all."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from diagnose_quantization import decode_ways, diagnose, markdown
+
+    from flexicodec.codec.config import FlexiCodecConfig
+    from flexicodec.codec.eval.evaluate import load_utterances, reconstruct
+    from flexicodec.codec.model import FlexiCodec
+    torch.manual_seed(0)
+    model = FlexiCodec(FlexiCodecConfig.tiny()).eval()
+    utts = load_utterances(str(tiny_corpus), "test_unseen", 3)
+    n_q = model.config.n_q
+    got = decode_ways(model, utts[0]["audio"], [0, n_q])
+    for k in (0, n_q):
+        ref = reconstruct(model, utts[0]["audio"], 12.5, num_quantizers=k, rvq1=False)["full"]
+        assert np.abs(got["audio"][k][: len(ref)] - ref).max() < 1e-5, k
+    assert len(got["cosine"]) == n_q and all(-1 <= c <= 1 for c in got["cosine"])
+    res = diagnose(model, utts, [0, 1])
+    voices = {u["speaker"].split("~")[0] for u in utts}
+    assert [r["voice"] for r in res["rows"]] == sorted(voices) + ["all"]
+    assert res["rows"][-1]["utterances"] == 3
+    assert "cosine to code" in markdown(res, "t")
+
+
 def test_diagnose_script_bad_input_is_a_one_line_error(tmp_path):
     import subprocess
     import sys
     from pathlib import Path
-    script = Path(__file__).resolve().parents[1] / "scripts" / "diagnose_group_error.py"
-    r = subprocess.run([sys.executable, str(script), "--data", str(tmp_path / "missing"),
-                        "--model", str(tmp_path / "no_codec")],
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 2
-    assert r.stderr.strip().startswith("diagnose_group_error: error:")
-    assert "Traceback" not in r.stderr
+    for name in ("diagnose_group_error", "diagnose_quantization"):
+        script = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+        r = subprocess.run([sys.executable, str(script), "--data", str(tmp_path / "missing"),
+                            "--model", str(tmp_path / "no_codec")],
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 2, name
+        assert r.stderr.strip().startswith(f"{name}: error:"), r.stderr
+        assert "Traceback" not in r.stderr

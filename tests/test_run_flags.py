@@ -156,7 +156,8 @@ COMMANDS = ("flexicodec.codec.cli:build_parser", "flexicodec.codec.eval.evaluate
             "flexicodec.benchmarks.serve_load:main", "flexicodec.benchmarks.train_speed:main",
             "flexicodec.benchmarks.tts_speed:main", "scripts/codec_learning_curve.py:main",
             "scripts/diagnose_encoder_init.py:main", "scripts/diagnose_group_error.py:main",
-            "scripts/diagnose_merging.py:main", "scripts/export_portable.py:main")
+            "scripts/diagnose_merging.py:main", "scripts/diagnose_quantization.py:main",
+            "scripts/export_portable.py:main", "flexicodec.benchmarks.cpu_train_memory:main")
 
 
 class _Captured(Exception):

@@ -1,0 +1,141 @@
+"""Do the acoustic codebooks fit an unheard voice's latents worse than a training voice's?
+
+At 12.5 Hz (threshold 1.0) the codec quantizes the acoustic residual (the acoustic token
+minus the semantic latent) with its RVQ: stage i projects what is left to a few dimensions
+(``z_e``), picks the codebook vector of highest cosine similarity and subtracts that
+vector's projection back. For each utterance of a corpus split this reports, per voice:
+
+- the mean cosine similarity of each stage's ``z_e`` to the vector it picked (1: exact
+  direction; a codebook that does not cover a voice's latents gives lower values);
+- the mel distance to the original (:func:`flexicodec.codec.eval.evaluate.mel_distance`) of
+  the decode with the first N stages for each N of ``--stages`` (default 0, 1, 8, 12; 0:
+  semantic tokens only), as ``flexicodec eval --num-quantizers N`` decodes.
+
+Run it on a split of training voices (``test``) and one of unheard voices (``test_unseen``):
+if the unheard voice's cosines match the training voices' while its mel distances do not,
+the loss lies in the encoder and decoder, not in the codebooks.
+
+    python scripts/diagnose_quantization.py --model CODEC --data CORPUS --split test_unseen \
+        --max-utts 40 [--stages 0,1,8,12] [-o OUT_PREFIX]
+
+Prints a Markdown table; ``-o`` also writes OUT_PREFIX.json and OUT_PREFIX.md.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from flexicodec.codec.eval.evaluate import load_utterances, mel_distance  # noqa: E402
+from flexicodec.codec.model import FlexiCodec  # noqa: E402
+from flexicodec.common.atomic import write_report_files  # noqa: E402
+from flexicodec.common.constants import SAMPLE_RATE  # noqa: E402
+
+@torch.no_grad()
+def decode_ways(model, audio: np.ndarray, stages: list[int]) -> dict:
+    """One utterance [T] at 12.5 Hz: ``{"audio": {N: decode with N stages [T]}, "cosine":
+    [mean cosine of z_e to its code, per RVQ stage]}``."""
+    from flexicodec.codec.model import prepare_batch
+
+    batch, lengths = prepare_batch(audio, SAMPLE_RATE, model.sample_rate, False)
+    batch, lengths = batch.to(model.device), lengths.to(model.device)
+    ff = model.frame_features_chunked(batch, lengths)
+    merge = model.make_merge(ff, 1.0, None, None)
+    tmask = merge.token_mask
+    tm = tmask[..., None]
+    sem_q, _ = model.fsq(model.semantic_aggregator(ff.semantic, merge))
+    sem_lat = model.semantic_decoder(sem_q * tm.to(sem_q.dtype), tmask)
+    residual = (model.acoustic_aggregator(ff.latent, merge) - sem_lat) * tm.to(sem_lat.dtype)
+    valid = tmask[0]
+    quantized, cosine, out = torch.zeros_like(residual), [], {}
+    n = len(audio)
+    for i, stage in enumerate(model.rvq.stages):
+        if i in stages:
+            out[i] = model.decode_from_latent(sem_lat + quantized, merge.token_lengths)[0, :n]
+        z_e = stage.in_proj(residual).float()
+        code = stage.nearest(z_e)
+        cb = stage.codebook(code).float()
+        cos = torch.nn.functional.cosine_similarity(z_e, cb, dim=-1)[0][valid]
+        cosine.append(float(cos.mean()))
+        z_q = stage.out_proj(cb.to(stage.out_proj.weight.dtype))
+        quantized, residual = quantized + z_q, residual - z_q
+    if len(model.rvq.stages) in stages:
+        out[len(model.rvq.stages)] = model.decode_from_latent(sem_lat + quantized,
+                                                              merge.token_lengths)[0, :n]
+    return {"audio": {k: a.float().cpu().numpy() for k, a in out.items()}, "cosine": cosine}
+
+
+def diagnose(model, utts: list[dict], stages: list[int]) -> dict:
+    """Per voice (and ``all``): mean mel distance of the decode with each stage count and
+    mean cosine per RVQ stage, over ``utts`` (``load_utterances`` dicts)."""
+    mel = defaultdict(lambda: defaultdict(list))
+    cos = defaultdict(list)
+    for u in tqdm(utts, desc="decoding", leave=False):
+        got = decode_ways(model, u["audio"], stages)
+        voice = u["speaker"].split("~")[0] or "?"
+        for key in (voice, "all"):
+            for k, a in got["audio"].items():
+                mel[key][k].append(mel_distance(u["audio"], a[: len(u["audio"])]))
+            cos[key].append(got["cosine"])
+    rows = []
+    for voice in sorted(mel, key=lambda v: (v == "all", v)):
+        rows.append({"voice": voice, "utterances": len(cos[voice]),
+                     "mel": {str(k): float(np.mean(v)) for k, v in mel[voice].items()},
+                     "cosine": np.mean(np.array(cos[voice]), axis=0).round(4).tolist()})
+    return {"stages": stages, "rows": rows}
+
+
+def markdown(result: dict, title: str) -> str:
+    stages = result["stages"]
+    n_q = len(result["rows"][0]["cosine"]) if result["rows"] else 0
+    head = ("| voice | utterances | " + " | ".join(f"mel dist, {k} stages" for k in stages)
+            + " | cosine to code, stage 1..{} |".format(n_q))
+    lines = [f"# {title}", "", head, "|" + "---|" * (3 + len(stages))]
+    for r in result["rows"]:
+        lines.append(f"| {r['voice']} | {r['utterances']} | "
+                     + " | ".join(f"{r['mel'][str(k)]:.3f}" for k in stages) + " | "
+                     + " ".join(f"{c:.2f}" for c in r["cosine"]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="diagnose_quantization", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True, help="FlexiCodec directory")
+    ap.add_argument("--data", required=True, help="corpus directory")
+    ap.add_argument("--split", default="test_unseen")
+    ap.add_argument("--max-utts", type=int, default=40)
+    ap.add_argument("--stages", default="0,1,8,12", help="RVQ stage counts to decode with")
+    ap.add_argument("-o", "--out", default=None, help="output prefix (.json and .md)")
+    a = ap.parse_args(argv)
+    torch.set_grad_enabled(False)
+    model = FlexiCodec.from_pretrained(a.model).eval()
+    try:
+        stages = sorted({int(s) for s in a.stages.split(",") if s.strip()})
+    except ValueError:
+        ap.error(f"--stages wants comma-separated integers, got {a.stages!r}")
+    if not stages or not all(0 <= k <= model.config.n_q for k in stages):
+        ap.error(f"--stages must lie in [0, {model.config.n_q}], got {a.stages!r}")
+    utts = load_utterances(a.data, a.split, a.max_utts)
+    result = {"model": a.model, "data": a.data, "split": a.split, **diagnose(model, utts, stages)}
+    md = markdown(result, f"Acoustic codebooks per voice: {a.split} ({len(utts)} utterances, "
+                          f"12.5 Hz)")
+    print(md)
+    if a.out:
+        write_report_files(a.out, result, md)
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        raise SystemExit(main())
+    except (ValueError, FileNotFoundError) as exc:     # CheckpointError is a ValueError
+        print(f"diagnose_quantization: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
