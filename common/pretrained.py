@@ -247,17 +247,19 @@ class PretrainedMixin:
 
 
 def run_reporting_model_errors(prog: str, entry: Callable[[list[str] | None], int | None],
-                               argv: list[str] | None = None) -> int:
+                               argv: list[str] | None = None,
+                               errors: tuple[type[BaseException], ...] = ()) -> int:
     """Run a command-line entry point; a missing models directory or model
     (:class:`~flexicodec.common.models.ModelsDirError`), a truncated / corrupt weight file
     (:class:`WeightFileError`) or another unusable model directory (:class:`CheckpointError`,
     e.g. a codec whose ASR is missing) ends it with one line on stderr (``PROG: error:
-    ...``) and exit status 2 instead of a traceback."""
+    ...``) and exit status 2 instead of a traceback; so do the exception types ``errors``
+    (e.g. a script's ``(ValueError, FileNotFoundError)`` for bad input of any kind)."""
     from flexicodec.common.models import ModelsDirError
 
     try:
         return int(entry(argv) or 0)
-    except (ModelsDirError, CheckpointError) as exc:
+    except (ModelsDirError, CheckpointError, *errors) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -36,6 +36,7 @@ from flexicodec.codec.eval.evaluate import load_utterances, reconstruct  # noqa:
 from flexicodec.codec.eval.group_error import error_by_length, frame_group_lengths, frame_mel_errors  # noqa: E402
 from flexicodec.codec.model import FlexiCodec  # noqa: E402
 from flexicodec.common.atomic import write_report_files  # noqa: E402
+from flexicodec.common.pretrained import run_reporting_model_errors  # noqa: E402
 from flexicodec.common.constants import BASE_FRAME_RATE  # noqa: E402
 
 
@@ -140,8 +141,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        raise SystemExit(main())
-    except (ValueError, FileNotFoundError) as exc:     # CheckpointError is a ValueError
-        print(f"diagnose_group_error: error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+    raise SystemExit(run_reporting_model_errors("diagnose_group_error", main,
+                                                errors=(ValueError, FileNotFoundError)))

@@ -40,6 +40,7 @@ from flexicodec.codec.eval.allocation import (allocation_stats, ctc_onsets, onse
 from flexicodec.codec.asr.model import WORD_SEP, PhonemeASR  # noqa: E402
 from flexicodec.codec.eval.evaluate import load_utterances, parse_rates  # noqa: E402
 from flexicodec.common.atomic import write_report_files  # noqa: E402
+from flexicodec.common.pretrained import run_reporting_model_errors  # noqa: E402
 from flexicodec.codec.semantic import to_frame_grid  # noqa: E402
 from flexicodec.common.constants import BASE_FRAME_RATE, HOP_SIZE, SAMPLE_RATE  # noqa: E402
 
@@ -197,8 +198,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        raise SystemExit(main())
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"diagnose_merging: error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+    raise SystemExit(run_reporting_model_errors("diagnose_merging", main,
+                                                errors=(ValueError, FileNotFoundError)))

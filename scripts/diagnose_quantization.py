@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from flexicodec.codec.eval.evaluate import load_utterances, mel_distance  # noqa: E402
 from flexicodec.codec.model import FlexiCodec  # noqa: E402
 from flexicodec.common.atomic import write_report_files  # noqa: E402
+from flexicodec.common.pretrained import run_reporting_model_errors  # noqa: E402
 from flexicodec.common.constants import SAMPLE_RATE  # noqa: E402
 
 @torch.no_grad()
@@ -134,8 +135,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        raise SystemExit(main())
-    except (ValueError, FileNotFoundError) as exc:     # CheckpointError is a ValueError
-        print(f"diagnose_quantization: error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+    raise SystemExit(run_reporting_model_errors("diagnose_quantization", main,
+                                                errors=(ValueError, FileNotFoundError)))
