@@ -41,35 +41,25 @@ from flexicodec.common.constants import SAMPLE_RATE  # noqa: E402
 
 @torch.no_grad()
 def decode_ways(model, audio: np.ndarray, stages: list[int]) -> dict:
-    """One utterance [T] at 12.5 Hz: ``{"audio": {N: decode with N stages [T]}, "cosine":
-    [mean cosine of z_e to its code, per RVQ stage]}``."""
-    from flexicodec.codec.model import prepare_batch
-
-    batch, lengths = prepare_batch(audio, SAMPLE_RATE, model.sample_rate, False)
-    batch, lengths = batch.to(model.device), lengths.to(model.device)
-    ff = model.frame_features_chunked(batch, lengths)
-    merge = model.make_merge(ff, 1.0, None, None)
-    tmask = merge.token_mask
-    tm = tmask[..., None]
-    sem_q, _ = model.fsq(model.semantic_aggregator(ff.semantic, merge))
-    sem_lat = model.semantic_decoder(sem_q * tm.to(sem_q.dtype), tmask)
-    residual = (model.acoustic_aggregator(ff.latent, merge) - sem_lat) * tm.to(sem_lat.dtype)
-    valid = tmask[0]
-    quantized, cosine, out = torch.zeros_like(residual), [], {}
+    """One utterance [T] encoded at 12.5 Hz (``model.encode``, all stages): ``{"audio": {N:
+    its codes decoded with the first N stages [T]}, "cosine": [mean cosine of each RVQ
+    stage's projected residual (its ``in_proj`` output, seen by a forward hook) to the code
+    it got]}``."""
+    z_e = []
+    hooks = [stage.in_proj.register_forward_hook(lambda mod, inp, out: z_e.append(out))
+             for stage in model.rvq.stages]
+    try:
+        codes = model.encode(audio, SAMPLE_RATE, threshold=1.0)
+    finally:
+        for h in hooks:
+            h.remove()
+    t = int(codes.token_mask[0].sum())
+    cosine = [float(torch.nn.functional.cosine_similarity(
+                  z[0, :t].float(), stage.codebook(c[:t]).float(), dim=-1).mean())
+              for stage, z, c in zip(model.rvq.stages, z_e, codes.acoustic_codes[0])]
     n = len(audio)
-    for i, stage in enumerate(model.rvq.stages):
-        if i in stages:
-            out[i] = model.decode_from_latent(sem_lat + quantized, merge.token_lengths)[0, :n]
-        z_e = stage.in_proj(residual).float()
-        code = stage.nearest(z_e)
-        cb = stage.codebook(code).float()
-        cos = torch.nn.functional.cosine_similarity(z_e, cb, dim=-1)[0][valid]
-        cosine.append(float(cos.mean()))
-        z_q = stage.out_proj(cb.to(stage.out_proj.weight.dtype))
-        quantized, residual = quantized + z_q, residual - z_q
-    if len(model.rvq.stages) in stages:
-        out[len(model.rvq.stages)] = model.decode_from_latent(sem_lat + quantized,
-                                                              merge.token_lengths)[0, :n]
+    out = {k: model.decode_from_codes(codes.semantic_codes, codes.acoustic_codes[:, :k],
+                                      codes.token_lengths)[0, :n] for k in stages}
     return {"audio": {k: a.float().cpu().numpy() for k, a in out.items()}, "cosine": cosine}
 
 
