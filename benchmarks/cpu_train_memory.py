@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -37,16 +36,12 @@ MODES = ("keep", "release", "mmap_1mib")
 MODE_ENV = {"mmap_1mib": {"MALLOC_MMAP_THRESHOLD_": str(1 << 20)}}
 
 
-def _rss_gb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() / 1e9
-
-
 def child(mode: str, a: argparse.Namespace) -> dict:
     """Run the steps of ``mode`` in this process; returns its measurements."""
     import numpy as np
     import torch
 
+    from flexicodec.benchmarks.common import _proc_status_kb, _ru_maxrss_mb
     from flexicodec.codec.asr.model import PhonemeASR, PhonemeASRConfig
     from flexicodec.common.heap import release_free_heap
 
@@ -72,11 +67,11 @@ def child(mode: str, a: argparse.Namespace) -> dict:
         if mode == "release" and not release_free_heap():
             raise SystemExit("release: this C library has no malloc_trim")
         if step % 10 == 0 or step == a.steps:
-            rss.append([step, round(_rss_gb(), 3)])
+            rss.append([step, round(_proc_status_kb("VmRSS") * 1024 / 1e9, 3)])
     dt = time.perf_counter() - t0
     return {"mode": mode, "steps": a.steps, "s_per_step": dt / a.steps,
             "rss_gb_by_step": rss, "rss_end_gb": rss[-1][1],
-            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9}
+            "peak_rss_gb": _ru_maxrss_mb() * 2**20 / 1e9}
 
 
 def main(argv: list[str] | None = None) -> int:
