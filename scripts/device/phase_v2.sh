@@ -57,16 +57,18 @@ esac
 PORT=$W/portable/$NAME
 RUN=$W/runs/$NAME
 CORPUS=$W/corpus_v2
+PIDF=$W/$NAME.pid
+LOG=$W/$NAME.log
+# the recorded trainer still runs (and its pid was not reused by another program)
+alive() { [ -f "$PIDF" ] && grep -a -q "flexicodec.codec.train" "/proc/$(cat "$PIDF")/cmdline" \
+  2>/dev/null; }
 # EMA_OUT=1 (a call after FINAL=1, the machine still warm): only return the codec the
 # stopped trainer exported, with the generator's EMA weights (RUN/model), as
 # $OUT/codecs.tar.part-* (fp16 without the ASR; here: cat parts | tar xz, then
 # scripts/device/transport.py unpack NAME_ema.safetensors ASR_DIR CODEC_DIR)
 if [ "${EMA_OUT:-0}" = 1 ]; then
   [ -f "$RUN/model/config.json" ] || { log "no exported codec in $RUN/model"; exit 2; }
-  if [ -f "$W/$NAME.pid" ] && grep -a -q "flexicodec.codec.train" \
-      "/proc/$(cat "$W/$NAME.pid")/cmdline" 2>/dev/null; then
-    log "the trainer still runs: stop it first (FINAL=1)"; exit 2
-  fi
+  alive && { log "the trainer still runs: stop it first (FINAL=1)"; exit 2; }
   pack_codecs "${NAME}_ema=$RUN/model" || exit 2
   log "returned the exported codec of $RUN/model"; exit 0
 fi
@@ -159,11 +161,6 @@ fi
 # later calls (any) find it running and watch it until their own end; KEEP_MINUTES (default
 # 25) bounds it. FINAL=1 stops a running trainer cleanly (RUN/STOP: it saves its checkpoint
 # and the portable state) RESERVE seconds before the call's end, then packs.
-PIDF=$W/$NAME.pid
-LOG=$W/$NAME.log
-# the recorded trainer still runs (and its pid was not reused by another program)
-alive() { [ -f "$PIDF" ] && grep -a -q "flexicodec.codec.train" "/proc/$(cat "$PIDF")/cmdline" \
-  2>/dev/null; }
 # a kept trainer runs up to KEEP_MINUTES, another one for this call's time left
 trainer_minutes() { if [ "${KEEP:-0}" = 1 ]; then echo "${KEEP_MINUTES:-25}"
                     else left_min "$RESERVE"; fi; }
