@@ -56,6 +56,7 @@ from flexicodec.common.training import (STATE_NAME, STOP_FILE, CheckpointManager
                                         lr_lambda, make_accelerator, seed_everything)
 from flexicodec.common.constants import BASE_FRAME_RATE
 from flexicodec.common.models import resolve_models_path
+from flexicodec.common.compile_cache import load_compile_cache, save_compile_cache
 from flexicodec.common.run_flags import add_run_flags, out_model_dir, parse_run_args
 
 
@@ -582,7 +583,8 @@ def train_codec(config_path: str, data: str, run_dir: str, asr: str | None = Non
                 resume: bool = False, out_model: str | None = None,
                 fixed_group: int | None = None, stop_after: int | None = None,
                 cpu: bool = False, mixed_precision: str | None = None,
-                init_from: str | None = None, portable_state: str | None = None) -> dict:
+                init_from: str | None = None, portable_state: str | None = None,
+                compile_cache: str | None = None) -> dict:
     """Run (or resume) codec training; returns the last logged metrics.
 
     ``init_from``: start a new run (step 0, fresh optimizers, the YAML's schedule from its
@@ -601,7 +603,14 @@ def train_codec(config_path: str, data: str, run_dir: str, asr: str | None = Non
     ``run_dir``) continues from it when it exists — model config, generator and
     discriminator weights, step and training time — with fresh optimizer moments (learning
     rates re-warmed over ``rewarm_steps``); the run rewrites it when it ends (also when it
-    stops early on ``max_minutes``)."""
+    stops early on ``max_minutes``).
+
+    ``compile_cache`` (with ``train.compile``): a :mod:`flexicodec.common.compile_cache` file,
+    loaded before the first step when it exists and rewritten at the run's first logged
+    step (and again at its first logged step with the discriminators, when they join later
+    in the run), when the step's graphs have compiled. The first logged row has
+    ``first_step_s``: seconds from the loop's start to the end of its first step
+    (compilation and cuDNN autotuning)."""
     from accelerate.utils import DistributedDataParallelKwargs
 
     from flexicodec.codec.config import FlexiCodecConfig
@@ -815,8 +824,19 @@ def train_codec(config_path: str, data: str, run_dir: str, asr: str | None = Non
                              "config": str(config_path), "init_from": lineage,
                              SEMANTIC_HISTORY: semantic_history})
 
+    if compile_cache and tc.compile:
+        n_art = load_compile_cache(compile_cache)
+        if main:
+            print(f"[train] compile cache {compile_cache}: " + (
+                f"{n_art} artifacts loaded" if n_art is not None else "none yet"))
+    elif compile_cache and main:
+        print(f"[train] compile cache {compile_cache} not used: train.compile is off")
+    cache_saved_with_gan = None          # None: not saved yet; else whether D had joined
     pbar = tqdm(total=tc.max_steps, initial=step, desc="codec-train", disable=not main)
     last: dict = {}
+    first_step_s = None
+    logged_first = False
+    t_loop = time.monotonic()
     t_log, samples = time.monotonic(), 0
     stopped_early = False
     model.train()
@@ -836,6 +856,13 @@ def train_codec(config_path: str, data: str, run_dir: str, asr: str | None = Non
         out, l_mel, g_loss, gnorm, logs = train_step(parts, wav, wl, target, how,
                                                      step >= tc.disc_start, step=step)
         step += 1
+        if first_step_s is None:      # one synchronisation: compilation ends with this step
+            if accelerator.device.type == "cuda":
+                torch.cuda.synchronize(accelerator.device)
+            first_step_s = time.monotonic() - t_loop
+            if main:
+                tqdm.write(f"[train] first step after {first_step_s:.1f} s (compilation, "
+                           f"cuDNN autotuning)")
         if profiler is not None and (prof := profiler.after(step)) is not None:
             tqdm.write(f"[train] profiled steps {first}-{step - 1}: "
                        f"{prof['wall_ms_per_step']:.1f} ms per step, device "
@@ -861,7 +888,17 @@ def train_codec(config_path: str, data: str, run_dir: str, asr: str | None = Non
             mem = cuda_memory_gb()
             if mem is not None:
                 last["gpu_mem_gb"] = mem
+            if not logged_first:
+                last["first_step_s"] = first_step_s
+                logged_first = True
             logger.log(last)
+            with_gan = step > tc.disc_start
+            if (compile_cache and tc.compile and main
+                    and (cache_saved_with_gan is None or (with_gan and not cache_saved_with_gan))):
+                n_art = save_compile_cache(compile_cache)
+                cache_saved_with_gan = with_gan
+                tqdm.write(f"[train] compile cache: {n_art} artifacts written to "
+                           f"{compile_cache}")
             pbar.set_postfix(mel=f"{last['mel_loss']:.3f}", rate=f"{last['frame_rate']:.1f}")
             t_log, samples = time.monotonic(), 0
         if valid_set is not None and step % tc.eval_every == 0 and main:
@@ -912,14 +949,14 @@ def main(argv: list[str] | None = None) -> int:
     a = parse_run_args(build_parser(), argv)
     res = train_codec(a.config, a.data, a.run_dir, a.asr, a.max_steps, a.max_minutes,
                       a.resume, str(out_model_dir(a)), a.fixed_group, a.stop_after, a.cpu,
-                      a.mixed_precision, a.init_from, a.portable_state)
+                      a.mixed_precision, a.init_from, a.portable_state, a.compile_cache)
     print(json.dumps(res, indent=1))
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="flexicodec train", description=__doc__.split("\n")[0])
-    add_run_flags(p, stop_after=True, mixed_precision=True)
+    add_run_flags(p, stop_after=True, mixed_precision=True, compile_cache=True)
     p.add_argument("--data", required=True, help="corpus directory (train/valid splits)")
     p.add_argument("--asr", default=None, help="trained PhonemeASR directory (semantic model)")
     p.add_argument("--fixed-group", type=int, default=None,

@@ -6,7 +6,8 @@ Every trainer (``flexicodec asr-train``, ``flexicodec train``, ``flexicodec-lm t
 ``--max-steps`` / ``--max-minutes`` and continues with ``--resume``. :func:`add_run_flags`
 adds these flags with the same names, destinations, defaults and help everywhere; a trainer
 adds only its own flags (``--data`` and the like) beside them, and turns on the two flags
-that only some trainers implement with keyword switches.
+that only some trainers implement with keyword switches (``--stop-after``,
+``--mixed-precision``, ``--compile-cache``).
 
 ``--set SECTION.KEY=VALUE`` (repeatable) changes one value of the ``--config`` file for this
 run without editing it: :func:`effective_config` applies the overrides and writes the result
@@ -25,14 +26,15 @@ DEFAULT_OUT_MODEL = "model"
 
 
 def add_run_flags(parser: argparse.ArgumentParser, *, config_required: bool = True,
-                  stop_after: bool = False, mixed_precision: bool = False
-                  ) -> argparse.ArgumentParser:
+                  stop_after: bool = False, mixed_precision: bool = False,
+                  compile_cache: bool = False) -> argparse.ArgumentParser:
     """Add the common trainer flags to ``parser`` (returned, for chaining).
 
     Always: ``--config`` (required unless ``config_required=False``), ``--run-dir``
     (required), ``--out-model``, ``--max-steps``, ``--max-minutes``, ``--resume``, ``--cpu``.
     ``stop_after=True`` adds ``--stop-after``; ``mixed_precision=True`` adds
-    ``--mixed-precision``.
+    ``--mixed-precision``; ``compile_cache=True`` adds ``--compile-cache``
+    (:mod:`flexicodec.common.compile_cache`).
     """
     g = parser.add_argument_group("run")
     g.add_argument("--config", required=config_required, default=None, metavar="YAML",
@@ -62,6 +64,12 @@ def add_run_flags(parser: argparse.ArgumentParser, *, config_required: bool = Tr
                    metavar="SECTION.KEY=VALUE",
                    help="override one value of --config (the value in YAML syntax), e.g. "
                         "--set train.batch_size=32; repeatable")
+    if compile_cache:
+        g.add_argument("--compile-cache", default=None, metavar="FILE",
+                       help="with train.compile: load torch.compile's caches from FILE when it "
+                            "exists and write them there once the step has compiled, so a "
+                            "run on a fresh machine (same torch and GPU) skips most of the "
+                            "compilation")
     if mixed_precision:
         g.add_argument("--mixed-precision", default=None, choices=["no", "bf16", "fp16"],
                        help="default: bf16 on CUDA, no elsewhere")

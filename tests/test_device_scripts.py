@@ -4,6 +4,7 @@ calls there, assembled only when every part has arrived and its checksum matches
 started with KEEP=1 outlives its call and is stopped cleanly by the FINAL call."""
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -126,6 +127,16 @@ def _phase_v2(tree: Path, env: dict, timeout: float, **kw) -> subprocess.Complet
                           capture_output=True, timeout=timeout, env={**env, **kw})
 
 
+def _carry_file(tree: Path, src: Path, folder: str = "z") -> None:
+    """``src`` as the parts a later call carries (state_parts.sh split_file) in
+    ``tree/.carry/FOLDER``."""
+    carry = tree / ".carry" / folder
+    carry.mkdir(parents=True)
+    r = subprocess.run(["bash", "-c", f"source {ROOT}/scripts/device/state_parts.sh; "
+                        f"split_file {src} {carry}"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
 def _unpack(parts: list[Path], dest: Path) -> None:
     dest.mkdir()
     subprocess.run(f"cat {' '.join(map(str, parts))} | tar x -C {dest}", shell=True, check=True)
@@ -146,11 +157,16 @@ def test_final_call_packs_the_state_with_a_relative_work_folder(tmp_path):
     asr = tmp_path / "asr"
     asr.mkdir()
     (asr / "config.json").write_text("{}")
+    # a carried compile cache this torch cannot read is dropped, with a line in the log
+    (tmp_path / "compile_cache.bin").write_bytes(b"not a cache" * 1000)
+    _carry_file(tree, tmp_path / "compile_cache.bin")
     out = tmp_path / "out"
     r = _phase_v2(tree, _env(tmp_path, OUT=str(out), ASR=str(asr), FINAL="1", BUDGET="120"),
                   timeout=300)
     parts = sorted(out.glob("codec_v2.tar.part-*"))
     assert parts, r.stdout + r.stderr
+    assert "carried compile cache is unreadable here" in r.stdout, r.stdout
+    assert not (work / "compile_cache.bin").exists()
     unpacked = tmp_path / "unpacked"
     _unpack(parts, unpacked)
     assert (unpacked / "codec_v2" / "state.json").read_text() == '{"step": 9}'
@@ -174,10 +190,10 @@ def test_bench_runs_the_named_recipes(tiny_corpus, tmp_path):
     PhonemeASR(PhonemeASRConfig.tiny()).save_pretrained(asr)
     out = tmp_path / "out"
     r = _phase_v2(tree, _env(tmp_path, ASR=str(asr), BENCH="1", BUDGET="200", OUT=str(out),
-                             BENCH_RECIPES="v2,v2_d_batch_32"), timeout=300)
+                             BENCH_RECIPES="v2,v2_whole_batch_d"), timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     rows = json.loads((out / "train_speed.json").read_text())["rows"]
-    assert [row["recipe"] for row in rows] == ["v2", "v2_d_batch_32"], r.stdout
+    assert [row["recipe"] for row in rows] == ["v2", "v2_whole_batch_d"], r.stdout
     assert "not training" in r.stdout
 
 
@@ -242,11 +258,23 @@ def test_kept_trainer_outlives_its_call_and_final_stops_it(tiny_corpus, tmp_path
             "train.eval_every=100000 train.eval_quality=false train.save_every=2")
     env = _env(tmp_path, ASR=str(asr), FRESH="1", SETS=sets)
     pid_file = work / "codec_v2.pid"
+    # a compile cache of an earlier run, carried in parts (a real one: a small inductor graph)
+    made = subprocess.run([sys.executable, "-c", (
+        "import sys, torch\n"
+        "from flexicodec.common.compile_cache import save_compile_cache\n"
+        "f = torch.compile(lambda x: torch.sin(x) * 2, dynamic=False)\n"
+        "f(torch.randn(8))\n"
+        "print(save_compile_cache(sys.argv[1]))"), str(tmp_path / "compile_cache.bin")],
+        capture_output=True, text=True, env={**os.environ,
+                                             "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "ind")})
+    assert made.returncode == 0 and int(made.stdout.split()[-1]) >= 1, made.stderr
+    _carry_file(tree, tmp_path / "compile_cache.bin")
     try:
-        a = _phase_v2(tree, env, timeout=120, KEEP="1", KEEP_MINUTES="3", BUDGET="25",
+        a = _phase_v2(tree, env, timeout=120, KEEP="1", KEEP_MINUTES="3", BUDGET="40",
                       OUT=str(tmp_path / "out_a"))
         assert "detached" in a.stdout and "trainer still running" in a.stdout, \
             a.stdout + a.stderr
+        assert re.search(r"compile cache carried in: [1-9][0-9]* artifacts", a.stdout), a.stdout
         # the running trainer's latest portable state already came back with this call
         assert "returned the portable state of step" in a.stdout, a.stdout
         assert sorted((tmp_path / "out_a").glob("codec_v2.tar.part-*"))
@@ -272,8 +300,16 @@ def test_kept_trainer_outlives_its_call_and_final_stops_it(tiny_corpus, tmp_path
     assert state["step"] >= 1 and state["step"] == max(logged)
     # EMA_OUT=1: the codec the stopped trainer exported (EMA weights), without its ASR
     assert "(EMA weights)" in log
+    # (this trainer did not compile: its log says the cache went unused; the EMA_OUT call
+    # returns whatever cache the machine holds, here the one carried in)
+    assert "not used: train.compile is off" in log
     c = _phase_v2(tree, env, timeout=120, EMA_OUT="1", OUT=str(tmp_path / "out_c"))
     assert c.returncode == 0 and "returned the exported codec" in c.stdout, c.stdout + c.stderr
+    assert "returned the compile cache" in c.stdout, c.stdout
+    cache_parts = sorted((tmp_path / "out_c").glob("compile_cache.bin.part-*"))
+    assert b"".join(p.read_bytes() for p in cache_parts) == \
+        (tmp_path / "compile_cache.bin").read_bytes()
+    assert (tmp_path / "out_c" / "compile_cache.bin.sha256").is_file()
     parts = sorted((tmp_path / "out_c").glob("codecs.tar.part-*"))
     (tmp_path / "ema").mkdir()
     subprocess.run(f"cat {' '.join(map(str, parts))} | tar xz -C {tmp_path / 'ema'}",

@@ -341,6 +341,36 @@ def test_compiled_step_matches_eager(tiny_corpus, asr_dir, tmp_path):
         assert a["d_loss"] == pytest.approx(b["d_loss"], rel=5e-3)
 
 
+def test_compile_cache_is_written_once_the_step_has_compiled(tiny_corpus, asr_dir, tmp_path,
+                                                             monkeypatch):
+    """--compile-cache: written at the run's first logged step and again at the first one
+    with the discriminators (their graphs compile later); the first row records how long the
+    first step took; an unreadable cache stops the run before it trains."""
+    import flexicodec.codec.train as codec_train
+    from flexicodec.common.compile_cache import CompileCacheError
+
+    run = tmp_path / "r"
+    saved_at = []
+
+    def record(path):
+        saved_at.append(len(read_jsonl(run / "metrics.jsonl")))    # rows logged so far
+        return 1
+
+    monkeypatch.setattr(codec_train, "save_compile_cache", record)
+    cfg = str(_yaml(tmp_path / "c.yaml", max_steps=5, disc_start=2, warmup_fixed_steps=100,
+                    compile=True, compile_backend="aot_eager"))
+    train_codec(cfg, str(tiny_corpus), str(run), asr=str(asr_dir), cpu=True,
+                compile_cache=str(tmp_path / "cc.bin"))
+    assert saved_at == [1, 3]          # step 1 (no discriminators yet), step 3 (with them)
+    rows = [r for r in read_jsonl(run / "metrics.jsonl") if "loss" in r]
+    assert rows[0]["first_step_s"] > 0 and all("first_step_s" not in r for r in rows[1:])
+    (tmp_path / "bad.bin").write_bytes(b"not a cache")
+    with pytest.raises(CompileCacheError, match="bad.bin"):
+        train_codec(cfg, str(tiny_corpus), str(tmp_path / "b"), asr=str(asr_dir), cpu=True,
+                    compile_cache=str(tmp_path / "bad.bin"))
+    assert not (tmp_path / "b" / "checkpoints").exists()
+
+
 def test_init_from_portable_state_starts_a_new_run(tiny_corpus, asr_dir, tmp_path):
     """--init-from PORTABLE: a new run (step 0, fresh optimizers, the schedule from its start)
     with the state's generator and discriminators; --fixed-group 2 from the same state gives

@@ -18,7 +18,7 @@
 #     with checkpoints/asr_v2): the v2 corpus $W/corpus_v2 (HOURS, default 24 h,
 #     default build-corpus settings: pace, joined sentences, levels), the ASR copied to the
 #     machine (ASR=DIR takes another, e.g. one phase_asr.sh retrained on this corpus), BENCH=1
-#     the throughput benchmark (BENCH_RECIPES=v2,v2_d_batch_32: only those recipes; stopped
+#     the throughput benchmark (BENCH_RECIPES=v2,v2_whole_batch_d: only those recipes; stopped
 #     30 s before the call's budget ends), then training.
 #   next calls (no .whl/.debs needed while the machine is warm): training resumes from the
 #     run's checkpoint; with KEEP=1 (below) the trainer of the previous call is still
@@ -34,6 +34,10 @@
 #   .debs_other2 other cs, state_parts.sh split checkpoints/codec_v2 12 22 14, then call 1
 #   carries .whl .debs .carry/a, call 2 .debs_other .carry/b, call 3 .debs_other2 .carry/c
 #   (builds the corpus), call 4 .carry/d (trains), each with OTHER_VOICES=1.
+# The trainer keeps torch.compile's cache in $W/compile_cache.bin (--compile-cache); EMA_OUT=1
+#   returns it as compile_cache.bin.part-* + .sha256; carried in a later session (copy them
+#   into any .carry folder of a call before training starts) the first step compiles mostly
+#   from cache (the trainer logs first_step_s).
 # BUDGET (s) is the call's wall-clock budget, RESERVE (s) what is kept for packing.
 # SETS: config overrides for the trainer, space-separated SECTION.KEY=VALUE (its --set).
 #   train.profile_steps=5 profiles 5 steps 50 steps into the call (RUN/profile_step*.{json,md}
@@ -66,11 +70,24 @@ alive() { [ -f "$PIDF" ] && grep -a -q "flexicodec.codec.train" "/proc/$(cat "$P
 # stopped trainer exported, with the generator's EMA weights (RUN/model), as
 # $OUT/codecs.tar.part-* (fp16 without the ASR; here: cat parts | tar xz, then
 # scripts/device/transport.py unpack NAME_ema.safetensors ASR_DIR CODEC_DIR)
+# and with it torch.compile's cache of the run (compile_cache.bin.part-* + .sha256, when it
+# fits the returned files; next time: copy them into a .carry folder of any call before the
+# training starts, and the trainer compiles mostly from cache)
+CACHE=$W/compile_cache.bin
 if [ "${EMA_OUT:-0}" = 1 ]; then
   [ -f "$RUN/model/config.json" ] || { log "no exported codec in $RUN/model"; exit 2; }
   alive && { log "the trainer still runs: stop it first (FINAL=1)"; exit 2; }
   pack_codecs "${NAME}_ema=$RUN/model" || exit 2
-  log "returned the exported codec of $RUN/model"; exit 0
+  log "returned the exported codec of $RUN/model"
+  if [ -f "$CACHE" ]; then
+    n_out=$(ls "$OUT" | wc -l); mb=$(( $(stat -c %s "$CACHE") / 1048576 ))
+    if [ $(( n_out + mb / 15 + 2 )) -le 8 ]; then
+      split_file "$CACHE" "$OUT" && log "returned the compile cache ($mb MiB)"
+    else
+      log "the compile cache ($mb MiB) does not fit the returned files beside the codec"
+    fi
+  fi
+  exit 0
 fi
 # DISC_BENCH=1: the discriminator layouts' speed (benchmarks/disc_speed.py, random audio, no
 # corpus needed) on the GPU while the corpus builds on the CPUs
@@ -104,6 +121,18 @@ else
 fi
 [ -f "$ASR_DIR/config.json" ] || { log "ASR=$ASR_DIR: not a model directory"; exit 2; }
 mkdir -p "$W/portable" "$W/runs"
+# torch.compile's cache of an earlier run (EMA_OUT=1 returned it), carried in parts: used once
+# whole and readable by this torch (a file it cannot read would stop the trainer)
+if [ ! -f "$CACHE" ] && assembled_file compile_cache.bin "$CACHE"; then
+  if python3 -c "import sys; from flexicodec.common.compile_cache import load_compile_cache
+print(load_compile_cache(sys.argv[1]))" "$CACHE" > "$W/cache_check.log" 2>&1; then
+    log "compile cache carried in: $(tail -n 1 "$W/cache_check.log") artifacts"
+  else
+    log "the carried compile cache is unreadable here, compiling afresh:" \
+      "$(tail -n 1 "$W/cache_check.log")"
+    rm -f "$CACHE"
+  fi
+fi
 # A state comes from the tree (checkpoints/NAME) or, through size-limited uploads, as parts in
 # .carry/*/ over several calls (scripts/device/state_parts.sh), usable once all have arrived.
 # newest first: trained on this machine, then the tree's, then parts
@@ -168,7 +197,7 @@ start_trainer() {   # start_trainer [extra trainer args]
   local m; m=$(trainer_minutes)
   local cmd=(python3 -m flexicodec.codec.train --config "$CONFIG" --data "$CORPUS"
              --run-dir "$RUN" --asr "$ASR_DIR" --resume --portable-state "$PORT"
-             --max-minutes "$m" $INIT "${EXTRA[@]}" "${SET_ARGS[@]}" "$@")
+             --max-minutes "$m" --compile-cache "$CACHE" $INIT "${EXTRA[@]}" "${SET_ARGS[@]}" "$@")
   if [ "${KEEP:-0}" = 1 ]; then
     setsid nohup "${cmd[@]}" >> "$LOG" 2>&1 < /dev/null &
   else

@@ -9,6 +9,9 @@
 #   there: source it (phase_v2.sh does): collect_parts copies .carry/*/ into $W/parts (kept
 #          while the machine is warm); assembled_state NAME prints the directory of NAME's
 #          state once every part has arrived and the checksum matches, nothing before
+# A single file travels the same way as FILE.part-* + FILE.sha256 (what split_file writes, e.g.
+# torch.compile's cache returned by phase_v2.sh EMA_OUT=1): assembled_file FILE DEST writes
+# DEST once every part is there and the checksum matches.
 set -uo pipefail
 
 collect_parts() {
@@ -28,6 +31,23 @@ assembled_state() {
   [ "$want" = "$got" ] || return 1
   mkdir -p "$W/in"
   cat "$W/parts/$name".tar.part-* | tar x -C "$W/in" && [ -f "$dest/state.json" ] && echo "$dest"
+}
+
+# split_file SRC OUTDIR: SRC as OUTDIR/NAME.part-* (15 MiB each) and OUTDIR/NAME.sha256
+split_file() {
+  local name; name=$(basename "$1")
+  rm -f "$2/$name".part-* "$2/$name.sha256"
+  split -b 15M "$1" "$2/$name.part-" && (cd "$(dirname "$1")" && sha256sum "$name") \
+    > "$2/$name.sha256"
+}
+
+assembled_file() {
+  local name=$1 dest=$2 want got
+  [ -f "$W/parts/$name.sha256" ] || return 1
+  want=$(cut -d' ' -f1 "$W/parts/$name.sha256")
+  got=$(cat "$W/parts/$name".part-* 2>/dev/null | sha256sum | cut -d' ' -f1)
+  [ "$want" = "$got" ] || return 1
+  cat "$W/parts/$name".part-* > "$dest.tmp" && mv "$dest.tmp" "$dest"
 }
 
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then

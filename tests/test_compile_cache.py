@@ -1,0 +1,47 @@
+"""torch.compile's caches in one portable file (flexicodec.common.compile_cache): written
+atomically after a compilation, loaded back as cache hits, unreadable files refused."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from flexicodec.common.compile_cache import (CompileCacheError, load_compile_cache,
+                                             save_compile_cache)
+
+
+def _compiled_step() -> dict:
+    """Compile and run a small forward + backward with the inductor; its cache counters."""
+    import torch._dynamo.utils as dynamo_utils
+
+    torch._dynamo.reset()
+    dynamo_utils.counters.clear()
+    lin = torch.nn.Linear(8, 8)
+    f = torch.compile(lambda x: torch.nn.functional.gelu(lin(x)).square().mean(),
+                      dynamic=False)
+    x = torch.randn(4, 8)
+    f(x).backward()
+    return dict(dynamo_utils.counters["inductor"])
+
+
+def test_round_trip_turns_compilation_into_cache_hits(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor_a"))
+    assert load_compile_cache(tmp_path / "cache.bin") is None       # a first run
+    first = _compiled_step()
+    assert first.get("fxgraph_cache_miss", 0) >= 1
+    n = save_compile_cache(tmp_path / "cache.bin")
+    assert n >= 1 and (tmp_path / "cache.bin").stat().st_size > 0
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".cache.bin")]  # no temp
+    # a "fresh machine": empty local caches, the file loaded before compiling
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor_b"))
+    from torch._inductor.codecache import FxGraphCache
+    FxGraphCache.clear()
+    assert load_compile_cache(tmp_path / "cache.bin") >= 1
+    second = _compiled_step()
+    assert second.get("fxgraph_cache_hit", 0) >= 1 and not second.get("fxgraph_cache_miss")
+
+
+def test_unreadable_cache_is_an_error(tmp_path):
+    bad = tmp_path / "bad.bin"
+    bad.write_bytes(b"not a cache")
+    with pytest.raises(CompileCacheError, match="delete it to compile afresh"):
+        load_compile_cache(bad)
