@@ -14,7 +14,7 @@ Each recipe builds its model, discriminators, losses and optimizers exactly as
   AdamW, cuDNN autotuning, batch 128, 12.5 Hz (stage-1 training), GAN on;
 - ``v2``: ``configs/codec/v2.yaml`` (the GPU-sized model) with its own settings: the
   discriminators frozen in the generator's pass and shown 1-s windows of the 2-s crops
-  (``train.disc_segment_seconds``);
+  (``train.disc_segment_seconds``) of 32 of the 128 items (``train.disc_batch_size``);
 - ``fast_small_windows``: ``fast_small`` with v2's discriminator windows (1 s of each 2-s
   crop): the same generator and discriminators, trained with the v2 GAN recipe;
 - ``v2_no_cudnn_benchmark`` (only when named in ``--recipes``): v2 without
@@ -26,8 +26,8 @@ Each recipe builds its model, discriminators, losses and optimizers exactly as
   whole crop (the recipe before the windows), to measure what the windows save;
 - ``v2_d_every_2`` (only when named in ``--recipes``): v2 with a discriminator update every
   second step (``train.disc_every``);
-- ``v2_d_batch_32`` (only when named in ``--recipes``): v2 with the discriminators on 32 of
-  the 128 items of each batch (``train.disc_batch_size``; the mel loss keeps all 128).
+- ``v2_whole_batch_d`` (only when named in ``--recipes``): v2 with the discriminators on all
+  128 items of each batch (``train.disc_batch_size: 0``, the recipe before v2 took 32).
 
 For each: steady-state audio-seconds per second over ``--steps`` unsynchronised steps (data
 included), a per-phase split from ``--phase-steps`` steps synchronised at every phase
@@ -68,6 +68,8 @@ class Recipe:
 
 
 def recipes(quick: bool) -> list[Recipe]:
+    from flexicodec.codec.train import load_train_section
+
     small, v2 = str(ROOT / "configs/codec/small.yaml"), str(ROOT / "configs/codec/v2.yaml")
     out = [Recipe("shipped", small, dynamic=True),
            Recipe("fast_small", small, batch_size=128, data_on_device=True, compile=True,
@@ -84,16 +86,19 @@ def recipes(quick: bool) -> list[Recipe]:
                   train_overrides={"disc_segment_seconds": 0.0}, default=False),
            Recipe("v2_d_every_2", v2, data_on_device=True, compile=True, fused=True,
                   train_overrides={"disc_every": 2}, default=False),
-           Recipe("v2_d_batch_32", v2, data_on_device=True, compile=True, fused=True,
-                  train_overrides={"disc_batch_size": 32}, default=False)]
+           Recipe("v2_whole_batch_d", v2, data_on_device=True, compile=True, fused=True,
+                  train_overrides={"disc_batch_size": 0}, default=False)]
     if quick:    # tiny models and batches: checks the harness, not the GPU numbers
         tiny = dict(encoder_dim=4, latent_dim=32, semantic_dim=32, semantic_layers=1,
                     semantic_decoder_layers=1, n_q=2, rvq_codebook_size=64, rvq_codebook_dim=4,
                     transformer_layers=1, transformer_heads=2, decoder_dim=32,
                     decoder_intermediate_dim=64, decoder_layers=1, fsq_levels=(4, 4, 4))
+        # batch 2: a recipe whose discriminators see part of the batch sees 1 item of it
         out = [replace(r, batch_size=2, compile=False, model_overrides=tiny,
                        train_overrides={**r.train_overrides, "disc_batch_size": 1}
-                       if "disc_batch_size" in r.train_overrides else r.train_overrides)
+                       if r.train_overrides.get("disc_batch_size",
+                                                load_train_section(r.config).disc_batch_size)
+                       else r.train_overrides)
                for r in out]
     return out
 
