@@ -2,7 +2,7 @@
 
     python scripts/codec_learning_curve.py docs/results/gpu/codec_v2_metrics.jsonl \
         -o docs/results/codec_v2_curve [--state checkpoints/codec_v2] \
-        [--heldout REPORT.json=MINUTES ...]
+        [--heldout REPORT.json=MINUTES ...] [--heldout-ema REPORT.json=MINUTES ...]
 
 Reads the evaluation records of a training log (``valid_*`` at each ``eval_every`` step, with
 the cumulative ``train_minutes``; ``*_ema``: the EMA weights; a metric a run did not compute,
@@ -13,7 +13,8 @@ table and drawn as a dashed line, since the curve's later points use other seman
 ``--heldout``: reports of ``flexicodec eval`` on the held-out test splits, each with the
 GPU-minutes of the state it evaluated (``scripts/export_portable.py`` prints them): their
 conditions are tabled (WER against the originals', PESQ-WB, STOI, SIM, mel distance) and
-their STOI, PESQ-WB and WER drawn per split.
+their STOI, PESQ-WB and WER drawn per split. ``--heldout-ema``: the same for exports with the
+EMA weights (``phase_v2.sh EMA_OUT=1``), tabled as weights ``EMA`` and drawn dashed.
 """
 from __future__ import annotations
 
@@ -43,9 +44,10 @@ VALID_KEYS = ("valid_mel_12.5Hz", "valid_stoi_12.5Hz", "valid_pesq_12.5Hz",
               "valid_mel_fixed", "valid_mel_6.25Hz")
 
 
-def heldout_points(specs: list[str]) -> list[dict]:
+def heldout_points(specs: list[str], weights: str = "raw",
+                   flag: str = "--heldout") -> list[dict]:
     """One point per condition of each ``REPORT.json=MINUTES`` (a ``flexicodec eval``
-    report)."""
+    report), marked with ``weights`` ("raw" or "EMA"); ``flag`` names the option in errors."""
     points = []
     for spec in specs:
         path, sep, minutes = spec.rpartition("=")
@@ -54,15 +56,15 @@ def heldout_points(specs: list[str]) -> list[dict]:
         except ValueError:
             minutes = None
         if minutes is None or not path:
-            raise ValueError(f"--heldout {spec!r}: expected REPORT.json=MINUTES")
+            raise ValueError(f"{flag} {spec!r}: expected REPORT.json=MINUTES")
         try:
             report = json.loads(Path(path).read_text())
             conditions, split = report["conditions"], report["split"]
             orig_wer = report["original"]["wer"]
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ValueError(f"--heldout {path}: not a flexicodec eval report ({exc})") from None
+            raise ValueError(f"{flag} {path}: not a flexicodec eval report ({exc})") from None
         for c in conditions:
-            points.append({"train_minutes": minutes, "split": split,
+            points.append({"train_minutes": minutes, "split": split, "weights": weights,
                            "condition": c["condition"], "wer": c.get("wer"),
                            "original_wer": orig_wer, "pesq_wb": c.get("pesq_wb"),
                            "stoi": c.get("stoi"), "sim": c.get("speaker_similarity"),
@@ -80,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-o", "--out", required=True, help="output prefix (OUT.md, OUT.png)")
     ap.add_argument("--heldout", nargs="+", default=[], metavar="REPORT.json=MINUTES",
                     help="flexicodec eval reports with the GPU-minutes of the state evaluated")
+    ap.add_argument("--heldout-ema", nargs="+", default=[], metavar="REPORT.json=MINUTES",
+                    help="the same for exports with the EMA weights")
     ap.add_argument("--state", default=None,
                     help="the run's portable state: mark its frozen-ASR changes")
     a = ap.parse_args(argv)
@@ -92,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
     try:
-        points = heldout_points(a.heldout)
+        points = heldout_points(a.heldout) + heldout_points(a.heldout_ema, "EMA",
+                                                            "--heldout-ema")
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -114,12 +119,14 @@ def main(argv: list[str] | None = None) -> int:
     if points:
         md += ["", "Held-out test splits (`flexicodec eval`; WER: pocketsphinx, originals' in "
                    "parentheses):", "",
-               "| GPU-minutes | split | condition | WER % | PESQ-WB | STOI | SIM | mel dist |",
-               "|---|---|---|---|---|---|---|---|"]
-        for p in sorted(points, key=lambda p: (p["split"], p["condition"], p["train_minutes"])):
+               "| GPU-minutes | split | condition | weights | WER % | PESQ-WB | STOI | SIM | "
+               "mel dist |", "|---|---|---|---|---|---|---|---|---|"]
+        for p in sorted(points, key=lambda p: (p["split"], p["condition"], p["weights"] != "raw",
+                                               p["train_minutes"])):
             wer = "–" if p["wer"] is None else \
                 f"{100 * p['wer']:.1f} ({100 * p['original_wer']:.1f})"
-            md.append(f"| {p['train_minutes']:.1f} | {p['split']} | {p['condition']} | {wer} | "
+            md.append(f"| {p['train_minutes']:.1f} | {p['split']} | {p['condition']} | "
+                      f"{p['weights']} | {wer} | "
                       f"{_cell(p['pesq_wb'], '{:.2f}')} | {_cell(p['stoi'])} | "
                       f"{_cell(p['sim'])} | {_cell(p['mel_distance'])} |")
     out = Path(a.out)
@@ -153,14 +160,21 @@ def _plot(path: Path, rows: list[dict], keys: list[str], points: list[dict],
             have = [r for r in rows if r.get(k) is not None]
             if have:
                 ax.plot([r.get("train_minutes", 0.0) for r in have], [r[k] for r in have],
-                        marker="o", label=label, color=color["valid"], linestyle=style)
+                        marker="o", label=label, color=color["valid"], linestyle=style,
+                        markerfacecolor="none" if style == "--" else color["valid"])
         if metric:
             for split in splits:
-                pts = sorted((p for p in full if p["split"] == split and p[metric] is not None),
-                             key=lambda p: p["train_minutes"])
-                scale = 100 if metric == "wer" else 1
-                ax.plot([p["train_minutes"] for p in pts], [scale * p[metric] for p in pts],
-                        marker="s", linestyle=":", label=split, color=color[split])
+                for weights, style in (("raw", ":"), ("EMA", "--")):
+                    pts = sorted((p for p in full if p["split"] == split
+                                  and p["weights"] == weights and p[metric] is not None),
+                                 key=lambda p: p["train_minutes"])
+                    if not pts:
+                        continue
+                    scale = 100 if metric == "wer" else 1
+                    ax.plot([p["train_minutes"] for p in pts], [scale * p[metric] for p in pts],
+                            marker="s", linestyle=style, color=color[split],
+                            markerfacecolor="none" if weights == "EMA" else color[split],
+                            label=split if weights == "raw" else f"{split} (EMA)")
         for c in changes:
             ax.axvline(c["train_seconds"] / 60, color="grey", linestyle="--", linewidth=1)
         ax.set_xlabel("GPU-minutes (H200)")

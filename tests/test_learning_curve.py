@@ -77,11 +77,26 @@ def test_missing_metrics_and_heldout_reports(tmp_path):
     md = (tmp_path / "curve.md").read_text()
     assert "| 2000 | 4.0 | 0.500 | – | – | 0.450 |" in md and "valid_mel_12.5Hz_ema" in md
     rows = [line for line in md.splitlines() if "8 RVQ" in line]
-    assert rows == ["| 2.0 | test | flexicodec@12.5Hz, 8 RVQ | 60.0 (25.0) | 1.50 | 0.840 | "
-                    "0.900 | 0.400 |",
-                    "| 4.0 | test | flexicodec@12.5Hz, 8 RVQ | 50.0 (25.0) | 1.50 | 0.860 | "
-                    "0.900 | 0.400 |"]
+    assert rows == ["| 2.0 | test | flexicodec@12.5Hz, 8 RVQ | raw | 60.0 (25.0) | 1.50 | "
+                    "0.840 | 0.900 | 0.400 |",
+                    "| 4.0 | test | flexicodec@12.5Hz, 8 RVQ | raw | 50.0 (25.0) | 1.50 | "
+                    "0.860 | 0.900 | 0.400 |"]
     assert (tmp_path / "curve.png").stat().st_size > 1000
+    # --heldout-ema: the EMA export's report at the same minutes, a row of its own
+    c = report("c.json", "test", 0.45, 0.87)
+    run = subprocess.run([sys.executable, str(ROOT / "scripts/codec_learning_curve.py"),
+                          str(path), "-o", str(out), "--heldout", f"{b}=4.0",
+                          "--heldout-ema", f"{c}=4.0"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    rows = [line for line in (tmp_path / "curve.md").read_text().splitlines() if "8 RVQ" in line]
+    assert rows == ["| 4.0 | test | flexicodec@12.5Hz, 8 RVQ | raw | 50.0 (25.0) | 1.50 | "
+                    "0.860 | 0.900 | 0.400 |",
+                    "| 4.0 | test | flexicodec@12.5Hz, 8 RVQ | EMA | 45.0 (25.0) | 1.50 | "
+                    "0.870 | 0.900 | 0.400 |"]
+    bad = subprocess.run([sys.executable, str(ROOT / "scripts/codec_learning_curve.py"),
+                          str(path), "-o", str(out), "--heldout-ema", str(c)],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "--heldout-ema" in bad.stderr
     for spec in (str(a), f"{tmp_path / 'none.json'}=1", f"{path}=1"):
         bad = subprocess.run([sys.executable, str(ROOT / "scripts/codec_learning_curve.py"),
                               str(path), "-o", str(out), "--heldout", spec],
