@@ -42,6 +42,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from flexicodec.codec.augment import TimbreAugmentConfig, timbre_augment
 from flexicodec.codec.discriminators import (CodecDiscriminator, DiscriminatorConfig,
                                              same_weights)
 from flexicodec.codec.losses import (MelLossConfig, MultiResolutionMelLoss, discriminator_loss,
@@ -119,6 +120,9 @@ class CodecTrainConfig:
     # the whole batch
     disc_batch_size: int = 0
     disc_every: int = 1                 # discriminator update every k generator steps
+    # a new timbre per crop on the device (flexicodec.codec.augment; prob 0: off): formant
+    # scale and a smooth EQ, the augmented crop is the codec's input and target
+    timbre_augment: TimbreAugmentConfig = field(default_factory=TimbreAugmentConfig)
     # cuDNN times its convolution algorithms for each new shape and keeps the fastest (pays
     # off when every step has the same shapes: data_on_device)
     cudnn_benchmark: bool = False
@@ -128,11 +132,12 @@ class CodecTrainConfig:
     profile_steps: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("loss_weights", "mel_loss", "discriminator"):
+        for name in ("loss_weights", "mel_loss", "discriminator", "timbre_augment"):
             value = getattr(self, name)
             if isinstance(value, dict):
                 cls = {"loss_weights": LossWeights, "mel_loss": MelLossConfig,
-                       "discriminator": DiscriminatorConfig}[name]
+                       "discriminator": DiscriminatorConfig,
+                       "timbre_augment": TimbreAugmentConfig}[name]
                 setattr(self, name, dataclass_from_section(cls, value, f"train.{name}"))
         if self.gan_kind not in ("hinge", "lsgan"):
             raise ValueError(f"train.gan_kind must be 'hinge' or 'lsgan', got {self.gan_kind!r}")
@@ -507,6 +512,10 @@ def train_step(p: StepParts, wav: torch.Tensor, wl: torch.Tensor | None,
     """One generator (+ discriminator) update on wav [B, T] (``wl`` [B] lengths or None for
     full crops; ``target`` [B, F, Dsem] precomputed semantic features or None).
 
+    With ``train.timbre_augment.prob`` > 0 the crops first get new timbres
+    (:mod:`flexicodec.codec.augment`, drawn from ``window_gen`` seeded by the step): every
+    loss then sees the augmented crop.
+
     With ``use_gan`` the discriminators update (every ``train.disc_every`` steps counted from
     ``disc_start``; ``step`` is the global step) and the generator gets the adversarial and
     feature-matching losses, both on the first ``train.disc_batch_size`` items (0: all) and
@@ -519,6 +528,15 @@ def train_step(p: StepParts, wav: torch.Tensor, wl: torch.Tensor | None,
     "generator_backward", "optimizer"): benchmarks/train_speed.py times the phases with it."""
     acc, tc, w = p.accelerator, p.tc, p.tc.loss_weights
     mark = mark or (lambda name: None)
+    if tc.timbre_augment.prob > 0:       # a new voice per crop, the same for a resumed step
+        if p.window_gen is None:
+            raise ValueError("train.timbre_augment needs StepParts.window_gen")
+        p.window_gen.manual_seed((tc.seed + 2) * 2654435761 + step * acc.num_processes
+                                 + acc.process_index)
+        wav = timbre_augment(wav, tc.timbre_augment, p.window_gen,
+                             acc.unwrap_model(p.model).config.sample_rate)
+        if wl is not None:
+            wav = _mask_audio(wav, wl)
     with acc.autocast():
         out = p.model(wav, wl, semantic_target=target, pad_tokens=True, **how)
     y_hat = match_length(out.audio.float(), wav.shape[-1])

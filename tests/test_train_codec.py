@@ -91,8 +91,10 @@ def test_tiny_codec_learns(tiny_corpus, asr_dir, tmp_path):
 
 
 def test_resume_is_exact(tiny_corpus, asr_dir, tmp_path):
+    # (with timbre augmentation: a resumed step draws the same voices)
     cfg = str(_yaml(tmp_path / "c.yaml", max_steps=6, disc_start=2, warmup_fixed_steps=2,
-                    save_every=3, ema_decay=0.9, disc_segment_seconds=0.5))
+                    save_every=3, ema_decay=0.9, disc_segment_seconds=0.5,
+                    timbre_augment={"prob": 0.5}))
     full = train_codec(cfg, str(tiny_corpus), str(tmp_path / "a"), asr=str(asr_dir), cpu=True)
     part = train_codec(cfg, str(tiny_corpus), str(tmp_path / "b"), asr=str(asr_dir), cpu=True,
                        stop_after=3)
