@@ -17,6 +17,9 @@ Each recipe builds its model, discriminators, losses and optimizers exactly as
   (``train.disc_segment_seconds``) of 32 of the 128 items (``train.disc_batch_size``);
 - ``fast_small_windows``: ``fast_small`` with v2's discriminator windows (1 s of each 2-s
   crop): the same generator and discriminators, trained with the v2 GAN recipe;
+- ``fast_small_v2_gan`` (only when named in ``--recipes``): ``fast_small_windows`` with the
+  discriminators also on 32 of the 128 items, as v2 trains them (the shipped model with all
+  of v2's GAN recipe);
 - ``v2_no_cudnn_benchmark`` (only when named in ``--recipes``): v2 without
   ``train.cudnn_benchmark`` (cuDNN's default convolution algorithms instead of the fastest
   measured per shape);
@@ -77,6 +80,10 @@ def recipes(quick: bool) -> list[Recipe]:
            Recipe("fast_small_windows", small, batch_size=128, data_on_device=True,
                   compile=True, fused=True,
                   train_overrides={"cudnn_benchmark": True, "disc_segment_seconds": 1.0}),
+           Recipe("fast_small_v2_gan", small, batch_size=128, data_on_device=True,
+                  compile=True, fused=True,
+                  train_overrides={"cudnn_benchmark": True, "disc_segment_seconds": 1.0,
+                                   "disc_batch_size": 32}, default=False),
            Recipe("v2", v2, data_on_device=True, compile=True, fused=True),
            Recipe("v2_no_cudnn_benchmark", v2, data_on_device=True, compile=True, fused=True,
                   train_overrides={"cudnn_benchmark": False}, default=False),

@@ -166,11 +166,12 @@ def test_train_speed_quick(tiny_corpus, tmp_path):
     and reports throughput, the phase split and FLOPs for each."""
     from flexicodec.benchmarks.train_speed import main as train_speed
     assert train_speed(["--device", "cpu", "--quick", "--data", str(tiny_corpus),
-                        "--recipes", "shipped,fast_small,fast_small_windows,v2,v2_mpd_1d,"
+                        "--recipes", "shipped,fast_small,fast_small_windows,fast_small_v2_gan,v2,v2_mpd_1d,"
                         "v2_d_every_2,v2_whole_batch_d", "--out", str(tmp_path)]) == 0
     res = json.loads((tmp_path / "train_speed.json").read_text())
     rows = {r["recipe"]: r for r in res["rows"]}
-    assert set(rows) == {"shipped", "fast_small", "fast_small_windows", "v2", "v2_mpd_1d",
+    assert set(rows) == {"shipped", "fast_small", "fast_small_windows", "fast_small_v2_gan",
+                         "v2", "v2_mpd_1d",
                          "v2_d_every_2", "v2_whole_batch_d"}
     assert not any(r["error"] for r in rows.values())
     # v2 runs its recipe's discriminator windows (1 s of 2-s crops); fast_small the whole crop
@@ -180,6 +181,8 @@ def test_train_speed_quick(tiny_corpus, tmp_path):
     assert rows["fast_small_windows"]["generator_M"] == rows["fast_small"]["generator_M"]
     assert (rows["v2"]["disc_every"], rows["v2_d_every_2"]["disc_every"]) == (1, 2)
     assert (rows["v2"]["disc_batch"], rows["v2_whole_batch_d"]["disc_batch"]) == (1, 2)
+    assert (rows["fast_small_windows"]["disc_batch"],
+            rows["fast_small_v2_gan"]["disc_batch"]) == (2, 1)
     assert (rows["v2"]["mpd_layout"], rows["v2_mpd_1d"]["mpd_layout"]) == ("2d", "1d")
     with pytest.raises(SystemExit):
         train_speed(["--device", "cpu", "--quick", "--data", str(tiny_corpus),
