@@ -9,15 +9,11 @@ vector's projection back. For each utterance of a corpus split this reports, per
   direction; a codebook that does not cover a voice's latents gives lower values);
 - the mel distance to the original (:func:`flexicodec.codec.eval.evaluate.mel_distance`) and
   PESQ-WB of the decode with the first N stages for each N of ``--stages`` (default 0, 1, 8,
-  12; 0: semantic tokens only), as ``flexicodec eval --num-quantizers N`` decodes, and of the
-  decode of the **unquantized** tokens (the acoustic aggregator's output itself, what the
-  semantic latent plus an RVQ with unlimited stages would give): the quality the decoder
-  reaches when bits are no limit.
+  12; 0: semantic tokens only), as ``flexicodec eval --num-quantizers N`` decodes.
 
 Run it on a split of training voices (``test``) and one of unheard voices (``test_unseen``):
 if the unheard voice's cosines match the training voices' while its mel distances do not,
-the loss lies in the encoder and decoder, not in the codebooks. Where the unquantized decode
-is no better than the one with all stages, more bits would not help either.
+the loss lies in the encoder and decoder, not in the codebooks.
 
     python scripts/diagnose_quantization.py --model CODEC --data CORPUS --split test_unseen \
         --max-utts 40 [--stages 0,1,8,12] [-o OUT_PREFIX]
@@ -39,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from flexicodec.codec.eval.evaluate import load_utterances, mel_distance  # noqa: E402
 from flexicodec.codec.eval.metrics import pesq_wb  # noqa: E402
-from flexicodec.codec.model import FlexiCodec, prepare_batch  # noqa: E402
+from flexicodec.codec.model import FlexiCodec  # noqa: E402
 from flexicodec.common.atomic import write_report_files  # noqa: E402
 from flexicodec.common.pretrained import run_reporting_model_errors  # noqa: E402
 from flexicodec.common.constants import SAMPLE_RATE  # noqa: E402
@@ -65,31 +61,12 @@ def decode_ways(model, audio: np.ndarray, stages: list[int]) -> dict:
     n = len(audio)
     out = {str(k): model.decode_from_codes(codes.semantic_codes, codes.acoustic_codes[:, :k],
                                            codes.token_lengths)[0, :n] for k in stages}
-    out[UNQUANTIZED] = decode_unquantized(model, audio)[:n]
     return {"audio": {k: a.float().cpu().numpy() for k, a in out.items()}, "cosine": cosine}
-
-
-#: the key of the decode without quantization in the reports
-UNQUANTIZED = "unquantized"
-
-
-@torch.no_grad()
-def decode_unquantized(model, audio: np.ndarray) -> torch.Tensor:
-    """One utterance [T] at 12.5 Hz decoded from its acoustic tokens before quantization (the
-    tokens ``sem_lat + RVQ(ac_tok - sem_lat)`` approach as stages are added) → audio [T']."""
-    batch, lengths = prepare_batch(audio, SAMPLE_RATE, model.sample_rate)
-    batch, lengths = batch.to(model.device), lengths.to(model.device)
-    ff = model.frame_features_chunked(batch, lengths, 30.0, 5.0)
-    merge = model.make_merge(ff, threshold=1.0)
-    tokens = model.acoustic_aggregator(ff.latent, merge)
-    tokens = tokens * merge.token_mask[..., None].to(tokens.dtype)
-    return model.synthesize(tokens, merge)[0]
 
 
 def diagnose(model, utts: list[dict], stages: list[int]) -> dict:
     """Per voice (and ``all``): mean mel distance and PESQ-WB of the decode with each stage
-    count and unquantized, and mean cosine per RVQ stage, over ``utts`` (``load_utterances``
-    dicts)."""
+    count, and mean cosine per RVQ stage, over ``utts`` (``load_utterances`` dicts)."""
     mel = defaultdict(lambda: defaultdict(list))
     pq = defaultdict(lambda: defaultdict(list))
     cos = defaultdict(list)
@@ -114,8 +91,8 @@ def diagnose(model, utts: list[dict], stages: list[int]) -> dict:
 def markdown(result: dict, title: str) -> str:
     stages = result["stages"]
     n_q = len(result["rows"][0]["cosine"]) if result["rows"] else 0
-    keys = [str(k) for k in stages] + [UNQUANTIZED]
-    names = [f"{k} stages" for k in stages] + [UNQUANTIZED]
+    keys = [str(k) for k in stages]
+    names = [f"{k} stages" for k in stages]
 
     def pesq(v):
         return "–" if v is None else f"{v:.2f}"
