@@ -254,7 +254,8 @@ def test_kept_trainer_outlives_its_call_and_final_stops_it(tiny_corpus, tmp_path
     torch.manual_seed(0)
     asr = tmp_path / "asr"
     PhonemeASR(PhonemeASRConfig.tiny()).save_pretrained(asr)
-    sets = ("train.batch_size=2 train.compile=false train.num_workers=0 train.log_every=1 "
+    sets = ("train.batch_size=2 train.disc_batch_size=1 train.compile=false train.num_workers=0 "
+            "train.log_every=1 "
             "train.eval_every=100000 train.eval_quality=false train.save_every=2")
     env = _env(tmp_path, ASR=str(asr), FRESH="1", SETS=sets)
     pid_file = work / "codec_v2.pid"

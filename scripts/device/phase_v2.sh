@@ -43,7 +43,7 @@
 #   train.profile_steps=5 profiles 5 steps 50 steps into the call (RUN/profile_step*.{json,md}
 #   to $OUT: the operators and kernels that take the step's GPU time). E.g.
 #   a CPU dry run of the whole chain: HOURS=0.05 BUDGET=240 DEVICE=cpu
-#   SETS="train.batch_size=2 train.compile=false train.num_workers=0" scripts/device/phase_v2.sh
+#   SETS="train.batch_size=2 train.disc_batch_size=1 train.compile=false train.num_workers=0" scripts/device/phase_v2.sh
 # DEVICE (default cuda) is the benchmarks' device (cpu: a dry run, --quick). DISC_BENCH=1 (best in the call
 #   that builds the corpus, with OTHER_VOICES=1 the one that brings the last voices):
 #   benchmarks/disc_speed.py on the GPU while the corpus builds on the CPUs, at batches
