@@ -30,7 +30,10 @@ Each recipe builds its model, discriminators, losses and optimizers exactly as
 - ``v2_d_every_2`` (only when named in ``--recipes``): v2 with a discriminator update every
   second step (``train.disc_every``);
 - ``v2_whole_batch_d`` (only when named in ``--recipes``): v2 with the discriminators on all
-  128 items of each batch (``train.disc_batch_size: 0``, the recipe before v2 took 32).
+  128 items of each batch (``train.disc_batch_size: 0``, the recipe before v2 took 32);
+- ``v2_cuda_graphs`` (only when named in ``--recipes``): v2 with its compiled parts replayed
+  as CUDA graphs (``train.compile_mode: reduce-overhead``), against the host's share of a
+  step.
 
 For each: steady-state audio-seconds per second over ``--steps`` unsynchronised steps (data
 included), a per-phase split from ``--phase-steps`` steps synchronised at every phase
@@ -94,7 +97,9 @@ def recipes(quick: bool) -> list[Recipe]:
            Recipe("v2_d_every_2", v2, data_on_device=True, compile=True, fused=True,
                   train_overrides={"disc_every": 2}, default=False),
            Recipe("v2_whole_batch_d", v2, data_on_device=True, compile=True, fused=True,
-                  train_overrides={"disc_batch_size": 0}, default=False)]
+                  train_overrides={"disc_batch_size": 0}, default=False),
+           Recipe("v2_cuda_graphs", v2, data_on_device=True, compile=True, fused=True,
+                  train_overrides={"compile_mode": "reduce-overhead"}, default=False)]
     if quick:    # tiny models and batches: checks the harness, not the GPU numbers
         tiny = dict(encoder_dim=4, latent_dim=32, semantic_dim=32, semantic_layers=1,
                     semantic_decoder_layers=1, n_q=2, rvq_codebook_size=64, rvq_codebook_dim=4,
@@ -147,6 +152,7 @@ def _build(recipe: Recipe, data: str, asr: str | None, device, quick: bool, cach
         if key == "discriminator":                  # a section: its keys, over the config's
             value = replace(tc.discriminator, **value)
         setattr(tc, key, value)
+    tc.compile = recipe.compile                     # what this recipe does, not the config
     if quick:
         tc.discriminator = replace(tc.discriminator, periods=(2, 3), mpd_channels=(8, 16),
                                    mrd_resolutions=((256, 64, 256),), mrd_channels=8)
@@ -270,7 +276,8 @@ def run_recipe(recipe: Recipe, data: str, asr: str | None, device, steps: int, w
         # per-function recompile limit: without a reset, later recipes would exhaust it and
         # run parts eagerly
         torch._dynamo.reset()
-        compile_for_training(parts.model, parts.disc, parts.mel_loss, tc.compile_backend)
+        compile_for_training(parts.model, parts.disc, parts.mel_loss, tc.compile_backend,
+                             tc.compile_mode)
     t0 = time.perf_counter()
     for _ in range(warmup):
         wav, wl, target = batch()

@@ -62,6 +62,9 @@ from flexicodec.common.run_flags import add_run_flags, out_model_dir, parse_run_
 
 
 PROFILE_AFTER = 50      # steps into a run before train.profile_steps are profiled
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+#: the modes under which torch.compile replays CUDA graphs (each step marks its start)
+CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 
 @dataclass
@@ -106,6 +109,10 @@ class CodecTrainConfig:
     cache_dir: str = ""                 # device-data cache (default RUN/cache)
     compile: bool = False               # torch.compile the generator parts, discriminators, loss
     compile_backend: str = "inductor"   # its backend ("aot_eager": tracing and autograd only)
+    # torch.compile's mode: "default"; "reduce-overhead" replays each compiled part as a CUDA
+    # graph (one launch instead of one per kernel: the host's share of a step); or
+    # "max-autotune" / "max-autotune-no-cudagraphs" (Triton autotuning, longer compilation)
+    compile_mode: str = "default"
     lr_schedule: str = "cosine"         # 'cosine' (to max_steps) or 'constant' after warm-up
     rewarm_steps: int = 200             # LR ramp after continuing from a portable state
     eval_quality: bool = False          # STOI / PESQ-WB of valid reconstructions at each eval
@@ -160,6 +167,9 @@ class CodecTrainConfig:
                              f"{self.batch_size}], got {self.disc_batch_size}")
         if self.profile_steps < 0:
             raise ValueError(f"train.profile_steps must be >= 0, got {self.profile_steps}")
+        if self.compile_mode not in COMPILE_MODES:
+            raise ValueError(f"train.compile_mode must be one of {COMPILE_MODES}, got "
+                             f"{self.compile_mode!r}")
 
 
 def load_train_section(path: str | Path) -> CodecTrainConfig:
@@ -285,18 +295,20 @@ def eager():
         torch.backends.cudnn.benchmark = bench
 
 
-def compile_for_training(model, disc, mel_loss, backend: str = "inductor") -> None:
+def compile_for_training(model, disc, mel_loss, backend: str = "inductor",
+                         mode: str = "default") -> None:
     """``torch.compile`` (in place: parameter names unchanged) the parts of a training step
     whose shapes are fixed by the crop length: acoustic encoder, transformers, ConvNeXt
     stacks, RVQ, decoder, discriminators and the mel loss. The merging itself (data-dependent
     grouping) stays eager; the token-level parts see the token axis padded to the frame
     count (``pad_tokens``), so every shape is fixed. ``dynamic=False``: each distinct shape
     gets its own static graph (the discriminators see [2B, ...] in their update and [B, ...]
-    in the generator's pass) instead of one with a symbolic batch size."""
+    in the generator's pass) instead of one with a symbolic batch size. ``mode``: one of
+    :data:`COMPILE_MODES` (``train.compile_mode``)."""
     for part in (model.encoder, model.merge_transformer, model.semantic_encoder,
                  model.semantic_decoder, model.distill_head, model.rvq,
                  model.unmerge_transformer, model.decoder, disc, mel_loss):
-        part.compile(dynamic=False, backend=backend)
+        part.compile(dynamic=False, backend=backend, mode=None if mode == "default" else mode)
 
 
 def fresh_copy(raw, ema: "EMA | None", device):
@@ -528,6 +540,8 @@ def train_step(p: StepParts, wav: torch.Tensor, wl: torch.Tensor | None,
     "generator_backward", "optimizer"): benchmarks/train_speed.py times the phases with it."""
     acc, tc, w = p.accelerator, p.tc, p.tc.loss_weights
     mark = mark or (lambda name: None)
+    if tc.compile and tc.compile_mode in CUDAGRAPH_MODES:
+        torch.compiler.cudagraph_mark_step_begin()   # the last step's graph outputs are done
     if tc.timbre_augment.prob > 0:       # a new voice per crop, the same for a resumed step
         if p.window_gen is None:
             raise ValueError("train.timbre_augment needs StepParts.window_gen")
@@ -723,7 +737,7 @@ def train_codec(config_path: str, data: str, run_dir: str, asr: str | None = Non
                   f"({prior_seconds / 60:.1f} training minutes so far; optimizer moments "
                   f"start fresh, learning rates re-warm over {tc.rewarm_steps} steps)")
     if tc.compile:
-        compile_for_training(model, disc, mel_loss, tc.compile_backend)
+        compile_for_training(model, disc, mel_loss, tc.compile_backend, tc.compile_mode)
     if accelerator.device.type == "cuda":
         torch.backends.cudnn.benchmark = tc.cudnn_benchmark
     if tc.eval_quality:

@@ -334,13 +334,22 @@ def test_compiled_step_matches_eager(tiny_corpus, asr_dir, tmp_path):
                       data_on_device=True, cache_dir=str(tmp_path / "cache"), compile=True,
                       compile_backend="aot_eager", disc_segment_seconds=0.5,
                       disc_batch_size=1))
+    # train.compile_mode reduce-overhead (CUDA graphs on a GPU; each step marks its start)
+    cfg_g = str(_yaml(tmp_path / "g.yaml", max_steps=1, disc_start=0, warmup_fixed_steps=100,
+                      data_on_device=True, cache_dir=str(tmp_path / "cache"), compile=True,
+                      compile_backend="aot_eager", compile_mode="reduce-overhead",
+                      disc_segment_seconds=0.5, disc_batch_size=1))
     train_codec(cfg_e, str(tiny_corpus), str(tmp_path / "e"), asr=str(asr_dir), cpu=True)
     train_codec(cfg_c, str(tiny_corpus), str(tmp_path / "c"), asr=str(asr_dir), cpu=True)
+    train_codec(cfg_g, str(tiny_corpus), str(tmp_path / "g"), asr=str(asr_dir), cpu=True)
     le = [r for r in read_jsonl(tmp_path / "e" / "metrics.jsonl") if "loss" in r]
-    lc = [r for r in read_jsonl(tmp_path / "c" / "metrics.jsonl") if "loss" in r]
-    for a, b in zip(le, lc, strict=True):
-        assert a["mel_loss"] == pytest.approx(b["mel_loss"], rel=5e-3)
-        assert a["d_loss"] == pytest.approx(b["d_loss"], rel=5e-3)
+    for run in ("c", "g"):
+        lc = [r for r in read_jsonl(tmp_path / run / "metrics.jsonl") if "loss" in r]
+        for a, b in zip(le, lc, strict=True):
+            assert a["mel_loss"] == pytest.approx(b["mel_loss"], rel=5e-3), run
+            assert a["d_loss"] == pytest.approx(b["d_loss"], rel=5e-3), run
+    with pytest.raises(ValueError, match="compile_mode"):
+        load_train_section(_yaml(tmp_path / "bad.yaml", compile_mode="fast"))
 
 
 def test_compile_cache_is_written_once_the_step_has_compiled(tiny_corpus, asr_dir, tmp_path,
