@@ -97,6 +97,20 @@ def test_augment_report_on_a_corpus(tiny_corpus, tmp_path):
     assert rep["pairs_same_speaker"] + rep["pairs_derived_speaker"] + \
         rep["pairs_other_voice"] == 6                                   # 4 choose 2
     assert "SIM, augmented to its original" in out.with_suffix(".md").read_text()
+    assert rep["codec_mel_original"] is None                            # no --model
+    # --model: a codec's mel distance on the originals and on the augmented audio
+    from flexicodec.codec.config import FlexiCodecConfig
+    from flexicodec.codec.model import FlexiCodec
+    torch.manual_seed(0)
+    FlexiCodec(FlexiCodecConfig.tiny()).save_pretrained(tmp_path / "codec")
+    r = subprocess.run([sys.executable, str(script), "--data", str(tiny_corpus), "--split",
+                        "test_unseen", "--max-utts", "2", "--model", str(tmp_path / "codec"),
+                        "--num-quantizers", "1", "-o", str(out)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(out.with_suffix(".json").read_text())
+    assert rep["codec_mel_original"] > 0 and rep["codec_mel_augmented"] > 0
+    assert rep["num_quantizers"] == 1 and "codec mel distance, augmented" in r.stdout
     bad = subprocess.run([sys.executable, str(script), "--data", str(tiny_corpus), "--split",
                           "nope"], capture_output=True, text=True)
     assert bad.returncode == 2 and "augment_report: error:" in bad.stderr
