@@ -338,6 +338,22 @@ def valid_of_ema(raw, ema: "EMA", dataset, mel_loss, device, tc: "CodecTrainConf
 
 
 @torch.no_grad()
+def unseen_mel(raw, ema: "EMA | None", dataset, mel_loss, device, max_utts: int,
+               rate: float | None) -> dict:
+    """Mean mel L1 of the first ``max_utts`` utterances of the corpus's ``test_unseen``
+    split (voices held out of training) at ``rate``, for the trained weights and, with an
+    EMA, its weights: keys ``unseen_mel_{rate}`` and ``unseen_mel_{rate}_ema`` (the
+    in-run counterpart of the held-out evaluation's unheard voices)."""
+    out = {}
+    models = [("", raw)] + ([("_ema", fresh_copy(raw, ema, device))] if ema is not None else [])
+    for suffix, model in models:
+        ev = valid_mel_loss(model, dataset, mel_loss, device, max_utts, (rate,))
+        out.update({k.replace("valid_mel", "unseen_mel") + suffix: v for k, v in ev.items()
+                    if k.startswith("valid_mel")})
+    return out
+
+
+@torch.no_grad()
 def valid_quality(model, dataset, device, max_utts: int, rate: float | None) -> dict:
     """Mean STOI and PESQ-WB of the first ``max_utts`` valid utterances reconstructed at
     ``rate`` Hz (None: the model's fixed groups). Needs the judges (``pip install .[eval]``)."""
@@ -821,6 +837,12 @@ def train_codec(config_path: str, data: str, run_dir: str, asr: str | None = Non
                                  segment_samples=int(tc.eval_seconds * sr), random_crop=False)
     except ValueError:
         valid_set = None
+    try:                       # voices held out of training (the corpus's test_unseen)
+        unseen_ds = load_corpus(data, split="test_unseen", sample_rate=sr, check="header")
+        unseen_set = AudioDataset(unseen_ds, sample_rate=sr,
+                                  segment_samples=int(tc.eval_seconds * sr), random_crop=False)
+    except ValueError:
+        unseen_set = None
 
     logger = JsonlLogger(run / "metrics.jsonl", enabled=main)
     n_gen = sum(p.numel() for p in g_params)
@@ -944,6 +966,9 @@ def train_codec(config_path: str, data: str, run_dir: str, asr: str | None = Non
                 if ema is not None:  # the EMA weights (what exports use), at the first rate
                     ev.update(valid_of_ema(raw, ema, valid_set, mel_loss, accelerator.device,
                                            tc, rates[0]))
+                if unseen_set is not None:
+                    ev.update(unseen_mel(raw, ema, unseen_set, mel_loss, accelerator.device,
+                                         tc.max_eval_utts, rates[0]))
             logger.log({"step": step, "train_minutes": (prior_seconds + budget.elapsed()) / 60,
                         **ev})
             tqdm.write(f"[train] step {step}: " + ", ".join(f"{k} {v:.3f}"

@@ -5,7 +5,8 @@
         [--heldout REPORT.json=MINUTES ...] [--heldout-ema REPORT.json=MINUTES ...]
 
 Reads the evaluation records of a training log (``valid_*`` at each ``eval_every`` step, with
-the cumulative ``train_minutes``; ``*_ema``: the EMA weights; a metric a run did not compute,
+the cumulative ``train_minutes``; ``unseen_mel_*``: the corpus's held-out voices; ``*_ema``:
+the EMA weights; a metric a run did not compute,
 e.g. STOI without pystoi, is left empty) and writes OUT.md (a table) and OUT.png (valid mel distance, STOI and PESQ-WB
 against minutes). ``--state``: the run's portable state; each change of its frozen ASR
 (``semantic_history``, :func:`flexicodec.codec.portable.rebase_semantic`) is listed under the
@@ -41,6 +42,7 @@ def curve_rows(log: list[dict]) -> list[dict]:
 
 VALID_KEYS = ("valid_mel_12.5Hz", "valid_stoi_12.5Hz", "valid_pesq_12.5Hz",
               "valid_mel_12.5Hz_ema", "valid_stoi_12.5Hz_ema", "valid_pesq_12.5Hz_ema",
+              "unseen_mel_12.5Hz", "unseen_mel_12.5Hz_ema",
               "valid_mel_fixed", "valid_mel_6.25Hz")
 
 
@@ -144,7 +146,7 @@ def _plot(path: Path, rows: list[dict], keys: list[str], points: list[dict],
     import matplotlib.pyplot as plt
     # the 12.5 Hz valid metrics (all stages), then the held-out ones at 12.5 Hz with 8
     # acoustic stages (the targets' setting) where reported, else all; one series per split
-    panels = [("mel distance (valid)", "valid_mel_12.5Hz", None),
+    panels = [("mel distance (in-run)", "valid_mel_12.5Hz", None),
               ("STOI", "valid_stoi_12.5Hz", "stoi"), ("PESQ-WB", "valid_pesq_12.5Hz", "pesq_wb")]
     full = [p for p in points if p["condition"].endswith("@12.5Hz, 8 RVQ")] or \
         [p for p in points if p["condition"].endswith("@12.5Hz")]
@@ -155,13 +157,17 @@ def _plot(path: Path, rows: list[dict], keys: list[str], points: list[dict],
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
     axes = axes if hasattr(axes, "__len__") else [axes]
     for ax, (title, key, metric) in zip(axes, panels):
-        for k, label, style in (((key, "valid", "-"), (f"{key}_ema", "valid (EMA)", "--"))
-                                if key else ()):
+        series = [(key, "valid", "-", color["valid"]),
+                  (f"{key}_ema", "valid (EMA)", "--", color["valid"])] if key else []
+        if key == "valid_mel_12.5Hz":    # the in-run held-out voices (corpus test_unseen)
+            series += [("unseen_mel_12.5Hz", "unseen voices", "-", "C5"),
+                       ("unseen_mel_12.5Hz_ema", "unseen voices (EMA)", "--", "C5")]
+        for k, label, style, c in series:
             have = [r for r in rows if r.get(k) is not None]
             if have:
                 ax.plot([r.get("train_minutes", 0.0) for r in have], [r[k] for r in have],
-                        marker="o", label=label, color=color["valid"], linestyle=style,
-                        markerfacecolor="none" if style == "--" else color["valid"])
+                        marker="o", label=label, color=c, linestyle=style,
+                        markerfacecolor="none" if style == "--" else c)
         if metric:
             for split in splits:
                 for weights, style in (("raw", ":"), ("EMA", "--")):

@@ -570,6 +570,9 @@ def test_valid_metrics_of_the_ema_weights(tiny_corpus, asr_dir, tmp_path):
     assert len(ev) == 1
     raw, ema = ev[0]["valid_mel_12.5Hz"], ev[0]["valid_mel_12.5Hz_ema"]
     assert math.isfinite(ema) and ema != raw
+    # the voices held out of training (test_unseen), both weights
+    unseen, unseen_ema = ev[0]["unseen_mel_12.5Hz"], ev[0]["unseen_mel_12.5Hz_ema"]
+    assert math.isfinite(unseen) and math.isfinite(unseen_ema) and unseen != raw
 
 
 def test_eager_evaluation_context_restores_cudnn_autotuning():
