@@ -325,6 +325,40 @@ def run_recipe(recipe: Recipe, data: str, asr: str | None, device, steps: int, w
     return row
 
 
+#: the table's columns: (row key, header)
+COLUMNS = [("recipe", "recipe"), ("generator_M", "gen M"), ("batch", "batch"),
+           ("disc_batch", "D batch"), ("disc_window_s", "D s"), ("disc_every", "D every"),
+           ("mpd_layout", "MPD"),
+           ("audio_s_per_s", "audio-s/s"), ("vs_shipped", "x shipped"), ("step_ms", "ms/step"),
+           ("ms_data", "data"), ("ms_semantic_features", "ASR"),
+           ("ms_generator_forward", "G fwd"), ("ms_discriminator", "D"),
+           ("ms_generator_backward", "G bwd"), ("ms_optimizer", "opt"),
+           ("peak_mem_gb", "mem GB"), ("tflops", "TFLOP/s"), ("mfu_pct", "MFU %"),
+           ("error", "error")]
+
+
+def _write_results(out: Path, rows: list[dict], a, device) -> str:
+    """Write ``train_speed.json`` and ``train_speed.md`` (atomically) for the recipes run so
+    far; returns the table."""
+    from flexicodec.common.atomic import atomic_write_text
+
+    base = next((r for r in rows if r["recipe"] == "shipped"), None)
+    for r in rows:
+        r["vs_shipped"] = r["audio_s_per_s"] / base["audio_s_per_s"] if base else None
+        r.setdefault("error", "")
+        for k, v in r["phase_ms"].items():
+            r[f"ms_{k}"] = v
+    table = format_table(rows, COLUMNS)
+    result = {"benchmark": "train_speed", "quick": a.quick, "hardware": hardware_info(device),
+              "steps": a.steps, "warmup": a.warmup, "phase_steps": a.phase_steps,
+              "peak_flops": a.peak_flops, "rows": rows}
+    write_json(out / "train_speed.json", result)
+    atomic_write_text(out / "train_speed.md",
+                      "Phase columns: ms per step, synchronised at each phase boundary.\n\n```\n"
+                      + table + "\n```\n")
+    return table
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m flexicodec.benchmarks.train_speed",
                                  description=__doc__.split("\n")[0])
@@ -351,6 +385,8 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             ap.error(f"unknown recipes {unknown}; choose from {[r.name for r in chosen]}")
         chosen = [r for r in chosen if r.name in names]
+        if not chosen:
+            ap.error("--recipes names no recipe")
     if a.quick:
         a.steps, a.warmup, a.phase_steps = min(a.steps, 2), min(a.warmup, 1), min(a.phase_steps, 1)
     out = Path(a.out)
@@ -365,31 +401,9 @@ def main(argv: list[str] | None = None) -> int:
                          "audio_s_per_s": float("nan"), "phase_ms": {}})
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-    base = next((r for r in rows if r["recipe"] == "shipped"), None)
-    for r in rows:
-        r["vs_shipped"] = r["audio_s_per_s"] / base["audio_s_per_s"] if base else None
-        r.setdefault("error", "")
-        for k, v in r["phase_ms"].items():
-            r[f"ms_{k}"] = v
-    cols = [("recipe", "recipe"), ("generator_M", "gen M"), ("batch", "batch"),
-            ("disc_batch", "D batch"), ("disc_window_s", "D s"), ("disc_every", "D every"),
-            ("mpd_layout", "MPD"),
-            ("audio_s_per_s", "audio-s/s"), ("vs_shipped", "x shipped"), ("step_ms", "ms/step"),
-            ("ms_data", "data"), ("ms_semantic_features", "ASR"),
-            ("ms_generator_forward", "G fwd"), ("ms_discriminator", "D"),
-            ("ms_generator_backward", "G bwd"), ("ms_optimizer", "opt"),
-            ("peak_mem_gb", "mem GB"), ("tflops", "TFLOP/s"), ("mfu_pct", "MFU %"),
-            ("error", "error")]
-    table = format_table(rows, cols)
+        # after every recipe: a run stopped by a time limit keeps the recipes it finished
+        table = _write_results(out, rows, a, device)
     print(table)
-    result = {"benchmark": "train_speed", "quick": a.quick, "hardware": hardware_info(device),
-              "steps": a.steps, "warmup": a.warmup, "phase_steps": a.phase_steps,
-              "peak_flops": a.peak_flops, "rows": rows}
-    write_json(out / "train_speed.json", result)
-    from flexicodec.common.atomic import atomic_write_text
-    atomic_write_text(out / "train_speed.md",
-                      "Phase columns: ms per step, synchronised at each phase boundary.\n\n```\n"
-                      + table + "\n```\n")
     log(f"[train_speed] wrote {out / 'train_speed.json'}")
     return 0
 

@@ -216,3 +216,26 @@ def test_disc_speed_quick(tmp_path):
     for bad in (["--variants", "nhwc"], ["--batch", "2,x"], ["--batch", "0"]):
         with pytest.raises(SystemExit):
             disc_speed(["--device", "cpu", "--quick", *bad, "-o", str(tmp_path)])
+
+
+def test_train_speed_writes_its_tables_after_every_recipe(tmp_path, monkeypatch):
+    """A benchmark stopped by a time limit keeps the recipes it finished: the JSON and table
+    are rewritten after each recipe."""
+    import flexicodec.benchmarks.train_speed as ts
+    seen = []
+
+    def fake_recipe(recipe, *args, **kwargs):
+        path = tmp_path / "train_speed.json"
+        seen.append([r["recipe"] for r in json.loads(path.read_text())["rows"]]
+                    if path.exists() else [])
+        return {"recipe": recipe.name, "audio_s_per_s": 10.0, "phase_ms": {"data": 1.0}}
+
+    monkeypatch.setattr(ts, "run_recipe", fake_recipe)
+    assert ts.main(["--device", "cpu", "--quick", "--data", str(tmp_path), "--recipes",
+                    "shipped,v2", "--out", str(tmp_path)]) == 0
+    assert seen == [[], ["shipped"]]
+    rows = json.loads((tmp_path / "train_speed.json").read_text())["rows"]
+    assert [r["recipe"] for r in rows] == ["shipped", "v2"] and rows[1]["vs_shipped"] == 1.0
+    with pytest.raises(SystemExit):
+        ts.main(["--device", "cpu", "--quick", "--data", str(tmp_path), "--recipes", ",",
+                 "--out", str(tmp_path)])
