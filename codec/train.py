@@ -324,29 +324,28 @@ def fresh_copy(raw, ema: "EMA | None", device):
 
 
 @torch.no_grad()
-def valid_of_ema(raw, ema: "EMA", dataset, mel_loss, device, tc: "CodecTrainConfig",
+def valid_of_ema(ema_model, dataset, mel_loss, device, tc: "CodecTrainConfig",
                  rate: float | None) -> dict:
     """The valid metrics of :func:`valid_mel_loss` (and :func:`valid_quality` with
-    ``train.eval_quality``) for the EMA weights, in a fresh uncompiled copy of ``raw``'s
-    architecture (:func:`fresh_copy`), keys suffixed ``_ema``."""
-    model = fresh_copy(raw, ema, device)
-    ev = {k: v for k, v in valid_mel_loss(model, dataset, mel_loss, device, tc.max_eval_utts,
-                                          (rate,)).items() if k.startswith("valid_mel")}
+    ``train.eval_quality``) for ``ema_model``, the EMA weights in a fresh uncompiled copy of
+    the trained model (:func:`fresh_copy`), keys suffixed ``_ema``."""
+    ev = {k: v for k, v in valid_mel_loss(ema_model, dataset, mel_loss, device,
+                                          tc.max_eval_utts, (rate,)).items()
+          if k.startswith("valid_mel")}
     if tc.eval_quality:
-        ev.update(valid_quality(model, dataset, device, tc.max_eval_utts, rate))
+        ev.update(valid_quality(ema_model, dataset, device, tc.max_eval_utts, rate))
     return {f"{k}_ema": v for k, v in ev.items()}
 
 
 @torch.no_grad()
-def unseen_mel(raw, ema: "EMA | None", dataset, mel_loss, device, max_utts: int,
+def unseen_mel(models: dict, dataset, mel_loss, device, max_utts: int,
                rate: float | None) -> dict:
     """Mean mel L1 of the first ``max_utts`` utterances of the corpus's ``test_unseen``
-    split (voices held out of training) at ``rate``, for the trained weights and, with an
-    EMA, its weights: keys ``unseen_mel_{rate}`` and ``unseen_mel_{rate}_ema`` (the
+    split (voices held out of training) at ``rate`` for each of ``models`` (key suffix →
+    model, e.g. ``{"": raw, "_ema": ema_copy}``): keys ``unseen_mel_{rate}{suffix}`` (the
     in-run counterpart of the held-out evaluation's unheard voices)."""
     out = {}
-    models = [("", raw)] + ([("_ema", fresh_copy(raw, ema, device))] if ema is not None else [])
-    for suffix, model in models:
+    for suffix, model in models.items():
         ev = valid_mel_loss(model, dataset, mel_loss, device, max_utts, (rate,))
         out.update({k.replace("valid_mel", "unseen_mel") + suffix: v for k, v in ev.items()
                     if k.startswith("valid_mel")})
@@ -534,6 +533,13 @@ def generator_gan_losses(disc: torch.nn.Module, real: torch.Tensor, fake: torch.
             feature_matching_loss(real_fmaps, fake_fmaps))
 
 
+def _step_seed(tc: "CodecTrainConfig", acc, step: int, stream: int) -> int:
+    """Seed of one stream of a step's random draws on the device (1: discriminator windows,
+    2: timbre augmentation): fixed by (seed, stream, step, process), so a resumed step draws
+    the same."""
+    return (tc.seed + stream) * 2654435761 + step * acc.num_processes + acc.process_index
+
+
 def train_step(p: StepParts, wav: torch.Tensor, wl: torch.Tensor | None,
                target: torch.Tensor | None, how: dict, use_gan: bool, mark=None,
                step: int = 0):
@@ -561,8 +567,7 @@ def train_step(p: StepParts, wav: torch.Tensor, wl: torch.Tensor | None,
     if tc.timbre_augment.prob > 0:       # a new voice per crop, the same for a resumed step
         if p.window_gen is None:
             raise ValueError("train.timbre_augment needs StepParts.window_gen")
-        p.window_gen.manual_seed((tc.seed + 2) * 2654435761 + step * acc.num_processes
-                                 + acc.process_index)
+        p.window_gen.manual_seed(_step_seed(tc, acc, step, stream=2))
         wav = timbre_augment(wav, tc.timbre_augment, p.window_gen,
                              acc.unwrap_model(p.model).config.sample_rate)
         if wl is not None:
@@ -582,8 +587,7 @@ def train_step(p: StepParts, wav: torch.Tensor, wl: torch.Tensor | None,
         if window:
             if p.window_gen is None:
                 raise ValueError("train.disc_segment_seconds needs StepParts.window_gen")
-            p.window_gen.manual_seed((tc.seed + 1) * 2654435761 + step * acc.num_processes
-                                     + acc.process_index)
+            p.window_gen.manual_seed(_step_seed(tc, acc, step, stream=1))
         n = tc.disc_batch_size or wav.shape[0]          # [n, T] of the batch's [B, T]
         real_w, fake_w = disc_windows(wav[:n], y_hat[:n], window, p.window_gen,
                                       None if wl is None else wl[:n])
@@ -831,18 +835,17 @@ def train_codec(config_path: str, data: str, run_dir: str, asr: str | None = Non
         n_train = len(train_set)
         plan = EpochPlan(durs, tc.batch_size, tc.seed, accelerator.process_index, world,
                          bucket=False, what="train utterances")
-    try:
-        valid_ds = load_corpus(data, split="valid", sample_rate=sr, check="header")
-        valid_set = AudioDataset(valid_ds, sample_rate=sr,
-                                 segment_samples=int(tc.eval_seconds * sr), random_crop=False)
-    except ValueError:
-        valid_set = None
-    try:                       # voices held out of training (the corpus's test_unseen)
-        unseen_ds = load_corpus(data, split="test_unseen", sample_rate=sr, check="header")
-        unseen_set = AudioDataset(unseen_ds, sample_rate=sr,
-                                  segment_samples=int(tc.eval_seconds * sr), random_crop=False)
-    except ValueError:
-        unseen_set = None
+    def eval_split(split: str):
+        """The corpus split as fixed ``eval_seconds`` crops, or None when it has none."""
+        try:
+            ds = load_corpus(data, split=split, sample_rate=sr, check="header")
+        except ValueError:
+            return None
+        return AudioDataset(ds, sample_rate=sr, segment_samples=int(tc.eval_seconds * sr),
+                            random_crop=False)
+
+    valid_set = eval_split("valid")
+    unseen_set = eval_split("test_unseen")    # voices held out of training
 
     logger = JsonlLogger(run / "metrics.jsonl", enabled=main)
     n_gen = sum(p.numel() for p in g_params)
@@ -889,7 +892,6 @@ def train_codec(config_path: str, data: str, run_dir: str, asr: str | None = Non
     pbar = tqdm(total=tc.max_steps, initial=step, desc="codec-train", disable=not main)
     last: dict = {}
     first_step_s = None
-    logged_first = False
     t_loop = time.monotonic()
     t_log, samples = time.monotonic(), 0
     stopped_early = False
@@ -925,6 +927,7 @@ def train_codec(config_path: str, data: str, run_dir: str, asr: str | None = Non
         samples += wav.shape[0] * world
         pbar.update(1)
         if step % tc.log_every == 0 or step == tc.max_steps:
+            first_row = not last
             if not math.isfinite(g_loss.item()):
                 raise FloatingPointError(f"step {step}: generator loss is {g_loss.item()}")
             dt = time.monotonic() - t_log
@@ -942,9 +945,8 @@ def train_codec(config_path: str, data: str, run_dir: str, asr: str | None = Non
             mem = cuda_memory_gb()
             if mem is not None:
                 last["gpu_mem_gb"] = mem
-            if not logged_first:
+            if first_row:
                 last["first_step_s"] = first_step_s
-                logged_first = True
             logger.log(last)
             with_gan = step > tc.disc_start
             if (compile_cache and tc.compile and main
@@ -963,11 +965,13 @@ def train_codec(config_path: str, data: str, run_dir: str, asr: str | None = Non
                 if tc.eval_quality:
                     ev.update(valid_quality(raw, valid_set, accelerator.device,
                                             tc.max_eval_utts, rates[0]))
+                models = {"": raw}
                 if ema is not None:  # the EMA weights (what exports use), at the first rate
-                    ev.update(valid_of_ema(raw, ema, valid_set, mel_loss, accelerator.device,
-                                           tc, rates[0]))
+                    models["_ema"] = fresh_copy(raw, ema, accelerator.device)
+                    ev.update(valid_of_ema(models["_ema"], valid_set, mel_loss,
+                                           accelerator.device, tc, rates[0]))
                 if unseen_set is not None:
-                    ev.update(unseen_mel(raw, ema, unseen_set, mel_loss, accelerator.device,
+                    ev.update(unseen_mel(models, unseen_set, mel_loss, accelerator.device,
                                          tc.max_eval_utts, rates[0]))
             logger.log({"step": step, "train_minutes": (prior_seconds + budget.elapsed()) / 60,
                         **ev})
