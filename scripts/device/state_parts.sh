@@ -21,14 +21,20 @@ collect_parts() {
   return 0
 }
 
+# parts_complete FILE: every part of FILE (FILE.part-*) is in $W/parts and they match
+# FILE.sha256
+parts_complete() {
+  local want got
+  [ -f "$W/parts/$1.sha256" ] || return 1
+  want=$(cut -d' ' -f1 "$W/parts/$1.sha256")
+  got=$(cat "$W/parts/$1".part-* 2>/dev/null | sha256sum | cut -d' ' -f1)
+  [ "$want" = "$got" ]
+}
+
 assembled_state() {
   local name=$1 dest=$W/in/$1
   [ -f "$dest/state.json" ] && { echo "$dest"; return 0; }
-  [ -f "$W/parts/$name.tar.sha256" ] || return 1
-  local want got
-  want=$(cut -d' ' -f1 "$W/parts/$name.tar.sha256")
-  got=$(cat "$W/parts/$name".tar.part-* 2>/dev/null | sha256sum | cut -d' ' -f1)
-  [ "$want" = "$got" ] || return 1
+  parts_complete "$name.tar" || return 1
   mkdir -p "$W/in"
   cat "$W/parts/$name".tar.part-* | tar x -C "$W/in" && [ -f "$dest/state.json" ] && echo "$dest"
 }
@@ -42,12 +48,8 @@ split_file() {
 }
 
 assembled_file() {
-  local name=$1 dest=$2 want got
-  [ -f "$W/parts/$name.sha256" ] || return 1
-  want=$(cut -d' ' -f1 "$W/parts/$name.sha256")
-  got=$(cat "$W/parts/$name".part-* 2>/dev/null | sha256sum | cut -d' ' -f1)
-  [ "$want" = "$got" ] || return 1
-  cat "$W/parts/$name".part-* > "$dest.tmp" && mv "$dest.tmp" "$dest"
+  parts_complete "$1" || return 1
+  cat "$W/parts/$1".part-* > "$2.tmp" && mv "$2.tmp" "$2"
 }
 
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then
