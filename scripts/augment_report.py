@@ -26,14 +26,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from flexicodec.codec.augment import TimbreAugmentConfig, timbre_augment  # noqa: E402
 from flexicodec.codec.eval.evaluate import load_utterances, mel_distance, reconstruct  # noqa: E402
 from flexicodec.codec.eval.metrics import (aggregate_errors, cosine_similarity,  # noqa: E402
-                                           error_counts, normalize_words, speaker_embedding,
-                                           transcribe_pocketsphinx)
+                                           error_counts, normalize_words, scored_mean,
+                                           speaker_embedding, transcribe_pocketsphinx)
 from flexicodec.common.atomic import write_report_files  # noqa: E402
 from flexicodec.common.constants import SAMPLE_RATE  # noqa: E402
 from flexicodec.common.pretrained import run_reporting_model_errors  # noqa: E402
@@ -43,9 +44,8 @@ def _base(speaker: str) -> str:
     return speaker.split("~v")[0]
 
 
-def _mean(values: list[float]) -> float | None:
-    v = [x for x in values if np.isfinite(x)]
-    return float(np.mean(v)) if v else None
+def _mean_of(values: list[float]) -> float | None:
+    return scored_mean(values)[0]
 
 
 def report(utts: list[dict], cfg: TimbreAugmentConfig, seed: int, model=None,
@@ -56,7 +56,7 @@ def report(utts: list[dict], cfg: TimbreAugmentConfig, seed: int, model=None,
     gen = torch.Generator().manual_seed(seed)
     emb_orig, emb_aug, counts_orig, counts_aug = [], [], [], []
     mel_orig, mel_aug = [], []
-    for u in utts:
+    for u in tqdm(utts, desc="augmenting and judging", leave=False):
         x = torch.from_numpy(np.asarray(u["audio"], dtype=np.float32))[None]
         y = timbre_augment(x, cfg, gen, SAMPLE_RATE)[0].numpy()
         emb_orig.append(speaker_embedding(u["audio"]))
@@ -84,13 +84,13 @@ def report(utts: list[dict], cfg: TimbreAugmentConfig, seed: int, model=None,
             else:
                 same.append(s)
     return {"utterances": len(utts), "seed": seed, "timbre_augment": dataclasses.asdict(cfg),
-            "sim_augmented_to_original": _mean(aug_sim),
-            "sim_same_speaker": _mean(same), "sim_derived_speaker": _mean(derived),
-            "sim_other_voice": _mean(other_voice), "pairs_same_speaker": len(same),
+            "sim_augmented_to_original": _mean_of(aug_sim),
+            "sim_same_speaker": _mean_of(same), "sim_derived_speaker": _mean_of(derived),
+            "sim_other_voice": _mean_of(other_voice), "pairs_same_speaker": len(same),
             "pairs_derived_speaker": len(derived), "pairs_other_voice": len(other_voice),
             "wer_original": aggregate_errors(counts_orig)["wer"],
             "wer_augmented": aggregate_errors(counts_aug)["wer"],
-            "codec_mel_original": _mean(mel_orig), "codec_mel_augmented": _mean(mel_aug),
+            "codec_mel_original": _mean_of(mel_orig), "codec_mel_augmented": _mean_of(mel_aug),
             "num_quantizers": num_quantizers if model is not None else None}
 
 

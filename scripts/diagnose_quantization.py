@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from flexicodec.codec.eval.evaluate import load_utterances, mel_distance  # noqa: E402
-from flexicodec.codec.eval.metrics import pesq_wb  # noqa: E402
+from flexicodec.codec.eval.metrics import pesq_wb, scored_mean  # noqa: E402
 from flexicodec.codec.model import FlexiCodec  # noqa: E402
 from flexicodec.common.atomic import write_report_files  # noqa: E402
 from flexicodec.common.pretrained import run_reporting_model_errors  # noqa: E402
@@ -82,8 +82,7 @@ def diagnose(model, utts: list[dict], stages: list[int]) -> dict:
     for voice in sorted(mel, key=lambda v: (v == "all", v)):
         rows.append({"voice": voice, "utterances": len(cos[voice]),
                      "mel": {k: float(np.mean(v)) for k, v in mel[voice].items()},
-                     "pesq_wb": {k: float(np.nanmean(v)) if np.isfinite(v).any() else None
-                                 for k, v in pq[voice].items()},
+                     "pesq_wb": {k: scored_mean(v)[0] for k, v in pq[voice].items()},
                      "cosine": np.mean(np.array(cos[voice]), axis=0).round(4).tolist()})
     return {"stages": stages, "rows": rows}
 
