@@ -35,7 +35,7 @@
 #   carries .whl .debs .carry/a, call 2 .debs_other .carry/b, call 3 .debs_other2 .carry/c
 #   (builds the corpus), call 4 .carry/d (trains), each with OTHER_VOICES=1.
 # The trainer keeps torch.compile's cache in $W/compile_cache.bin (--compile-cache); EMA_OUT=1
-#   returns it as compile_cache.bin.part-* + .sha256; carried in a later session (copy them
+#   returns it as compile_cache.bin.part-* + .sha256; carried to a later machine (copy them
 #   into any .carry folder of a call before training starts) the first step compiles mostly
 #   from cache (the trainer logs first_step_s).
 # BUDGET (s) is the call's wall-clock budget, RESERVE (s) what is kept for packing.
