@@ -94,6 +94,16 @@ def test_missing_metrics_and_heldout_reports(tmp_path):
                     "0.860 | 0.900 | 0.400 |",
                     "| 4.0 | test | flexicodec@12.5Hz, 8 RVQ | EMA | 45.0 (25.0) | 1.50 | "
                     "0.870 | 0.900 | 0.400 |"]
+    # the same split of a larger corpus: its own series, named with its number of items
+    big = json.loads(c.read_text()) | {"utterances": 82}
+    d = tmp_path / "d.json"
+    d.write_text(json.dumps(big))
+    run = subprocess.run([sys.executable, str(ROOT / "scripts/codec_learning_curve.py"),
+                          str(path), "-o", str(out), "--heldout", f"{b}=4.0", f"{d}=4.0"],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    rows = [line for line in (tmp_path / "curve.md").read_text().splitlines() if "8 RVQ" in line]
+    assert [r.split(" | ")[1] for r in rows] == ["test", "test (82 items)"]
     bad = subprocess.run([sys.executable, str(ROOT / "scripts/codec_learning_curve.py"),
                           str(path), "-o", str(out), "--heldout-ema", str(c)],
                          capture_output=True, text=True)
