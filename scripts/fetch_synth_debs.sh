@@ -77,5 +77,9 @@ for round in 1 2 3 4 5; do
 done
 # missing libraries (not found at all) are an error
 missing=$(for t in $targets; do LD_LIBRARY_PATH=$LIBS ldd "$t" 2>/dev/null; done | grep "not found" | sort -u || true)
-[ -n "$missing" ] && { echo "unresolved libraries: $missing" >&2; exit 1; }
+# (a library this machine lacks too cannot be mapped to its package: the synthesizers must be
+# installed here first, scripts/setup.sh; DIR is incomplete until a run ends without this)
+[ -n "$missing" ] && { echo "unresolved libraries (DIR $DIR is incomplete: install the" \
+  "synthesizers on this machine first, scripts/setup.sh, and run this again): $missing" >&2
+  exit 1; }
 echo "[fetch_synth_debs] $(ls "$DIR"/*.deb | wc -l) .deb files, $(du -ch "$DIR"/*.deb | tail -1 | cut -f1) in $DIR"
