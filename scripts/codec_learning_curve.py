@@ -14,9 +14,10 @@ table and drawn as a dashed line, since the curve's later points use other seman
 ``--heldout``: reports of ``flexicodec eval`` on the held-out test splits, each with the
 GPU-minutes of the state it evaluated (``scripts/export_portable.py`` prints them): their
 conditions are tabled (WER against the originals', PESQ-WB, STOI, SIM, mel distance) and
-their STOI, PESQ-WB and WER drawn per split (a split with its number of items: the same split
-of corpora of different sizes is a series of its own). ``--heldout-ema``: the same for exports with the
-EMA weights (``phase_v2.sh EMA_OUT=1``), tabled as weights ``EMA`` and drawn dashed.
+their STOI, PESQ-WB and WER drawn per split (named with its number of items: the same split
+of corpora of different sizes is a series of its own). ``--heldout-ema``: the same for
+exports with the EMA weights (``phase_v2.sh EMA_OUT=1``), tabled as weights ``EMA`` and
+drawn dashed.
 """
 from __future__ import annotations
 
