@@ -9,7 +9,13 @@ vector's projection back. For each utterance of a corpus split this reports, per
   direction; a codebook that does not cover a voice's latents gives lower values);
 - the mel distance to the original (:func:`flexicodec.codec.eval.evaluate.mel_distance`) and
   PESQ-WB of the decode with the first N stages for each N of ``--stages`` (default 0, 1, 8,
-  12; 0: semantic tokens only), as ``flexicodec eval --num-quantizers N`` decodes.
+  12; 0: semantic tokens only), as ``flexicodec eval --num-quantizers N`` decodes, and of
+  the decode of the unquantized latent (``latent``: the acoustic encoder's tokens as they
+  enter the RVQ, as if it had infinitely many stages): how much of the loss is the
+  quantizer's and how much the encoder's and decoder's;
+- each stage's codebook use over the split: the perplexity of its code histogram
+  (exp of the entropy; the codebook size if every code is used equally often) and the
+  number of codes used at all.
 
 Run it on a split of training voices (``test``) and one of unheard voices (``test_unseen``):
 if the unheard voice's cosines match the training voices' while its mel distances do not,
@@ -46,14 +52,19 @@ def decode_ways(model, audio: np.ndarray, stages: list[int]) -> dict:
     its codes decoded with the first N stages [T]}, "cosine": [mean cosine of each RVQ
     stage's projected residual (its ``in_proj`` output, seen by a forward hook) to the code
     it got]}``."""
-    z_e = []
+    z_e, tokens = [], []
     hooks = [stage.in_proj.register_forward_hook(lambda mod, inp, out: z_e.append(out))
              for stage in model.rvq.stages]
+    hooks.append(model.acoustic_aggregator.register_forward_hook(
+        lambda mod, inp, out: tokens.append(out)))
     try:
         codes = model.encode(audio, SAMPLE_RATE, threshold=1.0)
     finally:
         for h in hooks:
             h.remove()
+    if len(tokens) != 1:
+        raise ValueError(f"an utterance of {len(audio) / SAMPLE_RATE:.1f} s was encoded in "
+                         f"{len(tokens)} chunks; this diagnosis wants one")
     t = int(codes.token_mask[0].sum())
     cosine = [float(torch.nn.functional.cosine_similarity(
                   z[0, :t].float(), stage.codebook(c[:t]).float(), dim=-1).mean())
@@ -61,7 +72,21 @@ def decode_ways(model, audio: np.ndarray, stages: list[int]) -> dict:
     n = len(audio)
     out = {str(k): model.decode_from_codes(codes.semantic_codes, codes.acoustic_codes[:, :k],
                                            codes.token_lengths)[0, :n] for k in stages}
-    return {"audio": {k: a.float().cpu().numpy() for k, a in out.items()}, "cosine": cosine}
+    out["latent"] = model.decode_from_latent(tokens[0][:, :t], codes.token_lengths[:, :t])[0, :n]
+    return {"audio": {k: a.float().cpu().numpy() for k, a in out.items()}, "cosine": cosine,
+            "codes": codes.acoustic_codes[0, :, :t].cpu().numpy()}
+
+
+def codebook_use(codes: list[np.ndarray], codebook_size: int) -> list[dict]:
+    """codes: per utterance [n_q, T'] → per stage {"perplexity", "used"} over all tokens."""
+    allc = np.concatenate(codes, axis=1)                                  # [n_q, N]
+    out = []
+    for row in allc:
+        p = np.bincount(row, minlength=codebook_size) / max(len(row), 1)
+        nz = p[p > 0]
+        out.append({"perplexity": float(np.exp(-(nz * np.log(nz)).sum())),
+                    "used": int((p > 0).sum())})
+    return out
 
 
 def diagnose(model, utts: list[dict], stages: list[int]) -> dict:
@@ -70,6 +95,7 @@ def diagnose(model, utts: list[dict], stages: list[int]) -> dict:
     mel = defaultdict(lambda: defaultdict(list))
     pq = defaultdict(lambda: defaultdict(list))
     cos = defaultdict(list)
+    all_codes = []
     for u in tqdm(utts, desc="decoding", leave=False):
         got = decode_ways(model, u["audio"], stages)
         voice = u["speaker"].split("~")[0] or "?"
@@ -78,20 +104,23 @@ def diagnose(model, utts: list[dict], stages: list[int]) -> dict:
                 mel[key][k].append(mel_distance(u["audio"], a[: len(u["audio"])]))
                 pq[key][k].append(pesq_wb(u["audio"], a[: len(u["audio"])]))
             cos[key].append(got["cosine"])
+        all_codes.append(got["codes"])
     rows = []
     for voice in sorted(mel, key=lambda v: (v == "all", v)):
         rows.append({"voice": voice, "utterances": len(cos[voice]),
                      "mel": {k: float(np.mean(v)) for k, v in mel[voice].items()},
                      "pesq_wb": {k: scored_mean(v)[0] for k, v in pq[voice].items()},
                      "cosine": np.mean(np.array(cos[voice]), axis=0).round(4).tolist()})
-    return {"stages": stages, "rows": rows}
+    return {"stages": stages, "rows": rows,
+            "codebook_use": codebook_use(all_codes, model.config.rvq_codebook_size),
+            "tokens": int(sum(c.shape[1] for c in all_codes))}
 
 
 def markdown(result: dict, title: str) -> str:
     stages = result["stages"]
     n_q = len(result["rows"][0]["cosine"]) if result["rows"] else 0
-    keys = [str(k) for k in stages]
-    names = [f"{k} stages" for k in stages]
+    keys = [str(k) for k in stages] + ["latent"]
+    names = [f"{k} stages" for k in stages] + ["unquantized"]
 
     def pesq(v):
         return "–" if v is None else f"{v:.2f}"
@@ -104,6 +133,13 @@ def markdown(result: dict, title: str) -> str:
                      + " | ".join(f"{r['mel'][k]:.3f}" for k in keys) + " | "
                      + " | ".join(pesq(r["pesq_wb"][k]) for k in keys) + " | "
                      + " ".join(f"{c:.2f}" for c in r["cosine"]) + " |")
+    use = result["codebook_use"]
+    lines += ["", f"Codebook use over the split's {result['tokens']} tokens (perplexity of the "
+              f"code histogram / codes used):", "",
+              "| stage | " + " | ".join(str(i + 1) for i in range(len(use))) + " |",
+              "|---|" + "---|" * len(use),
+              "| perplexity | " + " | ".join(f"{u['perplexity']:.0f}" for u in use) + " |",
+              "| codes used | " + " | ".join(str(u["used"]) for u in use) + " |"]
     return "\n".join(lines) + "\n"
 
 
