@@ -13,9 +13,9 @@ vector's projection back. For each utterance of a corpus split this reports, per
   the decode of the unquantized latent (``latent``: the acoustic encoder's tokens as they
   enter the RVQ, as if it had infinitely many stages): how much of the loss is the
   quantizer's and how much the encoder's and decoder's;
-- each stage's codebook use over the split: the perplexity of its code histogram
-  (exp of the entropy; the codebook size if every code is used equally often) and the
-  number of codes used at all.
+- each stage's codebook use over the split (``flexicodec eval``'s: the perplexity of its
+  code histogram, the codebook size if every code is used equally often, and the number of
+  codes used at all).
 
 Run it on a split of training voices (``test``) and one of unheard voices (``test_unseen``):
 if the unheard voice's cosines match the training voices' while its mel distances do not,
@@ -39,7 +39,8 @@ from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from flexicodec.codec.eval.evaluate import load_utterances, mel_distance  # noqa: E402
+from flexicodec.codec.eval.evaluate import (codebook_usage, load_utterances,  # noqa: E402
+                                             mel_distance)
 from flexicodec.codec.eval.metrics import pesq_wb, scored_mean  # noqa: E402
 from flexicodec.codec.model import FlexiCodec  # noqa: E402
 from flexicodec.common.atomic import write_report_files  # noqa: E402
@@ -49,9 +50,10 @@ from flexicodec.common.constants import SAMPLE_RATE  # noqa: E402
 @torch.no_grad()
 def decode_ways(model, audio: np.ndarray, stages: list[int]) -> dict:
     """One utterance [T] encoded at 12.5 Hz (``model.encode``, all stages): ``{"audio": {N:
-    its codes decoded with the first N stages [T]}, "cosine": [mean cosine of each RVQ
-    stage's projected residual (its ``in_proj`` output, seen by a forward hook) to the code
-    it got]}``."""
+    its codes decoded with the first N stages [T], "latent": the decode of the unquantized
+    acoustic tokens (the acoustic aggregator's output, seen by a forward hook) [T]},
+    "cosine": [mean cosine of each RVQ stage's projected residual (its ``in_proj`` output)
+    to the code it got], "codes": acoustic codes [n_q, T']}``."""
     z_e, tokens = [], []
     hooks = [stage.in_proj.register_forward_hook(lambda mod, inp, out: z_e.append(out))
              for stage in model.rvq.stages]
@@ -77,18 +79,6 @@ def decode_ways(model, audio: np.ndarray, stages: list[int]) -> dict:
             "codes": codes.acoustic_codes[0, :, :t].cpu().numpy()}
 
 
-def codebook_use(codes: list[np.ndarray], codebook_size: int) -> list[dict]:
-    """codes: per utterance [n_q, T'] → per stage {"perplexity", "used"} over all tokens."""
-    allc = np.concatenate(codes, axis=1)                                  # [n_q, N]
-    out = []
-    for row in allc:
-        p = np.bincount(row, minlength=codebook_size) / max(len(row), 1)
-        nz = p[p > 0]
-        out.append({"perplexity": float(np.exp(-(nz * np.log(nz)).sum())),
-                    "used": int((p > 0).sum())})
-    return out
-
-
 def diagnose(model, utts: list[dict], stages: list[int]) -> dict:
     """Per voice (and ``all``): mean mel distance and PESQ-WB of the decode with each stage
     count, and mean cosine per RVQ stage, over ``utts`` (``load_utterances`` dicts)."""
@@ -112,7 +102,7 @@ def diagnose(model, utts: list[dict], stages: list[int]) -> dict:
                      "pesq_wb": {k: scored_mean(v)[0] for k, v in pq[voice].items()},
                      "cosine": np.mean(np.array(cos[voice]), axis=0).round(4).tolist()})
     return {"stages": stages, "rows": rows,
-            "codebook_use": codebook_use(all_codes, model.config.rvq_codebook_size),
+            "codebook_use": codebook_usage(all_codes, model.config.rvq_codebook_size),
             "tokens": int(sum(c.shape[1] for c in all_codes))}
 
 

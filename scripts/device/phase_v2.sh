@@ -31,10 +31,12 @@
 #   (scripts/fetch_synth_debs.sh DIR other LANGS; each folder's voices.txt names its voices):
 #   the corpus is built only once all of them have arrived; until then a call builds nothing
 #   and trains not. With a 64 MiB upload: fetch_synth_debs.sh .debs_other other fi,it,ca and
-#   .debs_other2 other cs, state_parts.sh split checkpoints/codec_v2 16 25 (a tree of 16 MB
-#   without checkpoints/codec_v2 and flexicodec_pretrained), then call 1 carries .whl .debs
-#   .carry/a, call 2 .debs_other .carry/b, call 3 .debs_other2 .carry/c (builds the corpus
-#   and trains), each with OTHER_VOICES=1.
+#   .debs_other2 other cs, state_parts.sh split checkpoints/codec_v2 16 25; the tree is 6 MB
+#   without checkpoints/codec_v2, checkpoints/asr_v2 (10 MB, needed only from the call that
+#   builds the corpus) and flexicodec_pretrained. Call 1 carries .whl .debs .carry/a and
+#   call 2 .debs_other .carry/b, both without the ASR in the tree (60 and 55 MB); call 3
+#   .debs_other2 .carry/c with it (65 MB; builds the corpus and trains); each with
+#   OTHER_VOICES=1.
 # The trainer keeps torch.compile's cache in $W/compile_cache.bin (--compile-cache); EMA_OUT=1
 #   returns it as compile_cache.bin.part-* + .sha256; carried to a later machine (copy them
 #   into any .carry folder of a call before training starts) the first step compiles mostly
