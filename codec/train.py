@@ -113,7 +113,12 @@ class CodecTrainConfig:
     # graph (one launch instead of one per kernel: the host's share of a step); or
     # "max-autotune" / "max-autotune-no-cudagraphs" (Triton autotuning, longer compilation)
     compile_mode: str = "default"
-    lr_schedule: str = "cosine"         # 'cosine' (to max_steps) or 'constant' after warm-up
+    lr_schedule: str = "cosine"         # 'cosine' (to lr_min_ratio at max_steps), 'constant'
+    #   after warm-up, or 'exponential': constant until global step lr_decay_start, then
+    #   halved every lr_half_life steps down to lr_min_ratio (annealing without a planned end)
+    lr_decay_start: int = 0
+    lr_half_life: int = 0
+    lr_min_ratio: float = 0.05
     rewarm_steps: int = 200             # LR ramp after continuing from a portable state
     eval_quality: bool = False          # STOI / PESQ-WB of valid reconstructions at each eval
     # the discriminators (their update and the generator's adversarial / feature-matching
@@ -152,9 +157,15 @@ class CodecTrainConfig:
             raise ValueError("train.segment_seconds and train.batch_size must be positive")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
-        if self.lr_schedule not in ("cosine", "constant"):
-            raise ValueError(f"train.lr_schedule must be 'cosine' or 'constant', got "
-                             f"{self.lr_schedule!r}")
+        if self.lr_schedule not in ("cosine", "constant", "exponential"):
+            raise ValueError(f"train.lr_schedule must be 'cosine', 'constant' or 'exponential', "
+                             f"got {self.lr_schedule!r}")
+        if self.lr_schedule == "exponential" and self.lr_half_life < 1:
+            raise ValueError(f"train.lr_schedule 'exponential' needs train.lr_half_life >= 1 "
+                             f"(steps), got {self.lr_half_life}")
+        if self.lr_decay_start < 0 or not 0.0 < self.lr_min_ratio <= 1.0:
+            raise ValueError(f"train.lr_decay_start must be >= 0 and train.lr_min_ratio in "
+                             f"(0, 1], got {self.lr_decay_start} and {self.lr_min_ratio}")
         if self.rewarm_steps < 0:
             raise ValueError(f"train.rewarm_steps must be >= 0, got {self.rewarm_steps}")
         if not 0.0 <= self.disc_segment_seconds <= self.segment_seconds:
@@ -266,14 +277,19 @@ def sample_merging(step: int, tc: CodecTrainConfig, model_cfg) -> dict:
 def schedule(tc: CodecTrainConfig, warmup: int, total: int, offset: int = 0,
              rewarm: tuple[int, int] | None = None):
     """LambdaLR factor of scheduler step ``i`` (global step ``i + offset``): linear warm-up,
-    then cosine decay to ``total`` or constant (``tc.lr_schedule``); ``rewarm=(from, n)``
-    multiplies by a linear ramp over the ``n`` steps after global step ``from`` (fresh
-    optimizer moments after continuing from a portable state)."""
-    base = lr_lambda(warmup, total) if tc.lr_schedule == "cosine" else \
+    then (``tc.lr_schedule``) cosine decay to ``tc.lr_min_ratio`` at ``total``, constant, or exponential: constant
+    until global step ``tc.lr_decay_start``, then ``0.5 ** (steps since / tc.lr_half_life)``,
+    at least ``tc.lr_min_ratio``; ``rewarm=(from, n)`` multiplies by a linear ramp over the
+    ``n`` steps after global step ``from`` (fresh optimizer moments after continuing from a
+    portable state)."""
+    base = lr_lambda(warmup, total, tc.lr_min_ratio) if tc.lr_schedule == "cosine" else \
         (lambda i: min(1.0, (i + 1) / max(1, warmup)))
 
     def f(i: int) -> float:
         factor = base(i)
+        if tc.lr_schedule == "exponential":
+            since = max(0, i + offset - tc.lr_decay_start)
+            factor *= max(tc.lr_min_ratio, 0.5 ** (since / tc.lr_half_life))
         if rewarm is not None and rewarm[1] > 0:
             factor *= min(1.0, max(0, i + offset - rewarm[0] + 1) / rewarm[1])
         return factor

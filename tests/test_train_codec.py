@@ -447,7 +447,7 @@ def test_v2_stage2_config():
     changed = {k: (v2["train"][k], s2["train"][k]) for k in v2["train"]
                if v2["train"][k] != s2["train"].get(k)}
     assert changed == {"lr_g": (6e-4, 3e-4), "lr_d": (3e-4, 1.5e-4),
-                       "lr_schedule": ("constant", "cosine"), "max_steps": (1000000, 10000),
+                       "lr_schedule": ("exponential", "cosine"), "lr_min_ratio": (0.1, 0.05), "max_steps": (1000000, 10000),
                        "warmup_fixed_steps": (1000000, 0), "disc_start": (2000, 0),
                        "warmup_steps": (500, 300)}
     assert s2["train"].keys() == v2["train"].keys()
@@ -609,3 +609,27 @@ def test_portable_state_is_rewritten_with_every_checkpoint(tiny_corpus, asr_dir,
     train_codec(cfg, str(tiny_corpus), str(tmp_path / "r"), asr=str(asr_dir), cpu=True,
                 portable_state=str(tmp_path / "port"))
     assert written == [2, 4, 5]
+
+
+def test_exponential_schedule_anneals_from_a_global_step():
+    """train.lr_schedule 'exponential': warm-up, constant until lr_decay_start (a global
+    step, also for the discriminators' scheduler that starts at disc_start), then halved
+    every lr_half_life steps down to lr_min_ratio; the re-warm ramp multiplies it; a missing
+    half-life is refused."""
+    from flexicodec.codec.train import CodecTrainConfig, schedule
+    tc = CodecTrainConfig(lr_schedule="exponential", warmup_steps=10, lr_decay_start=100,
+                          lr_half_life=50, lr_min_ratio=0.1)
+    f = schedule(tc, 10, 10 ** 6)
+    assert f(4) == pytest.approx(0.5) and f(60) == f(100) == 1.0
+    assert f(150) == pytest.approx(0.5) and f(200) == pytest.approx(0.25)
+    assert f(10 ** 5) == pytest.approx(0.1)
+    assert schedule(tc, 10, 10 ** 6, offset=20)(130) == pytest.approx(0.5)   # global 150
+    assert schedule(tc, 10, 10 ** 6, 0, (120, 10))(124) == \
+        pytest.approx(0.5 ** (24 / 50) * 0.5)
+    # the constant schedule is the exponential one before its start
+    const = CodecTrainConfig(lr_schedule="constant", warmup_steps=10)
+    assert all(schedule(const, 10, 10 ** 6)(i) == f(i) for i in (0, 5, 50, 100))
+    with pytest.raises(ValueError, match="lr_half_life"):
+        CodecTrainConfig(lr_schedule="exponential")
+    with pytest.raises(ValueError, match="lr_min_ratio"):
+        CodecTrainConfig(lr_schedule="exponential", lr_half_life=5, lr_min_ratio=0.0)
