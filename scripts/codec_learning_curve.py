@@ -187,7 +187,7 @@ def _plot(path: Path, rows: list[dict], keys: list[str], points: list[dict],
                             label=split if weights == "raw" else f"{split} (EMA)")
         for c in changes:
             ax.axvline(c["train_seconds"] / 60, color="grey", linestyle="--", linewidth=1)
-        ax.set_xlabel("GPU-minutes (H200)")
+        ax.set_xlabel("GPU-minutes (trainer wall time)")
         ax.set_title(title)
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:

@@ -15,7 +15,8 @@ vector's projection back. For each utterance of a corpus split this reports, per
   quantizer's and how much the encoder's and decoder's;
 - each stage's codebook use over the split (``flexicodec eval``'s: the perplexity of its
   code histogram, the codebook size if every code is used equally often, and the number of
-  codes used at all).
+  codes used at all), and the energy of the residual left after each stage relative to
+  what enters the RVQ.
 
 Run it on a split of training voices (``test``) and one of unheard voices (``test_unseen``):
 if the unheard voice's cosines match the training voices' while its mel distances do not,
@@ -53,10 +54,14 @@ def decode_ways(model, audio: np.ndarray, stages: list[int]) -> dict:
     its codes decoded with the first N stages [T], "latent": the decode of the unquantized
     acoustic tokens (the acoustic aggregator's output, seen by a forward hook) [T]},
     "cosine": [mean cosine of each RVQ stage's projected residual (its ``in_proj`` output)
-    to the code it got], "codes": acoustic codes [n_q, T']}``."""
-    z_e, tokens = [], []
-    hooks = [stage.in_proj.register_forward_hook(lambda mod, inp, out: z_e.append(out))
-             for stage in model.rvq.stages]
+    to the code it got], "residual_left": [energy of the residual after stage i relative to
+    the RVQ's input], "codes": acoustic codes [n_q, T']}``."""
+    z_e, tokens, res = [], [], []
+
+    def seen(mod, inp, out):
+        res.append(inp[0])
+        z_e.append(out)
+    hooks = [stage.in_proj.register_forward_hook(seen) for stage in model.rvq.stages]
     hooks.append(model.acoustic_aggregator.register_forward_hook(
         lambda mod, inp, out: tokens.append(out)))
     try:
@@ -71,12 +76,18 @@ def decode_ways(model, audio: np.ndarray, stages: list[int]) -> dict:
     cosine = [float(torch.nn.functional.cosine_similarity(
                   z[0, :t].float(), stage.codebook(c[:t]).float(), dim=-1).mean())
               for stage, z, c in zip(model.rvq.stages, z_e, codes.acoustic_codes[0])]
+    # the residual's energy left after stage i, relative to what enters the RVQ
+    e0 = res[0][0, :t].float().pow(2).sum()
+    after = [r[0, :t].float().pow(2).sum() for r in res[1:]]
+    last = res[-1][0, :t].float() - model.rvq.stages[-1].decode(codes.acoustic_codes[0, -1:, :t]
+                                                                )[0].float()
+    left = [float(e / e0) for e in after + [last.pow(2).sum()]]
     n = len(audio)
     out = {str(k): model.decode_from_codes(codes.semantic_codes, codes.acoustic_codes[:, :k],
                                            codes.token_lengths)[0, :n] for k in stages}
     out["latent"] = model.decode_from_latent(tokens[0][:, :t], codes.token_lengths[:, :t])[0, :n]
     return {"audio": {k: a.float().cpu().numpy() for k, a in out.items()}, "cosine": cosine,
-            "codes": codes.acoustic_codes[0, :, :t].cpu().numpy()}
+            "residual_left": left, "codes": codes.acoustic_codes[0, :, :t].cpu().numpy()}
 
 
 def diagnose(model, utts: list[dict], stages: list[int]) -> dict:
@@ -85,6 +96,7 @@ def diagnose(model, utts: list[dict], stages: list[int]) -> dict:
     mel = defaultdict(lambda: defaultdict(list))
     pq = defaultdict(lambda: defaultdict(list))
     cos = defaultdict(list)
+    left = defaultdict(list)
     all_codes = []
     for u in tqdm(utts, desc="decoding", leave=False):
         got = decode_ways(model, u["audio"], stages)
@@ -94,13 +106,15 @@ def diagnose(model, utts: list[dict], stages: list[int]) -> dict:
                 mel[key][k].append(mel_distance(u["audio"], a[: len(u["audio"])]))
                 pq[key][k].append(pesq_wb(u["audio"], a[: len(u["audio"])]))
             cos[key].append(got["cosine"])
+            left[key].append(got["residual_left"])
         all_codes.append(got["codes"])
     rows = []
     for voice in sorted(mel, key=lambda v: (v == "all", v)):
         rows.append({"voice": voice, "utterances": len(cos[voice]),
                      "mel": {k: float(np.mean(v)) for k, v in mel[voice].items()},
                      "pesq_wb": {k: scored_mean(v)[0] for k, v in pq[voice].items()},
-                     "cosine": np.mean(np.array(cos[voice]), axis=0).round(4).tolist()})
+                     "cosine": np.mean(np.array(cos[voice]), axis=0).round(4).tolist(),
+                     "residual_left": np.mean(np.array(left[voice]), axis=0).round(4).tolist()})
     return {"stages": stages, "rows": rows,
             "codebook_use": codebook_usage(all_codes, model.config.rvq_codebook_size),
             "tokens": int(sum(c.shape[1] for c in all_codes))}
@@ -123,6 +137,12 @@ def markdown(result: dict, title: str) -> str:
                      + " | ".join(f"{r['mel'][k]:.3f}" for k in keys) + " | "
                      + " | ".join(pesq(r["pesq_wb"][k]) for k in keys) + " | "
                      + " ".join(f"{c:.2f}" for c in r["cosine"]) + " |")
+    lines += ["", "Energy of the acoustic residual left after stage i, relative to the RVQ's "
+              "input (mean over utterances; 1: the codes carry none of it):", "",
+              "| voice | " + " | ".join(str(i + 1) for i in range(n_q)) + " |",
+              "|---|" + "---|" * n_q]
+    lines += [f"| {r['voice']} | " + " | ".join(f"{v:.2f}" for v in r["residual_left"]) + " |"
+              for r in result["rows"] if r["voice"] == "all"]
     use = result["codebook_use"]
     lines += ["", f"Codebook use over the split's {result['tokens']} tokens (perplexity of the "
               f"code histogram / codes used):", "",

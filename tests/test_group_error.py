@@ -109,6 +109,8 @@ def test_codebook_diagnosis_on_a_tiny_codec(tiny_corpus):
     assert set(res["rows"][-1]["mel"]) == set(res["rows"][-1]["pesq_wb"]) == {"0", "1", "latent"}
     # the unquantized latent decodes to other audio than the quantized codes
     assert np.abs(got["audio"]["latent"] - got["audio"][str(n_q)]).max() > 1e-4
+    left = res["rows"][-1]["residual_left"]
+    assert len(left) == n_q and all(v >= 0 for v in left)
     use = res["codebook_use"]
     assert len(use) == n_q and res["tokens"] > 0
     assert all(1 <= u["perplexity"] <= u["used"] + 1e-6 <= model.config.rvq_codebook_size + 1e-6
