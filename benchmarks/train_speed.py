@@ -20,6 +20,11 @@ Each recipe builds its model, discriminators, losses and optimizers exactly as
 - ``fast_small_v2_gan`` (only when named in ``--recipes``): ``fast_small_windows`` with the
   discriminators also on 32 of the 128 items, as v2 trains them (the shipped model with all
   of v2's GAN recipe);
+- ``fast_small_v2_gan_b512`` and ``fast_small_v2_gan_cuda_graphs`` (only when named in
+  ``--recipes``): ``fast_small_v2_gan`` at batch 512 (the discriminators on 128 of them, the
+  same quarter) and with its compiled parts replayed as CUDA graphs
+  (``train.compile_mode: reduce-overhead``): the levers against a step whose GPU waits on
+  the host's kernel launches;
 - ``v2_no_cudnn_benchmark`` (only when named in ``--recipes``): v2 without
   ``train.cudnn_benchmark`` (cuDNN's default convolution algorithms instead of the fastest
   measured per shape);
@@ -87,6 +92,17 @@ def recipes(quick: bool) -> list[Recipe]:
                   compile=True, fused=True,
                   train_overrides={"cudnn_benchmark": True, "disc_segment_seconds": 1.0,
                                    "disc_batch_size": 32}, default=False),
+           # the v2 GAN recipe's levers left for the same model: batch 512 (the discriminators
+           # on 128 of them, the same quarter) and CUDA graphs
+           Recipe("fast_small_v2_gan_b512", small, batch_size=512, data_on_device=True,
+                  compile=True, fused=True,
+                  train_overrides={"cudnn_benchmark": True, "disc_segment_seconds": 1.0,
+                                   "disc_batch_size": 128}, default=False),
+           Recipe("fast_small_v2_gan_cuda_graphs", small, batch_size=128, data_on_device=True,
+                  compile=True, fused=True,
+                  train_overrides={"cudnn_benchmark": True, "disc_segment_seconds": 1.0,
+                                   "disc_batch_size": 32, "compile_mode": "reduce-overhead"},
+                  default=False),
            Recipe("v2", v2, data_on_device=True, compile=True, fused=True),
            Recipe("v2_no_cudnn_benchmark", v2, data_on_device=True, compile=True, fused=True,
                   train_overrides={"cudnn_benchmark": False}, default=False),

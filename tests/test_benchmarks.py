@@ -168,11 +168,13 @@ def test_train_speed_quick(tiny_corpus, tmp_path):
     and reports throughput, the phase split and FLOPs for each."""
     from flexicodec.benchmarks.train_speed import main as train_speed
     assert train_speed(["--device", "cpu", "--quick", "--data", str(tiny_corpus),
-                        "--recipes", "shipped,fast_small,fast_small_windows,fast_small_v2_gan,v2,v2_mpd_1d,"
+                        "--recipes", "shipped,fast_small,fast_small_windows,fast_small_v2_gan,"
+                        "fast_small_v2_gan_b512,fast_small_v2_gan_cuda_graphs,v2,v2_mpd_1d,"
                         "v2_d_every_2,v2_whole_batch_d,v2_cuda_graphs", "--out", str(tmp_path)]) == 0
     res = json.loads((tmp_path / "train_speed.json").read_text())
     rows = {r["recipe"]: r for r in res["rows"]}
     assert set(rows) == {"shipped", "fast_small", "fast_small_windows", "fast_small_v2_gan",
+                         "fast_small_v2_gan_b512", "fast_small_v2_gan_cuda_graphs",
                          "v2", "v2_mpd_1d",
                          "v2_d_every_2", "v2_whole_batch_d", "v2_cuda_graphs"}
     assert not any(r["error"] for r in rows.values())
@@ -186,6 +188,13 @@ def test_train_speed_quick(tiny_corpus, tmp_path):
     assert (rows["fast_small_windows"]["disc_batch"],
             rows["fast_small_v2_gan"]["disc_batch"]) == (2, 1)
     assert (rows["v2"]["mpd_layout"], rows["v2_mpd_1d"]["mpd_layout"]) == ("2d", "1d")
+    from flexicodec.benchmarks.train_speed import recipes
+    full = {r.name: r for r in recipes(quick=False)}
+    gan, b512 = full["fast_small_v2_gan"], full["fast_small_v2_gan_b512"]
+    assert (b512.batch_size, b512.train_overrides["disc_batch_size"]) == (512, 128)
+    assert b512.config == gan.config and not b512.default
+    graphs = full["fast_small_v2_gan_cuda_graphs"].train_overrides
+    assert graphs == {**gan.train_overrides, "compile_mode": "reduce-overhead"}
     with pytest.raises(SystemExit):
         train_speed(["--device", "cpu", "--quick", "--data", str(tiny_corpus),
                      "--recipes", "v3", "--out", str(tmp_path)])
