@@ -324,3 +324,31 @@ def test_kept_trainer_outlives_its_call_and_final_stops_it(tiny_corpus, tmp_path
     assert got.keys() == want.keys()
     for k in want:
         assert torch.allclose(got[k].float(), want[k].float(), rtol=2e-3, atol=1e-4), k  # fp16
+
+
+def test_unfinished_corpus_with_other_settings_is_rebuilt(tmp_path):
+    """A corpus build that an earlier call left unfinished with other settings (no DIR.done)
+    does not block the machine: it is removed and built afresh, and marked done; a finished
+    corpus is never touched."""
+    import json
+    tree = _tree(tmp_path)
+    corpus = tree / "work" / "corpus_v2"
+    corpus.mkdir(parents=True)
+    (corpus / "corpus.json").write_text(json.dumps({"seed": 12345}))   # other settings
+    (corpus / "stale.txt").write_text("left by an earlier call")
+    asr = tmp_path / "asr"              # no state here, so no training: any model folder
+    asr.mkdir()
+    (asr / "config.json").write_text("{}")
+    env = _env(tmp_path, BUDGET="120", HOURS="0.005", OUT=str(tmp_path / "out"), ASR=str(asr))
+    r = _phase_v2(tree, env, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "unfinished build with other settings" in r.stdout, r.stdout
+    assert (tree / "work" / "corpus_v2.done").is_file()
+    assert not (corpus / "stale.txt").exists()
+    assert json.loads((corpus / "corpus.json").read_text())["seed"] != 12345
+    assert "no state to continue yet" in r.stdout            # no state here: no training
+    # a finished corpus stays as it is
+    (corpus / "stale.txt").write_text("kept")
+    r = _phase_v2(tree, env, timeout=600)
+    assert r.returncode == 0 and "building the corpus" not in r.stdout, r.stdout + r.stderr
+    assert (corpus / "stale.txt").read_text() == "kept"

@@ -69,6 +69,14 @@ have = ({s.rsplit('festival_', 1)[-1] for s in json.load(open(sys.argv[1] + '/co
         if len(sys.argv) > 1 else {s.voice for s in L(['festival'])})
 print(' '.join(v for v in V if v not in have))" "$@"
 }
+build_corpus_into() {    # build_corpus_into DIR: the default corpus; DIR.done once complete
+  python3 -m flexicodec.data.cli build-corpus --hours "${HOURS:-24}" --out "$1" --workers 16 \
+    --no-progress > "$W/corpus_build.log" 2>&1
+  local rc=$?
+  tail -n 3 "$W/corpus_build.log"
+  [ $rc = 0 ] && touch "$1.done"
+  return $rc
+}
 ensure_corpus() {
   if [ "${OTHER_VOICES:-0}" = 1 ] && [ ! -f "$1.done" ]; then
     local missing arrived
@@ -92,9 +100,14 @@ ensure_corpus() {
   fi
   if [ ! -f "$1.done" ]; then
     log "building the corpus $1 (${HOURS:-24} h)"
-    python3 -m flexicodec.data.cli build-corpus --hours "${HOURS:-24}" --out "$1" --workers 16 \
-      --no-progress 2>&1 | tail -n 3 && touch "$1.done"
-    python3 -m flexicodec.data.cli stats "$1" > "$OUT/$(basename "$1")_stats.json" 2>/dev/null
+    if ! build_corpus_into "$1" && grep -q "built with other settings" "$W/corpus_build.log"; then
+      # an earlier call's build that stopped part-way with other settings (e.g. voices
+      # missing then): nothing trains on a corpus before it is done, so it is rebuilt
+      log "$1 is an unfinished build with other settings: removing it and building afresh"
+      rm -rf "$1" && build_corpus_into "$1"
+    fi
+    [ -f "$1.done" ] && python3 -m flexicodec.data.cli stats "$1" \
+      > "$OUT/$(basename "$1")_stats.json" 2>/dev/null
   fi
   [ -f "$1.done" ] || { log "no corpus $1"; return 1; }
 }
