@@ -38,7 +38,9 @@ Each recipe builds its model, discriminators, losses and optimizers exactly as
   128 items of each batch (``train.disc_batch_size: 0``, the recipe before v2 took 32);
 - ``v2_cuda_graphs`` (only when named in ``--recipes``): v2 with its compiled parts replayed
   as CUDA graphs (``train.compile_mode: reduce-overhead``), against the host's share of a
-  step.
+  step;
+- ``v2_b256`` (only when named in ``--recipes``): v2 at batch 256 with the discriminators on
+  64 of the items (the same quarter): twice the audio per kernel launch.
 
 For each: steady-state audio-seconds per second over ``--steps`` unsynchronised steps (data
 included), a per-phase split from ``--phase-steps`` steps synchronised at every phase
@@ -115,7 +117,9 @@ def recipes(quick: bool) -> list[Recipe]:
            Recipe("v2_whole_batch_d", v2, data_on_device=True, compile=True, fused=True,
                   train_overrides={"disc_batch_size": 0}, default=False),
            Recipe("v2_cuda_graphs", v2, data_on_device=True, compile=True, fused=True,
-                  train_overrides={"compile_mode": "reduce-overhead"}, default=False)]
+                  train_overrides={"compile_mode": "reduce-overhead"}, default=False),
+           Recipe("v2_b256", v2, batch_size=256, data_on_device=True, compile=True, fused=True,
+                  train_overrides={"disc_batch_size": 64}, default=False)]
     if quick:    # tiny models and batches: checks the harness, not the GPU numbers
         tiny = dict(encoder_dim=4, latent_dim=32, semantic_dim=32, semantic_layers=1,
                     semantic_decoder_layers=1, n_q=2, rvq_codebook_size=64, rvq_codebook_dim=4,

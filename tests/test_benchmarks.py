@@ -170,13 +170,14 @@ def test_train_speed_quick(tiny_corpus, tmp_path):
     assert train_speed(["--device", "cpu", "--quick", "--data", str(tiny_corpus),
                         "--recipes", "shipped,fast_small,fast_small_windows,fast_small_v2_gan,"
                         "fast_small_v2_gan_b512,fast_small_v2_gan_cuda_graphs,v2,v2_mpd_1d,"
-                        "v2_d_every_2,v2_whole_batch_d,v2_cuda_graphs", "--out", str(tmp_path)]) == 0
+                        "v2_d_every_2,v2_whole_batch_d,v2_cuda_graphs,v2_b256", "--out",
+                        str(tmp_path)]) == 0
     res = json.loads((tmp_path / "train_speed.json").read_text())
     rows = {r["recipe"]: r for r in res["rows"]}
     assert set(rows) == {"shipped", "fast_small", "fast_small_windows", "fast_small_v2_gan",
                          "fast_small_v2_gan_b512", "fast_small_v2_gan_cuda_graphs",
                          "v2", "v2_mpd_1d",
-                         "v2_d_every_2", "v2_whole_batch_d", "v2_cuda_graphs"}
+                         "v2_d_every_2", "v2_whole_batch_d", "v2_cuda_graphs", "v2_b256"}
     assert not any(r["error"] for r in rows.values())
     # v2 runs its recipe's discriminator windows (1 s of 2-s crops); fast_small the whole crop
     assert rows["v2"]["disc_window_s"] == 1.0 and rows["v2"]["crop_s"] == 2.0
@@ -195,6 +196,8 @@ def test_train_speed_quick(tiny_corpus, tmp_path):
     assert b512.config == gan.config and not b512.default
     graphs = full["fast_small_v2_gan_cuda_graphs"].train_overrides
     assert graphs == {**gan.train_overrides, "compile_mode": "reduce-overhead"}
+    assert (full["v2_b256"].batch_size, full["v2_b256"].train_overrides) == \
+        (256, {"disc_batch_size": 64})
     with pytest.raises(SystemExit):
         train_speed(["--device", "cpu", "--quick", "--data", str(tiny_corpus),
                      "--recipes", "v3", "--out", str(tmp_path)])
