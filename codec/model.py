@@ -56,6 +56,7 @@ class CodecOutput:
     distill_loss: torch.Tensor
     frame_rate: torch.Tensor
     frame_mask: torch.Tensor | None = None      # [B, F] valid 12.5 Hz frames
+    residual_loss: torch.Tensor | None = None   # what the used RVQ stages leave (ResidualVQ)
     threshold: torch.Tensor | None = None       # [B]
 
 
@@ -453,7 +454,7 @@ class FlexiCodec(nn.Module, PretrainedMixin):
     def quantize(self, ff: FrameFeatures, merge: merging.Merge,
                  num_quantizers: int | None = None) -> dict:
         """Aggregate, quantize. Returns dict: tokens [B, T', D], semantic_codes [B, T'],
-        acoustic_codes [B, n, T'], commit_loss, codebook_loss, distill_loss."""
+        acoustic_codes [B, n, T'], commit_loss, codebook_loss, residual_loss, distill_loss."""
         tmask = merge.token_mask
         tm = tmask[..., None]
         sem_tok = self.semantic_aggregator(ff.semantic, merge)
@@ -461,8 +462,8 @@ class FlexiCodec(nn.Module, PretrainedMixin):
         sem_q = sem_q * tm.to(sem_q.dtype)
         sem_lat = self.semantic_decoder(sem_q, tmask)
         ac_tok = self.acoustic_aggregator(ff.latent, merge)
-        ac_q, ac_codes, commit, codebook = self.rvq((ac_tok - sem_lat) * tm.to(ac_tok.dtype),
-                                                    tmask, num_quantizers)
+        ac_q, ac_codes, commit, codebook, residual = self.rvq(
+            (ac_tok - sem_lat) * tm.to(ac_tok.dtype), tmask, num_quantizers)
         pred = self.distill_head(merging.expand_tokens(sem_q, merge), ff.frame_mask)
         target = nn.functional.layer_norm(ff.target.float(), ff.target.shape[-1:])
         fm = ff.frame_mask[..., None].float()
@@ -471,7 +472,8 @@ class FlexiCodec(nn.Module, PretrainedMixin):
         sem_codes = sem_codes.masked_fill(~tmask, 0)
         ac_codes = ac_codes.masked_fill(~tmask[:, None, :], 0)
         return dict(tokens=sem_lat + ac_q, semantic_codes=sem_codes, acoustic_codes=ac_codes,
-                    commit_loss=commit, codebook_loss=codebook, distill_loss=distill)
+                    commit_loss=commit, codebook_loss=codebook, residual_loss=residual,
+                    distill_loss=distill)
 
     def synthesize(self, tokens: torch.Tensor, merge: merging.Merge,
                    chunk_frames: int | None = None) -> torch.Tensor:
@@ -550,6 +552,7 @@ class FlexiCodec(nn.Module, PretrainedMixin):
                            acoustic_codes=q["acoustic_codes"],
                            token_lengths=merge.token_lengths, token_mask=merge.token_mask,
                            commit_loss=q["commit_loss"], codebook_loss=q["codebook_loss"],
+                           residual_loss=q["residual_loss"],
                            distill_loss=q["distill_loss"],
                            frame_rate=merge.frame_rate(self.frame_rate_base).mean(),
                            frame_mask=merge.frame_mask, threshold=merge.threshold)

@@ -108,8 +108,12 @@ class ResidualVQ(nn.Module):
     """Residual VQ over ``n_q`` factorised stages.
 
     forward(x [B, T, dim], mask [B, T] bool, num_quantizers) →
-    (quantized [B, T, dim], codes [B, n, T], commit_loss, codebook_loss) where ``n`` is the
-    number of stages used and the losses are means over valid positions and used stages.
+    (quantized [B, T, dim], codes [B, n, T], commit_loss, codebook_loss, residual_loss) where
+    ``n`` is the number of stages used, the commitment and codebook losses are means over
+    valid positions and used stages, and ``residual_loss`` is the mean squared residual the
+    used stages leave in the full ``dim``-dimensional space, ``|x - quantized|^2`` per
+    dimension over valid positions (the factorised stages' own losses live in their
+    low-dimensional projections only).
     """
 
     def __init__(self, dim: int, n_q: int, codebook_size: int, codebook_dim: int,
@@ -149,7 +153,9 @@ class ResidualVQ(nn.Module):
         count = count.clamp(min=1.0)
         codes_t = torch.stack(codes, 1) if codes else torch.zeros(B, 0, T, dtype=torch.long,
                                                                    device=x.device)
-        return out, codes_t, commit / count, codebook / count
+        left = (x.float() - out.float()).pow(2).mean(-1)                      # [B, T]
+        residual = (left * m).sum() / m.sum().clamp(min=1.0)
+        return out, codes_t, commit / count, codebook / count, residual
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """codes [B, n, T] (n <= n_q, may be 0) → quantized sum [B, T, dim] (dim from stage 0)."""

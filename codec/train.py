@@ -75,6 +75,9 @@ class LossWeights:
     commit: float = 0.25
     codebook: float = 1.0
     distill: float = 1.0
+    # the residual the used RVQ stages leave in the full latent space (0: off, as in DAC,
+    # whose factorised stages are trained only in their low-dimensional projections)
+    residual: float = 0.0
 
 
 @dataclass
@@ -624,7 +627,7 @@ def train_step(p: StepParts, wav: torch.Tensor, wl: torch.Tensor | None,
 
     g_loss = w.mel * l_mel
     for name, weight in (("commit", w.commit), ("codebook", w.codebook),
-                         ("distill", w.distill)):
+                         ("residual", w.residual), ("distill", w.distill)):
         value = getattr(out, f"{name}_loss")
         if value is not None and weight:
             g_loss = g_loss + weight * value.float()

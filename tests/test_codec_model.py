@@ -360,7 +360,7 @@ def test_padded_token_axis_matches_unpadded(speech, how, lengths):
     assert torch.equal(b.semantic_codes[:, :tp], a.semantic_codes)
     assert torch.equal(b.acoustic_codes[:, :, :tp], a.acoustic_codes)
     assert torch.allclose(b.audio, a.audio, atol=1e-5)
-    for name in ("commit_loss", "codebook_loss", "distill_loss"):
+    for name in ("commit_loss", "codebook_loss", "residual_loss", "distill_loss"):
         assert torch.allclose(getattr(b, name), getattr(a, name), rtol=1e-5, atol=1e-7), name
     assert torch.allclose(lb, la, rtol=1e-5) and float(b.frame_rate) == float(a.frame_rate)
     ga, gb = grads
@@ -380,3 +380,29 @@ def test_merge_pad_tokens():
     assert torch.equal(p.frame_rate(), m.frame_rate()) and m.pad_tokens(3) is m
     with pytest.raises(ValueError, match="cannot pad"):
         m.pad_tokens(2)
+
+
+def test_rvq_residual_loss_is_what_the_used_stages_leave():
+    """ResidualVQ's residual_loss: |x - quantized|^2 per dimension over valid positions, of
+    the stages each item used (quantizer dropout included); padding does not count; its
+    gradient reaches the input and the stages' output projections."""
+    from flexicodec.codec.quantize import ResidualVQ
+    torch.manual_seed(0)
+    rvq = ResidualVQ(16, 3, 32, 4)
+    x = torch.randn(2, 5, 16, requires_grad=True)
+    mask = torch.tensor([[True] * 5, [True] * 3 + [False] * 2])
+    rvq.eval()
+    for n in (0, 1, 3):
+        out, codes, _, _, res = rvq(x, mask, n)
+        want = ((x - out).pow(2).mean(-1) * mask).sum() / mask.sum()
+        assert torch.allclose(res, want) and codes.shape == (2, n, 5)
+    assert torch.allclose(rvq(x, mask, 0)[4], (x.pow(2).mean(-1) * mask).sum() / mask.sum())
+    x2 = x.detach().clone()
+    x2[1, 3:] = 100.0                                     # padding: no effect
+    assert torch.allclose(rvq(x2, mask, 2)[4], rvq(x.detach(), mask, 2)[4])
+    rvq.train()
+    out, _, _, _, res = rvq(x, mask)                      # dropout: per-item stage counts
+    assert torch.allclose(res, ((x - out).pow(2).mean(-1) * mask).sum() / mask.sum())
+    res.backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert rvq.stages[0].out_proj.weight.grad.abs().sum() > 0

@@ -304,3 +304,21 @@ def test_mpd_layouts_are_one_discriminator():
                           generator_adv_loss(_split(l1, 2)[1]), atol=1e-6)
     with pytest.raises(ValueError, match="mpd_layout"):
         CodecDiscriminator(DiscriminatorConfig(**{**cfg.__dict__, "mpd_layout": "3d"}))
+
+
+def test_residual_loss_weight_adds_the_rvq_residual():
+    """train.loss_weights.residual > 0 adds that multiple of the RVQ's residual loss to the
+    generator's loss (and logs it); at 0, the default, the step has no such term."""
+    from flexicodec.codec.train import LossWeights, train_step
+
+    wav = _speech_like()
+    off, on = _parts(), _parts(loss_weights=LossWeights(residual=0.5))
+    on.model.load_state_dict(off.model.state_dict())
+    on.disc.load_state_dict(off.disc.state_dict())
+    how = {"threshold": 1.0}
+    torch.manual_seed(7)
+    _, _, g_off, _, logs_off = train_step(off, wav, None, None, how, True)
+    torch.manual_seed(7)
+    _, _, g_on, _, logs_on = train_step(on, wav, None, None, how, True)
+    assert "residual_loss" not in logs_off and float(logs_on["residual_loss"]) > 0
+    assert torch.allclose(g_on - g_off, 0.5 * logs_on["residual_loss"], rtol=1e-4, atol=1e-6)
