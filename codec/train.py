@@ -347,10 +347,16 @@ def valid_of_ema(ema_model, dataset, mel_loss, device, tc: "CodecTrainConfig",
                  rate: float | None) -> dict:
     """The valid metrics of :func:`valid_mel_loss` (and :func:`valid_quality` with
     ``train.eval_quality``) for ``ema_model``, the EMA weights in a fresh uncompiled copy of
-    the trained model (:func:`fresh_copy`), keys suffixed ``_ema``."""
+    the trained model (:func:`fresh_copy`), keys suffixed ``_ema``; with acoustic RVQ
+    stages, also the mel L1 with the first stage only (``valid_mel_{rate}_q1_ema``: what
+    the other stages add is the difference)."""
     ev = {k: v for k, v in valid_mel_loss(ema_model, dataset, mel_loss, device,
                                           tc.max_eval_utts, (rate,)).items()
           if k.startswith("valid_mel")}
+    if ema_model.config.n_q > 1:
+        ev.update({k: v for k, v in valid_mel_loss(ema_model, dataset, mel_loss, device,
+                                                   tc.max_eval_utts, (rate,), 1).items()
+                   if k.startswith("valid_mel")})
     if tc.eval_quality:
         ev.update(valid_quality(ema_model, dataset, device, tc.max_eval_utts, rate))
     return {f"{k}_ema": v for k, v in ev.items()}
@@ -417,9 +423,10 @@ def _mask_audio(y: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def valid_mel_loss(model, dataset, mel_loss: MultiResolutionMelLoss, device, max_utts: int,
-                   rates: tuple) -> dict:
+                   rates: tuple, num_quantizers: int | None = None) -> dict:
     """Mean mel L1 on the first ``max_utts`` valid utterances at each target rate (Hz; None:
-    the model's own fixed groups)."""
+    the model's own fixed groups), decoded with all acoustic stages or, with
+    ``num_quantizers`` n, the first n (keys then end in ``_q{n}``)."""
     from flexicodec.data.loaders import collate_audio
 
     was = model.training
@@ -431,10 +438,12 @@ def valid_mel_loss(model, dataset, mel_loss: MultiResolutionMelLoss, device, max
         for i in range(n):
             batch = collate_audio([dataset[i]])
             wav = batch["wav"].to(device)
-            res = model(wav, batch["wav_lengths"].to(device), frame_rate=r)
+            res = model(wav, batch["wav_lengths"].to(device), frame_rate=r,
+                        num_quantizers=num_quantizers)
             tot += mel_loss(res.audio.float(), wav).item()
             achieved += float(res.frame_rate)
-        key = "fixed" if r is None else f"{r:g}Hz"
+        key = ("fixed" if r is None else f"{r:g}Hz") + \
+            ("" if num_quantizers is None else f"_q{num_quantizers}")
         out[f"valid_mel_{key}"] = tot / max(1, n)
         out[f"valid_rate_{key}"] = achieved / max(1, n)
     model.train(was)

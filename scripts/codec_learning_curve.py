@@ -44,6 +44,7 @@ def curve_rows(log: list[dict]) -> list[dict]:
 
 VALID_KEYS = ("valid_mel_12.5Hz", "valid_stoi_12.5Hz", "valid_pesq_12.5Hz",
               "valid_mel_12.5Hz_ema", "valid_stoi_12.5Hz_ema", "valid_pesq_12.5Hz_ema",
+              "valid_mel_12.5Hz_q1_ema",
               "unseen_mel_12.5Hz", "unseen_mel_12.5Hz_ema",
               "valid_mel_fixed", "valid_mel_6.25Hz")
 
@@ -165,7 +166,10 @@ def _plot(path: Path, rows: list[dict], keys: list[str], points: list[dict],
                   (f"{key}_ema", "valid (EMA)", "--", color["valid"])] if key else []
         if key == "valid_mel_12.5Hz":    # the in-run held-out voices (corpus test_unseen)
             series += [("unseen_mel_12.5Hz", "unseen voices", "-", "C5"),
-                       ("unseen_mel_12.5Hz_ema", "unseen voices (EMA)", "--", "C5")]
+                       ("unseen_mel_12.5Hz_ema", "unseen voices (EMA)", "--", "C5"),
+                       # the first acoustic stage only: the gap to valid (EMA) is what the
+                       # other stages add
+                       ("valid_mel_12.5Hz_q1_ema", "valid, 1 RVQ stage (EMA)", ":", "C0")]
         for k, label, style, c in series:
             have = [r for r in rows if r.get(k) is not None]
             if have:

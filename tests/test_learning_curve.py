@@ -57,7 +57,8 @@ def test_missing_metrics_and_heldout_reports(tmp_path):
     log = [{"step": 1000, "train_minutes": 2.0, "valid_mel_12.5Hz": 0.6,
             "valid_stoi_12.5Hz": 0.8, "valid_pesq_12.5Hz": 1.2},
            {"step": 2000, "train_minutes": 4.0, "valid_mel_12.5Hz": 0.5,    # no pystoi/pesq
-            "valid_mel_12.5Hz_ema": 0.45, "unseen_mel_12.5Hz": 0.8}]
+            "valid_mel_12.5Hz_ema": 0.45, "valid_mel_12.5Hz_q1_ema": 0.55,
+            "unseen_mel_12.5Hz": 0.8}]
     path = tmp_path / "m.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in log))
 
@@ -75,7 +76,8 @@ def test_missing_metrics_and_heldout_reports(tmp_path):
                          capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     md = (tmp_path / "curve.md").read_text()
-    assert "| 2000 | 4.0 | 0.500 | – | – | 0.450 | 0.800 |" in md and "valid_mel_12.5Hz_ema" in md
+    assert "| 2000 | 4.0 | 0.500 | – | – | 0.450 | 0.550 | 0.800 |" in md
+    assert "valid_mel_12.5Hz_ema" in md and "valid_mel_12.5Hz_q1_ema" in md
     assert "unseen_mel_12.5Hz" in md
     rows = [line for line in md.splitlines() if "8 RVQ" in line]
     assert rows == ["| 2.0 | test | flexicodec@12.5Hz, 8 RVQ | raw | 60.0 (25.0) | 1.50 | "

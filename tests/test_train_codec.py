@@ -570,6 +570,9 @@ def test_valid_metrics_of_the_ema_weights(tiny_corpus, asr_dir, tmp_path):
     assert len(ev) == 1
     raw, ema = ev[0]["valid_mel_12.5Hz"], ev[0]["valid_mel_12.5Hz_ema"]
     assert math.isfinite(ema) and ema != raw
+    # the EMA weights with the first acoustic stage only (what the other stages add)
+    q1 = ev[0]["valid_mel_12.5Hz_q1_ema"]
+    assert math.isfinite(q1) and q1 != ema
     # the voices held out of training (test_unseen), both weights
     unseen, unseen_ema = ev[0]["unseen_mel_12.5Hz"], ev[0]["unseen_mel_12.5Hz_ema"]
     assert math.isfinite(unseen) and math.isfinite(unseen_ema) and unseen != raw
