@@ -280,11 +280,11 @@ def sample_merging(step: int, tc: CodecTrainConfig, model_cfg) -> dict:
 def schedule(tc: CodecTrainConfig, warmup: int, total: int, offset: int = 0,
              rewarm: tuple[int, int] | None = None):
     """LambdaLR factor of scheduler step ``i`` (global step ``i + offset``): linear warm-up,
-    then (``tc.lr_schedule``) cosine decay to ``tc.lr_min_ratio`` at ``total``, constant, or exponential: constant
-    until global step ``tc.lr_decay_start``, then ``0.5 ** (steps since / tc.lr_half_life)``,
-    at least ``tc.lr_min_ratio``; ``rewarm=(from, n)`` multiplies by a linear ramp over the
-    ``n`` steps after global step ``from`` (fresh optimizer moments after continuing from a
-    portable state)."""
+    then (``tc.lr_schedule``) cosine decay to ``tc.lr_min_ratio`` at ``total``, constant, or
+    exponential: constant until global step ``tc.lr_decay_start``, then
+    ``0.5 ** (steps since / tc.lr_half_life)``, at least ``tc.lr_min_ratio``;
+    ``rewarm=(from, n)`` multiplies by a linear ramp over the ``n`` steps after global step
+    ``from`` (fresh optimizer moments after continuing from a portable state)."""
     base = lr_lambda(warmup, total, tc.lr_min_ratio) if tc.lr_schedule == "cosine" else \
         (lambda i: min(1.0, (i + 1) / max(1, warmup)))
 

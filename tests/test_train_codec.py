@@ -447,7 +447,8 @@ def test_v2_stage2_config():
     changed = {k: (v2["train"][k], s2["train"][k]) for k in v2["train"]
                if v2["train"][k] != s2["train"].get(k)}
     assert changed == {"lr_g": (6e-4, 3e-4), "lr_d": (3e-4, 1.5e-4),
-                       "lr_schedule": ("exponential", "cosine"), "lr_min_ratio": (0.1, 0.05), "max_steps": (1000000, 10000),
+                       "lr_schedule": ("exponential", "cosine"), "lr_min_ratio": (0.1, 0.05),
+                       "max_steps": (1000000, 10000),
                        "warmup_fixed_steps": (1000000, 0), "disc_start": (2000, 0),
                        "warmup_steps": (500, 300)}
     assert s2["train"].keys() == v2["train"].keys()
