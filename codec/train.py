@@ -57,7 +57,8 @@ from flexicodec.common.training import (STATE_NAME, STOP_FILE, CheckpointManager
                                         lr_lambda, make_accelerator, seed_everything)
 from flexicodec.common.constants import BASE_FRAME_RATE
 from flexicodec.common.models import resolve_models_path
-from flexicodec.common.compile_cache import load_compile_cache, save_compile_cache
+from flexicodec.common.compile_cache import (compile_seconds, load_compile_cache,
+                                             save_compile_cache)
 from flexicodec.common.run_flags import add_run_flags, out_model_dir, parse_run_args
 
 
@@ -690,7 +691,8 @@ def train_codec(config_path: str, data: str, run_dir: str, asr: str | None = Non
     step (and again at its first logged step with the discriminators, when they join later
     in the run), when the step's graphs have compiled. The first logged row has
     ``first_step_s``: seconds from the loop's start to the end of its first step
-    (compilation and cuDNN autotuning)."""
+    (compilation and cuDNN autotuning) and, compiled, ``compile_s``: the part of it that
+    was graph compilation (:func:`flexicodec.common.compile_cache.compile_seconds`)."""
     from accelerate.utils import DistributedDataParallelKwargs
 
     from flexicodec.codec.config import FlexiCodecConfig
@@ -920,6 +922,7 @@ def train_codec(config_path: str, data: str, run_dir: str, asr: str | None = Non
     pbar = tqdm(total=tc.max_steps, initial=step, desc="codec-train", disable=not main)
     last: dict = {}
     first_step_s = None
+    compile_before = compile_seconds() if tc.compile else None    # this process's earlier runs
     t_loop = time.monotonic()
     t_log, samples = time.monotonic(), 0
     stopped_early = False
@@ -944,9 +947,12 @@ def train_codec(config_path: str, data: str, run_dir: str, asr: str | None = Non
             if accelerator.device.type == "cuda":
                 torch.cuda.synchronize(accelerator.device)
             first_step_s = time.monotonic() - t_loop
+            compile_s = (compile_seconds() - compile_before
+                         if compile_before is not None else None)
             if main:
-                tqdm.write(f"[train] first step after {first_step_s:.1f} s (compilation, "
-                           f"cuDNN autotuning)")
+                tqdm.write(f"[train] first step after {first_step_s:.1f} s (compilation"
+                           + (f" {compile_s:.1f} s" if compile_s is not None else "")
+                           + ", cuDNN autotuning, the step)")
         if profiler is not None and (prof := profiler.after(step)) is not None:
             tqdm.write(f"[train] profiled steps {first}-{step - 1}: "
                        f"{prof['wall_ms_per_step']:.1f} ms per step, device "
@@ -975,6 +981,8 @@ def train_codec(config_path: str, data: str, run_dir: str, asr: str | None = Non
                 last["gpu_mem_gb"] = mem
             if first_row:
                 last["first_step_s"] = first_step_s
+                if compile_s is not None:
+                    last["compile_s"] = compile_s
             logger.log(last)
             with_gan = step > tc.disc_start
             if (compile_cache and tc.compile and main

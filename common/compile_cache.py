@@ -9,6 +9,8 @@ cache hits (Dynamo still traces). A blob from another torch or GPU loads without
 simply does not hit; a file torch cannot read at all (truncated, another serialisation format)
 is an error here, not a silent fresh compile.
 
+:func:`compile_seconds` tells how much of a first step was compilation (the rest is Dynamo's
+guards, cuDNN autotuning and the step itself), so a carried cache's effect is measurable.
 :func:`load_compile_cache` reads the file (before the first compiled call);
 :func:`save_compile_cache` writes what this process has compiled so far, atomically.
 """
@@ -28,6 +30,23 @@ class CompileCacheError(ValueError):
 
 def _artifact_count(info) -> int:
     return sum(len(v) for v in getattr(info, "artifacts", {}).values())
+
+
+#: torch's compile-time metrics of a whole graph compilation: Dynamo's tracing with Inductor's
+#: forward compilation, and the backward graph's compilation (run lazily at the first backward)
+_COMPILE_METRICS = ("_compile.compile_inner", "compile_fx.<locals>.bw_compiler")
+
+
+def compile_seconds() -> float | None:
+    """Seconds this process's ``torch.compile`` has spent compiling graphs so far (forward
+    and backward, from torch's own compile-time metrics); None when this torch keeps no such
+    metrics (another version's names)."""
+    from torch._dynamo import utils as dynamo_utils
+
+    metrics = getattr(dynamo_utils, "compilation_time_metrics", None)
+    if not isinstance(metrics, dict) or _COMPILE_METRICS[0] not in metrics:
+        return None
+    return float(sum(sum(metrics.get(k, ())) for k in _COMPILE_METRICS))
 
 
 def load_compile_cache(path: str | os.PathLike) -> int | None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from flexicodec.common.compile_cache import (CompileCacheError, load_compile_cache,
-                                             save_compile_cache)
+from flexicodec.common.compile_cache import (CompileCacheError, compile_seconds,
+                                             load_compile_cache, save_compile_cache)
 
 
 def _compiled_step() -> dict:
@@ -45,3 +45,15 @@ def test_unreadable_cache_is_an_error(tmp_path):
     bad.write_bytes(b"not a cache")
     with pytest.raises(CompileCacheError, match="delete it to compile afresh"):
         load_compile_cache(bad)
+
+
+def test_compile_seconds_counts_forward_and_backward_compilation(tmp_path, monkeypatch):
+    """compile_seconds grows by the time a compilation takes, backward graph included."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    from torch._dynamo import utils as dynamo_utils
+
+    before = compile_seconds() or 0.0
+    _compiled_step()
+    after = compile_seconds()
+    assert after is not None and after > before
+    assert dynamo_utils.compilation_time_metrics.get("compile_fx.<locals>.bw_compiler")

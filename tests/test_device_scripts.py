@@ -4,6 +4,7 @@ calls there, assembled only when every part has arrived and its checksum matches
 started with KEEP=1 outlives its call and is stopped cleanly by the FINAL call."""
 from __future__ import annotations
 
+import gzip
 import re
 import shutil
 import subprocess
@@ -158,8 +159,8 @@ def test_final_call_packs_the_state_with_a_relative_work_folder(tmp_path):
     asr.mkdir()
     (asr / "config.json").write_text("{}")
     # a carried compile cache this torch cannot read is dropped, with a line in the log
-    (tmp_path / "compile_cache.bin").write_bytes(b"not a cache" * 1000)
-    _carry_file(tree, tmp_path / "compile_cache.bin")
+    (tmp_path / "compile_cache.bin.gz").write_bytes(gzip.compress(b"not a cache" * 1000))
+    _carry_file(tree, tmp_path / "compile_cache.bin.gz")
     out = tmp_path / "out"
     r = _phase_v2(tree, _env(tmp_path, OUT=str(out), ASR=str(asr), FINAL="1", BUDGET="120"),
                   timeout=300)
@@ -269,7 +270,9 @@ def test_kept_trainer_outlives_its_call_and_final_stops_it(tiny_corpus, tmp_path
         capture_output=True, text=True, env={**os.environ,
                                              "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "ind")})
     assert made.returncode == 0 and int(made.stdout.split()[-1]) >= 1, made.stderr
-    _carry_file(tree, tmp_path / "compile_cache.bin")
+    (tmp_path / "compile_cache.bin.gz").write_bytes(
+        gzip.compress((tmp_path / "compile_cache.bin").read_bytes()))
+    _carry_file(tree, tmp_path / "compile_cache.bin.gz")
     try:
         a = _phase_v2(tree, env, timeout=120, KEEP="1", KEEP_MINUTES="3", BUDGET="40",
                       OUT=str(tmp_path / "out_a"))
@@ -307,10 +310,10 @@ def test_kept_trainer_outlives_its_call_and_final_stops_it(tiny_corpus, tmp_path
     c = _phase_v2(tree, env, timeout=120, EMA_OUT="1", OUT=str(tmp_path / "out_c"))
     assert c.returncode == 0 and "returned the exported codec" in c.stdout, c.stdout + c.stderr
     assert "returned the compile cache" in c.stdout, c.stdout
-    cache_parts = sorted((tmp_path / "out_c").glob("compile_cache.bin.part-*"))
-    assert b"".join(p.read_bytes() for p in cache_parts) == \
+    cache_parts = sorted((tmp_path / "out_c").glob("compile_cache.bin.gz.part-*"))
+    assert gzip.decompress(b"".join(p.read_bytes() for p in cache_parts)) == \
         (tmp_path / "compile_cache.bin").read_bytes()
-    assert (tmp_path / "out_c" / "compile_cache.bin.sha256").is_file()
+    assert (tmp_path / "out_c" / "compile_cache.bin.gz.sha256").is_file()
     parts = sorted((tmp_path / "out_c").glob("codecs.tar.part-*"))
     (tmp_path / "ema").mkdir()
     subprocess.run(f"cat {' '.join(map(str, parts))} | tar xz -C {tmp_path / 'ema'}",

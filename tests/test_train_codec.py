@@ -356,7 +356,7 @@ def test_compile_cache_is_written_once_the_step_has_compiled(tiny_corpus, asr_di
                                                              monkeypatch):
     """--compile-cache: written at the run's first logged step and again at the first one
     with the discriminators (their graphs compile later); the first row records how long the
-    first step took; an unreadable cache stops the run before it trains."""
+    first step took and how much of it was compilation; an unreadable cache stops the run before it trains."""
     import flexicodec.codec.train as codec_train
     from flexicodec.common.compile_cache import CompileCacheError
 
@@ -375,6 +375,7 @@ def test_compile_cache_is_written_once_the_step_has_compiled(tiny_corpus, asr_di
     assert saved_at == [1, 3]          # step 1 (no discriminators yet), step 3 (with them)
     rows = [r for r in read_jsonl(run / "metrics.jsonl") if "loss" in r]
     assert rows[0]["first_step_s"] > 0 and all("first_step_s" not in r for r in rows[1:])
+    assert 0 < rows[0]["compile_s"] < rows[0]["first_step_s"]    # this run's graphs only
     (tmp_path / "bad.bin").write_bytes(b"not a cache")
     with pytest.raises(CompileCacheError, match="bad.bin"):
         train_codec(cfg, str(tiny_corpus), str(tmp_path / "b"), asr=str(asr_dir), cpu=True,

@@ -38,9 +38,10 @@
 #   .debs_other2 .carry/c with it (65 MB; builds the corpus and trains); each with
 #   OTHER_VOICES=1.
 # The trainer keeps torch.compile's cache in $W/compile_cache.bin (--compile-cache); EMA_OUT=1
-#   returns it as compile_cache.bin.part-* + .sha256; carried to a later machine (copy them
-#   into any .carry folder of a call before training starts) the first step compiles mostly
-#   from cache (the trainer logs first_step_s).
+#   returns it gzipped as compile_cache.bin.gz.part-* + .sha256; carried to a later machine
+#   (copy them into any .carry folder of a call before training starts) the first step
+#   compiles mostly from cache (the trainer logs first_step_s, and compile_s: the part of it
+#   that was compilation).
 # BUDGET (s) is the call's wall-clock budget, RESERVE (s) what is kept for packing.
 # SETS: config overrides for the trainer, space-separated SECTION.KEY=VALUE (its --set).
 #   train.profile_steps=5 profiles 5 steps 50 steps into the call (RUN/profile_step*.{json,md}
@@ -73,7 +74,7 @@ alive() { [ -f "$PIDF" ] && grep -a -q "flexicodec.codec.train" "/proc/$(cat "$P
 # stopped trainer exported, with the generator's EMA weights (RUN/model), as
 # $OUT/codecs.tar.part-* (fp16 without the ASR; here: cat parts | tar xz, then
 # scripts/device/transport.py unpack NAME_ema.safetensors ASR_DIR CODEC_DIR)
-# and with it torch.compile's cache of the run (compile_cache.bin.part-* + .sha256, when it
+# and with it torch.compile's cache of the run (compile_cache.bin.gz.part-* + .sha256, when it
 # fits the returned files; next time: copy them into a .carry folder of any call before the
 # training starts, and the trainer compiles mostly from cache)
 CACHE=$W/compile_cache.bin
@@ -82,12 +83,16 @@ if [ "${EMA_OUT:-0}" = 1 ]; then
   alive && { log "the trainer still runs: stop it first (FINAL=1)"; exit 2; }
   pack_codecs "${NAME}_ema=$RUN/model" || exit 2
   log "returned the exported codec of $RUN/model"
-  if [ -f "$CACHE" ]; then
-    n_out=$(ls "$OUT" | wc -l); mb=$(( $(stat -c %s "$CACHE") / 1048576 ))
+  if [ -f "$CACHE" ]; then           # returned gzipped
+    gzip -1 -c "$CACHE" > "$CACHE.gz.tmp" && mv "$CACHE.gz.tmp" "$CACHE.gz"
+    n_out=$(ls "$OUT" | wc -l); mb=$(( $(stat -c %s "$CACHE.gz") / 1048576 ))
+    raw_mb=$(( $(stat -c %s "$CACHE") / 1048576 ))
     if [ $(( n_out + mb / 15 + 2 )) -le 8 ]; then
-      split_file "$CACHE" "$OUT" && log "returned the compile cache ($mb MiB)"
+      split_file "$CACHE.gz" "$OUT" && log "returned the compile cache ($mb MiB gzipped," \
+        "$raw_mb MiB)"
     else
-      log "the compile cache ($mb MiB) does not fit the returned files beside the codec"
+      log "the compile cache ($mb MiB gzipped, $raw_mb MiB) does not fit the returned files" \
+        "beside the codec"
     fi
   fi
   exit 0
@@ -126,7 +131,8 @@ fi
 mkdir -p "$W/portable" "$W/runs"
 # torch.compile's cache of an earlier run (EMA_OUT=1 returned it), carried in parts: used once
 # whole and readable by this torch (a file it cannot read would stop the trainer)
-if [ ! -f "$CACHE" ] && assembled_file compile_cache.bin "$CACHE"; then
+if [ ! -f "$CACHE" ] && assembled_file compile_cache.bin.gz "$CACHE.gz" \
+    && gunzip -c "$CACHE.gz" > "$CACHE.tmp" && mv "$CACHE.tmp" "$CACHE"; then
   if python3 -c "import sys; from flexicodec.common.compile_cache import load_compile_cache
 print(load_compile_cache(sys.argv[1]))" "$CACHE" > "$W/cache_check.log" 2>&1; then
     log "compile cache carried in: $(tail -n 1 "$W/cache_check.log") artifacts"
