@@ -346,20 +346,19 @@ def fresh_copy(raw, ema: "EMA | None", device):
 @torch.no_grad()
 def valid_of_ema(ema_model, dataset, mel_loss, device, tc: "CodecTrainConfig",
                  rate: float | None) -> dict:
-    """The valid metrics of :func:`valid_mel_loss` (and :func:`valid_quality` with
+    """The valid metrics of :func:`valid_mel_loss` (with STOI and PESQ-WB under
     ``train.eval_quality``) for ``ema_model``, the EMA weights in a fresh uncompiled copy of
     the trained model (:func:`fresh_copy`), keys suffixed ``_ema``; with acoustic RVQ
     stages, also the mel L1 with the first stage only (``valid_mel_{rate}_q1_ema``: what
     the other stages add is the difference)."""
     ev = {k: v for k, v in valid_mel_loss(ema_model, dataset, mel_loss, device,
-                                          tc.max_eval_utts, (rate,)).items()
-          if k.startswith("valid_mel")}
+                                          tc.max_eval_utts, (rate,),
+                                          quality=tc.eval_quality).items()
+          if not k.startswith("valid_rate")}
     if ema_model.config.n_q > 1:
         ev.update({k: v for k, v in valid_mel_loss(ema_model, dataset, mel_loss, device,
                                                    tc.max_eval_utts, (rate,), 1).items()
                    if k.startswith("valid_mel")})
-    if tc.eval_quality:
-        ev.update(valid_quality(ema_model, dataset, device, tc.max_eval_utts, rate))
     return {f"{k}_ema": v for k, v in ev.items()}
 
 
@@ -376,29 +375,6 @@ def unseen_mel(models: dict, dataset, mel_loss, device, max_utts: int,
         out.update({k.replace("valid_mel", "unseen_mel") + suffix: v for k, v in ev.items()
                     if k.startswith("valid_mel")})
     return out
-
-
-@torch.no_grad()
-def valid_quality(model, dataset, device, max_utts: int, rate: float | None) -> dict:
-    """Mean STOI and PESQ-WB of the first ``max_utts`` valid utterances reconstructed at
-    ``rate`` Hz (None: the model's fixed groups). Needs the judges (``pip install .[eval]``)."""
-    from flexicodec.codec.eval.metrics import pesq_wb, stoi
-    from flexicodec.data.loaders import collate_audio
-
-    was = model.training
-    model.eval()
-    st, pq, n = 0.0, 0.0, min(len(dataset), max_utts)
-    for i in range(n):
-        batch = collate_audio([dataset[i]])
-        wav = batch["wav"].to(device)
-        res = model(wav, batch["wav_lengths"].to(device), frame_rate=rate)
-        ref = wav[0].float().cpu().numpy()
-        deg = res.audio[0, : ref.shape[0]].float().cpu().numpy()
-        st += stoi(ref, deg)
-        pq += pesq_wb(ref, deg)
-    model.train(was)
-    key = "fixed" if rate is None else f"{rate:g}Hz"
-    return {f"valid_stoi_{key}": st / max(1, n), f"valid_pesq_{key}": pq / max(1, n)}
 
 
 def compact_buffers(module: torch.nn.Module) -> None:
@@ -424,18 +400,25 @@ def _mask_audio(y: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def valid_mel_loss(model, dataset, mel_loss: MultiResolutionMelLoss, device, max_utts: int,
-                   rates: tuple, num_quantizers: int | None = None) -> dict:
+                   rates: tuple, num_quantizers: int | None = None,
+                   quality: bool = False) -> dict:
     """Mean mel L1 on the first ``max_utts`` valid utterances at each target rate (Hz; None:
     the model's own fixed groups), decoded with all acoustic stages or, with
-    ``num_quantizers`` n, the first n (keys then end in ``_q{n}``)."""
+    ``num_quantizers`` n, the first n (keys then end in ``_q{n}``). With ``quality``, also
+    the mean STOI and PESQ-WB of the same reconstructions at the first rate
+    (``valid_stoi_{rate}``, ``valid_pesq_{rate}``; needs the judges, ``pip install
+    .[eval]``)."""
     from flexicodec.data.loaders import collate_audio
 
+    if quality:
+        from flexicodec.codec.eval.metrics import pesq_wb, stoi
     was = model.training
     model.eval()
     n = min(len(dataset), max_utts)
     out = {}
-    for r in rates:
-        tot, achieved = 0.0, 0.0
+    for j, r in enumerate(rates):
+        tot, achieved, st, pq = 0.0, 0.0, 0.0, 0.0
+        judge = quality and j == 0
         for i in range(n):
             batch = collate_audio([dataset[i]])
             wav = batch["wav"].to(device)
@@ -443,10 +426,18 @@ def valid_mel_loss(model, dataset, mel_loss: MultiResolutionMelLoss, device, max
                         num_quantizers=num_quantizers)
             tot += mel_loss(res.audio.float(), wav).item()
             achieved += float(res.frame_rate)
+            if judge:
+                ref = wav[0].float().cpu().numpy()
+                deg = res.audio[0, : ref.shape[0]].float().cpu().numpy()
+                st += stoi(ref, deg)
+                pq += pesq_wb(ref, deg)
         key = ("fixed" if r is None else f"{r:g}Hz") + \
             ("" if num_quantizers is None else f"_q{num_quantizers}")
         out[f"valid_mel_{key}"] = tot / max(1, n)
         out[f"valid_rate_{key}"] = achieved / max(1, n)
+        if judge:
+            out[f"valid_stoi_{key}"] = st / max(1, n)
+            out[f"valid_pesq_{key}"] = pq / max(1, n)
     model.train(was)
     return out
 
@@ -997,10 +988,7 @@ def train_codec(config_path: str, data: str, run_dir: str, asr: str | None = Non
             rates = (None,) if model_cfg.fixed_group else (BASE_FRAME_RATE, 6.25)
             with eager():            # whole utterances: no graphs compiled for their shapes
                 ev = valid_mel_loss(raw, valid_set, mel_loss, accelerator.device,
-                                    tc.max_eval_utts, rates)
-                if tc.eval_quality:
-                    ev.update(valid_quality(raw, valid_set, accelerator.device,
-                                            tc.max_eval_utts, rates[0]))
+                                    tc.max_eval_utts, rates, quality=tc.eval_quality)
                 models = {"": raw}
                 if ema is not None:  # the EMA weights (what exports use), at the first rate
                     models["_ema"] = fresh_copy(raw, ema, accelerator.device)

@@ -564,9 +564,10 @@ def test_stop_file_stops_the_run_cleanly(tiny_corpus, asr_dir, tmp_path, monkeyp
 
 
 def test_valid_metrics_of_the_ema_weights(tiny_corpus, asr_dir, tmp_path):
-    """With an EMA, each evaluation also scores the EMA weights (what exports use)."""
+    """With an EMA, each evaluation also scores the EMA weights (what exports use); with
+    train.eval_quality, STOI and PESQ-WB of both at the first rate."""
     cfg = str(_yaml(tmp_path / "c.yaml", max_steps=2, disc_start=1, warmup_fixed_steps=100,
-                    eval_every=2, ema_decay=0.5))
+                    eval_every=2, ema_decay=0.5, eval_quality=True, max_eval_utts=2))
     train_codec(cfg, str(tiny_corpus), str(tmp_path / "r"), asr=str(asr_dir), cpu=True)
     ev = [r for r in read_jsonl(tmp_path / "r" / "metrics.jsonl") if "valid_mel_12.5Hz" in r]
     assert len(ev) == 1
@@ -578,6 +579,40 @@ def test_valid_metrics_of_the_ema_weights(tiny_corpus, asr_dir, tmp_path):
     # the voices held out of training (test_unseen), both weights
     unseen, unseen_ema = ev[0]["unseen_mel_12.5Hz"], ev[0]["unseen_mel_12.5Hz_ema"]
     assert math.isfinite(unseen) and math.isfinite(unseen_ema) and unseen != raw
+    for suffix in ("", "_ema"):
+        assert -1.0 <= ev[0][f"valid_stoi_12.5Hz{suffix}"] <= 1.0
+        assert 1.0 <= ev[0][f"valid_pesq_12.5Hz{suffix}"] <= 4.7
+    assert "valid_stoi_6.25Hz" not in ev[0]                 # the first rate only
+
+
+def test_valid_quality_scores_the_reconstructions_it_measures(tiny_corpus, asr_dir, tmp_path):
+    """valid_mel_loss(quality=True): STOI and PESQ-WB of the very decodes whose mel distance
+    it reports (one pass per utterance), equal to judging them apart."""
+    from flexicodec.codec.eval.metrics import pesq_wb, stoi
+    from flexicodec.codec.model import FlexiCodec
+    from flexicodec.codec.train import build_codec_config, valid_mel_loss
+    from flexicodec.data.loaders import AudioDataset, collate_audio, load_corpus
+
+    torch.manual_seed(0)
+    model = FlexiCodec(build_codec_config(str(_yaml(tmp_path / "c.yaml")), str(asr_dir), None))
+    ds = AudioDataset(load_corpus(tiny_corpus, split="valid"), 16000, max_seconds=3.0)
+    mel = MultiResolutionMelLoss()
+    ev = valid_mel_loss(model, ds, mel, "cpu", 2, (12.5, 6.25), quality=True)
+    plain = valid_mel_loss(model, ds, mel, "cpu", 2, (12.5, 6.25))
+    assert set(ev) - set(plain) == {"valid_stoi_12.5Hz", "valid_pesq_12.5Hz"}
+    assert all(ev[k] == plain[k] for k in plain)
+    st, pq = [], []
+    model.eval()
+    for i in range(min(len(ds), 2)):
+        batch = collate_audio([ds[i]])
+        with torch.no_grad():
+            res = model(batch["wav"], batch["wav_lengths"], frame_rate=12.5)
+        ref = batch["wav"][0].numpy()
+        deg = res.audio[0, : ref.shape[0]].numpy()
+        st.append(stoi(ref, deg))
+        pq.append(pesq_wb(ref, deg))
+    assert ev["valid_stoi_12.5Hz"] == pytest.approx(sum(st) / len(st))
+    assert ev["valid_pesq_12.5Hz"] == pytest.approx(sum(pq) / len(pq))
 
 
 def test_eager_evaluation_context_restores_cudnn_autotuning():
