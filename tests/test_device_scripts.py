@@ -198,6 +198,28 @@ def test_bench_runs_the_named_recipes(tiny_corpus, tmp_path):
     assert "not training" in r.stdout
 
 
+def test_compile_warm_up_runs_while_the_corpus_builds(tmp_path):
+    """WARM_COMPILE=1: the call that builds the corpus also runs the benchmark's v2 recipe on
+    a tiny corpus of its own in the background (a CPU dry run: --quick) and waits for it;
+    without a state the call does not train."""
+    import json
+
+    from flexicodec.codec.asr.model import PhonemeASR, PhonemeASRConfig
+
+    tree = _tree(tmp_path)
+    asr = tmp_path / "asr"
+    PhonemeASR(PhonemeASRConfig.tiny()).save_pretrained(asr)
+    r = _phase_v2(tree, _env(tmp_path, ASR=str(asr), WARM_COMPILE="1", HOURS="0.03",
+                             BUDGET="280", OUT=str(tmp_path / "out")), timeout=400)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "compile warm-up on a tiny corpus" in r.stdout, r.stdout
+    assert "compile warm-up exited: rc=0" in r.stdout and "FAILED" not in r.stdout, \
+        r.stdout + (tree / "work" / "warm.log").read_text()
+    rows = json.loads((tree / "work" / "warm" / "train_speed.json").read_text())["rows"]
+    assert [row["recipe"] for row in rows] == ["v2"] and not rows[0]["error"]
+    assert (tree / "work" / "corpus_v2.done").exists() and "not training" in r.stdout
+
+
 def test_corpus_waits_for_the_voices_of_other_languages(tmp_path):
     """OTHER_VOICES=1: while festival's voices of other languages have not all arrived (here a
     synthesizer prefix without engines), the call builds no corpus and does not train; a
