@@ -57,8 +57,8 @@ from flexicodec.common.training import (STATE_NAME, STOP_FILE, CheckpointManager
                                         lr_lambda, make_accelerator, seed_everything)
 from flexicodec.common.constants import BASE_FRAME_RATE
 from flexicodec.common.models import resolve_models_path
-from flexicodec.common.compile_cache import (compile_seconds, load_compile_cache,
-                                             save_compile_cache)
+from flexicodec.common.compile_cache import (compile_seconds, compile_seconds_between,
+                                             load_compile_cache, save_compile_cache)
 from flexicodec.common.run_flags import add_run_flags, out_model_dir, parse_run_args
 
 
@@ -938,8 +938,8 @@ def train_codec(config_path: str, data: str, run_dir: str, asr: str | None = Non
             if accelerator.device.type == "cuda":
                 torch.cuda.synchronize(accelerator.device)
             first_step_s = time.monotonic() - t_loop
-            compile_s = (compile_seconds() - compile_before
-                         if compile_before is not None else None)
+            compile_s = (compile_seconds_between(compile_before, compile_seconds())
+                         if tc.compile else None)
             if main:
                 tqdm.write(f"[train] first step after {first_step_s:.1f} s (compilation"
                            + (f" {compile_s:.1f} s" if compile_s is not None else "")

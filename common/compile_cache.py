@@ -39,14 +39,23 @@ _COMPILE_METRICS = ("_compile.compile_inner", "compile_fx.<locals>.bw_compiler")
 
 def compile_seconds() -> float | None:
     """Seconds this process's ``torch.compile`` has spent compiling graphs so far (forward
-    and backward, from torch's own compile-time metrics); None when this torch keeps no such
-    metrics (another version's names)."""
+    and backward, from torch's own compile-time metrics): 0.0 before anything compiled; None
+    when this torch keeps no such metrics. After a compilation, 0.0 means this torch names its
+    metrics differently (:func:`compile_seconds_between` reports that as unknown)."""
     from torch._dynamo import utils as dynamo_utils
 
     metrics = getattr(dynamo_utils, "compilation_time_metrics", None)
-    if not isinstance(metrics, dict) or _COMPILE_METRICS[0] not in metrics:
+    if not isinstance(metrics, dict):
         return None
     return float(sum(sum(metrics.get(k, ())) for k in _COMPILE_METRICS))
+
+
+def compile_seconds_between(before: float | None, after: float | None) -> float | None:
+    """The compilation seconds between two :func:`compile_seconds` readings around code that
+    compiled; None when unknown (no metrics, or none under the names this module reads)."""
+    if before is None or after is None or after <= 0.0:
+        return None
+    return after - before
 
 
 def load_compile_cache(path: str | os.PathLike) -> int | None:

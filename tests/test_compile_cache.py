@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from flexicodec.common.compile_cache import (CompileCacheError, compile_seconds,
+                                             compile_seconds_between,
                                              load_compile_cache, save_compile_cache)
 
 
@@ -57,3 +58,13 @@ def test_compile_seconds_counts_forward_and_backward_compilation(tmp_path, monke
     after = compile_seconds()
     assert after is not None and after > before
     assert dynamo_utils.compilation_time_metrics.get("compile_fx.<locals>.bw_compiler")
+
+
+def test_compile_seconds_between_a_fresh_process_and_unknown_names():
+    """A first reading before anything compiled (0.0) still yields the compilation time; no
+    metrics, or none under the names read (0.0 after compiling), is unknown, not 0 s."""
+    assert compile_seconds_between(0.0, 12.5) == 12.5
+    assert compile_seconds_between(3.0, 12.5) == 9.5
+    assert compile_seconds_between(0.0, 0.0) is None
+    assert compile_seconds_between(None, 12.5) is None
+    assert compile_seconds_between(0.0, None) is None
