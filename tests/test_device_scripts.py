@@ -336,6 +336,13 @@ def test_kept_trainer_outlives_its_call_and_final_stops_it(tiny_corpus, tmp_path
     assert gzip.decompress(b"".join(p.read_bytes() for p in cache_parts)) == \
         (tmp_path / "compile_cache.bin").read_bytes()
     assert (tmp_path / "out_c" / "compile_cache.bin.gz.sha256").is_file()
+    # CACHE_OUT=1: the cache alone (when it did not fit beside the codec), the same bytes
+    d = _phase_v2(tree, env, timeout=60, CACHE_OUT="1", OUT=str(tmp_path / "out_d"))
+    assert d.returncode == 0 and "returned the compile cache" in d.stdout, d.stdout + d.stderr
+    assert sorted(p.name for p in (tmp_path / "out_d").iterdir()) == \
+        sorted(p.name for p in (tmp_path / "out_c").glob("compile_cache.bin.gz*"))
+    assert b"".join(p.read_bytes() for p in sorted((tmp_path / "out_d").glob("*.part-*"))) \
+        == b"".join(p.read_bytes() for p in cache_parts)
     parts = sorted((tmp_path / "out_c").glob("codecs.tar.part-*"))
     (tmp_path / "ema").mkdir()
     subprocess.run(f"cat {' '.join(map(str, parts))} | tar xz -C {tmp_path / 'ema'}",

@@ -76,27 +76,38 @@ alive() { [ -f "$PIDF" ] && grep -a -q "flexicodec.codec.train" "/proc/$(cat "$P
 # stopped trainer exported, with the generator's EMA weights (RUN/model), as
 # $OUT/codecs.tar.part-* (fp16 without the ASR; here: cat parts | tar xz, then
 # scripts/device/transport.py unpack NAME_ema.safetensors ASR_DIR CODEC_DIR)
-# and with it torch.compile's cache of the run (compile_cache.bin.gz.part-* + .sha256, when it
-# fits the returned files; next time: copy them into a .carry folder of any call before the
-# training starts, and the trainer compiles mostly from cache)
+# and with it torch.compile's cache of the run (compile_cache.bin.gz.part-* + .sha256) when it
+# fits the returned files beside the codec (8 files, 64 MiB together), else CACHE_OUT=1 (the
+# next call) returns the cache alone. Next time: copy its files into a .carry folder of any
+# call before the training starts, and the trainer compiles mostly from cache (same GPU model
+# and torch: the graphs are tuned for them).
 CACHE=$W/compile_cache.bin
+return_cache() {   # $1: for the log, what the cache is returned beside ("beside the codec", "alone")
+  [ -f "$CACHE" ] || { log "no compile cache in $CACHE"; return 1; }
+  [ -f "$CACHE.gz" ] && [ "$CACHE.gz" -nt "$CACHE" ] \
+    || { gzip -1 -c "$CACHE" > "$CACHE.gz.tmp" && mv "$CACHE.gz.tmp" "$CACHE.gz"; }
+  local gz n_out out_b mb raw_mb
+  gz=$(stat -c %s "$CACHE.gz"); mb=$(( gz / 1048576 )); raw_mb=$(( $(stat -c %s "$CACHE") / 1048576 ))
+  n_out=$(find "$OUT" -type f | wc -l); out_b=$(du -sb "$OUT" | cut -f1)
+  if [ $(( n_out + gz / 15728640 + 2 )) -le 8 ] && [ $(( out_b + gz + 4096 )) -le 67108864 ]; then
+    split_file "$CACHE.gz" "$OUT" && log "returned the compile cache ($mb MiB gzipped," \
+      "$raw_mb MiB)"
+  else
+    log "the compile cache ($mb MiB gzipped, $raw_mb MiB) does not fit the returned files" \
+      "$1 (8 files, 64 MiB): CACHE_OUT=1 in the next call returns it"
+  fi
+}
 if [ "${EMA_OUT:-0}" = 1 ]; then
   [ -f "$RUN/model/config.json" ] || { log "no exported codec in $RUN/model"; exit 2; }
   alive && { log "the trainer still runs: stop it first (FINAL=1)"; exit 2; }
   pack_codecs "${NAME}_ema=$RUN/model" || exit 2
   log "returned the exported codec of $RUN/model"
-  if [ -f "$CACHE" ]; then           # returned gzipped
-    gzip -1 -c "$CACHE" > "$CACHE.gz.tmp" && mv "$CACHE.gz.tmp" "$CACHE.gz"
-    n_out=$(ls "$OUT" | wc -l); mb=$(( $(stat -c %s "$CACHE.gz") / 1048576 ))
-    raw_mb=$(( $(stat -c %s "$CACHE") / 1048576 ))
-    if [ $(( n_out + mb / 15 + 2 )) -le 8 ]; then
-      split_file "$CACHE.gz" "$OUT" && log "returned the compile cache ($mb MiB gzipped," \
-        "$raw_mb MiB)"
-    else
-      log "the compile cache ($mb MiB gzipped, $raw_mb MiB) does not fit the returned files" \
-        "beside the codec"
-    fi
-  fi
+  [ -f "$CACHE" ] && return_cache "beside the codec"
+  exit 0
+fi
+if [ "${CACHE_OUT:-0}" = 1 ]; then
+  alive && { log "the trainer still runs: stop it first (FINAL=1)"; exit 2; }
+  return_cache alone || exit 2
   exit 0
 fi
 # DISC_BENCH=1: the discriminator layouts' speed (benchmarks/disc_speed.py, random audio, no
