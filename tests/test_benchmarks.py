@@ -170,14 +170,14 @@ def test_train_speed_quick(tiny_corpus, tmp_path):
     assert train_speed(["--device", "cpu", "--quick", "--data", str(tiny_corpus),
                         "--recipes", "shipped,fast_small,fast_small_windows,fast_small_v2_gan,"
                         "fast_small_v2_gan_b512,fast_small_v2_gan_cuda_graphs,v2,v2_mpd_1d,"
-                        "v2_d_every_2,v2_whole_batch_d,v2_cuda_graphs,v2_b256", "--out",
+                        "v2_d_every_2,v2_whole_batch_d,v2_no_cuda_graphs,v2_b256", "--out",
                         str(tmp_path)]) == 0
     res = json.loads((tmp_path / "train_speed.json").read_text())
     rows = {r["recipe"]: r for r in res["rows"]}
     assert set(rows) == {"shipped", "fast_small", "fast_small_windows", "fast_small_v2_gan",
                          "fast_small_v2_gan_b512", "fast_small_v2_gan_cuda_graphs",
                          "v2", "v2_mpd_1d",
-                         "v2_d_every_2", "v2_whole_batch_d", "v2_cuda_graphs", "v2_b256"}
+                         "v2_d_every_2", "v2_whole_batch_d", "v2_no_cuda_graphs", "v2_b256"}
     assert not any(r["error"] for r in rows.values())
     # v2 runs its recipe's discriminator windows (1 s of 2-s crops); fast_small the whole crop
     assert rows["v2"]["disc_window_s"] == 1.0 and rows["v2"]["crop_s"] == 2.0
@@ -189,9 +189,14 @@ def test_train_speed_quick(tiny_corpus, tmp_path):
     assert (rows["fast_small_windows"]["disc_batch"],
             rows["fast_small_v2_gan"]["disc_batch"]) == (2, 1)
     assert (rows["v2"]["mpd_layout"], rows["v2_mpd_1d"]["mpd_layout"]) == ("2d", "1d")
+    # quick recipes run eagerly; at full size v2 replays CUDA graphs, v2_no_cuda_graphs not
+    assert {r["compile_mode"] for r in rows.values()} == {"eager"}
     from flexicodec.benchmarks.train_speed import recipes
     full = {r.name: r for r in recipes(quick=False)}
     gan, b512 = full["fast_small_v2_gan"], full["fast_small_v2_gan_b512"]
+    from flexicodec.codec.train import load_train_section
+    assert load_train_section(full["v2"].config).compile_mode == "reduce-overhead"
+    assert full["v2_no_cuda_graphs"].train_overrides["compile_mode"] == "default"
     assert (b512.batch_size, b512.train_overrides["disc_batch_size"]) == (512, 128)
     assert b512.config == gan.config and not b512.default
     graphs = full["fast_small_v2_gan_cuda_graphs"].train_overrides
