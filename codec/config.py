@@ -227,13 +227,13 @@ PRESETS: dict[str, dict] = {
     ),
     # v2, sized for training on one GPU (configs/codec/v2.yaml): a DAC-like Snake encoder
     # (16 base channels → 512), 12 acoustic RVQ stages (0.6-2.4 kbps from one checkpoint by
-    # quantizer dropout), Vocos decoder at 512 x 8 (TTS decoding stays far below real time
-    # on 2 CPU cores). 25.6 M parameters without the ASR.
+    # quantizer dropout), Vocos decoder at 512 x 12 (8 until step 36,000, then grown; TTS
+    # decoding stays far below real time on 2 CPU cores). 32.0 M parameters without the ASR.
     "v2": dict(
         encoder_dim=16, encoder_activation="snake", latent_dim=256, semantic_dim=256,
         semantic_layers=2, semantic_decoder_layers=2, fsq_levels=(8, 8, 8, 8), n_q=12,
         rvq_codebook_size=1024, rvq_codebook_dim=8, transformer_layers=2, transformer_heads=4,
-        decoder_dim=512, decoder_intermediate_dim=1536, decoder_layers=8,
+        decoder_dim=512, decoder_intermediate_dim=1536, decoder_layers=12,
         semantic=dict(source="asr", asr_path="flexicodec_pretrained/asr"),
     ),
     # closer to the paper: latent 512, FSQ 32768 (= 8^5), RVQ 12 x 4096

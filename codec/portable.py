@@ -33,6 +33,8 @@ DISCRIMINATOR = "discriminator.safetensors"
 STATE = "state.json"
 #: ``state.json`` key: the frozen-ASR changes of the run (:func:`rebase_semantic`), oldest first
 SEMANTIC_HISTORY = "semantic_history"
+#: ``state.json`` key: the model's growths (:mod:`flexicodec.codec.grow`), oldest first
+GROWTH_HISTORY = "growth_history"
 
 
 class PortableStateError(ValueError):
@@ -68,6 +70,12 @@ def save_portable_state(directory: str | os.PathLike, codec, discriminator, info
             "discriminator_config": config_to_dict(discriminator.config),
             "semantic_identity": semantic_identity(codec.semantic)}
     (tmp / STATE).write_text(json.dumps(meta, indent=1, ensure_ascii=False))
+    return replace_directory(tmp, out)
+
+
+def replace_directory(tmp: Path, out: Path) -> Path:
+    """Put the finished directory ``tmp`` in place of ``out`` (two renames: a reader sees
+    the old or the new directory, never a mix); returns ``out``."""
     old = out.with_name(f".{out.name}.old")
     shutil.rmtree(old, ignore_errors=True)
     if out.exists():
@@ -163,4 +171,5 @@ def rebase_semantic(directory: str | os.PathLike, asr_dir: str | os.PathLike) ->
 
 
 __all__ = ["save_portable_state", "read_portable_info", "load_portable_weights",
-           "rebase_semantic", "semantic_identity", "PortableStateError", "SEMANTIC_HISTORY"]
+           "rebase_semantic", "semantic_identity", "replace_directory", "PortableStateError",
+           "SEMANTIC_HISTORY", "GROWTH_HISTORY"]

@@ -47,9 +47,9 @@ from flexicodec.codec.discriminators import (CodecDiscriminator, DiscriminatorCo
                                              same_weights)
 from flexicodec.codec.losses import (MelLossConfig, MultiResolutionMelLoss, discriminator_loss,
                                      feature_matching_loss, generator_adv_loss, match_length)
-from flexicodec.codec.portable import (SEMANTIC_HISTORY, STATE as PORTABLE_STATE,
-                                       load_portable_weights, read_portable_info,
-                                       save_portable_state)
+from flexicodec.codec.portable import (GROWTH_HISTORY, SEMANTIC_HISTORY,
+                                       STATE as PORTABLE_STATE, load_portable_weights,
+                                       read_portable_info, save_portable_state)
 from flexicodec.common.atomic import atomic_write_text
 from flexicodec.common.pretrained import config_from_dict, config_to_dict
 from flexicodec.common.training import (STATE_NAME, STOP_FILE, CheckpointManager, EpochPlan, JsonlLogger,
@@ -722,6 +722,8 @@ def train_codec(config_path: str, data: str, run_dir: str, asr: str | None = Non
         lineage = portable_info.get("init_from")
     # the frozen-ASR changes of a continued state (flexicodec.codec.portable.rebase_semantic)
     semantic_history = (portable_info or {}).get(SEMANTIC_HISTORY, [])
+    # the model's growths (flexicodec.codec.grow), kept with the state
+    growth_history = (portable_info or {}).get(GROWTH_HISTORY, [])
     if resuming:
         if not cfg_file.is_file():
             raise FileNotFoundError(f"{cfg_file}: missing; cannot resume this run")
@@ -800,6 +802,7 @@ def train_codec(config_path: str, data: str, run_dir: str, asr: str | None = Non
         saved = json.loads((ckpt.latest() / STATE_NAME).read_text())
         rewarm_from, lineage = saved.get("rewarm_from"), saved.get("init_from")
         semantic_history = saved.get(SEMANTIC_HISTORY, [])
+        growth_history = saved.get(GROWTH_HISTORY, [])
     rewarm = (rewarm_from, tc.rewarm_steps) if rewarm_from is not None else None
     sched_g = torch.optim.lr_scheduler.LambdaLR(
         opt_g, schedule(tc, tc.warmup_steps, tc.max_steps, 0, rewarm))
@@ -900,7 +903,8 @@ def train_codec(config_path: str, data: str, run_dir: str, asr: str | None = Non
         save_portable_state(portable_state, raw, accelerator.unwrap_model(disc),
                             {"step": step, "train_seconds": prior_seconds + budget.elapsed(),
                              "config": str(config_path), "init_from": lineage,
-                             SEMANTIC_HISTORY: semantic_history})
+                             SEMANTIC_HISTORY: semantic_history,
+                             **({GROWTH_HISTORY: growth_history} if growth_history else {})})
 
     if compile_cache and tc.compile:
         n_art = load_compile_cache(compile_cache)
@@ -1004,7 +1008,8 @@ def train_codec(config_path: str, data: str, run_dir: str, asr: str | None = Non
         ended = end_of_step(accelerator, ckpt, budget, step, tc.max_steps, tc.save_every,
                             stop_after, name="train", epoch=epoch, rewarm_from=rewarm_from,
                             train_seconds=prior_seconds + budget.elapsed(), init_from=lineage,
-                            **{SEMANTIC_HISTORY: semantic_history})
+                            **{SEMANTIC_HISTORY: semantic_history,
+                               GROWTH_HISTORY: growth_history})
         if ended:
             stopped_early = ended == "stopped"
             break

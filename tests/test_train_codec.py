@@ -673,3 +673,64 @@ def test_exponential_schedule_anneals_from_a_global_step():
         CodecTrainConfig(lr_schedule="exponential")
     with pytest.raises(ValueError, match="lr_min_ratio"):
         CodecTrainConfig(lr_schedule="exponential", lr_half_life=5, lr_min_ratio=0.0)
+
+
+def test_grown_decoder_decodes_as_before_and_trains_on(tiny_corpus, asr_dir, tmp_path):
+    """scripts/grow_portable_decoder.py: a portable state's decoder gets identity ConvNeXt
+    blocks (γ = 0): the grown codec decodes exactly as before, a continued run trains the
+    new blocks and keeps the record; growing to no more blocks is refused."""
+    import sys
+
+    from flexicodec.codec.config import FlexiCodecConfig
+    from flexicodec.codec.discriminators import CodecDiscriminator, DiscriminatorConfig
+    from flexicodec.codec.grow import grow_portable_decoder
+    from flexicodec.codec.model import FlexiCodec
+    from flexicodec.codec.portable import (GROWTH_HISTORY, PortableStateError,
+                                           load_portable_weights, read_portable_info)
+    from flexicodec.common.pretrained import config_from_dict
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from grow_portable_decoder import main as grow
+
+    def codec_of(port):
+        info = read_portable_info(port)
+        cfg = config_from_dict(FlexiCodecConfig, info["codec_config"])
+        cfg.semantic.asr_path = str(asr_dir)
+        codec = FlexiCodec(cfg)
+        load_portable_weights(port, codec, CodecDiscriminator(
+            config_from_dict(DiscriminatorConfig, info["discriminator_config"])))
+        return codec.eval()
+
+    cfg = str(_yaml(tmp_path / "c.yaml", max_steps=4, disc_start=1, warmup_fixed_steps=100,
+                    rewarm_steps=2))
+    port = tmp_path / "portable"
+    train_codec(cfg, str(tiny_corpus), str(tmp_path / "a"), asr=str(asr_dir), cpu=True,
+                stop_after=2, portable_state=str(port))
+    before = read_portable_info(port)
+    layers = before["codec_config"]["decoder_layers"]
+    wav = _real_utterance(tiny_corpus)
+    with torch.no_grad():
+        want = codec_of(port)(wav, None, threshold=1.0).audio
+    disc_bytes = (port / "discriminator.safetensors").read_bytes()
+    assert grow([str(port), "--decoder-layers", str(layers + 2)]) == 0
+    after = read_portable_info(port)
+    assert after["codec_config"]["decoder_layers"] == layers + 2
+    assert after[GROWTH_HISTORY] == [{"step": 2, "train_seconds": before["train_seconds"],
+                                      "decoder_layers": [layers, layers + 2]}]
+    assert (port / "discriminator.safetensors").read_bytes() == disc_bytes
+    grown = codec_of(port)
+    assert len(grown.decoder.backbone.convnext) == layers + 2
+    new = grown.decoder.backbone.convnext[layers]
+    assert torch.count_nonzero(new.gamma) == 0 and torch.count_nonzero(new.pwconv1.weight) > 0
+    with torch.no_grad():
+        got = grown(wav, None, threshold=1.0).audio
+    assert torch.equal(got, want)
+    # the continued run trains the new blocks and keeps the record
+    res = train_codec(cfg, str(tiny_corpus), str(tmp_path / "b"), asr=str(asr_dir),
+                      cpu=True, portable_state=str(port))
+    assert res["step"] == 4
+    final = read_portable_info(port)
+    assert final[GROWTH_HISTORY] == after[GROWTH_HISTORY]
+    assert torch.count_nonzero(codec_of(port).decoder.backbone.convnext[layers].gamma) > 0
+    with pytest.raises(PortableStateError, match="growing needs more"):
+        grow_portable_decoder(port, layers + 2)
+    assert grow([str(port), "--decoder-layers", str(layers)]) == 2

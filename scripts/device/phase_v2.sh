@@ -31,12 +31,13 @@
 #   (scripts/fetch_synth_debs.sh DIR other LANGS; each folder's voices.txt names its voices):
 #   the corpus is built only once all of them have arrived; until then a call builds nothing
 #   and trains not. With a 64 MiB upload: fetch_synth_debs.sh .debs_other other fi,it,ca and
-#   .debs_other2 other cs, state_parts.sh split checkpoints/codec_v2 16 25; the tree is 6 MB
-#   without checkpoints/codec_v2, checkpoints/asr_v2 (10 MB, needed only from the call that
-#   builds the corpus) and flexicodec_pretrained. Call 1 carries .whl .debs .carry/a and
-#   call 2 .debs_other .carry/b, both without the ASR in the tree (60 and 55 MB); call 3
-#   .debs_other2 .carry/c with it (65 MB; builds the corpus and trains); each with
-#   OTHER_VOICES=1.
+#   .debs_other2 other cs, state_parts.sh split checkpoints/codec_v2 20 33 (the state is
+#   70 MB since its decoder grew to 12 blocks); the tree is 7.4 MB without
+#   checkpoints/codec_v2, checkpoints/asr_v2 (10 MB, needed only from the call that builds
+#   the corpus) and flexicodec_pretrained. Call 1 carries .whl .debs .carry/a and call 2
+#   .debs_other .carry/b, both without the ASR in the tree (65 and 64 MB); call 3
+#   .debs_other2 with it (50 MB; builds the corpus, and benchmarks with BENCH=1); call 4
+#   .carry/c (24 MB with the ASR; trains); each with OTHER_VOICES=1.
 # The trainer keeps torch.compile's cache in $W/compile_cache.bin (--compile-cache); EMA_OUT=1
 #   returns it gzipped as compile_cache.bin.gz.part-* + .sha256; carried to a later machine
 #   (copy them into any .carry folder of a call before training starts) the first step
