@@ -24,7 +24,7 @@ Each recipe builds its model, discriminators, losses and optimizers exactly as
   ``--recipes``): ``fast_small_v2_gan`` at batch 512 (the discriminators on 128 of them, the
   same quarter) and with its compiled parts replayed as CUDA graphs
   (``train.compile_mode: reduce-overhead``): the levers against a step whose GPU waits on
-  the host's kernel launches;
+  the host's kernel launches; ``fast_small_v2_gan_b512_cuda_graphs`` both;
 - ``v2_no_cudnn_benchmark`` (only when named in ``--recipes``): v2 without
   ``train.cudnn_benchmark`` (cuDNN's default convolution algorithms instead of the fastest
   measured per shape);
@@ -105,6 +105,11 @@ def recipes(quick: bool) -> list[Recipe]:
                   compile=True, fused=True,
                   train_overrides={"cudnn_benchmark": True, "disc_segment_seconds": 1.0,
                                    "disc_batch_size": 32, "compile_mode": "reduce-overhead"},
+                  default=False),
+           Recipe("fast_small_v2_gan_b512_cuda_graphs", small, batch_size=512,
+                  data_on_device=True, compile=True, fused=True,
+                  train_overrides={"cudnn_benchmark": True, "disc_segment_seconds": 1.0,
+                                   "disc_batch_size": 128, "compile_mode": "reduce-overhead"},
                   default=False),
            Recipe("v2", v2, data_on_device=True, compile=True, fused=True),
            Recipe("v2_no_cudnn_benchmark", v2, data_on_device=True, compile=True, fused=True,

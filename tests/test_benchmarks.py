@@ -169,14 +169,15 @@ def test_train_speed_quick(tiny_corpus, tmp_path):
     from flexicodec.benchmarks.train_speed import main as train_speed
     assert train_speed(["--device", "cpu", "--quick", "--data", str(tiny_corpus),
                         "--recipes", "shipped,fast_small,fast_small_windows,fast_small_v2_gan,"
-                        "fast_small_v2_gan_b512,fast_small_v2_gan_cuda_graphs,v2,v2_mpd_1d,"
+                        "fast_small_v2_gan_b512,fast_small_v2_gan_cuda_graphs,"
+                        "fast_small_v2_gan_b512_cuda_graphs,v2,v2_mpd_1d,"
                         "v2_d_every_2,v2_whole_batch_d,v2_no_cuda_graphs,v2_b256", "--out",
                         str(tmp_path)]) == 0
     res = json.loads((tmp_path / "train_speed.json").read_text())
     rows = {r["recipe"]: r for r in res["rows"]}
     assert set(rows) == {"shipped", "fast_small", "fast_small_windows", "fast_small_v2_gan",
                          "fast_small_v2_gan_b512", "fast_small_v2_gan_cuda_graphs",
-                         "v2", "v2_mpd_1d",
+                         "fast_small_v2_gan_b512_cuda_graphs", "v2", "v2_mpd_1d",
                          "v2_d_every_2", "v2_whole_batch_d", "v2_no_cuda_graphs", "v2_b256"}
     assert not any(r["error"] for r in rows.values())
     # v2 runs its recipe's discriminator windows (1 s of 2-s crops); fast_small the whole crop
