@@ -10,7 +10,8 @@ the EMA weights; a metric a run did not compute,
 e.g. STOI without pystoi, is left empty) and writes OUT.md (a table) and OUT.png (valid mel distance, STOI and PESQ-WB
 against minutes). ``--state``: the run's portable state; each change of its frozen ASR
 (``semantic_history``, :func:`flexicodec.codec.portable.rebase_semantic`) is listed under the
-table and drawn as a dashed line, since the curve's later points use other semantic features.
+table and drawn as a dashed line, since the curve's later points use other semantic features;
+each growth of its model (``growth_history``, :mod:`flexicodec.codec.grow`) likewise, dotted.
 ``--heldout``: reports of ``flexicodec eval`` on the held-out test splits, each with the
 GPU-minutes of the state it evaluated (``scripts/export_portable.py`` prints them): their
 conditions are tabled (WER against the originals', PESQ-WB, STOI, SIM, mel distance) and
@@ -92,16 +93,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--heldout-ema", nargs="+", default=[], metavar="REPORT.json=MINUTES",
                     help="the same for exports with the EMA weights")
     ap.add_argument("--state", default=None,
-                    help="the run's portable state: mark its frozen-ASR changes")
+                    help="the run's portable state: mark its frozen-ASR changes and growths")
     a = ap.parse_args(argv)
-    changes = []
+    changes, growths = [], []
     if a.state:
-        from flexicodec.codec.portable import PortableStateError, read_portable_info
+        from flexicodec.codec.portable import (GROWTH_HISTORY, SEMANTIC_HISTORY,
+                                               PortableStateError, read_portable_info)
         try:
-            changes = read_portable_info(a.state).get("semantic_history", [])
+            info = read_portable_info(a.state)
         except PortableStateError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+        changes, growths = info.get(SEMANTIC_HISTORY, []), info.get(GROWTH_HISTORY, [])
     try:
         points = heldout_points(a.heldout) + heldout_points(a.heldout_ema, "EMA",
                                                             "--heldout-ema")
@@ -123,6 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     for c in changes:
         md += ["", f"From step {c['step']} ({c['train_seconds'] / 60:.1f} GPU-minutes) the frozen "
                    f"ASR is {c['identity']} ({c['asr']}), before it {c['previous']}."]
+    for g in growths:
+        before, after = g["decoder_layers"]
+        md += ["", f"From step {g['step']} ({g['train_seconds'] / 60:.1f} GPU-minutes) the "
+                   f"decoder has {after} blocks, before it {before} (grown as the identity)."]
     if points:
         md += ["", "Held-out test splits (`flexicodec eval`; WER: pocketsphinx, originals' in "
                    "parentheses):", "",
@@ -139,13 +146,16 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out.with_suffix(".md"), "\n".join(md) + "\n")
-    _plot(out.with_suffix(".png"), rows, keys, points, changes)
+    marks = ([(c["train_seconds"] / 60, "--") for c in changes]
+             + [(g["train_seconds"] / 60, ":") for g in growths])
+    _plot(out.with_suffix(".png"), rows, keys, points, marks)
     print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.png')}")
     return 0
 
 
 def _plot(path: Path, rows: list[dict], keys: list[str], points: list[dict],
-          changes: list[dict]) -> None:
+          marks: list[tuple[float, str]]) -> None:
+    """The curve's panels; ``marks``: (GPU-minutes, line style) of the state's changes."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -189,8 +199,8 @@ def _plot(path: Path, rows: list[dict], keys: list[str], points: list[dict],
                             marker="s", linestyle=style, color=color[split],
                             markerfacecolor="none" if weights == "EMA" else color[split],
                             label=split if weights == "raw" else f"{split} (EMA)")
-        for c in changes:
-            ax.axvline(c["train_seconds"] / 60, color="grey", linestyle="--", linewidth=1)
+        for minutes, style in marks:
+            ax.axvline(minutes, color="grey", linestyle=style, linewidth=1)
         ax.set_xlabel("GPU-minutes (trainer wall time)")
         ax.set_title(title)
         ax.grid(alpha=0.3)

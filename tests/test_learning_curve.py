@@ -38,11 +38,16 @@ def test_curve_rows_and_outputs(tmp_path):
         (state / name).write_bytes(b"")
     (state / "state.json").write_text(json.dumps({"step": 2000, "semantic_history": [
         {"step": 1500, "train_seconds": 180.0, "previous": "aaa", "identity": "bbb",
-         "asr": "checkpoints/asr_x"}]}))
+         "asr": "checkpoints/asr_x"}], "growth_history": [
+        {"step": 1800, "train_seconds": 216.0, "decoder_layers": [8, 12]}]}))
     subprocess.run([sys.executable, str(ROOT / "scripts/codec_learning_curve.py"), str(path),
                     "-o", str(out), "--state", str(state)], check=True, capture_output=True)
+    md = (tmp_path / "curve.md").read_text()
     assert ("From step 1500 (3.0 GPU-minutes) the frozen ASR is bbb (checkpoints/asr_x), "
-            "before it aaa.") in (tmp_path / "curve.md").read_text()
+            "before it aaa.") in md
+    # ... and the growths of its model
+    assert ("From step 1800 (3.6 GPU-minutes) the decoder has 12 blocks, before it 8 "
+            "(grown as the identity).") in md
     bad = subprocess.run([sys.executable, str(ROOT / "scripts/codec_learning_curve.py"),
                           str(path), "-o", str(out), "--state", str(tmp_path / "none")],
                          capture_output=True, text=True)
