@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from flexicodec.codec.bottleneck import ConvNeXtBlock
 from flexicodec.codec.portable import (DISCRIMINATOR, GENERATOR, GROWTH_HISTORY, STATE,
                                        PortableStateError, read_portable_info,
-                                       replace_directory)
+                                       writing_directory)
 
 BLOCK_PREFIX = "decoder.backbone.convnext"
 
@@ -72,13 +72,10 @@ def grow_portable_decoder(directory: str | os.PathLike, layers: int, seed: int =
     info[GROWTH_HISTORY] = [*info.get(GROWTH_HISTORY, []), {
         "step": int(info["step"]), "train_seconds": float(info.get("train_seconds", 0.0)),
         "decoder_layers": [old, layers]}]
-    tmp = d.with_name(f".{d.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(gen, str(tmp / GENERATOR))
-    shutil.copy2(d / DISCRIMINATOR, tmp / DISCRIMINATOR)
-    (tmp / STATE).write_text(json.dumps(info, indent=1, ensure_ascii=False))
-    replace_directory(tmp, d)
+    with writing_directory(d) as tmp:
+        save_file(gen, str(tmp / GENERATOR))
+        shutil.copy2(d / DISCRIMINATOR, tmp / DISCRIMINATOR)
+        (tmp / STATE).write_text(json.dumps(info, indent=1, ensure_ascii=False))
     return info
 
 

@@ -23,7 +23,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -60,29 +62,32 @@ def save_portable_state(directory: str | os.PathLike, codec, discriminator, info
     from flexicodec.common.pretrained import config_to_dict
 
     out = Path(directory)
+    with writing_directory(out) as tmp:
+        gen = {k: v for k, v in codec.state_dict().items() if not k.startswith("semantic.")}
+        save_file(_half(gen), str(tmp / GENERATOR))
+        save_file(_half(discriminator.state_dict()), str(tmp / DISCRIMINATOR))
+        meta = {**info, "codec_config": config_to_dict(codec.config),
+                "discriminator_config": config_to_dict(discriminator.config),
+                "semantic_identity": semantic_identity(codec.semantic)}
+        (tmp / STATE).write_text(json.dumps(meta, indent=1, ensure_ascii=False))
+    return out
+
+
+@contextmanager
+def writing_directory(out: Path) -> Iterator[Path]:
+    """A fresh temporary directory beside ``out`` to write into; when the block ends without
+    an error it takes ``out``'s place (two renames: a reader sees the old or the new
+    directory, never a mix), otherwise ``out`` stays as it was."""
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    gen = {k: v for k, v in codec.state_dict().items() if not k.startswith("semantic.")}
-    save_file(_half(gen), str(tmp / GENERATOR))
-    save_file(_half(discriminator.state_dict()), str(tmp / DISCRIMINATOR))
-    meta = {**info, "codec_config": config_to_dict(codec.config),
-            "discriminator_config": config_to_dict(discriminator.config),
-            "semantic_identity": semantic_identity(codec.semantic)}
-    (tmp / STATE).write_text(json.dumps(meta, indent=1, ensure_ascii=False))
-    return replace_directory(tmp, out)
-
-
-def replace_directory(tmp: Path, out: Path) -> Path:
-    """Put the finished directory ``tmp`` in place of ``out`` (two renames: a reader sees
-    the old or the new directory, never a mix); returns ``out``."""
+    yield tmp
     old = out.with_name(f".{out.name}.old")
     shutil.rmtree(old, ignore_errors=True)
     if out.exists():
         os.replace(out, old)
     os.replace(tmp, out)
     shutil.rmtree(old, ignore_errors=True)
-    return out
 
 
 def read_portable_info(directory: str | os.PathLike) -> dict:
@@ -128,6 +133,24 @@ def load_portable_weights(directory: str | os.PathLike, codec, discriminator) ->
     return info
 
 
+def codec_from_portable(directory: str | os.PathLike, asr_dir: str | os.PathLike):
+    """The :class:`flexicodec.codec.model.FlexiCodec` of the portable state in ``directory``
+    (its config and current, not EMA, weights) with the frozen ASR in ``asr_dir``, which must
+    be the one the state was trained with (PortableStateError otherwise)."""
+    from flexicodec.codec.config import FlexiCodecConfig
+    from flexicodec.codec.discriminators import CodecDiscriminator, DiscriminatorConfig
+    from flexicodec.codec.model import FlexiCodec
+    from flexicodec.common.pretrained import config_from_dict
+
+    info = read_portable_info(directory)
+    cfg = config_from_dict(FlexiCodecConfig, info["codec_config"])
+    cfg.semantic.asr_path = str(asr_dir)
+    codec = FlexiCodec(cfg)
+    load_portable_weights(directory, codec, CodecDiscriminator(
+        config_from_dict(DiscriminatorConfig, info["discriminator_config"])))
+    return codec
+
+
 def rebase_semantic(directory: str | os.PathLike, asr_dir: str | os.PathLike) -> dict:
     """Tie the portable state in ``directory`` to the trained ASR in ``asr_dir`` instead of
     the one it was trained with; returns the new info.
@@ -171,5 +194,6 @@ def rebase_semantic(directory: str | os.PathLike, asr_dir: str | os.PathLike) ->
 
 
 __all__ = ["save_portable_state", "read_portable_info", "load_portable_weights",
-           "rebase_semantic", "semantic_identity", "replace_directory", "PortableStateError",
+           "codec_from_portable", "rebase_semantic", "semantic_identity", "writing_directory",
+           "PortableStateError",
            "SEMANTIC_HISTORY", "GROWTH_HISTORY"]

@@ -19,11 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    from flexicodec.codec.config import FlexiCodecConfig
-    from flexicodec.codec.discriminators import CodecDiscriminator, DiscriminatorConfig
-    from flexicodec.codec.model import FlexiCodec
-    from flexicodec.codec.portable import PortableStateError, load_portable_weights, read_portable_info
-    from flexicodec.common.pretrained import config_from_dict
+    from flexicodec.codec.portable import (PortableStateError, codec_from_portable,
+                                           read_portable_info)
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("state", help="portable state directory (codec.portable)")
@@ -32,12 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     try:
         info = read_portable_info(a.state)
-        cfg = config_from_dict(FlexiCodecConfig, info["codec_config"])
-        cfg.semantic.asr_path = a.asr
-        codec = FlexiCodec(cfg)
-        disc = CodecDiscriminator(config_from_dict(DiscriminatorConfig,
-                                                   info["discriminator_config"]))
-        load_portable_weights(a.state, codec, disc)
+        codec = codec_from_portable(a.state, a.asr)
     except (PortableStateError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

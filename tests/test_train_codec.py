@@ -58,6 +58,17 @@ def _mel_of(model, wav) -> float:
     return loss(out.audio, wav).item()
 
 
+def _portable_after_two_steps(tiny_corpus, asr_dir, tmp_path) -> tuple[str, Path]:
+    """A tiny run's config (4 steps, re-warm over 2) and the portable state it left after
+    stopping at step 2."""
+    cfg = str(_yaml(tmp_path / "c.yaml", max_steps=4, disc_start=1, warmup_fixed_steps=100,
+                    rewarm_steps=2))
+    port = tmp_path / "portable"
+    train_codec(cfg, str(tiny_corpus), str(tmp_path / "a"), asr=str(asr_dir), cpu=True,
+                stop_after=2, portable_state=str(port))
+    return cfg, port
+
+
 def test_tiny_codec_learns(tiny_corpus, asr_dir, tmp_path):
     from flexicodec.codec.model import FlexiCodec
     cfg_path = _yaml(tmp_path / "c.yaml")
@@ -473,11 +484,7 @@ def test_portable_state_rebased_onto_a_fine_tuned_asr(tiny_corpus, asr_dir, tmp_
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
     from rebase_portable_asr import main as rebase
 
-    cfg = str(_yaml(tmp_path / "c.yaml", max_steps=4, disc_start=1, warmup_fixed_steps=100,
-                    rewarm_steps=2))
-    port = tmp_path / "portable"
-    train_codec(cfg, str(tiny_corpus), str(tmp_path / "a"), asr=str(asr_dir), cpu=True,
-                stop_after=2, portable_state=str(port))
+    cfg, port = _portable_after_two_steps(tiny_corpus, asr_dir, tmp_path)
     before = read_portable_info(port)
     weights = {n: (port / n).read_bytes() for n in ("generator.safetensors",
                                                     "discriminator.safetensors")}
@@ -681,30 +688,16 @@ def test_grown_decoder_decodes_as_before_and_trains_on(tiny_corpus, asr_dir, tmp
     new blocks and keeps the record; growing to no more blocks is refused."""
     import sys
 
-    from flexicodec.codec.config import FlexiCodecConfig
-    from flexicodec.codec.discriminators import CodecDiscriminator, DiscriminatorConfig
     from flexicodec.codec.grow import grow_portable_decoder
-    from flexicodec.codec.model import FlexiCodec
     from flexicodec.codec.portable import (GROWTH_HISTORY, PortableStateError,
-                                           load_portable_weights, read_portable_info)
-    from flexicodec.common.pretrained import config_from_dict
+                                           codec_from_portable, read_portable_info)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
     from grow_portable_decoder import main as grow
 
     def codec_of(port):
-        info = read_portable_info(port)
-        cfg = config_from_dict(FlexiCodecConfig, info["codec_config"])
-        cfg.semantic.asr_path = str(asr_dir)
-        codec = FlexiCodec(cfg)
-        load_portable_weights(port, codec, CodecDiscriminator(
-            config_from_dict(DiscriminatorConfig, info["discriminator_config"])))
-        return codec.eval()
+        return codec_from_portable(port, asr_dir).eval()
 
-    cfg = str(_yaml(tmp_path / "c.yaml", max_steps=4, disc_start=1, warmup_fixed_steps=100,
-                    rewarm_steps=2))
-    port = tmp_path / "portable"
-    train_codec(cfg, str(tiny_corpus), str(tmp_path / "a"), asr=str(asr_dir), cpu=True,
-                stop_after=2, portable_state=str(port))
+    cfg, port = _portable_after_two_steps(tiny_corpus, asr_dir, tmp_path)
     before = read_portable_info(port)
     layers = before["codec_config"]["decoder_layers"]
     wav = _real_utterance(tiny_corpus)
