@@ -21,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from flexicodec.codec.portable import (PortableStateError, codec_from_portable,
                                            read_portable_info)
+    from flexicodec.common.pretrained import CheckpointError
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("state", help="portable state directory (codec.portable)")
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         info = read_portable_info(a.state)
         codec = codec_from_portable(a.state, a.asr)
-    except (PortableStateError, FileNotFoundError) as exc:
+    except (PortableStateError, CheckpointError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     codec.save_pretrained(a.out, dtype=torch.float16)

@@ -330,6 +330,10 @@ def test_device_data_training_and_portable_state(tiny_corpus, asr_dir, tmp_path)
     assert all(torch.equal(gen[k].float(), own[k].float()) for k in gen)
     assert export_portable([str(tmp_path), "--asr", str(asr_dir), "-o",
                             str(tmp_path / "y")]) == 2
+    # an --asr that is not a trained ASR directory: a clear error, nothing written
+    assert export_portable([str(port), "--asr", str(tmp_path / "no_asr"), "-o",
+                            str(tmp_path / "z")]) == 2
+    assert not (tmp_path / "z").exists()
 
 
 def test_compiled_step_matches_eager(tiny_corpus, asr_dir, tmp_path):
